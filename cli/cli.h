@@ -1,0 +1,71 @@
+/*
+ * cli.h - helpers shared by the qimg subcommands. The CLI uses only the
+ * public API (qimg.h); it owns all output.
+ */
+#ifndef QIMG_CLI_H
+#define QIMG_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "qimg.h"
+
+#define PROG "qimg"
+
+/* Subcommands: parse options, call the library, print, return exit code. */
+int cmd_create(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_io(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
+int cmd_map(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* main.c */
+void cli_help(void);
+/* "qimg: <msg>" on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* As cli_error, then "Try 'qimg --help' for more information"; returns 1. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "qimg: <prefix><library error message>" on stderr. */
+void cli_lib_error(const char *prefix_fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+/* Report a getopt failure (unknown option, missing argument) qemu-img's
+ * way; returns 1. `opt` is optopt, `arg` the offending argv element. */
+int cli_getopt_error(int opt, const char *arg);
+
+/* opts.c: numbers and sizes as qemu-img parses them. */
+/* Size with optional k/M/G/T/P/E suffix (binary) and optional 'B'/'b';
+ * default unit bytes. Returns 0 or -1 (bad syntax), -2 (out of range). */
+int parse_size(const char *s, uint64_t *out);
+/* Parse "fmt" names. */
+int parse_format(const char *s, enum qimg_format *out);
+
+/* output.c */
+/* QEMU's size_to_str(): "64 MiB", "0.977 MiB", "1e+03 KiB". */
+void fmt_size(char *buf, size_t n, uint64_t val);
+/* qemu-io's cvtstr(): "64 KiB", "1.500 KiB", "1000 bytes". */
+void fmt_cvtstr(char *buf, size_t n, double val);
+
+/* A JSON value tree printed the way QEMU's pretty printer prints it, with
+ * object keys in QEMU's QDict iteration order. */
+struct jv;
+struct jv *jv_obj(void);
+struct jv *jv_arr(void);
+struct jv *jv_str(const char *s);
+struct jv *jv_int(int64_t v);
+struct jv *jv_uint(uint64_t v);
+struct jv *jv_bool(bool v);
+struct jv *jv_dbl(double v);
+/* Add key (copied) -> val (owned) to an object; returns val. */
+struct jv *jv_set(struct jv *obj, const char *key, struct jv *val);
+struct jv *jv_push(struct jv *arr, struct jv *val);
+void jv_print(FILE *f, const struct jv *v); /* pretty, no trailing newline */
+void jv_free(struct jv *v);
+/* Print a JSON string literal (QEMU's escaping). */
+void json_print_str(FILE *f, const char *s);
+
+#endif

@@ -1,0 +1,164 @@
+/*
+ * main.c - the qimg command: subcommand table, global options, help.
+ *
+ * Error messages and exit codes mirror qemu-img 7.2 ("qimg: " takes the
+ * place of "qemu-img: ").
+ */
+#include "cli.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct command {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+};
+
+static const struct command commands[] = {
+    {"bench", cmd_bench},       {"check", cmd_check}, {"compare", cmd_compare},
+    {"convert", cmd_convert},   {"create", cmd_create}, {"info", cmd_info},
+    {"io", cmd_io},             {"map", cmd_map},     {"snapshot", cmd_snapshot},
+};
+
+void cli_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs(PROG ": ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs(PROG ": ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry '" PROG " --help' for more information\n", stderr);
+    return 1;
+}
+
+void cli_lib_error(const char *prefix_fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs(PROG ": ", stderr);
+    va_start(ap, prefix_fmt);
+    vfprintf(stderr, prefix_fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", qimg_last_error()->message);
+}
+
+int cli_getopt_error(int opt, const char *arg)
+{
+    if (opt == ':')
+        return cli_usage_error("missing argument for option '%s'", arg);
+    return cli_usage_error("unrecognized option '%s'", arg);
+}
+
+void cli_help(void)
+{
+    printf(
+        "qimg version %s\n"
+        "usage: qimg [standard options] command [command options]\n"
+        "qcow2 disk image utility, a drop-in for the qemu-img commands it "
+        "implements\n"
+        "\n"
+        "    '-h', '--help'       display this help and exit\n"
+        "    '-V', '--version'    output version information and exit\n"
+        "\n"
+        "Command syntax:\n"
+        "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
+        "[-n] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
+        "[-S step_size] [-w] [-U] filename\n"
+        "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
+        "filename\n"
+        "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
+        "  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
+        "[-o options] [-l snapshot_param] [-S sparse_size] filename "
+        "output_filename\n"
+        "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
+        "[-o options] filename [size]\n"
+        "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
+        "  io [-f fmt] [-r] [-U] [-l snapshot_param] -c command [-c command "
+        "...] filename\n"
+        "  map [-f fmt] [--start-offset=offset] [--max-length=len] "
+        "[--output=ofmt] [-U] filename\n"
+        "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l | -a snapshot | "
+        "-c snapshot | -d snapshot] filename\n"
+        "\n"
+        "Command parameters:\n"
+        "  'filename' is a disk image filename\n"
+        "  'fmt' is the disk image format (qcow2 or raw); it is guessed "
+        "when omitted\n"
+        "  'size' is the disk image size in bytes. Optional suffixes\n"
+        "    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' "
+        "(gigabyte, 1024M),\n"
+        "    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, "
+        "1024P) are\n"
+        "    supported. 'b' is ignored.\n"
+        "  'options' is a comma separated list of format specific options "
+        "in a\n"
+        "    name=value format. Use -o help for an overview of the options\n"
+        "  'snapshot_param' is 'snapshot.id=[ID],snapshot.name=[NAME]' or "
+        "'[ID_OR_NAME]'\n"
+        "  '-U' opens images without the shared write lock (force share)\n"
+        "  '-q' use Quiet mode - do not print any output (except errors)\n"
+        "  '-p' show progress of command (only certain commands)\n"
+        "  '--output' takes the format in which the output must be done "
+        "(human or json)\n"
+        "\n"
+        "Parameters to check subcommand:\n"
+        "  '-r' tries to repair any inconsistencies that are found during "
+        "the check.\n"
+        "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes "
+        "all\n"
+        "       kinds of errors.\n"
+        "\n"
+        "Parameters to snapshot subcommand:\n"
+        "  'snapshot' is the name of the snapshot to create, apply or delete\n"
+        "  '-a' applies a snapshot (revert disk to saved state)\n"
+        "  '-c' creates a snapshot\n"
+        "  '-d' deletes a snapshot\n"
+        "  '-l' lists all snapshots in the given image\n"
+        "\n"
+        "Supported formats: qcow2 raw\n",
+        qimg_version());
+}
+
+static void print_version(void)
+{
+    printf("qimg version %s\n", qimg_version());
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd;
+
+    if (argc < 2)
+        return cli_usage_error("Not enough arguments");
+    cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help")) {
+        cli_help();
+        return 0;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
+        print_version();
+        return 0;
+    }
+    if (cmd[0] == '-')
+        return cli_usage_error("unrecognized option '%s'", cmd);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(commands[i].name, cmd))
+            return commands[i].fn(argc - 1, argv + 1);
+    return cli_usage_error("Command not found: %s", cmd);
+}

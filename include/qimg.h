@@ -1,0 +1,211 @@
+/*
+ * qimg.h - libqimg, qcow2 disk images and their internal snapshots.
+ *
+ * The only public header. Conventions:
+ *  - Functions return 0 (or a count) on success and a negative errno on
+ *    failure; qimg_last_error() then holds a one-line message.
+ *  - Out parameters come first and are named `out`. An object returned
+ *    through `**out` belongs to the caller and is released with the matching
+ *    *_free()/close function; passing NULL to those does nothing.
+ *  - A returned `const char *` is borrowed from its parent object.
+ *  - The library never prints, exits or aborts.
+ *  - Offsets and sizes are bytes (uint64_t); buffer lengths are size_t.
+ */
+#ifndef QIMG_H
+#define QIMG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(QIMG_BUILDING) && defined(__GNUC__)
+#define QIMG_API __attribute__((visibility("default")))
+#else
+#define QIMG_API
+#endif
+
+/* ---- Errors ------------------------------------------------------------ */
+
+struct qimg_error {
+    int errnum;         /* EINVAL, EIO, ENOSPC...; 0 if none */
+    char message[1024]; /* one line, qemu-img wording, no "qimg: " prefix */
+    char where[64];     /* "refcount.c:412" when set by a corruption check */
+};
+
+/* This thread's last failure. Never NULL; errnum is 0 if nothing failed. */
+QIMG_API const struct qimg_error *qimg_last_error(void);
+/* Forget this thread's last failure. */
+QIMG_API void qimg_error_clear(void);
+/* Library version string, e.g. "0.1.0". */
+QIMG_API const char *qimg_version(void);
+
+/* ---- Images ------------------------------------------------------------ */
+
+typedef struct qimg_image qimg_image;
+
+enum qimg_format {
+    QIMG_FMT_AUTO = 0, /* probe: qcow2 magic, else raw */
+    QIMG_FMT_QCOW2,
+    QIMG_FMT_RAW,
+};
+
+struct qimg_open_opts {
+    enum qimg_format fmt;
+    bool read_write;
+    bool no_backing;  /* do not open the backing chain */
+    bool force_share; /* -U: do not take the shared "write" lock */
+    bool no_locking;  /* file.locking=off */
+    /* Open this internal snapshot (ID or name; "snapshot.id=" and
+     * "snapshot.name=" prefixes accepted) read-only instead of the active
+     * disk. NULL: the active disk. */
+    const char *snapshot;
+};
+#define QIMG_OPEN_OPTS_INIT {QIMG_FMT_AUTO, false, false, false, false, NULL}
+
+/* Open `path`. Backing files are opened read-only, relative names resolved
+ * against the directory of the image naming them. */
+QIMG_API int qimg_image_open(qimg_image **out, const char *path,
+                             const struct qimg_open_opts *o);
+/* Flush (if writable), release locks and free. Returns the flush result;
+ * the image is freed either way. */
+QIMG_API int qimg_image_close(qimg_image *img);
+
+enum qimg_prealloc {
+    QIMG_PREALLOC_OFF = 0,
+    QIMG_PREALLOC_METADATA,
+    QIMG_PREALLOC_FALLOC,
+    QIMG_PREALLOC_FULL,
+};
+
+struct qimg_create_opts {
+    enum qimg_format fmt;   /* QIMG_FMT_QCOW2 or QIMG_FMT_RAW */
+    uint64_t size;          /* virtual size, bytes (rounded up to 512) */
+    uint32_t cluster_size;  /* 512 .. 2 MiB, power of two */
+    int compat;             /* 2 (0.10) or 3 (1.1) */
+    uint32_t refcount_bits; /* 1, 2, 4, 8, 16, 32, 64 */
+    bool lazy_refcounts;
+    bool extended_l2;
+    int compression_type;   /* 0 zlib, 1 zstd */
+    enum qimg_prealloc prealloc;
+    const char *backing_file; /* stored as given */
+    const char *backing_fmt;  /* "qcow2", "raw" or NULL */
+};
+#define QIMG_CREATE_OPTS_INIT                                                  \
+    {QIMG_FMT_QCOW2, 0, 65536, 3, 16, false, false, 0, QIMG_PREALLOC_OFF,      \
+     NULL, NULL}
+
+/* Create (or truncate and overwrite) an image file. */
+QIMG_API int qimg_image_create(const char *path,
+                               const struct qimg_create_opts *o);
+
+QIMG_API uint64_t qimg_image_size(const qimg_image *img);
+QIMG_API enum qimg_format qimg_image_format(const qimg_image *img);
+/* Backing image, or NULL. Borrowed. */
+QIMG_API qimg_image *qimg_image_backing(qimg_image *img);
+
+/* Guest I/O at any byte offset and length within the virtual size. */
+QIMG_API int qimg_image_read(qimg_image *img, void *buf, size_t len,
+                             uint64_t off);
+QIMG_API int qimg_image_write(qimg_image *img, const void *buf, size_t len,
+                              uint64_t off);
+/* Compress whole clusters; `off` cluster-aligned, `len` a multiple of the
+ * cluster size or ending at the end of the disk; the clusters must be
+ * unallocated (as QEMU requires). */
+QIMG_API int qimg_image_write_compressed(qimg_image *img, const void *buf,
+                                         size_t len, uint64_t off);
+
+#define QIMG_ZERO_UNMAP 1u /* may deallocate instead of keeping space */
+QIMG_API int qimg_image_write_zeroes(qimg_image *img, uint64_t off,
+                                     uint64_t len, unsigned flags);
+QIMG_API int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len);
+QIMG_API int qimg_image_flush(qimg_image *img);
+
+/* Allocation status of [off, off+len): the answer covers *out->len bytes
+ * from `off` (at least 1 byte, at most len) that share one status. */
+#define QIMG_BS_ALLOCATED 1u /* defined by this layer, not the backing */
+#define QIMG_BS_ZERO 2u      /* reads as zeros */
+#define QIMG_BS_DATA 4u      /* has host data (offset valid if not compressed) */
+#define QIMG_BS_COMPRESSED 8u
+#define QIMG_BS_OFFSET 16u /* host_off is valid */
+struct qimg_extent {
+    uint64_t len;
+    unsigned flags;
+    uint64_t host_off; /* with QIMG_BS_OFFSET */
+    int depth;         /* layer answering: 0 this image, 1 its backing... */
+};
+/* Status in this layer only (backing not consulted). */
+QIMG_API int qimg_image_block_status(qimg_image *img, uint64_t off,
+                                     uint64_t len, struct qimg_extent *out);
+/* Status through the backing chain (depth says which layer answered). */
+QIMG_API int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
+                            struct qimg_extent *out);
+
+/* ---- Image information ----------------------------------------------- */
+
+struct qimg_bitmap_info {
+    char *name;
+    uint32_t granularity;
+    bool in_use, is_auto;
+};
+
+struct qimg_info {
+    enum qimg_format fmt;
+    uint64_t virtual_size;
+    uint64_t actual_size;  /* bytes allocated on the host file system */
+    uint32_t cluster_size; /* qcow2 only */
+    char *backing_file;    /* as stored; NULL if none */
+    char *full_backing_file;
+    char *backing_fmt;     /* NULL if not recorded */
+    bool is_dirty;
+    /* qcow2 format-specific */
+    int version;           /* 2 or 3 */
+    bool lazy_refcounts, corrupt, extended_l2;
+    int compression_type;  /* 0 zlib, 1 zstd */
+    uint32_t refcount_bits;
+    bool has_bitmaps_ext;
+    struct qimg_bitmap_info *bitmaps;
+    size_t nb_bitmaps;
+    char *data_file;
+};
+
+QIMG_API int qimg_image_info(struct qimg_info **out, qimg_image *img);
+QIMG_API void qimg_info_free(struct qimg_info *info);
+
+/* ---- Internal snapshots ------------------------------------------------ */
+
+struct qimg_snapshot {
+    char *id;
+    char *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t disk_size;
+    uint64_t icount; /* UINT64_MAX: unknown */
+    uint64_t l1_table_offset;
+    uint32_t l1_size;
+};
+
+/* All snapshots in table order. *out is freed with qimg_snapshot_list_free. */
+QIMG_API int qimg_snapshot_list(struct qimg_snapshot **out, size_t *count,
+                                qimg_image *img);
+QIMG_API void qimg_snapshot_list_free(struct qimg_snapshot *list,
+                                      size_t count);
+
+/* Create a snapshot of the active disk named `name` (cut to 255 bytes);
+ * its ID is one more than the largest numeric ID. Commits atomically. */
+QIMG_API int qimg_snapshot_create(qimg_image *img, const char *name);
+/* Revert the active disk to the snapshot (looked up by ID, then name).
+ * Commits atomically. */
+QIMG_API int qimg_snapshot_apply(qimg_image *img, const char *id_or_name);
+/* Delete the snapshot (looked up by name, then ID). Commits atomically. */
+QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QIMG_H */

@@ -1,0 +1,127 @@
+/*
+ * bitmap.c - persistent dirty bitmaps: kept and refcounted, not
+ * interpreted.
+ *
+ * qcow2-format.md §9. Reads the bitmap directory for `info` and the overlap
+ * check; before guest data is first written, marks every `auto` bitmap
+ * in_use (option (b) of §9: unusable but never wrong), as QEMU itself does
+ * for bitmaps it cannot keep up to date.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* §9 directory entry offsets */
+enum {
+    BME_TABLE_OFF = 0,
+    BME_TABLE_SIZE = 8,
+    BME_FLAGS = 12,
+    BME_TYPE = 16,
+    BME_GRAN = 17,
+    BME_NAME_LEN = 18,
+    BME_EXTRA_LEN = 20,
+    BME_HDR_LEN = 24,
+};
+
+#define MAX_BITMAP_DIR (1024ull * 65535)
+
+void bitmap_dir_free(struct bitmap_entry *b, size_t n)
+{
+    if (!b)
+        return;
+    for (size_t i = 0; i < n; i++)
+        free(b[i].name);
+    free(b);
+}
+
+static int parse_dir(const uint8_t *d, uint64_t size, uint32_t nb,
+                     struct bitmap_entry *b)
+{
+    uint64_t pos = 0;
+
+    for (uint32_t i = 0; i < nb; i++) {
+        uint32_t name_len, extra_len;
+        if (pos + BME_HDR_LEN > size)
+            return qimg_err(EINVAL, "Bitmap directory is truncated");
+        b[i].table_off = be64_load(d + pos + BME_TABLE_OFF);
+        b[i].table_size = be32_load(d + pos + BME_TABLE_SIZE);
+        b[i].flags = be32_load(d + pos + BME_FLAGS);
+        b[i].type = d[pos + BME_TYPE];
+        b[i].granularity_bits = d[pos + BME_GRAN];
+        name_len = be16_load(d + pos + BME_NAME_LEN);
+        extra_len = be32_load(d + pos + BME_EXTRA_LEN);
+        if (pos + BME_HDR_LEN + (uint64_t)extra_len + name_len > size)
+            return qimg_err(EINVAL, "Bitmap directory is truncated");
+        b[i].name = malloc(name_len + 1);
+        if (!b[i].name)
+            return qimg_err(ENOMEM, "Out of memory");
+        memcpy(b[i].name, d + pos + BME_HDR_LEN + extra_len, name_len);
+        b[i].name[name_len] = '\0';
+        b[i].dir_pos = pos;
+        pos = ALIGN_UP(pos + BME_HDR_LEN + extra_len + name_len, 8);
+    }
+    return 0;
+}
+
+int bitmap_dir_load(qimg_image *img, struct bitmap_entry **out, size_t *n)
+{
+    const struct qcow2_header *h = &img->q->hdr;
+    struct bitmap_entry *b = NULL;
+    uint8_t *d = NULL;
+    int ret;
+
+    *out = NULL;
+    *n = 0;
+    if (!h->has_bitmaps_ext || !(h->autoclear & AUTOCLEAR_BITMAPS) ||
+        h->nb_bitmaps == 0)
+        return 0;
+    if (h->bitmap_dir_size > MAX_BITMAP_DIR || h->nb_bitmaps > 65535)
+        return qimg_err(EINVAL, "Bitmap directory is too large");
+    ret = qcow2_read_table(img, &d, h->bitmap_dir_offset,
+                           (size_t)h->bitmap_dir_size, "Bitmap directory");
+    if (ret < 0)
+        return ret;
+    b = calloc(h->nb_bitmaps, sizeof *b);
+    if (!b) {
+        free(d);
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    ret = parse_dir(d, h->bitmap_dir_size, h->nb_bitmaps, b);
+    free(d);
+    if (ret < 0) {
+        bitmap_dir_free(b, h->nb_bitmaps);
+        return ret;
+    }
+    *out = b;
+    *n = h->nb_bitmaps;
+    return 0;
+}
+
+int bitmap_mark_in_use(qimg_image *img)
+{
+    const struct qcow2_header *h = &img->q->hdr;
+    struct bitmap_entry *b;
+    size_t n;
+    bool wrote = false;
+    int ret = bitmap_dir_load(img, &b, &n);
+
+    if (ret < 0)
+        return ret;
+    for (size_t i = 0; i < n && ret == 0; i++) {
+        uint8_t f[4];
+        if (!(b[i].flags & BME_FLAG_AUTO) || (b[i].flags & BME_FLAG_IN_USE))
+            continue;
+        /* One 4-byte write inside a sector: atomic on a power cut. */
+        be32_store(f, b[i].flags | BME_FLAG_IN_USE);
+        ret = image_pwrite(img, f, 4,
+                           h->bitmap_dir_offset + b[i].dir_pos + BME_FLAGS);
+        wrote = true;
+    }
+    /* The flags are durable before any guest data changes. */
+    if (ret == 0 && wrote)
+        ret = image_flush_file(img);
+    bitmap_dir_free(b, n);
+    return ret;
+}

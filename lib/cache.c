@@ -1,0 +1,152 @@
+/*
+ * cache.c - a write-back cache of metadata clusters (L2 tables, refcount
+ * blocks), keyed by host offset.
+ *
+ * The cache only holds buffers; it never does I/O. Callers (l1l2.c,
+ * refcount.c) load entries, mark them dirty and write them back in the
+ * order qcow2-format.md §13 demands; qcow2_flush() drives that order.
+ * Notes on the design:
+ *  1. An entry returned by mcache_insert() or pinned by mcache_pin() is not
+ *     evicted until mcache_unpin(); callers pin across calls that may load
+ *     other clusters.
+ *  2. Dirty entries are never evicted: when no clean unpinned slot is left
+ *     the caller flushes all metadata and retries.
+ *  3. Buffers are allocated on first use, so a large cache costs memory
+ *     only as it fills.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+static size_t hash_of(const struct mcache *c, uint64_t off)
+{
+    uint64_t k = off / c->cs;
+
+    k ^= k >> 29;
+    k *= 0x9e3779b97f4a7c15ull;
+    return (size_t)(k >> 17) & c->hmask;
+}
+
+int mcache_init(struct mcache *c, size_t cs, size_t cap)
+{
+    size_t hcap = 16;
+
+    c->cs = cs;
+    c->cap = cap;
+    c->clock = 0;
+    while (hcap < cap * 2)
+        hcap *= 2;
+    c->hmask = hcap - 1;
+    c->e = calloc(cap, sizeof *c->e);
+    c->hash = calloc(hcap, sizeof *c->hash);
+    if (!c->e || !c->hash) {
+        mcache_destroy(c);
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    for (size_t i = 0; i < cap; i++)
+        c->e[i].off = UINT64_MAX;
+    return 0;
+}
+
+void mcache_destroy(struct mcache *c)
+{
+    if (c->e)
+        for (size_t i = 0; i < c->cap; i++)
+            free(c->e[i].buf);
+    free(c->e);
+    free(c->hash);
+    c->e = NULL;
+    c->hash = NULL;
+    c->cap = 0;
+}
+
+struct mcache_entry *mcache_find(struct mcache *c, uint64_t off)
+{
+    struct mcache_entry *e;
+
+    if (!c->cap)
+        return NULL;
+    for (e = c->hash[hash_of(c, off)]; e; e = e->hnext)
+        if (e->off == off) {
+            e->stamp = ++c->clock;
+            return e;
+        }
+    return NULL;
+}
+
+static void unlink_entry(struct mcache *c, struct mcache_entry *e)
+{
+    struct mcache_entry **pp = &c->hash[hash_of(c, e->off)];
+
+    while (*pp && *pp != e)
+        pp = &(*pp)->hnext;
+    if (*pp)
+        *pp = e->hnext;
+    e->hnext = NULL;
+    e->off = UINT64_MAX;
+    e->dirty = false;
+}
+
+struct mcache_entry *mcache_insert(struct mcache *c, uint64_t off)
+{
+    struct mcache_entry *victim = NULL;
+    size_t h;
+
+    for (size_t i = 0; i < c->cap; i++) {
+        struct mcache_entry *e = &c->e[i];
+        if (e->off == UINT64_MAX) {
+            victim = e;
+            break;
+        }
+        if (e->dirty || e->pins)
+            continue;
+        if (!victim || e->stamp < victim->stamp)
+            victim = e;
+    }
+    if (!victim)
+        return NULL;
+    if (!victim->buf) {
+        victim->buf = malloc(c->cs);
+        if (!victim->buf)
+            return NULL;
+    }
+    if (victim->off != UINT64_MAX)
+        unlink_entry(c, victim);
+    h = hash_of(c, off);
+    victim->off = off;
+    victim->dirty = false;
+    victim->pins = 1;
+    victim->stamp = ++c->clock;
+    victim->hnext = c->hash[h];
+    c->hash[h] = victim;
+    return victim;
+}
+
+void mcache_pin(struct mcache *c, struct mcache_entry *e)
+{
+    (void)c;
+    e->pins++;
+}
+
+void mcache_unpin(struct mcache_entry *e)
+{
+    if (e && e->pins)
+        e->pins--;
+}
+
+void mcache_drop(struct mcache *c, uint64_t off)
+{
+    struct mcache_entry *e = mcache_find(c, off);
+
+    if (e)
+        unlink_entry(c, e);
+}
+
+bool mcache_has_dirty(const struct mcache *c)
+{
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->e[i].off != UINT64_MAX && c->e[i].dirty)
+            return true;
+    return false;
+}

@@ -1,0 +1,199 @@
+/*
+ * io-posix.c - struct qimg_io_ops over a POSIX file descriptor.
+ *
+ * Plain pread/pwrite on the calling thread, fdatasync for flush,
+ * FALLOC_FL_PUNCH_HOLE for discard. The descriptor stays open for the
+ * image's whole life so its OFD locks (lock.c) stay held.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct posix_ctx {
+    int fd;
+};
+
+static int posix_pread(void *ctx, void *buf, size_t len, uint64_t off)
+{
+    struct posix_ctx *p = ctx;
+    uint8_t *b = buf;
+
+    while (len > 0) {
+        ssize_t n = pread(p->fd, b, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0) {
+            memset(b, 0, len);
+            return 0;
+        }
+        b += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int posix_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+    struct posix_ctx *p = ctx;
+    const uint8_t *b = buf;
+
+    while (len > 0) {
+        ssize_t n = pwrite(p->fd, b, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -ENOSPC;
+        b += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int posix_flush(void *ctx)
+{
+    struct posix_ctx *p = ctx;
+
+    return fdatasync(p->fd) < 0 ? -errno : 0;
+}
+
+static int posix_discard(void *ctx, uint64_t off, uint64_t len)
+{
+    struct posix_ctx *p = ctx;
+
+    if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                  (off_t)off, (off_t)len) < 0) {
+        /* Advisory: a file system without hole punching keeps the bytes. */
+        if (errno == EOPNOTSUPP || errno == ENOSYS)
+            return 0;
+        return -errno;
+    }
+    return 0;
+}
+
+static int posix_truncate(void *ctx, uint64_t size)
+{
+    struct posix_ctx *p = ctx;
+
+    return ftruncate(p->fd, (off_t)size) < 0 ? -errno : 0;
+}
+
+static int posix_get_size(void *ctx, uint64_t *out)
+{
+    struct posix_ctx *p = ctx;
+    struct stat st;
+
+    if (fstat(p->fd, &st) < 0)
+        return -errno;
+    if (S_ISBLK(st.st_mode)) {
+        off_t end = lseek(p->fd, 0, SEEK_END);
+        if (end < 0)
+            return -errno;
+        *out = (uint64_t)end;
+        return 0;
+    }
+    *out = (uint64_t)st.st_size;
+    return 0;
+}
+
+static int posix_get_allocated(void *ctx, uint64_t *out)
+{
+    struct posix_ctx *p = ctx;
+    struct stat st;
+
+    if (fstat(p->fd, &st) < 0)
+        return -errno;
+    *out = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+static int posix_seek_data(void *ctx, uint64_t off, bool *is_data,
+                           uint64_t *end)
+{
+    struct posix_ctx *p = ctx;
+    off_t d = lseek(p->fd, (off_t)off, SEEK_DATA), h;
+
+    if (d < 0) {
+        if (errno == ENXIO) { /* a hole up to the end of the file */
+            struct stat st;
+            if (fstat(p->fd, &st) < 0)
+                return -errno;
+            *is_data = false;
+            *end = MAX((uint64_t)st.st_size, off);
+            return 0;
+        }
+        return -errno;
+    }
+    if ((uint64_t)d > off) {
+        *is_data = false;
+        *end = (uint64_t)d;
+        return 0;
+    }
+    h = lseek(p->fd, (off_t)off, SEEK_HOLE);
+    if (h < 0)
+        return -errno;
+    *is_data = true;
+    *end = (uint64_t)h;
+    return 0;
+}
+
+static int posix_get_fd(void *ctx)
+{
+    return ((struct posix_ctx *)ctx)->fd;
+}
+
+static void posix_close(void *ctx)
+{
+    struct posix_ctx *p = ctx;
+
+    close(p->fd);
+    free(p);
+}
+
+static const struct qimg_io_ops posix_ops = {
+    .pread = posix_pread,
+    .pwrite = posix_pwrite,
+    .flush = posix_flush,
+    .discard = posix_discard,
+    .truncate = posix_truncate,
+    .get_size = posix_get_size,
+    .get_allocated = posix_get_allocated,
+    .seek_data = posix_seek_data,
+    .get_fd = posix_get_fd,
+    .close = posix_close,
+};
+
+int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
+                  bool create)
+{
+    struct posix_ctx *p;
+    int flags = (read_write ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+    int fd;
+
+    if (create)
+        flags |= O_CREAT | O_TRUNC;
+    fd = open(path, flags, 0644);
+    if (fd < 0)
+        return -errno;
+    p = malloc(sizeof *p);
+    if (!p) {
+        close(fd);
+        return -ENOMEM;
+    }
+    p->fd = fd;
+    out->ops = &posix_ops;
+    out->ctx = p;
+    return 0;
+}

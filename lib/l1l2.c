@@ -1,0 +1,285 @@
+/*
+ * l1l2.c - guest offset -> host cluster: the active L1 table and L2 tables.
+ *
+ * qcow2-format.md §3.1-§3.5 (lookup, entry formats) and §3.7 (COPIED).
+ * Owns the in-memory active L1 and the L2 cache; guest.c decides what to
+ * write into entries, refcount.c owns the counts. Snapshot L1 tables are
+ * handled by txn.c and snapshot.c.
+ *
+ * Notes on the design:
+ *  1. A new L2 table is allocated (refcount +1), filled in the cache and
+ *     written only by qcow2_flush(), after the refcount blocks are durable;
+ *     the L1 entry naming it is written after the table is durable
+ *     (§13 rule 2).
+ *  2. An L2 table whose L1 entry lacks COPIED is shared with a snapshot:
+ *     it is copied before any entry changes, and the old table loses one
+ *     reference only once the new L1 entry is durable.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+int l1_load(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+
+    q->l1_size = q->hdr.l1_size;
+    if (!q->l1_size) {
+        q->l1 = calloc(1, 8);
+        return q->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
+    }
+    return qcow2_read_table(img, &q->l1, q->hdr.l1_table_offset,
+                            (size_t)q->l1_size * 8, "Active L1 table");
+}
+
+int l1_write_dirty(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t lo = q->l1_dirty_lo, hi = q->l1_dirty_hi;
+    int ret;
+
+    if (lo >= hi)
+        return 0;
+    ret = image_pwrite(img, q->l1 + lo * 8, (hi - lo) * 8,
+                       q->hdr.l1_table_offset + lo * 8);
+    if (ret < 0)
+        return ret;
+    q->l1_dirty_lo = q->l1_dirty_hi = 0;
+    return 0;
+}
+
+static void l1_mark_dirty(struct qcow2 *q, uint32_t idx)
+{
+    if (q->l1_dirty_lo >= q->l1_dirty_hi) {
+        q->l1_dirty_lo = idx;
+        q->l1_dirty_hi = idx + 1;
+        return;
+    }
+    q->l1_dirty_lo = MIN(q->l1_dirty_lo, idx);
+    q->l1_dirty_hi = MAX(q->l1_dirty_hi, idx + 1);
+}
+
+static struct mcache_entry *l2c_insert(qimg_image *img, uint64_t off, int *ret)
+{
+    struct qcow2 *q = img->q;
+    struct mcache_entry *e = mcache_insert(&q->l2c, off);
+
+    *ret = 0;
+    if (e)
+        return e;
+    *ret = qcow2_flush(img);
+    if (*ret < 0)
+        return NULL;
+    e = mcache_insert(&q->l2c, off);
+    if (!e)
+        *ret = qimg_err(ENOMEM, "Out of memory");
+    return e;
+}
+
+int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out)
+{
+    struct qcow2 *q = img->q;
+    struct mcache_entry *e = mcache_find(&q->l2c, l2_off);
+    int ret;
+
+    if (e) {
+        mcache_pin(&q->l2c, e);
+        *out = e;
+        return 0;
+    }
+    if (l2_off + q->cluster_size > q->file_size)
+        return qimg_corrupt("L2 table offset %#" PRIx64
+                            " beyond end of file",
+                            l2_off);
+    e = l2c_insert(img, l2_off, &ret);
+    if (!e)
+        return ret;
+    ret = image_pread(img, e->buf, q->cluster_size, l2_off);
+    if (ret < 0) {
+        mcache_unpin(e);
+        mcache_drop(&q->l2c, l2_off);
+        return ret;
+    }
+    *out = e;
+    return 0;
+}
+
+int l2_write_dirty(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+
+    for (size_t i = 0; i < q->l2c.cap; i++) {
+        struct mcache_entry *e = &q->l2c.e[i];
+        int ret;
+        if (e->off == UINT64_MAX || !e->dirty)
+            continue;
+        ret = image_pwrite(img, e->buf, q->cluster_size, e->off);
+        if (ret < 0)
+            return ret;
+        e->dirty = false;
+    }
+    return 0;
+}
+
+/* The L2 offset in L1 entry l1_idx, validated. 0 if none. */
+static int l1_l2_offset(qimg_image *img, uint64_t l1_idx, uint64_t *out)
+{
+    struct qcow2 *q = img->q;
+    uint64_t off = l1_entry_get(q->l1, l1_idx) & L1E_OFFSET_MASK;
+
+    *out = off;
+    if (off && !IS_ALIGNED(off, q->cluster_size))
+        return qimg_corrupt("L2 table offset %#" PRIx64
+                            " unaligned (L1 index: %#" PRIx64 ")",
+                            off, l1_idx);
+    return 0;
+}
+
+int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
+{
+    struct qcow2 *q = img->q;
+    uint64_t l1_idx = guest_off >> (q->cluster_bits + q->l2_bits);
+    uint64_t l2_idx = (guest_off >> q->cluster_bits) & (q->l2_entries - 1);
+    struct mcache_entry *e;
+    int ret;
+
+    memset(out, 0, sizeof *out);
+    if (l1_idx >= q->l1_size)
+        return 0;
+    ret = l1_l2_offset(img, l1_idx, &out->l2_off);
+    if (ret < 0 || !out->l2_off)
+        return ret;
+    ret = l2_load(img, out->l2_off, &e);
+    if (ret < 0)
+        return ret;
+    out->entry = l2_entry_get(q, e->buf, l2_idx);
+    out->bitmap = l2_bitmap_get(q, e->buf, l2_idx);
+    mcache_unpin(e);
+    return l2_entry_check(img, out->entry, out->bitmap, guest_off);
+}
+
+int l2_get_writable(qimg_image *img, uint64_t guest_off,
+                    struct mcache_entry **out, uint64_t *idx)
+{
+    struct qcow2 *q = img->q;
+    uint64_t l1_idx = guest_off >> (q->cluster_bits + q->l2_bits);
+    uint64_t l1e, old_off, new_off;
+    struct mcache_entry *old = NULL, *e;
+    int ret;
+
+    *idx = (guest_off >> q->cluster_bits) & (q->l2_entries - 1);
+    if (l1_idx >= q->l1_size)
+        return qimg_err(EINVAL, "Write beyond the L1 table");
+    l1e = l1_entry_get(q->l1, l1_idx);
+    ret = l1_l2_offset(img, l1_idx, &old_off);
+    if (ret < 0)
+        return ret;
+    if (old_off && (l1e & QCOW_OFLAG_COPIED))
+        return l2_load(img, old_off, out);
+    if (old_off) {
+        ret = l2_load(img, old_off, &old);
+        if (ret < 0)
+            return ret;
+    }
+    ret = refcount_alloc(img, 1, &new_off);
+    if (ret < 0)
+        goto out;
+    e = l2c_insert(img, new_off, &ret);
+    if (!e)
+        goto out;
+    if (old)
+        memcpy(e->buf, old->buf, q->cluster_size);
+    else
+        memset(e->buf, 0, q->cluster_size);
+    e->dirty = true;
+    ret = qcow2_meta_add(q, new_off, q->cluster_size);
+    if (ret == 0 && old_off)
+        ret = refcount_dec_later(img, old_off, q->cluster_size, false);
+    if (ret < 0) {
+        mcache_unpin(e);
+        goto out;
+    }
+    l1_entry_set(q->l1, l1_idx, new_off | QCOW_OFLAG_COPIED);
+    l1_mark_dirty(q, (uint32_t)l1_idx);
+    *out = e;
+out:
+    mcache_unpin(old);
+    return ret;
+}
+
+enum cl_type l2_cluster_type(const struct qcow2 *q, uint64_t entry)
+{
+    if (entry & QCOW_OFLAG_COMPRESSED)
+        return CL_COMPRESSED;
+    if (!q->ext_l2 && (entry & QCOW_OFLAG_ZERO))
+        return (entry & L2E_OFFSET_MASK) ? CL_ZERO_ALLOC : CL_ZERO_PLAIN;
+    return (entry & L2E_OFFSET_MASK) ? CL_NORMAL : CL_UNALLOC;
+}
+
+enum cl_type l2_subcluster_type(const struct qcow2 *q, uint64_t entry,
+                                uint64_t bitmap, unsigned sc)
+{
+    enum cl_type t = l2_cluster_type(q, entry);
+
+    if (!q->ext_l2 || t == CL_COMPRESSED)
+        return t;
+    if (bitmap & (1ull << (32 + sc)))
+        return t == CL_NORMAL ? CL_ZERO_ALLOC : CL_ZERO_PLAIN;
+    if (bitmap & (1ull << sc))
+        return CL_NORMAL;
+    return t == CL_NORMAL ? CL_UNALLOC_ALLOC : CL_UNALLOC;
+}
+
+void l2_compressed_range(const struct qcow2 *q, uint64_t entry,
+                         uint64_t *coff, uint64_t *clen)
+{
+    uint64_t nsec = ((entry >> q->csize_shift) & q->csize_mask) + 1;
+
+    *coff = entry & q->coff_mask;
+    *clen = nsec * 512 - (*coff & 511);
+}
+
+int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
+                   uint64_t guest_off)
+{
+    struct qcow2 *q = img->q;
+    uint64_t host = entry & L2E_OFFSET_MASK;
+
+    if (entry & QCOW_OFLAG_COMPRESSED) {
+        uint64_t coff, clen;
+        l2_compressed_range(q, entry, &coff, &clen);
+        if (coff >= q->file_size)
+            return qimg_corrupt("Compressed cluster at guest offset %#" PRIx64
+                                " points beyond end of file (host offset %#"
+                                PRIx64 ")",
+                                guest_off, coff);
+        return 0;
+    }
+    if (q->ext_l2) {
+        if ((bitmap >> 32) & bitmap & 0xffffffffull)
+            return qimg_corrupt("Invalid cluster entry found (guest offset %#"
+                                PRIx64 ")",
+                                guest_off);
+        if (!host && (bitmap & 0xffffffffull))
+            return qimg_corrupt("Invalid cluster entry found (guest offset %#"
+                                PRIx64 ")",
+                                guest_off);
+    } else if ((entry & QCOW_OFLAG_ZERO) && q->hdr.version < 3) {
+        return qimg_corrupt("Zero cluster entry found in pre-v3 image "
+                            "(guest offset %#" PRIx64 ")",
+                            guest_off);
+    }
+    if (!host)
+        return 0;
+    if (!IS_ALIGNED(host, q->cluster_size))
+        return qimg_corrupt("Cluster allocation offset %#" PRIx64
+                            " unaligned (guest offset %#" PRIx64 ")",
+                            host, guest_off);
+    if (host + q->cluster_size > q->file_size)
+        return qimg_corrupt("Cluster allocation offset %#" PRIx64
+                            " beyond end of file (guest offset %#" PRIx64 ")",
+                            host, guest_off);
+    return 0;
+}

@@ -1,0 +1,537 @@
+/*
+ * refcount.c - refcount table, refcount blocks, cluster allocation.
+ *
+ * qcow2-format.md §4 (encoding) and §13 rules 1, 3, 4, 5 (ordering). This
+ * file owns the refcount structures of a live image: guest writes allocate
+ * and free through it. Snapshot transactions (txn.c) build whole new
+ * refcount structures instead and only read through here.
+ *
+ * Notes on the design:
+ *  1. Increments are applied to cached blocks at once; qcow2_flush() writes
+ *     the blocks and syncs before any L2/L1 entry that needs them is written.
+ *  2. Decrements are queued (refcount_dec_later) and applied only after the
+ *     metadata that dropped the reference is durable, so a cluster is never
+ *     reused while an on-disk table still points at it.
+ *  3. A new refcount block is written and synced before the reftable entry
+ *     naming it; it is placed inside its own range, describing itself.
+ *  4. Growing the refcount table writes new blocks and the new table past
+ *     everything the old table covers, syncs, then switches header bytes
+ *     48-59 in one write, syncs, and only then frees the old table.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+uint64_t refblock_get(const uint8_t *rb, uint64_t i, unsigned order)
+{
+    switch (order) {
+    case 0:
+        return (rb[i / 8] >> (i % 8)) & 1;
+    case 1:
+        return (rb[i / 4] >> (2 * (i % 4))) & 3;
+    case 2:
+        return (rb[i / 2] >> (4 * (i % 2))) & 15;
+    case 3:
+        return rb[i];
+    case 4:
+        return be16_load(rb + 2 * i);
+    case 5:
+        return be32_load(rb + 4 * i);
+    default:
+        return be64_load(rb + 8 * i);
+    }
+}
+
+void refblock_set(uint8_t *rb, uint64_t i, unsigned order, uint64_t v)
+{
+    unsigned shift, bits;
+
+    switch (order) {
+    case 0:
+    case 1:
+    case 2:
+        bits = 1u << order;
+        shift = (unsigned)(i % (8 >> order)) * bits;
+        rb[i >> (3 - order)] =
+            (uint8_t)((rb[i >> (3 - order)] & ~(((1u << bits) - 1) << shift)) |
+                      (v << shift));
+        return;
+    case 3:
+        rb[i] = (uint8_t)v;
+        return;
+    case 4:
+        be16_store(rb + 2 * i, (uint16_t)v);
+        return;
+    case 5:
+        be32_store(rb + 4 * i, (uint32_t)v);
+        return;
+    default:
+        be64_store(rb + 8 * i, v);
+    }
+}
+
+int refcount_cache_init(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t blocks = q->rt_entries ? q->rt_entries : 1;
+    uint64_t cap = (8ull << 20) / q->cluster_size;
+
+    cap = MIN(cap, blocks + 8);
+    return mcache_init(&q->rbc, q->cluster_size, MAX(cap, 8));
+}
+
+int refcount_load_table(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t n = (uint64_t)q->hdr.refcount_table_clusters * q->cluster_size;
+    int ret;
+
+    ret = qcow2_read_table(img, &q->rt, q->hdr.refcount_table_offset, n,
+                           "Reference count table");
+    if (ret < 0)
+        return ret;
+    q->rt_entries = n / 8;
+    return 0;
+}
+
+static uint64_t rt_get(const struct qcow2 *q, uint64_t rt_idx)
+{
+    if (rt_idx >= q->rt_entries)
+        return 0;
+    return be64_load(q->rt + rt_idx * 8) & RT_OFFSET_MASK;
+}
+
+/* The cached refcount block at rb_off, pinned. */
+static int rb_load(qimg_image *img, uint64_t rt_idx, uint64_t rb_off,
+                   struct mcache_entry **out)
+{
+    struct qcow2 *q = img->q;
+    struct mcache_entry *e = mcache_find(&q->rbc, rb_off);
+    int ret;
+
+    if (e) {
+        mcache_pin(&q->rbc, e);
+        *out = e;
+        return 0;
+    }
+    if (!IS_ALIGNED(rb_off, q->cluster_size))
+        return qimg_corrupt("Refblock offset %#" PRIx64
+                            " unaligned (reftable index: %#" PRIx64 ")",
+                            rb_off, rt_idx);
+    if (rb_off + q->cluster_size > q->file_size)
+        return qimg_corrupt("Refblock offset %#" PRIx64
+                            " beyond end of file (reftable index: %#" PRIx64
+                            ")",
+                            rb_off, rt_idx);
+    e = mcache_insert(&q->rbc, rb_off);
+    if (!e) {
+        ret = qcow2_flush(img);
+        if (ret < 0)
+            return ret;
+        e = mcache_insert(&q->rbc, rb_off);
+        if (!e)
+            return qimg_err(ENOMEM, "Out of memory");
+    }
+    ret = image_pread(img, e->buf, q->cluster_size, rb_off);
+    if (ret < 0) {
+        mcache_unpin(e);
+        mcache_drop(&q->rbc, rb_off);
+        return ret;
+    }
+    *out = e;
+    return 0;
+}
+
+int refcount_get(qimg_image *img, uint64_t idx, uint64_t *out)
+{
+    struct qcow2 *q = img->q;
+    uint64_t rt_idx = idx >> q->rb_bits;
+    uint64_t rb_off = rt_get(q, rt_idx);
+    struct mcache_entry *e;
+    int ret;
+
+    *out = 0;
+    if (!rb_off)
+        return 0;
+    ret = rb_load(img, rt_idx, rb_off, &e);
+    if (ret < 0)
+        return ret;
+    *out = refblock_get(e->buf, idx & ((1ull << q->rb_bits) - 1),
+                        q->refcount_order);
+    mcache_unpin(e);
+    return 0;
+}
+
+static int grow_reftable(qimg_image *img, uint64_t min_entries);
+
+/* Write a new refcount block for rt_idx inside its own range at cluster
+ * blk_idx, describing itself; then point the reftable at it. */
+static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
+{
+    struct qcow2 *q = img->q;
+    uint64_t off = blk_idx << q->cluster_bits;
+    struct mcache_entry *e;
+    uint8_t ent[8];
+    int ret;
+
+    ret = qcow2_overlap_check(img, off, q->cluster_size);
+    if (ret < 0)
+        return ret;
+    e = mcache_insert(&q->rbc, off);
+    if (!e) {
+        ret = qcow2_flush(img);
+        if (ret < 0)
+            return ret;
+        e = mcache_insert(&q->rbc, off);
+        if (!e)
+            return qimg_err(ENOMEM, "Out of memory");
+    }
+    memset(e->buf, 0, q->cluster_size);
+    refblock_set(e->buf, blk_idx - (rt_idx << q->rb_bits), q->refcount_order,
+                 1);
+    /* 1 of 2: the block, describing itself, is durable ... */
+    ret = image_pwrite(img, e->buf, q->cluster_size, off);
+    if (ret == 0)
+        ret = image_flush_file(img);
+    mcache_unpin(e);
+    if (ret < 0) {
+        mcache_drop(&q->rbc, off);
+        return ret;
+    }
+    /* 2 of 2: ... before the reftable names it. */
+    be64_store(ent, off);
+    ret = image_pwrite(img, ent, 8, img->q->hdr.refcount_table_offset +
+                                        rt_idx * 8);
+    if (ret == 0)
+        ret = image_flush_file(img);
+    if (ret < 0)
+        return ret;
+    memcpy(q->rt + rt_idx * 8, ent, 8);
+    q->file_size = MAX(q->file_size, off + q->cluster_size);
+    return qcow2_meta_add(q, off, q->cluster_size);
+}
+
+/* Make sure a refcount block covers cluster idx. Returns 1 if it had to
+ * allocate one (the caller's view of free clusters is then stale). */
+static int ensure_refblock(qimg_image *img, uint64_t idx, uint64_t first_free)
+{
+    struct qcow2 *q = img->q;
+    uint64_t rt_idx = idx >> q->rb_bits;
+    uint64_t start = rt_idx << q->rb_bits;
+    int ret;
+
+    if (rt_idx >= q->rt_entries) {
+        ret = grow_reftable(img, rt_idx + 1);
+        return ret < 0 ? ret : 1;
+    }
+    if (rt_get(q, rt_idx))
+        return 0;
+    ret = create_refblock(img, rt_idx, MAX(start, first_free));
+    return ret < 0 ? ret : 1;
+}
+
+/* Check that clusters [idx, idx+n) can take delta without changing them. */
+static int update_range(qimg_image *img, uint64_t idx, uint64_t n,
+                        int64_t delta, bool apply)
+{
+    struct qcow2 *q = img->q;
+    uint64_t mask = (1ull << q->rb_bits) - 1;
+    int ret = 0;
+
+    while (n > 0) {
+        uint64_t rt_idx = idx >> q->rb_bits;
+        uint64_t rb_off = rt_get(q, rt_idx);
+        uint64_t cnt = MIN(n, (mask + 1) - (idx & mask));
+        struct mcache_entry *e;
+
+        if (!rb_off)
+            return qimg_err(EIO, "No refcount block for cluster %" PRIu64,
+                            idx);
+        ret = rb_load(img, rt_idx, rb_off, &e);
+        if (ret < 0)
+            return ret;
+        for (uint64_t i = idx & mask; i < (idx & mask) + cnt; i++) {
+            uint64_t v = refblock_get(e->buf, i, q->refcount_order);
+            if (delta < 0 && v < (uint64_t)-delta) {
+                ret = qimg_corrupt("Refcount of cluster %" PRIu64
+                                   " would drop below zero",
+                                   (rt_idx << q->rb_bits) + i);
+                break;
+            }
+            if (delta > 0 && q->refcount_max - v < (uint64_t)delta) {
+                ret = qimg_err(EINVAL, "Refcount overflow on cluster %" PRIu64
+                                       " (maximum %" PRIu64 ")",
+                               (rt_idx << q->rb_bits) + i, q->refcount_max);
+                break;
+            }
+            if (apply)
+                refblock_set(e->buf, i, q->refcount_order,
+                             v + (uint64_t)delta);
+        }
+        if (apply && ret == 0)
+            e->dirty = true;
+        mcache_unpin(e);
+        if (ret < 0)
+            return ret;
+        idx += cnt;
+        n -= cnt;
+    }
+    return 0;
+}
+
+int refcount_update(qimg_image *img, uint64_t idx, uint64_t n, int64_t delta)
+{
+    int ret = update_range(img, idx, n, delta, false);
+
+    return ret < 0 ? ret : update_range(img, idx, n, delta, true);
+}
+
+/* First run of n free clusters at or after q->free_hint. */
+static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out)
+{
+    struct qcow2 *q = img->q;
+    uint64_t idx = q->free_hint, run = 0;
+    uint64_t mask = (1ull << q->rb_bits) - 1;
+    int ret;
+
+    while (run < n) {
+        uint64_t rt_idx = idx >> q->rb_bits;
+        uint64_t rb_off = rt_get(q, rt_idx);
+        struct mcache_entry *e;
+        uint64_t i;
+
+        if (!rb_off) {
+            /* No block (or past the table): the whole range is free. */
+            uint64_t left = (mask + 1) - (idx & mask);
+            uint64_t take = MIN(left, n - run);
+            run += take;
+            idx += take;
+            continue;
+        }
+        ret = rb_load(img, rt_idx, rb_off, &e);
+        if (ret < 0)
+            return ret;
+        for (i = idx & mask; i <= mask && run < n; i++, idx++) {
+            if (refblock_get(e->buf, i, q->refcount_order))
+                run = 0;
+            else
+                run++;
+        }
+        mcache_unpin(e);
+    }
+    *out = idx - n;
+    return 0;
+}
+
+int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
+{
+    struct qcow2 *q = img->q;
+    uint64_t start;
+    int ret;
+
+    for (;;) {
+        bool restart = false;
+        ret = find_free_run(img, n, &start);
+        if (ret < 0)
+            return ret;
+        for (uint64_t i = start; i < start + n; i = (i | ((1ull << q->rb_bits) - 1)) + 1) {
+            ret = ensure_refblock(img, i, start);
+            if (ret < 0)
+                return ret;
+            if (ret > 0) {
+                restart = true;
+                break;
+            }
+        }
+        if (!restart)
+            break;
+    }
+    ret = qcow2_overlap_check(img, start << q->cluster_bits,
+                              n << q->cluster_bits);
+    if (ret < 0)
+        return ret;
+    ret = refcount_update(img, start, n, 1);
+    if (ret < 0)
+        return ret;
+    if (start == q->free_hint)
+        q->free_hint = start + n;
+    *host_off = start << q->cluster_bits;
+    q->file_size = MAX(q->file_size, (start + n) << q->cluster_bits);
+    return 0;
+}
+
+int refcount_dec_later(qimg_image *img, uint64_t off, uint64_t len,
+                       bool do_discard)
+{
+    struct qcow2 *q = img->q;
+    uint64_t first = off >> q->cluster_bits;
+    uint64_t last = (off + len - 1) >> q->cluster_bits;
+
+    for (uint64_t idx = first; idx <= last; idx++) {
+        if (q->nb_dec == q->cap_dec) {
+            size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
+            struct pending_dec *d = realloc(q->dec, cap * sizeof *d);
+            if (!d)
+                return qimg_err(ENOMEM, "Out of memory");
+            q->dec = d;
+            q->cap_dec = cap;
+        }
+        q->dec[q->nb_dec].idx = idx;
+        q->dec[q->nb_dec].do_discard = do_discard;
+        q->nb_dec++;
+    }
+    return 0;
+}
+
+static int cluster_freed(qimg_image *img, uint64_t idx, bool do_discard)
+{
+    struct qcow2 *q = img->q;
+    uint64_t off = idx << q->cluster_bits;
+
+    mcache_drop(&q->l2c, off);
+    qcow2_meta_del(q, off, q->cluster_size);
+    if (idx < q->free_hint)
+        q->free_hint = idx;
+    if (do_discard)
+        return image_discard_file(img, off, q->cluster_size);
+    return 0;
+}
+
+int refcount_apply_pending(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    int ret = 0;
+    size_t i;
+
+    for (i = 0; i < q->nb_dec && ret == 0; i++) {
+        uint64_t v;
+        ret = refcount_update(img, q->dec[i].idx, 1, -1);
+        if (ret == 0)
+            ret = refcount_get(img, q->dec[i].idx, &v);
+        if (ret == 0 && v == 0)
+            ret = cluster_freed(img, q->dec[i].idx, q->dec[i].do_discard);
+    }
+    /* Drop what was applied; keep the rest for a retry. */
+    if (ret < 0)
+        i--;
+    memmove(q->dec, q->dec + i, (q->nb_dec - i) * sizeof *q->dec);
+    q->nb_dec -= i;
+    return ret;
+}
+
+int refcount_flush(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+
+    for (size_t i = 0; i < q->rbc.cap; i++) {
+        struct mcache_entry *e = &q->rbc.e[i];
+        int ret;
+        if (e->off == UINT64_MAX || !e->dirty)
+            continue;
+        ret = image_pwrite(img, e->buf, q->cluster_size, e->off);
+        if (ret < 0)
+            return ret;
+        e->dirty = false;
+    }
+    return 0;
+}
+
+/* Sizes of a grown table: B new blocks then T table clusters from start. */
+static void plan_reftable(const struct qcow2 *q, uint64_t start,
+                          uint64_t min_entries, uint64_t *nb_blocks,
+                          uint64_t *nb_tclusters, uint64_t *entries)
+{
+    uint64_t per_cl = q->cluster_size / 8, b = 0, t, e;
+
+    e = MAX(min_entries, q->rt_entries + q->rt_entries / 2);
+    for (;;) {
+        uint64_t last_rt;
+        t = DIV_ROUND_UP(e, per_cl);
+        last_rt = (start + b + t - 1) >> q->rb_bits;
+        if (last_rt + 1 > e) {
+            e = last_rt + 1;
+            continue;
+        }
+        /* Every block index covering [start, start+b+t) is new. */
+        uint64_t nb = last_rt - (start >> q->rb_bits) + 1;
+        if (nb == b)
+            break;
+        b = nb;
+    }
+    *nb_blocks = b;
+    *nb_tclusters = t;
+    *entries = t * per_cl;
+}
+
+static int grow_reftable(qimg_image *img, uint64_t min_entries)
+{
+    struct qcow2 *q = img->q;
+    uint64_t cs = q->cluster_size;
+    uint64_t start, b, t, entries, old_off = q->hdr.refcount_table_offset;
+    uint32_t old_clusters = q->hdr.refcount_table_clusters;
+    uint8_t *tbl = NULL, *blk = NULL, hdr[12];
+    int ret;
+
+    start = MAX(DIV_ROUND_UP(q->file_size, cs), q->rt_entries << q->rb_bits);
+    plan_reftable(q, start, min_entries, &b, &t, &entries);
+    if (t * cs > (8ull << 20))
+        return qimg_err(EFBIG, "Reference count table too large");
+    tbl = calloc(1, t * cs);
+    blk = malloc(cs);
+    if (!tbl || !blk) {
+        ret = qimg_err(ENOMEM, "Out of memory");
+        goto out;
+    }
+    memcpy(tbl, q->rt, q->rt_entries * 8);
+    for (uint64_t k = 0; k < b; k++) {
+        uint64_t rt_idx = (start >> q->rb_bits) + k;
+        uint64_t base = rt_idx << q->rb_bits;
+        memset(blk, 0, cs);
+        for (uint64_t c = MAX(base, start);
+             c < MIN(base + (1ull << q->rb_bits), start + b + t); c++)
+            refblock_set(blk, c - base, q->refcount_order, 1);
+        be64_store(tbl + rt_idx * 8, (start + k) * cs);
+        ret = qcow2_overlap_check(img, (start + k) * cs, cs);
+        if (ret == 0)
+            ret = image_pwrite(img, blk, cs, (start + k) * cs);
+        if (ret < 0)
+            goto out;
+    }
+    ret = qcow2_overlap_check(img, (start + b) * cs, t * cs);
+    if (ret == 0)
+        ret = image_pwrite(img, tbl, t * cs, (start + b) * cs);
+    /* 1 of 3: new blocks and table durable before the header names them. */
+    if (ret == 0)
+        ret = image_flush_file(img);
+    if (ret < 0)
+        goto out;
+    be64_store(hdr, (start + b) * cs);
+    be32_store(hdr + 8, (uint32_t)t);
+    /* 2 of 3: switch refcount_table_offset + _clusters in one write. */
+    ret = image_pwrite(img, hdr, sizeof hdr, HDR_RT_OFF);
+    if (ret == 0)
+        ret = image_flush_file(img);
+    if (ret < 0)
+        goto out;
+    free(q->rt);
+    q->rt = tbl;
+    tbl = NULL;
+    q->rt_entries = entries;
+    q->hdr.refcount_table_offset = (start + b) * cs;
+    q->hdr.refcount_table_clusters = (uint32_t)t;
+    q->file_size = MAX(q->file_size, (start + b + t) * cs);
+    ret = qcow2_meta_add(q, start * cs, (b + t) * cs);
+    if (ret < 0)
+        goto out;
+    qcow2_meta_del(q, old_off, (uint64_t)old_clusters * cs);
+    /* 3 of 3: only now may the old table's clusters be freed. */
+    ret = refcount_update(img, old_off / cs, old_clusters, -1);
+    if (ret == 0 && old_off / cs < q->free_hint)
+        q->free_hint = old_off / cs;
+out:
+    free(tbl);
+    free(blk);
+    return ret;
+}

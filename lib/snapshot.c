@@ -1,0 +1,422 @@
+/*
+ * snapshot.c - the snapshot table: decode, encode, lookups, read-only
+ * snapshot views, and the public snapshot API.
+ *
+ * qcow2-format.md §5.1-§5.3. Entries keep their unknown extra data byte
+ * for byte. What create, apply and delete do to the image is txn.c's job;
+ * this file validates the request and hands it over.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* §5.1 entry header offsets */
+enum {
+    SN_L1_OFF = 0,
+    SN_L1_SIZE = 8,
+    SN_ID_LEN = 12,
+    SN_NAME_LEN = 14,
+    SN_DATE_SEC = 16,
+    SN_DATE_NSEC = 20,
+    SN_VM_CLOCK = 24,
+    SN_VM_STATE32 = 32,
+    SN_EXTRA_LEN = 36,
+    SN_HDR_LEN = 40,
+    /* §5.2 extra data */
+    SNX_VM_STATE = 0,
+    SNX_DISK_SIZE = 8,
+    SNX_ICOUNT = 16,
+    SNX_KNOWN_LEN = 24,
+};
+
+void snap_free(struct snap *s)
+{
+    if (!s)
+        return;
+    free(s->id);
+    free(s->name);
+    free(s->extra);
+    memset(s, 0, sizeof *s);
+}
+
+int snap_copy(struct snap *dst, const struct snap *src)
+{
+    *dst = *src;
+    dst->id = strdup(src->id);
+    dst->name = strdup(src->name);
+    dst->extra = NULL;
+    if (src->extra_size) {
+        dst->extra = malloc(src->extra_size);
+        if (dst->extra)
+            memcpy(dst->extra, src->extra, src->extra_size);
+    }
+    if (!dst->id || !dst->name || (src->extra_size && !dst->extra)) {
+        snap_free(dst);
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    return 0;
+}
+
+static char *dup_bytes(const uint8_t *p, size_t n)
+{
+    char *s = malloc(n + 1);
+
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
+
+/* Decode the entry at buf[*pos]; -EAGAIN if more bytes are needed. */
+static int decode_entry(const struct qcow2 *q, const uint8_t *buf,
+                        uint64_t len, uint64_t *pos, uint32_t i,
+                        struct snap *s)
+{
+    uint64_t p = ALIGN_UP(*pos, 8);
+    const uint8_t *h = buf + p;
+    uint32_t id_len, name_len;
+
+    if (p + SN_HDR_LEN > len)
+        return -EAGAIN;
+    memset(s, 0, sizeof *s);
+    s->l1_off = be64_load(h + SN_L1_OFF);
+    s->l1_size = be32_load(h + SN_L1_SIZE);
+    id_len = be16_load(h + SN_ID_LEN);
+    name_len = be16_load(h + SN_NAME_LEN);
+    s->date_sec = be32_load(h + SN_DATE_SEC);
+    s->date_nsec = be32_load(h + SN_DATE_NSEC);
+    s->vm_clock_nsec = be64_load(h + SN_VM_CLOCK);
+    s->vm_state_size32 = be32_load(h + SN_VM_STATE32);
+    s->extra_size = be32_load(h + SN_EXTRA_LEN);
+    if (s->extra_size > QCOW_MAX_SNAPSHOT_EXTRA)
+        return qimg_err(EFBIG, "Too much extra metadata in snapshot table "
+                               "entry %u",
+                        i);
+    if (p + SN_HDR_LEN + s->extra_size + id_len + name_len > len)
+        return -EAGAIN;
+    h += SN_HDR_LEN;
+    s->vm_state_size = s->vm_state_size32;
+    s->disk_size = q->hdr.size;
+    s->icount = UINT64_MAX;
+    if (s->extra_size >= SNX_VM_STATE + 8)
+        s->vm_state_size = be64_load(h + SNX_VM_STATE);
+    if (s->extra_size >= SNX_DISK_SIZE + 8)
+        s->disk_size = be64_load(h + SNX_DISK_SIZE);
+    if (s->extra_size >= SNX_ICOUNT + 8)
+        s->icount = be64_load(h + SNX_ICOUNT);
+    if (s->extra_size) {
+        s->extra = malloc(s->extra_size);
+        if (!s->extra)
+            return qimg_err(ENOMEM, "Out of memory");
+        memcpy(s->extra, h, s->extra_size);
+    }
+    h += s->extra_size;
+    s->id = dup_bytes(h, id_len);
+    s->name = dup_bytes(h + id_len, name_len);
+    if (!s->id || !s->name)
+        return qimg_err(ENOMEM, "Out of memory");
+    *pos = p + SN_HDR_LEN + s->extra_size + id_len + name_len;
+    return 0;
+}
+
+int snap_table_load(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t off = q->hdr.snapshots_offset, avail, len, pos = 0;
+    uint8_t *buf = NULL;
+    uint32_t n = q->hdr.nb_snapshots;
+    int ret = 0;
+
+    if (n == 0)
+        return 0;
+    if (off >= q->file_size)
+        return qimg_err(EINVAL, "Snapshot table exceeds the end of the file");
+    avail = MIN(q->file_size - off, QCOW_MAX_SNAPSHOTS_SIZE + 8);
+    q->snaps = calloc(n, sizeof *q->snaps);
+    len = MIN(avail, MAX(65536, (uint64_t)n * 72));
+    buf = malloc(len);
+    if (!q->snaps || !buf) {
+        ret = qimg_err(ENOMEM, "Out of memory");
+        goto out;
+    }
+    ret = image_pread(img, buf, len, off);
+    for (uint32_t i = 0; i < n && ret == 0;) {
+        ret = decode_entry(q, buf, len, &pos, i, &q->snaps[i]);
+        if (ret == -EAGAIN) {
+            uint8_t *nb;
+            snap_free(&q->snaps[i]);
+            if (len == avail) {
+                ret = qimg_err(EINVAL, avail > QCOW_MAX_SNAPSHOTS_SIZE
+                                           ? "Snapshot table is too big"
+                                           : "Snapshot table exceeds the end "
+                                             "of the file");
+                break;
+            }
+            len = MIN(avail, len * 2);
+            nb = realloc(buf, len);
+            if (!nb) {
+                ret = qimg_err(ENOMEM, "Out of memory");
+                break;
+            }
+            buf = nb;
+            ret = image_pread(img, buf, len, off);
+            continue;
+        }
+        if (ret < 0)
+            break;
+        q->nb_snaps = ++i;
+        if (pos > QCOW_MAX_SNAPSHOTS_SIZE)
+            ret = qimg_err(EFBIG, "Snapshot table is too big");
+    }
+    q->snap_table_size = pos;
+out:
+    free(buf);
+    return ret;
+}
+
+uint64_t snap_table_size(const struct qcow2 *q, const struct snap *snaps,
+                         uint32_t n)
+{
+    uint64_t pos = 0;
+
+    (void)q;
+    for (uint32_t i = 0; i < n; i++) {
+        pos = ALIGN_UP(pos, 8);
+        pos += SN_HDR_LEN + MAX(snaps[i].extra_size, SNX_KNOWN_LEN) +
+               strlen(snaps[i].id) + strlen(snaps[i].name);
+    }
+    return pos;
+}
+
+int snap_table_encode(const struct qcow2 *q, const struct snap *snaps,
+                      uint32_t n, uint8_t **out, uint64_t *len)
+{
+    uint64_t size = snap_table_size(q, snaps, n), pos = 0;
+    uint8_t *buf = calloc(1, size ? size : 1);
+
+    if (!buf)
+        return qimg_err(ENOMEM, "Out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const struct snap *s = &snaps[i];
+        uint32_t xlen = MAX(s->extra_size, SNX_KNOWN_LEN);
+        size_t id_len = strlen(s->id), name_len = strlen(s->name);
+        uint8_t *h;
+
+        pos = ALIGN_UP(pos, 8);
+        h = buf + pos;
+        be64_store(h + SN_L1_OFF, s->l1_off);
+        be32_store(h + SN_L1_SIZE, s->l1_size);
+        be16_store(h + SN_ID_LEN, (uint16_t)id_len);
+        be16_store(h + SN_NAME_LEN, (uint16_t)name_len);
+        be32_store(h + SN_DATE_SEC, s->date_sec);
+        be32_store(h + SN_DATE_NSEC, s->date_nsec);
+        be64_store(h + SN_VM_CLOCK, s->vm_clock_nsec);
+        be32_store(h + SN_VM_STATE32, s->vm_state_size > UINT32_MAX
+                                          ? 0
+                                          : (uint32_t)s->vm_state_size);
+        be32_store(h + SN_EXTRA_LEN, xlen);
+        h += SN_HDR_LEN;
+        if (s->extra_size)
+            memcpy(h, s->extra, s->extra_size);
+        be64_store(h + SNX_VM_STATE, s->vm_state_size);
+        be64_store(h + SNX_DISK_SIZE, s->disk_size);
+        be64_store(h + SNX_ICOUNT, s->icount);
+        h += xlen;
+        memcpy(h, s->id, id_len);
+        memcpy(h + id_len, s->name, name_len);
+        pos += SN_HDR_LEN + xlen + id_len + name_len;
+    }
+    *out = buf;
+    *len = size;
+    return 0;
+}
+
+int snap_find_by_id(const struct qcow2 *q, const char *id)
+{
+    for (uint32_t i = 0; i < q->nb_snaps; i++)
+        if (!strcmp(q->snaps[i].id, id))
+            return (int)i;
+    return -1;
+}
+
+int snap_find_by_name(const struct qcow2 *q, const char *name)
+{
+    for (uint32_t i = 0; i < q->nb_snaps; i++)
+        if (!strcmp(q->snaps[i].name, name))
+            return (int)i;
+    return -1;
+}
+
+/* "snapshot.id=X", "snapshot.name=Y", both comma-separated, or a plain ID
+ * or name (ID first), as qemu-img convert -l and qemu-nbd -l take them. */
+int snap_lookup(const struct qcow2 *q, const char *spec)
+{
+    const char *id = NULL, *name = NULL;
+    char *copy, *tok, *save = NULL;
+    int idx = -1;
+
+    if (strncmp(spec, "snapshot.id=", 12) && strncmp(spec, "snapshot.name=", 14)) {
+        idx = snap_find_by_id(q, spec);
+        return idx >= 0 ? idx : snap_find_by_name(q, spec);
+    }
+    copy = strdup(spec);
+    if (!copy)
+        return -1;
+    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (!strncmp(tok, "snapshot.id=", 12))
+            id = tok + 12;
+        else if (!strncmp(tok, "snapshot.name=", 14))
+            name = tok + 14;
+    }
+    for (uint32_t i = 0; i < q->nb_snaps; i++)
+        if ((!id || !strcmp(q->snaps[i].id, id)) &&
+            (!name || !strcmp(q->snaps[i].name, name))) {
+            idx = (int)i;
+            break;
+        }
+    free(copy);
+    return idx;
+}
+
+/* Check a snapshot's L1 table location before anything reads it. */
+int snap_check_l1(qimg_image *img, const struct snap *s)
+{
+    struct qcow2 *q = img->q;
+
+    if ((uint64_t)s->l1_size * 8 > QCOW_MAX_L1_SIZE)
+        return qimg_err(EFBIG, "Snapshot L1 table too large");
+    if (!IS_ALIGNED(s->l1_off, q->cluster_size) ||
+        s->l1_off + (uint64_t)s->l1_size * 8 > q->file_size ||
+        (s->l1_size && s->l1_off == 0))
+        return qimg_err(EINVAL, "Snapshot L1 table offset invalid");
+    return 0;
+}
+
+int snap_open_view(qimg_image *img, const char *spec)
+{
+    struct qcow2 *q = img->q;
+    int idx = snap_lookup(q, spec);
+    const struct snap *s;
+    uint8_t *l1;
+    int ret;
+
+    if (idx < 0)
+        return qimg_err(ENOENT, "Can't find snapshot");
+    s = &q->snaps[idx];
+    ret = snap_check_l1(img, s);
+    if (ret < 0)
+        return ret;
+    ret = qcow2_read_table(img, &l1, s->l1_off,
+                           s->l1_size ? (size_t)s->l1_size * 8 : 8,
+                           "Snapshot L1 table");
+    if (ret < 0)
+        return ret;
+    free(q->l1);
+    q->l1 = l1;
+    q->l1_size = s->l1_size;
+    img->size = s->disk_size;
+    q->is_snapshot_view = true;
+    img->read_write = false;
+    return 0;
+}
+
+/* ---- Public API -------------------------------------------------------- */
+
+void qimg_snapshot_list_free(struct qimg_snapshot *list, size_t count)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; i < count; i++) {
+        free(list[i].id);
+        free(list[i].name);
+    }
+    free(list);
+}
+
+int qimg_snapshot_list(struct qimg_snapshot **out, size_t *count,
+                       qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    struct qimg_snapshot *l;
+
+    *out = NULL;
+    *count = 0;
+    if (!q)
+        return 0;
+    l = calloc(q->nb_snaps ? q->nb_snaps : 1, sizeof *l);
+    if (!l)
+        return qimg_err(ENOMEM, "Out of memory");
+    for (uint32_t i = 0; i < q->nb_snaps; i++) {
+        const struct snap *s = &q->snaps[i];
+        l[i].id = strdup(s->id);
+        l[i].name = strdup(s->name);
+        if (!l[i].id || !l[i].name) {
+            qimg_snapshot_list_free(l, q->nb_snaps);
+            return qimg_err(ENOMEM, "Out of memory");
+        }
+        l[i].vm_state_size = s->vm_state_size;
+        l[i].date_sec = s->date_sec;
+        l[i].date_nsec = s->date_nsec;
+        l[i].vm_clock_nsec = s->vm_clock_nsec;
+        l[i].disk_size = s->disk_size;
+        l[i].icount = s->icount;
+        l[i].l1_table_offset = s->l1_off;
+        l[i].l1_size = s->l1_size;
+    }
+    *out = l;
+    *count = q->nb_snaps;
+    return 0;
+}
+
+static int check_snapshot_ok(qimg_image *img)
+{
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "This image format does not support "
+                                 "snapshots");
+    if (img->q->is_snapshot_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    return 0;
+}
+
+int qimg_snapshot_create(qimg_image *img, const char *name)
+{
+    int ret = check_snapshot_ok(img);
+
+    if (ret < 0)
+        return ret;
+    if (img->q->nb_snaps >= QCOW_MAX_SNAPSHOTS)
+        return qimg_err(EFBIG, "Too many snapshots");
+    return txn_snapshot_create(img, name);
+}
+
+int qimg_snapshot_apply(qimg_image *img, const char *id_or_name)
+{
+    int ret = check_snapshot_ok(img), idx;
+
+    if (ret < 0)
+        return ret;
+    idx = snap_find_by_id(img->q, id_or_name);
+    if (idx < 0)
+        idx = snap_find_by_name(img->q, id_or_name);
+    if (idx < 0)
+        return qimg_err(ENOENT, "Failed to load snapshot: No such file or "
+                                "directory");
+    return txn_snapshot_apply(img, idx);
+}
+
+int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
+{
+    int ret = check_snapshot_ok(img), idx;
+
+    if (ret < 0)
+        return ret;
+    idx = snap_find_by_name(img->q, name_or_id);
+    if (idx < 0)
+        idx = snap_find_by_id(img->q, name_or_id);
+    if (idx < 0)
+        return qimg_err(ENOENT, "snapshot not found");
+    return txn_snapshot_delete(img, idx);
+}
