@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 static size_t slot_of(uint64_t key, size_t cap)
 {
@@ -102,4 +103,74 @@ void idset_free(struct idset *s)
     free(s->slots);
     s->slots = NULL;
     s->cap = s->n = 0;
+}
+
+/* ---- u64map: uint64 -> uint64, same scheme -------------------------- */
+
+static int map_grow(struct u64map *m)
+{
+    size_t cap = m->cap ? m->cap * 2 : 64;
+    uint64_t *k = malloc(cap * sizeof *k), *v = malloc(cap * sizeof *v);
+
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    for (size_t i = 0; i < cap; i++)
+        k[i] = UINT64_MAX;
+    for (size_t i = 0; i < m->cap; i++) {
+        size_t j;
+        if (m->keys[i] == UINT64_MAX)
+            continue;
+        for (j = slot_of(m->keys[i], cap); k[j] != UINT64_MAX;)
+            j = (j + 1) & (cap - 1);
+        k[j] = m->keys[i];
+        v[j] = m->vals[i];
+    }
+    free(m->keys);
+    free(m->vals);
+    m->keys = k;
+    m->vals = v;
+    m->cap = cap;
+    return 0;
+}
+
+int u64map_put(struct u64map *m, uint64_t key, uint64_t val)
+{
+    size_t j;
+    int ret;
+
+    if ((m->n + 1) * 2 > m->cap && (ret = map_grow(m)) < 0)
+        return ret;
+    for (j = slot_of(key, m->cap); m->keys[j] != UINT64_MAX;
+         j = (j + 1) & (m->cap - 1))
+        if (m->keys[j] == key) {
+            m->vals[j] = val;
+            return 0;
+        }
+    m->keys[j] = key;
+    m->vals[j] = val;
+    m->n++;
+    return 0;
+}
+
+bool u64map_get(const struct u64map *m, uint64_t key, uint64_t *val)
+{
+    if (!m->cap)
+        return false;
+    for (size_t j = slot_of(key, m->cap); m->keys[j] != UINT64_MAX;
+         j = (j + 1) & (m->cap - 1))
+        if (m->keys[j] == key) {
+            *val = m->vals[j];
+            return true;
+        }
+    return false;
+}
+
+void u64map_free(struct u64map *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
 }

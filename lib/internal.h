@@ -49,6 +49,15 @@ bool idset_has(const struct idset *s, uint64_t key);
 void idset_del(struct idset *s, uint64_t key);
 void idset_free(struct idset *s);
 
+/* A uint64 -> uint64 map (old L2 table offset -> its new copy). */
+struct u64map {
+    uint64_t *keys, *vals;
+    size_t cap, n;
+};
+int u64map_put(struct u64map *m, uint64_t key, uint64_t val);
+bool u64map_get(const struct u64map *m, uint64_t key, uint64_t *val);
+void u64map_free(struct u64map *m);
+
 /* ---- cache.c: metadata cluster cache (L2 tables, refcount blocks) ------ */
 struct mcache_entry {
     uint64_t off; /* host offset; UINT64_MAX when the slot is empty */
@@ -220,6 +229,10 @@ int refcount_apply_pending(qimg_image *img);
 /* Write dirty refcount blocks and table entries (no fdatasync). */
 int refcount_flush(qimg_image *img);
 int refcount_load_table(qimg_image *img);
+/* Copy refcount block rt_idx of the on-disk state into buf (cluster size);
+ * zeros and *exists = false if there is none. */
+int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
+                        bool *exists);
 int refcount_cache_init(qimg_image *img);
 
 /* ---- l1l2.c: guest offset -> host cluster ------------------------------ */

@@ -164,6 +164,27 @@ int refcount_get(qimg_image *img, uint64_t idx, uint64_t *out)
     return 0;
 }
 
+int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
+                        bool *exists)
+{
+    struct qcow2 *q = img->q;
+    uint64_t rb_off = rt_get(q, rt_idx);
+    struct mcache_entry *e = NULL;
+    int ret;
+
+    *exists = rb_off != 0;
+    if (!rb_off) {
+        memset(buf, 0, q->cluster_size);
+        return 0;
+    }
+    ret = rb_load(img, rt_idx, rb_off, &e);
+    if (ret < 0)
+        return ret;
+    memcpy(buf, e->buf, q->cluster_size);
+    mcache_unpin(e);
+    return 0;
+}
+
 static int grow_reftable(qimg_image *img, uint64_t min_entries);
 
 /* Write a new refcount block for rt_idx inside its own range at cluster

@@ -1,27 +1,928 @@
 /*
- * txn.c - atomic snapshot operations (qcow2-format.md §5.5).
+ * txn.c - atomic snapshot operations: create, apply (goto), delete.
+ *
+ * qcow2-format.md §3.7 (COPIED), §4.1 (what is counted), §5.5 (what each
+ * operation does to refcounts, and the shadow-metadata way to commit it).
+ * snapshot.c validates requests and owns the table codec; this file builds
+ * the new image state beside the old one and switches to it.
+ *
+ * Notes on the design:
+ *  1. An operation replaces some L1 tables by others (create adds the
+ *     snapshot's L1 and rewrites the active one, delete drops one, apply
+ *     replaces the active one). Every L1 pointer that appears or disappears
+ *     adds or removes one reference to its L2 table and one to each cluster
+ *     that table maps (§4.1 items 3-5). Pointers that stay cost nothing,
+ *     which makes re-applying an unchanged snapshot nearly free.
+ *  2. The new refcounts live in memory as whole copies of the refcount
+ *     blocks that change. Nothing on disk that the old state uses is ever
+ *     written: changed L2 tables, L1 tables, the snapshot table, refcount
+ *     blocks and the refcount table all get new copies in clusters that
+ *     are free in the old state (and are counted in the new one).
+ *  3. Write order: (a) everything new, (b) fdatasync, (c) one 512-byte write
+ *     of header sector 0, which holds every root pointer (size, l1_size,
+ *     l1_table_offset, refcount_table_offset/_clusters, nb_snapshots,
+ *     snapshots_offset), (d) fdatasync, (e) discard clusters only the old
+ *     state used. A power cut leaves exactly the old or the new image.
+ *  4. Everything the operation reads is validated before (a): a refused
+ *     operation leaves the file byte for byte unchanged.
  */
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* A new L1 table the transaction writes. */
+struct new_l1 {
+    uint8_t *buf; /* disk order */
+    uint32_t size;
+    uint64_t off; /* where it is written */
+};
+
+struct txn {
+    qimg_image *img;
+    struct qcow2 *q;
+    uint64_t cs;
+    /* New refcount blocks by reftable index (NULL: unchanged). */
+    uint8_t **rb;
+    uint64_t *rb_loc; /* their new locations, 0 until placed */
+    uint64_t nb_rb;
+    uint64_t scan; /* allocation cursor, cluster index */
+    uint8_t *tmp, *old_rb;
+    struct u64map copies; /* old L2 table offset -> its new copy */
+    uint8_t *rt;          /* the new refcount table */
+    uint64_t rt_off, rt_clusters;
+};
+
+/* ---- New refcounts ------------------------------------------------------ */
+
+static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
+{
+    bool exists;
+    int ret;
+
+    if (rt_idx >= t->nb_rb) {
+        uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2);
+        uint8_t **rb = realloc(t->rb, n * sizeof *rb);
+        uint64_t *loc = rb ? realloc(t->rb_loc, n * sizeof *loc) : NULL;
+        if (rb)
+            t->rb = rb;
+        if (!rb || !loc)
+            return qimg_err(ENOMEM, "Out of memory");
+        t->rb_loc = loc;
+        memset(t->rb + t->nb_rb, 0, (n - t->nb_rb) * sizeof *rb);
+        memset(t->rb_loc + t->nb_rb, 0, (n - t->nb_rb) * sizeof *loc);
+        t->nb_rb = n;
+    }
+    if (!t->rb[rt_idx]) {
+        t->rb[rt_idx] = malloc(t->cs);
+        if (!t->rb[rt_idx])
+            return qimg_err(ENOMEM, "Out of memory");
+        ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx], &exists);
+        if (ret < 0)
+            return ret;
+    }
+    *out = t->rb[rt_idx];
+    return 0;
+}
+
+static int rc_get(struct txn *t, uint64_t idx, uint64_t *out)
+{
+    uint64_t rt_idx = idx >> t->q->rb_bits;
+
+    if (rt_idx < t->nb_rb && t->rb[rt_idx]) {
+        *out = refblock_get(t->rb[rt_idx], idx & ((1ull << t->q->rb_bits) - 1),
+                            t->q->refcount_order);
+        return 0;
+    }
+    return refcount_get(t->img, idx, out);
+}
+
+static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
+{
+    struct qcow2 *q = t->q;
+    uint64_t i = idx & ((1ull << q->rb_bits) - 1), v;
+    uint8_t *rb = NULL;
+    int ret = rb_new(t, idx >> q->rb_bits, &rb);
+
+    if (ret < 0)
+        return ret;
+    v = refblock_get(rb, i, q->refcount_order);
+    if (delta < 0 && v < (uint64_t)-delta)
+        return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
+                            "its references",
+                            idx);
+    if (delta > 0 && q->refcount_max - v < (uint64_t)delta)
+        return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
+                                " would exceed its maximum of %" PRIu64,
+                        idx, q->refcount_max);
+    refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
+    return 0;
+}
+
+static int rc_add_range(struct txn *t, uint64_t off, uint64_t len,
+                        int64_t delta)
+{
+    int ret = 0;
+
+    if (!len)
+        return 0;
+    for (uint64_t c = off / t->cs; ret == 0 && c <= (off + len - 1) / t->cs;
+         c++)
+        ret = rc_add(t, c, delta);
+    return ret;
+}
+
+/* n contiguous clusters free in both the old and the new state, counted
+ * once in the new state. */
+static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
+{
+    struct qcow2 *q = t->q;
+    uint64_t mask = (1ull << q->rb_bits) - 1, idx = t->scan, run = 0;
+    int ret;
+
+    while (run < n) {
+        uint64_t rt_idx = idx >> q->rb_bits;
+        uint8_t *nb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
+        bool exists;
+
+        ret = refcount_read_block(t->img, rt_idx, t->old_rb, &exists);
+        if (ret < 0)
+            return ret;
+        for (uint64_t i = idx & mask; i <= mask && run < n; i++, idx++) {
+            bool used = (exists && refblock_get(t->old_rb, i,
+                                                q->refcount_order)) ||
+                        (nb && refblock_get(nb, i, q->refcount_order));
+            run = used || idx == 0 ? 0 : run + 1;
+        }
+    }
+    *off = (idx - n) * t->cs;
+    t->scan = idx;
+    for (uint64_t c = idx - n; c < idx; c++)
+        if ((ret = rc_add(t, c, 1)) < 0)
+            return ret;
+    return 0;
+}
+
+/* ---- Reading and counting the trees ------------------------------------ */
+
+static int check_l2_off(struct txn *t, uint64_t l2_off)
+{
+    if (!IS_ALIGNED(l2_off, t->cs) || l2_off + t->cs > t->q->file_size)
+        return qimg_corrupt("L2 table offset %#" PRIx64 " invalid", l2_off);
+    return 0;
+}
+
+/* Read and validate the L2 table at l2_off (reached at L1 index l1_idx)
+ * into buf. */
+static int read_l2(struct txn *t, uint64_t l2_off, uint64_t l1_idx,
+                   uint8_t *buf)
+{
+    struct qcow2 *q = t->q;
+    int ret = check_l2_off(t, l2_off);
+
+    if (ret == 0)
+        ret = image_pread(t->img, buf, t->cs, l2_off);
+    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
+        uint64_t guest = ((l1_idx << q->l2_bits) + j) << q->cluster_bits;
+        ret = l2_entry_check(t->img, l2_entry_get(q, buf, j),
+                             l2_bitmap_get(q, buf, j), guest);
+    }
+    return ret;
+}
+
+/* Host clusters one L2 entry references, each changed by delta. */
+static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
+{
+    struct qcow2 *q = t->q;
+    uint64_t coff, clen;
+
+    if (e & QCOW_OFLAG_COMPRESSED) {
+        l2_compressed_range(q, e, &coff, &clen);
+        return rc_add_range(t, coff & ~511ull, clen + (coff & 511), delta);
+    }
+    if (e & L2E_OFFSET_MASK)
+        return rc_add(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, delta);
+    return 0;
+}
+
+/* One L1 pointer to l2_off appears (delta +1) or disappears (-1). */
+static int pointer_change(struct txn *t, uint64_t l2_off, uint64_t l1_idx,
+                          int64_t delta)
+{
+    struct qcow2 *q = t->q;
+    int ret = read_l2(t, l2_off, l1_idx, t->tmp);
+
+    if (ret == 0)
+        ret = rc_add(t, l2_off >> q->cluster_bits, delta);
+    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++)
+        ret = entry_refs(t, l2_entry_get(q, t->tmp, j), delta);
+    return ret;
+}
+
+static uint64_t l1_ptr(const uint8_t *l1, uint32_t size, uint64_t i)
+{
+    return i < size ? l1_entry_get(l1, i) & L1E_OFFSET_MASK : 0;
+}
+
+/* Validate an L1 table's pointers without counting anything. */
+static int check_l1(struct txn *t, const uint8_t *l1, uint32_t size)
+{
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < size; i++) {
+        uint64_t p = l1_ptr(l1, size, i);
+        if (p)
+            ret = check_l2_off(t, p);
+    }
+    return ret;
+}
+
+/* ---- COPIED flags of the new active tree --------------------------------- */
+
+/* Rewrite the entries of the L2 table in buf so COPIED says "refcount 1"
+ * under the new refcounts. Returns 1 if anything changed. */
+static int fix_entries(struct txn *t, uint8_t *buf)
+{
+    struct qcow2 *q = t->q;
+    bool changed = false;
+
+    for (uint64_t j = 0; j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, buf, j), want = 0, rc;
+        if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_OFFSET_MASK)) {
+            int ret = rc_get(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, &rc);
+            if (ret < 0)
+                return ret;
+            want = rc == 1 ? QCOW_OFLAG_COPIED : 0;
+        }
+        if ((e & QCOW_OFLAG_COPIED) != want) {
+            e = (e & ~QCOW_OFLAG_COPIED) | want;
+            l2_entry_set(q, buf, j, e, l2_bitmap_get(q, buf, j));
+            changed = true;
+        }
+    }
+    return changed;
+}
+
+/* The table at index i of the new active L1 may need new COPIED flags; if
+ * so, write a copy (once per old table) and record it in t->copies. */
+static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
+                         uint64_t i)
+{
+    uint64_t p = l1_ptr(l1, size, i), copy;
+    int ret;
+
+    if (!p || u64map_get(&t->copies, p, &copy))
+        return 0;
+    ret = read_l2(t, p, i, t->tmp);
+    if (ret < 0)
+        return ret;
+    ret = fix_entries(t, t->tmp);
+    if (ret <= 0)
+        return ret;
+    ret = txn_alloc(t, 1, &copy);
+    if (ret == 0)
+        ret = image_pwrite(t->img, t->tmp, t->cs, copy);
+    if (ret == 0)
+        ret = rc_add(t, copy / t->cs, -1); /* counted per pointer below */
+    return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
+}
+
+/* Point every entry of a new L1 table at the copies made, moving the
+ * references; then set COPIED on L1 entries from the new refcounts (only
+ * meaningful for the active table). */
+static int redirect(struct txn *t, struct new_l1 *l1)
+{
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < l1->size; i++) {
+        uint64_t p = l1_ptr(l1->buf, l1->size, i), copy;
+        if (p && u64map_get(&t->copies, p, &copy)) {
+            ret = rc_add(t, p / t->cs, -1);
+            if (ret == 0)
+                ret = rc_add(t, copy / t->cs, 1);
+            l1_entry_set(l1->buf, i, copy);
+        }
+    }
+    return ret;
+}
+
+static int set_l1_flags(struct txn *t, struct new_l1 *l1)
+{
+    for (uint32_t i = 0; i < l1->size; i++) {
+        uint64_t p = l1_ptr(l1->buf, l1->size, i), rc;
+        int ret;
+        if (!p) {
+            l1_entry_set(l1->buf, i, 0);
+            continue;
+        }
+        ret = rc_get(t, p / t->cs, &rc);
+        if (ret < 0)
+            return ret;
+        l1_entry_set(l1->buf, i, p | (rc == 1 ? QCOW_OFLAG_COPIED : 0));
+    }
+    return 0;
+}
+
+/* ---- Placing and writing the new metadata ------------------------------ */
+
+static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
+                       uint64_t *off)
+{
+    int ret;
+
+    if (len == 0) {
+        *off = 0;
+        return 0;
+    }
+    ret = txn_alloc(t, DIV_ROUND_UP(len, t->cs), off);
+    return ret < 0 ? ret : image_pwrite(t->img, buf, len, *off);
+}
+
+static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
+{
+    if (rt_idx >= t->q->rt_entries)
+        return 0;
+    return be64_load(t->q->rt + rt_idx * 8) & RT_OFFSET_MASK;
+}
+
+/* Give every changed refcount block a new home, then size and place the
+ * refcount table; repeat until placing things changes no more blocks. */
+static int place_refcounts(struct txn *t)
+{
+    struct qcow2 *q = t->q;
+    uint64_t per_cl = t->cs / 8;
+    bool again = true;
+    int ret;
+
+    ret = rc_add_range(t, q->hdr.refcount_table_offset,
+                       (uint64_t)q->hdr.refcount_table_clusters * t->cs, -1);
+    while (ret == 0 && again) {
+        uint64_t need = q->rt_entries;
+        again = false;
+        for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
+            if (!t->rb[i] || t->rb_loc[i])
+                continue;
+            ret = txn_alloc(t, 1, &t->rb_loc[i]);
+            if (ret == 0 && rt_old_loc(t, i))
+                ret = rc_add(t, rt_old_loc(t, i) / t->cs, -1);
+            again = true;
+        }
+        for (uint64_t i = 0; i < t->nb_rb; i++)
+            if (t->rb[i])
+                need = MAX(need, i + 1);
+        need = DIV_ROUND_UP(need, per_cl);
+        if (ret == 0 && need > t->rt_clusters) {
+            if (t->rt_clusters)
+                ret = rc_add_range(t, t->rt_off, t->rt_clusters * t->cs, -1);
+            if (ret == 0)
+                ret = txn_alloc(t, need, &t->rt_off);
+            t->rt_clusters = need;
+            again = true;
+        }
+    }
+    if (ret < 0)
+        return ret;
+    if (t->rt_clusters * t->cs > (8ull << 20))
+        return qimg_err(EFBIG, "Reference count table too large");
+    t->rt = calloc(t->rt_clusters, t->cs);
+    if (!t->rt)
+        return qimg_err(ENOMEM, "Out of memory");
+    memcpy(t->rt, q->rt, q->rt_entries * 8);
+    for (uint64_t i = 0; i < t->nb_rb; i++)
+        if (t->rb[i])
+            be64_store(t->rt + i * 8, t->rb_loc[i]);
+    return 0;
+}
+
+static int write_refcounts(struct txn *t)
+{
+    int ret = 0;
+
+    for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++)
+        if (t->rb[i])
+            ret = image_pwrite(t->img, t->rb[i], t->cs, t->rb_loc[i]);
+    if (ret == 0)
+        ret = image_pwrite(t->img, t->rt, t->rt_clusters * t->cs, t->rt_off);
+    return ret;
+}
+
+/* The new root pointers, all in header sector 0. */
+struct roots {
+    uint64_t size;
+    struct new_l1 *active; /* NULL: the active L1 is unchanged */
+    uint32_t nb_snaps;
+    uint64_t snap_off;
+};
+
+static int commit_header(struct txn *t, const struct roots *r)
+{
+    struct qcow2 *q = t->q;
+    uint8_t s0[512];
+    int ret = image_pread(t->img, s0, sizeof s0, 0);
+
+    if (ret < 0)
+        return ret;
+    be64_store(s0 + HDR_SIZE, r->size);
+    if (r->active) {
+        be32_store(s0 + HDR_L1_SIZE, r->active->size);
+        be64_store(s0 + HDR_L1_OFF, r->active->off);
+    }
+    be64_store(s0 + HDR_RT_OFF, t->rt_off);
+    be32_store(s0 + HDR_RT_CLUSTERS, (uint32_t)t->rt_clusters);
+    be32_store(s0 + HDR_NB_SNAPSHOTS, r->nb_snaps);
+    be64_store(s0 + HDR_SNAPSHOTS_OFF, r->snap_off);
+    if (q->hdr.version >= 3)
+        be64_store(s0 + HDR_AUTOCLEAR, q->hdr.autoclear & AUTOCLEAR_MASK);
+    /* 1 of 3: every new structure is durable ... */
+    ret = image_flush_file(t->img);
+    /* 2 of 3: ... before one sector switches all roots at once ... */
+    if (ret == 0)
+        ret = image_pwrite(t->img, s0, sizeof s0, 0);
+    if (ret == 0)
+        ret = image_flush_file(t->img);
+    return ret;
+}
+
+/* 3 of 3: the switch is durable; punch what only the old state used. */
+static void discard_freed(struct txn *t)
+{
+    struct qcow2 *q = t->q;
+    uint64_t run_start = 0, run_len = 0;
+
+    for (uint64_t i = 0; i < t->nb_rb; i++) {
+        bool exists;
+        if (!t->rb[i] ||
+            refcount_read_block(t->img, i, t->old_rb, &exists) < 0 || !exists)
+            continue;
+        for (uint64_t j = 0; j < (1ull << q->rb_bits); j++) {
+            uint64_t c = (i << q->rb_bits) + j;
+            bool freed = refblock_get(t->old_rb, j, q->refcount_order) &&
+                         !refblock_get(t->rb[i], j, q->refcount_order);
+            if (freed && run_len && run_start + run_len == c) {
+                run_len++;
+                continue;
+            }
+            if (run_len)
+                image_discard_file(t->img, run_start * t->cs,
+                                   run_len * t->cs);
+            run_len = freed;
+            run_start = c;
+        }
+    }
+    if (run_len)
+        image_discard_file(t->img, run_start * t->cs, run_len * t->cs);
+    image_flush_file(t->img);
+    qimg_error_clear();
+}
+
+/* Adopt the committed state in memory; caches start empty. */
+static int adopt(struct txn *t, const struct roots *r, struct snap *snaps,
+                 uint64_t snap_size)
+{
+    qimg_image *img = t->img;
+    struct qcow2 *q = t->q;
+
+    if (r->active) {
+        free(q->l1);
+        q->l1 = r->active->buf;
+        r->active->buf = NULL;
+        q->l1_size = r->active->size;
+        q->hdr.l1_size = r->active->size;
+        q->hdr.l1_table_offset = r->active->off;
+    }
+    free(q->rt);
+    q->rt = t->rt;
+    t->rt = NULL;
+    q->rt_entries = t->rt_clusters * t->cs / 8;
+    q->hdr.refcount_table_offset = t->rt_off;
+    q->hdr.refcount_table_clusters = (uint32_t)t->rt_clusters;
+    for (uint32_t i = 0; i < q->nb_snaps; i++)
+        snap_free(&q->snaps[i]);
+    free(q->snaps);
+    q->snaps = snaps;
+    q->nb_snaps = r->nb_snaps;
+    q->snap_table_size = snap_size;
+    q->hdr.nb_snapshots = r->nb_snaps;
+    q->hdr.snapshots_offset = r->snap_off;
+    q->hdr.autoclear &= AUTOCLEAR_MASK;
+    q->hdr.size = r->size;
+    img->size = r->size;
+    q->file_size = MAX(q->file_size, t->scan * t->cs);
+    q->free_hint = 0;
+    idset_free(&q->meta);
+    q->meta_ready = false;
+    mcache_destroy(&q->l2c);
+    mcache_destroy(&q->rbc);
+    if (mcache_init(&q->l2c, t->cs, MAX(MIN((32ull << 20) / t->cs,
+                                            (uint64_t)q->l1_size + 4), 16)) < 0)
+        return -ENOMEM;
+    return refcount_cache_init(img);
+}
+
+static void txn_free(struct txn *t)
+{
+    for (uint64_t i = 0; i < t->nb_rb; i++)
+        free(t->rb[i]);
+    free(t->rb);
+    free(t->rb_loc);
+    free(t->tmp);
+    free(t->old_rb);
+    free(t->rt);
+    u64map_free(&t->copies);
+}
+
+static int txn_init(struct txn *t, qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    int ret;
+
+    memset(t, 0, sizeof *t);
+    t->img = img;
+    t->q = q;
+    t->cs = q->cluster_size;
+    if (q->hdr.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY))
+        return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
+    ret = qcow2_flush(img);
+    if (ret < 0)
+        return ret;
+    t->tmp = malloc(t->cs);
+    t->old_rb = malloc(t->cs);
+    if (!t->tmp || !t->old_rb)
+        return qimg_err(ENOMEM, "Out of memory");
+    t->scan = 1;
+    return 0;
+}
+
+/* Validate every snapshot's L1 location and the tables they point at. */
+static int check_snapshots(struct txn *t, const struct snap *snaps,
+                           uint32_t n)
+{
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < n; i++) {
+        ret = snap_check_l1(t->img, &snaps[i]);
+        for (uint32_t j = 0; ret == 0 && j < i; j++)
+            if (snaps[j].l1_off == snaps[i].l1_off && snaps[i].l1_size)
+                ret = qimg_err(EINVAL, "Snapshots %s and %s share an L1 "
+                                       "table",
+                               snaps[j].id, snaps[i].id);
+    }
+    return ret;
+}
+
+static int read_snap_l1(struct txn *t, const struct snap *s, uint8_t **out)
+{
+    int ret = qcow2_read_table(t->img, out, s->l1_off,
+                               s->l1_size ? (size_t)s->l1_size * 8 : 8,
+                               "Snapshot L1 table");
+
+    if (ret == 0 && !s->l1_size)
+        memset(*out, 0, 8);
+    return ret == 0 ? check_l1(t, *out, s->l1_size) : ret;
+}
+
+/* Write the new snapshot table; the old one is released. */
+static int write_snap_table(struct txn *t, struct snap *snaps, uint32_t n,
+                            uint64_t *off, uint64_t *size)
+{
+    struct qcow2 *q = t->q;
+    uint8_t *buf = NULL;
+    int ret = 0;
+
+    if (q->nb_snaps)
+        ret = rc_add_range(t, q->hdr.snapshots_offset, q->snap_table_size, -1);
+    if (ret == 0)
+        ret = snap_table_encode(q, snaps, n, &buf, size);
+    if (ret == 0 && *size > QCOW_MAX_SNAPSHOTS_SIZE)
+        ret = qimg_err(EFBIG, "Snapshot table too large");
+    if (ret == 0)
+        ret = write_table(t, buf, *size, off);
+    free(buf);
+    return ret;
+}
+
+static int new_l1_alloc(struct new_l1 *l1, uint32_t size)
+{
+    l1->size = size;
+    l1->buf = calloc(size ? size : 1, 8);
+    return l1->buf ? 0 : qimg_err(ENOMEM, "Out of memory");
+}
+
+/* Redirect the new L1 tables to the L2 copies made, set their COPIED
+ * flags and write them. The active table (l1s[0] when has_active) is kept
+ * in place, unwritten, if it comes out unchanged. */
+static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
+                     size_t n)
+{
+    struct qcow2 *q = t->q;
+    int ret = 0;
+
+    for (size_t i = 0; ret == 0 && i < n; i++)
+        ret = redirect(t, l1s[i]);
+    for (size_t i = 0; ret == 0 && i < n; i++)
+        ret = set_l1_flags(t, l1s[i]);
+    if (ret < 0)
+        return ret;
+    if (r->active && r->active->size == q->l1_size &&
+        !memcmp(r->active->buf, q->l1, (size_t)q->l1_size * 8))
+        r->active = NULL;
+    else if (r->active && q->l1_size)
+        ret = rc_add_range(t, q->hdr.l1_table_offset,
+                           (uint64_t)q->l1_size * 8, -1);
+    for (size_t i = 0; ret == 0 && i < n; i++)
+        if (l1s[i] != r->active || r->active)
+            ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
+                              &l1s[i]->off);
+    return ret;
+}
+
+static bool nothing_changed(const struct txn *t)
+{
+    for (uint64_t i = 0; i < t->nb_rb; i++)
+        if (t->rb[i])
+            return false;
+    return true;
+}
+
+/* Place the refcount structures, write them, switch the header, tidy up. */
+static int commit(struct txn *t, struct roots *r, struct snap *snaps,
+                  uint64_t snap_size)
+{
+    int ret;
+
+    if (nothing_changed(t) && r->size == t->img->size)
+        return 1; /* e.g. applying the snapshot the disk already equals */
+    ret = place_refcounts(t);
+    if (ret == 0)
+        ret = write_refcounts(t);
+    if (ret == 0)
+        ret = commit_header(t, r);
+    if (ret < 0)
+        return ret;
+    discard_freed(t);
+    return adopt(t, r, snaps, snap_size);
+}
+
+/* ---- Create -------------------------------------------------------------- */
+
+static int next_id(const struct qcow2 *q, char *buf, size_t n)
+{
+    unsigned long max = 0;
+
+    for (uint32_t i = 0; i < q->nb_snaps; i++) {
+        unsigned long v = strtoul(q->snaps[i].id, NULL, 10);
+        max = MAX(max, v);
+    }
+    snprintf(buf, n, "%lu", max + 1);
+    return snap_find_by_id(q, buf) >= 0 ? qimg_err(EIO, "Snapshot ID %s "
+                                                        "already exists",
+                                                   buf)
+                                        : 0;
+}
+
+static int new_snap_entry(struct txn *t, struct snap *s, const char *name)
+{
+    struct timespec ts;
+    char id[32];
+    int ret = next_id(t->q, id, sizeof id);
+
+    if (ret < 0)
+        return ret;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    memset(s, 0, sizeof *s);
+    s->id = strdup(id);
+    s->name = strndup(name, 255);
+    if (!s->id || !s->name)
+        return qimg_err(ENOMEM, "Out of memory");
+    s->date_sec = (uint32_t)ts.tv_sec;
+    s->date_nsec = (uint32_t)(ts.tv_nsec / 1000 * 1000);
+    s->disk_size = t->img->size;
+    s->icount = 0; /* what qemu-img writes */
+    return 0;
+}
+
+static void free_snaps(struct snap *snaps, uint32_t n)
+{
+    if (!snaps)
+        return;
+    for (uint32_t i = 0; i < n; i++)
+        snap_free(&snaps[i]);
+    free(snaps);
+}
+
+/* Copy the snapshot list, leaving out `skip` (-1: none) and leaving
+ * `extra` empty slots at the end. */
+static int copy_snaps(const struct qcow2 *q, int skip, uint32_t extra,
+                      struct snap **out)
+{
+    struct snap *snaps = calloc(q->nb_snaps + extra + 1, sizeof *snaps);
+    uint32_t j = 0;
+    int ret = 0;
+
+    if (!snaps)
+        return qimg_err(ENOMEM, "Out of memory");
+    for (uint32_t i = 0; ret == 0 && i < q->nb_snaps; i++)
+        if ((int)i != skip)
+            ret = snap_copy(&snaps[j++], &q->snaps[i]);
+    if (ret < 0) {
+        free_snaps(snaps, q->nb_snaps + extra);
+        return ret;
+    }
+    *out = snaps;
+    return 0;
+}
 
 int txn_snapshot_create(qimg_image *img, const char *name)
 {
-    (void)img;
-    (void)name;
-    return qimg_err(ENOTSUP, "not yet");
+    struct qcow2 *q = img->q;
+    struct new_l1 active = {0}, snap = {0}, *l1s[2] = {&active, &snap};
+    struct snap *snaps = NULL;
+    uint64_t snap_size = 0;
+    struct roots r = {img->size, &active, q->nb_snaps + 1, 0};
+    struct txn t;
+    int ret;
+
+    ret = txn_init(&t, img);
+    if (ret == 0)
+        ret = check_l1(&t, q->l1, q->l1_size);
+    if (ret == 0)
+        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+    if (ret == 0)
+        ret = copy_snaps(q, -1, 1, &snaps);
+    if (ret == 0)
+        ret = new_snap_entry(&t, &snaps[q->nb_snaps], name);
+    if (ret == 0)
+        ret = new_l1_alloc(&active, q->l1_size);
+    if (ret == 0)
+        ret = new_l1_alloc(&snap, q->l1_size);
+    if (ret < 0)
+        goto out;
+    memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
+    memcpy(snap.buf, q->l1, (size_t)q->l1_size * 8);
+    /* One more L1 points at every active L2 table (validates them too). */
+    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
+        if (l1_ptr(q->l1, q->l1_size, i))
+            ret = pointer_change(&t, l1_ptr(q->l1, q->l1_size, i), i, 1);
+    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
+        ret = inspect_table(&t, active.buf, active.size, i);
+    if (ret == 0)
+        ret = place_l1s(&t, &r, l1s, 2);
+    if (ret < 0)
+        goto out;
+    snaps[q->nb_snaps].l1_off = snap.off;
+    snaps[q->nb_snaps].l1_size = snap.size;
+    ret = write_snap_table(&t, snaps, q->nb_snaps + 1, &r.snap_off,
+                           &snap_size);
+    if (ret == 0)
+        ret = commit(&t, &r, snaps, snap_size);
+    if (ret >= 0) {
+        snaps = NULL;
+        ret = 0;
+    }
+out:
+    free_snaps(snaps, q->nb_snaps + 1);
+    free(active.buf);
+    free(snap.buf);
+    txn_free(&t);
+    return ret;
 }
 
-int txn_snapshot_apply(qimg_image *img, int snap_idx)
+int txn_snapshot_delete(qimg_image *img, int idx)
 {
-    (void)img;
-    (void)snap_idx;
-    return qimg_err(ENOTSUP, "not yet");
+    struct qcow2 *q = img->q;
+    struct new_l1 active = {0}, *l1s[1] = {&active};
+    const struct snap *s = &q->snaps[idx];
+    uint32_t nb_old = q->nb_snaps;
+    struct snap *snaps = NULL;
+    uint8_t *sl1 = NULL;
+    uint64_t snap_size = 0;
+    struct roots r = {img->size, &active, q->nb_snaps - 1, 0};
+    struct txn t;
+    int ret;
+
+    ret = txn_init(&t, img);
+    if (ret == 0)
+        ret = check_l1(&t, q->l1, q->l1_size);
+    if (ret == 0)
+        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+    if (ret == 0)
+        ret = read_snap_l1(&t, s, &sl1);
+    /* Validate the active tables a flag fix may rewrite, before writing. */
+    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
+        if (l1_ptr(sl1, s->l1_size, i) && l1_ptr(q->l1, q->l1_size, i))
+            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), i, t.tmp);
+    if (ret == 0)
+        ret = copy_snaps(q, idx, 0, &snaps);
+    if (ret == 0)
+        ret = new_l1_alloc(&active, q->l1_size);
+    if (ret < 0)
+        goto out;
+    memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
+    for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++)
+        if (l1_ptr(sl1, s->l1_size, i))
+            ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), i, -1);
+    if (ret == 0 && s->l1_size)
+        ret = rc_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
+    for (uint32_t i = 0; ret == 0 && i < active.size; i++)
+        if (l1_ptr(sl1, s->l1_size, i))
+            ret = inspect_table(&t, active.buf, active.size, i);
+    if (ret == 0)
+        ret = place_l1s(&t, &r, l1s, 1);
+    if (ret == 0)
+        ret = write_snap_table(&t, snaps, nb_old - 1, &r.snap_off,
+                               &snap_size);
+    if (ret == 0)
+        ret = commit(&t, &r, snaps, snap_size);
+    if (ret >= 0) {
+        snaps = NULL;
+        ret = 0;
+    }
+out:
+    free_snaps(snaps, nb_old);
+    free(sl1);
+    free(active.buf);
+    txn_free(&t);
+    return ret;
 }
 
-int txn_snapshot_delete(qimg_image *img, int snap_idx)
+/* ---- Apply --------------------------------------------------------------- */
+
+static uint64_t l1_entries_needed(const struct qcow2 *q, uint64_t size)
 {
-    (void)img;
-    (void)snap_idx;
-    return qimg_err(ENOTSUP, "not yet");
+    unsigned span = q->cluster_bits + q->l2_bits;
+
+    return (size + (1ull << span) - 1) >> span;
+}
+
+int txn_snapshot_apply(qimg_image *img, int idx)
+{
+    struct qcow2 *q = img->q;
+    struct new_l1 active = {0}, *l1s[1] = {&active};
+    const struct snap *s = &q->snaps[idx];
+    uint32_t nb = q->nb_snaps;
+    struct snap *snaps = NULL;
+    uint8_t *sl1 = NULL;
+    uint64_t n;
+    struct roots r = {s->disk_size, &active, q->nb_snaps,
+                      q->hdr.snapshots_offset};
+    struct txn t;
+    int ret;
+
+    if (q->hdr.has_bitmaps_ext && (q->hdr.autoclear & AUTOCLEAR_BITMAPS) &&
+        q->hdr.nb_bitmaps)
+        return qimg_err(EBUSY, "Device has active dirty bitmaps");
+    if (s->disk_size != img->size && q->hdr.version < 3)
+        return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
+                                 "snapshots");
+    n = MAX(MAX(q->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
+    if (n * 8 > QCOW_MAX_L1_SIZE)
+        return qimg_err(EFBIG, "Active L1 table too large");
+    ret = txn_init(&t, img);
+    if (ret == 0)
+        ret = check_l1(&t, q->l1, q->l1_size);
+    if (ret == 0)
+        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+    if (ret == 0)
+        ret = read_snap_l1(&t, s, &sl1);
+    if (ret == 0)
+        ret = copy_snaps(q, -1, 0, &snaps);
+    if (ret == 0)
+        ret = new_l1_alloc(&active, (uint32_t)n);
+    if (ret < 0)
+        goto out;
+    memcpy(active.buf, sl1, (size_t)s->l1_size * 8);
+    /* Only pointers that differ change any count. */
+    for (uint32_t i = 0; ret == 0 && i < n; i++) {
+        uint64_t o = l1_ptr(q->l1, q->l1_size, i);
+        uint64_t p = l1_ptr(sl1, s->l1_size, i);
+        if (o == p)
+            continue;
+        if (o)
+            ret = pointer_change(&t, o, i, -1);
+        if (ret == 0 && p)
+            ret = pointer_change(&t, p, i, 1);
+    }
+    for (uint32_t i = 0; ret == 0 && i < n; i++)
+        if (l1_ptr(q->l1, q->l1_size, i) != l1_ptr(sl1, s->l1_size, i))
+            ret = inspect_table(&t, active.buf, active.size, i);
+    if (ret == 0)
+        ret = place_l1s(&t, &r, l1s, 1);
+    if (ret == 0) {
+        r.snap_off = q->hdr.snapshots_offset;
+        ret = commit(&t, &r, snaps, q->snap_table_size);
+    }
+    if (ret >= 0) {
+        if (ret == 0)
+            snaps = NULL;
+        ret = 0;
+    }
+out:
+    free_snaps(snaps, nb);
+    free(sl1);
+    free(active.buf);
+    txn_free(&t);
+    return ret;
 }
