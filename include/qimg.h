@@ -63,8 +63,13 @@ struct qimg_open_opts {
      * "snapshot.name=" prefixes accepted) read-only instead of the active
      * disk. NULL: the active disk. */
     const char *snapshot;
+    /* Open for qimg_image_check(): tolerate the damage check reports
+     * (the snapshot table is read by the check, a dirty image is not
+     * repaired on open, a corrupt image may be opened read-write). */
+    bool for_check;
 };
-#define QIMG_OPEN_OPTS_INIT {QIMG_FMT_AUTO, false, false, false, false, NULL}
+#define QIMG_OPEN_OPTS_INIT                                                    \
+    {QIMG_FMT_AUTO, false, false, false, false, NULL, false}
 
 /* Open `path`. Backing files are opened read-only, relative names resolved
  * against the directory of the image naming them. */
@@ -203,6 +208,38 @@ QIMG_API int qimg_snapshot_create(qimg_image *img, const char *name);
 QIMG_API int qimg_snapshot_apply(qimg_image *img, const char *id_or_name);
 /* Delete the snapshot (looked up by name, then ID). Commits atomically. */
 QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
+
+/* ---- Consistency check and repair ------------------------------------- */
+
+#define QIMG_CHECK_FIX_LEAKS 1u  /* -r leaks */
+#define QIMG_CHECK_FIX_ERRORS 2u /* -r all (with FIX_LEAKS) */
+
+/* One finding, in the order qemu-img prints its stderr lines. */
+struct qimg_check_msg {
+    char *text;  /* qemu-img's line, e.g. "Leaked cluster 7 refcount=1
+                  * reference=0" */
+    char *where; /* the structures holding the references involved, or
+                  * NULL, e.g. "active L1 index 0, L2 index 5" */
+    char *kind;  /* "leak", "refcount", "copied", "l2-entry", ... */
+    bool is_error;  /* counted as a corruption (or check error) */
+};
+
+struct qimg_check_result {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;
+    int64_t total_clusters, allocated_clusters, fragmented_clusters,
+        compressed_clusters;
+    struct qimg_check_msg *msgs;
+    size_t nb_msgs;
+};
+
+/* Check (and with `fix`, repair) a qcow2 image opened with for_check
+ * (read-write when fixing). Fills *out even when the check had to stop:
+ * then a negative errno is returned as well. -ENOTSUP for raw images. */
+QIMG_API int qimg_image_check(struct qimg_check_result **out,
+                              qimg_image *img, unsigned fix);
+QIMG_API void qimg_check_result_free(struct qimg_check_result *r);
 
 #ifdef __cplusplus
 }

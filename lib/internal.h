@@ -342,6 +342,18 @@ char *backing_full_path(const char *base, const char *name);
 #define QCOW_MAX_SNAPSHOTS_SIZE (1024ull * QCOW_MAX_SNAPSHOTS)
 #define QCOW_MAX_L1_SIZE (32ull * 1024 * 1024)
 int snap_table_load(qimg_image *img);
+/* How a damaged table is read for check -r all (as QEMU's repair reads
+ * it): extra data over 1024 bytes is cut, entries past 64 MiB dropped. */
+#define SNAP_READ_MAX_DROP 64
+struct snap_read {
+    bool repair;
+    uint32_t drop_idx[SNAP_READ_MAX_DROP], drop_size[SNAP_READ_MAX_DROP];
+    size_t nb_drop;
+    uint32_t overhang;
+};
+int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
+                    struct snap_read *rd, struct snap **out, uint32_t *nb_out,
+                    uint64_t *size);
 /* Encode snaps[0..n) into a new buffer; *len set to its byte size. */
 int snap_table_encode(const struct qcow2 *q, const struct snap *snaps,
                       uint32_t n, uint8_t **out, uint64_t *len);
@@ -361,6 +373,16 @@ int snap_check_l1(qimg_image *img, const struct snap *s);
 int txn_snapshot_create(qimg_image *img, const char *name);
 int txn_snapshot_apply(qimg_image *img, int snap_idx);
 int txn_snapshot_delete(qimg_image *img, int snap_idx);
+
+/* ---- rebuild.c: the writes of a repair ---------------------------------- */
+/* New refcount structure from a computed table (refblock encoding, one
+ * entry per cluster), placed past the end of the file; one header write
+ * switches to it. */
+int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs);
+int rebuild_write_l1_entry(qimg_image *img, uint32_t i, uint64_t e);
+int rebuild_set_incompat(qimg_image *img, uint64_t bits);
+int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
+                           uint32_t n);
 
 /* ---- create.c ---------------------------------------------------------- */
 int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,

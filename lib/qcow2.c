@@ -162,20 +162,20 @@ static int check_features(qimg_image *img)
     return 0;
 }
 
-static int check_tables(qimg_image *img)
+static int check_tables(qimg_image *img, bool for_check)
 {
     struct qcow2 *q = img->q;
     const struct qcow2_header *h = &q->hdr;
     uint64_t span, needed;
     int ret;
 
-    if (h->refcount_table_clusters == 0)
+    if (h->refcount_table_clusters == 0 && !for_check)
         return qimg_err(EINVAL,
                         "Image does not contain a reference count table");
     ret = validate_table(q, h->refcount_table_offset,
                          h->refcount_table_clusters, q->cluster_size,
                          8ull << 20, "Reference count table");
-    if (ret == 0)
+    if (ret == 0 && !for_check) /* check reports a bad table itself */
         ret = validate_table(q, h->snapshots_offset, h->nb_snapshots, 40,
                              40ull * QCOW_MAX_SNAPSHOTS, "Snapshot table");
     if (ret == 0)
@@ -242,6 +242,66 @@ static int caches_init(qimg_image *img)
     return refcount_cache_init(img);
 }
 
+/* Read a table that may run past the end of the file (check mode reads
+ * what QEMU would read: zeros). */
+static int read_table_lenient(qimg_image *img, uint8_t **out, uint64_t off,
+                              size_t n)
+{
+    uint8_t *buf = malloc(n ? n : 1);
+    int ret;
+
+    if (!buf)
+        return qimg_err(ENOMEM, "Out of memory");
+    ret = image_pread(img, buf, n, off);
+    if (ret < 0) {
+        free(buf);
+        return ret;
+    }
+    *out = buf;
+    return 0;
+}
+
+static int load_tables(qimg_image *img, const struct qimg_open_opts *o)
+{
+    struct qcow2 *q = img->q;
+    int ret;
+
+    if (!o->for_check) {
+        ret = l1_load(img);
+        if (ret == 0)
+            ret = refcount_load_table(img);
+        if (ret == 0)
+            ret = snap_table_load(img);
+        return ret;
+    }
+    q->l1_size = q->hdr.l1_size;
+    ret = read_table_lenient(img, &q->l1, q->hdr.l1_table_offset,
+                             (size_t)q->l1_size * 8);
+    if (ret == 0)
+        ret = read_table_lenient(img, &q->rt, q->hdr.refcount_table_offset,
+                                 (size_t)q->hdr.refcount_table_clusters *
+                                     q->cluster_size);
+    q->rt_entries = (uint64_t)q->hdr.refcount_table_clusters *
+                    q->cluster_size / 8;
+    return ret;
+}
+
+/* QEMU repairs an image left dirty (lazy refcounts) on a read-write open;
+ * so does qimg, with the same repair as `check -r all`. */
+static int repair_dirty(qimg_image *img)
+{
+    struct qimg_check_result *r = NULL;
+    int ret = qimg_image_check(&r, img, QIMG_CHECK_FIX_ERRORS);
+
+    if (ret == 0 && r->check_errors)
+        ret = -EIO;
+    qimg_check_result_free(r);
+    if (ret < 0)
+        return qimg_err(-ret, "Could not repair dirty image: %s",
+                        strerror(-ret));
+    return 0;
+}
+
 int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
 {
     struct qcow2 *q = calloc(1, sizeof *q);
@@ -253,25 +313,20 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     ret = img->io.ops->get_size(img->io.ctx, &q->file_size);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not get the image size");
-    ret = read_header(img, o->read_write);
+    ret = read_header(img, o->read_write && !o->for_check);
     if (ret < 0)
         return ret;
     set_geometry(q);
-    ret = check_tables(img);
+    ret = check_tables(img, o->for_check);
     if (ret < 0)
         return ret;
-    if ((q->hdr.incompatible & INCOMPAT_DIRTY) && o->read_write)
-        return qimg_err(EACCES, "Image has the dirty bit set (refcounts may "
-                                "be stale); repair it with 'qimg check -r "
-                                "all' before writing");
     img->size = q->hdr.size;
-    ret = l1_load(img);
-    if (ret == 0)
-        ret = refcount_load_table(img);
-    if (ret == 0)
-        ret = snap_table_load(img);
+    ret = load_tables(img, o);
     if (ret == 0)
         ret = caches_init(img);
+    if (ret == 0 && (q->hdr.incompatible & INCOMPAT_DIRTY) &&
+        img->read_write && !o->for_check)
+        ret = repair_dirty(img);
     return ret;
 }
 

@@ -73,11 +73,11 @@ static char *dup_bytes(const uint8_t *p, size_t n)
 /* Decode the entry at buf[*pos]; -EAGAIN if more bytes are needed. */
 static int decode_entry(const struct qcow2 *q, const uint8_t *buf,
                         uint64_t len, uint64_t *pos, uint32_t i,
-                        struct snap *s)
+                        struct snap *s, struct snap_read *rd)
 {
     uint64_t p = ALIGN_UP(*pos, 8);
     const uint8_t *h = buf + p;
-    uint32_t id_len, name_len;
+    uint32_t id_len, name_len, xlen;
 
     if (p + SN_HDR_LEN > len)
         return -EAGAIN;
@@ -90,13 +90,21 @@ static int decode_entry(const struct qcow2 *q, const uint8_t *buf,
     s->date_nsec = be32_load(h + SN_DATE_NSEC);
     s->vm_clock_nsec = be64_load(h + SN_VM_CLOCK);
     s->vm_state_size32 = be32_load(h + SN_VM_STATE32);
-    s->extra_size = be32_load(h + SN_EXTRA_LEN);
-    if (s->extra_size > QCOW_MAX_SNAPSHOT_EXTRA)
-        return qimg_err(EFBIG, "Too much extra metadata in snapshot table "
-                               "entry %u",
-                        i);
-    if (p + SN_HDR_LEN + s->extra_size + id_len + name_len > len)
+    xlen = be32_load(h + SN_EXTRA_LEN);
+    s->extra_size = xlen;
+    if (xlen > QCOW_MAX_SNAPSHOT_EXTRA) {
+        if (!rd || !rd->repair)
+            return qimg_err(EFBIG, "Too much extra metadata in snapshot "
+                                   "table entry %u",
+                            i);
+        s->extra_size = QCOW_MAX_SNAPSHOT_EXTRA;
+    }
+    if (p + SN_HDR_LEN + (uint64_t)xlen + id_len + name_len > len)
         return -EAGAIN;
+    if (xlen > QCOW_MAX_SNAPSHOT_EXTRA && rd->nb_drop < SNAP_READ_MAX_DROP) {
+        rd->drop_idx[rd->nb_drop] = i;
+        rd->drop_size[rd->nb_drop++] = xlen;
+    }
     h += SN_HDR_LEN;
     s->vm_state_size = s->vm_state_size32;
     s->disk_size = q->hdr.size;
@@ -113,68 +121,98 @@ static int decode_entry(const struct qcow2 *q, const uint8_t *buf,
             return qimg_err(ENOMEM, "Out of memory");
         memcpy(s->extra, h, s->extra_size);
     }
-    h += s->extra_size;
+    h += xlen;
     s->id = dup_bytes(h, id_len);
     s->name = dup_bytes(h + id_len, name_len);
     if (!s->id || !s->name)
         return qimg_err(ENOMEM, "Out of memory");
-    *pos = p + SN_HDR_LEN + s->extra_size + id_len + name_len;
+    *pos = p + SN_HDR_LEN + xlen + id_len + name_len;
+    return 0;
+}
+
+/* Read more of the table: double the buffer, bounded by the file. */
+static int grow_buf(qimg_image *img, uint64_t off, uint64_t avail,
+                    uint8_t **buf, uint64_t *len)
+{
+    uint64_t n = MIN(avail, *len * 2);
+    uint8_t *nb = realloc(*buf, n ? n : 1);
+
+    if (!nb)
+        return qimg_err(ENOMEM, "Out of memory");
+    *buf = nb;
+    *len = n;
+    return image_pread(img, nb, n, off);
+}
+
+int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
+                    struct snap_read *rd, struct snap **out, uint32_t *nb_out,
+                    uint64_t *size)
+{
+    struct qcow2 *q = img->q;
+    uint64_t avail, len, pos = 0;
+    struct snap *snaps = NULL;
+    uint8_t *buf = NULL;
+    uint32_t i = 0;
+    int ret = 0;
+
+    *out = NULL;
+    *nb_out = 0;
+    *size = 0;
+    if (n == 0)
+        return 0;
+    if (off >= q->file_size)
+        return qimg_err(EINVAL, "Snapshot table exceeds the end of the file");
+    avail = MIN(q->file_size - off, QCOW_MAX_SNAPSHOTS_SIZE + 65536);
+    snaps = calloc(n, sizeof *snaps);
+    len = MIN(avail, MAX(65536, (uint64_t)n * 72));
+    buf = malloc(len);
+    if (!snaps || !buf) {
+        ret = qimg_err(ENOMEM, "Out of memory");
+        goto out;
+    }
+    ret = image_pread(img, buf, len, off);
+    while (ret == 0 && i < n) {
+        ret = decode_entry(q, buf, len, &pos, i, &snaps[i], rd);
+        if (ret == -EAGAIN) {
+            snap_free(&snaps[i]);
+            ret = len == avail ? qimg_err(EINVAL, "Snapshot table exceeds "
+                                                  "the end of the file")
+                               : grow_buf(img, off, avail, &buf, &len);
+            continue;
+        }
+        if (ret < 0)
+            break;
+        i++;
+        if (pos > QCOW_MAX_SNAPSHOTS_SIZE) {
+            if (!rd || !rd->repair) {
+                ret = qimg_err(EFBIG, "Snapshot table is too big");
+                break;
+            }
+            rd->overhang = n - i + 1;
+            snap_free(&snaps[--i]);
+            break;
+        }
+    }
+out:
+    free(buf);
+    if (ret < 0) {
+        for (uint32_t j = 0; j < i; j++)
+            snap_free(&snaps[j]);
+        free(snaps);
+        return ret;
+    }
+    *out = snaps;
+    *nb_out = i;
+    *size = pos;
     return 0;
 }
 
 int snap_table_load(qimg_image *img)
 {
     struct qcow2 *q = img->q;
-    uint64_t off = q->hdr.snapshots_offset, avail, len, pos = 0;
-    uint8_t *buf = NULL;
-    uint32_t n = q->hdr.nb_snapshots;
-    int ret = 0;
 
-    if (n == 0)
-        return 0;
-    if (off >= q->file_size)
-        return qimg_err(EINVAL, "Snapshot table exceeds the end of the file");
-    avail = MIN(q->file_size - off, QCOW_MAX_SNAPSHOTS_SIZE + 8);
-    q->snaps = calloc(n, sizeof *q->snaps);
-    len = MIN(avail, MAX(65536, (uint64_t)n * 72));
-    buf = malloc(len);
-    if (!q->snaps || !buf) {
-        ret = qimg_err(ENOMEM, "Out of memory");
-        goto out;
-    }
-    ret = image_pread(img, buf, len, off);
-    for (uint32_t i = 0; i < n && ret == 0;) {
-        ret = decode_entry(q, buf, len, &pos, i, &q->snaps[i]);
-        if (ret == -EAGAIN) {
-            uint8_t *nb;
-            snap_free(&q->snaps[i]);
-            if (len == avail) {
-                ret = qimg_err(EINVAL, avail > QCOW_MAX_SNAPSHOTS_SIZE
-                                           ? "Snapshot table is too big"
-                                           : "Snapshot table exceeds the end "
-                                             "of the file");
-                break;
-            }
-            len = MIN(avail, len * 2);
-            nb = realloc(buf, len);
-            if (!nb) {
-                ret = qimg_err(ENOMEM, "Out of memory");
-                break;
-            }
-            buf = nb;
-            ret = image_pread(img, buf, len, off);
-            continue;
-        }
-        if (ret < 0)
-            break;
-        q->nb_snaps = ++i;
-        if (pos > QCOW_MAX_SNAPSHOTS_SIZE)
-            ret = qimg_err(EFBIG, "Snapshot table is too big");
-    }
-    q->snap_table_size = pos;
-out:
-    free(buf);
-    return ret;
+    return snap_table_read(img, q->hdr.snapshots_offset, q->hdr.nb_snapshots,
+                           NULL, &q->snaps, &q->nb_snaps, &q->snap_table_size);
 }
 
 uint64_t snap_table_size(const struct qcow2 *q, const struct snap *snaps,

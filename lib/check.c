@@ -1,0 +1,1118 @@
+/*
+ * check.c - consistency check and repair of a qcow2 image.
+ *
+ * qcow2-format.md §4.1 (what must be counted), §4.2 (qemu-img check's
+ * classification), §3.7 (COPIED), §5 (snapshot table). Verdicts, counts and
+ * message lines follow qemu-img 7.2 so scripts see the same results; every
+ * finding also names the structure that holds the reference involved.
+ * Rebuilding refcount structures and rewriting the snapshot table are in
+ * rebuild.c.
+ *
+ * Notes on the design:
+ *  1. The image is walked into an in-memory table of reference counts
+ *     (encoded like a refcount block, in the image's own width), which is
+ *     then compared with the refcounts on disk.
+ *  2. Pinpointing is a second, quiet walk made only when counts disagree:
+ *     it records which slot (active or snapshot L1/L2 index, refcount table
+ *     index, snapshot table, bitmap) references each disputed cluster.
+ *  3. Repairs raise too-low refcounts and lower leaked ones in place (each
+ *     direction is safe on its own), fix COPIED flags in place (only flags
+ *     change), and replace broken refcount structures or the snapshot
+ *     table with new copies switched in by one header write, so a power cut
+ *     during repair leaves an image a second repair fixes.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Where a reference was found; formatted only when reported. */
+enum loc_kind {
+    LOC_NONE,
+    LOC_HEADER,
+    LOC_L1_TABLE,  /* an L1 table itself */
+    LOC_L1_ENTRY,  /* L1 entry i (an L2 table) */
+    LOC_L2_ENTRY,  /* L1 entry i, L2 entry j (data) */
+    LOC_SNAP_TABLE,
+    LOC_REFTABLE,
+    LOC_REFTABLE_ENTRY, /* refcount table entry i (a refcount block) */
+    LOC_BITMAP_DIR,
+    LOC_BITMAP,
+    LOC_CRYPTO,
+};
+
+struct loc {
+    enum loc_kind kind;
+    int snap; /* -1: active tree */
+    int64_t i, j;
+};
+
+struct disputed {
+    size_t msg;  /* index of the message it belongs to */
+    uint64_t cluster;
+};
+
+struct chk {
+    qimg_image *img;
+    struct qcow2 *q;
+    unsigned fix;
+    struct qimg_check_result *res;
+    uint64_t file_size, nb_clusters;
+    uint8_t *refs;
+    uint64_t nb_refs;
+    bool rebuild, quiet;
+    struct snap *snaps;
+    uint32_t nb_snaps;
+    uint64_t snap_off, snap_size;
+    bool table_dirty; /* the snapshot table read needs rewriting */
+    struct loc loc;
+    uint8_t *l2buf, *rbbuf;
+    /* pinpointing */
+    struct idset traced;
+    struct u64map where; /* cluster -> index into wheres */
+    char **wheres;
+    size_t nb_wheres;
+    struct disputed *disp;
+    size_t nb_disp;
+};
+
+/* ---- Findings ------------------------------------------------------------ */
+
+static void loc_format(const struct chk *c, const struct loc *l, char *buf,
+                       size_t n)
+{
+    char tree[300];
+
+    if (l->snap < 0)
+        snprintf(tree, sizeof tree, "active L1");
+    else
+        snprintf(tree, sizeof tree, "snapshot %.40s (%.200s) L1",
+                 c->snaps[l->snap].id, c->snaps[l->snap].name);
+    switch (l->kind) {
+    case LOC_HEADER:
+        snprintf(buf, n, "image header");
+        break;
+    case LOC_L1_TABLE:
+        snprintf(buf, n, "%s table", tree);
+        break;
+    case LOC_L1_ENTRY:
+        snprintf(buf, n, "%s index %" PRId64, tree, l->i);
+        break;
+    case LOC_L2_ENTRY:
+        snprintf(buf, n, "%s index %" PRId64 ", L2 index %" PRId64, tree, l->i,
+                 l->j);
+        break;
+    case LOC_SNAP_TABLE:
+        snprintf(buf, n, "snapshot table");
+        break;
+    case LOC_REFTABLE:
+        snprintf(buf, n, "refcount table");
+        break;
+    case LOC_REFTABLE_ENTRY:
+        snprintf(buf, n, "refcount table index %" PRId64, l->i);
+        break;
+    case LOC_BITMAP_DIR:
+        snprintf(buf, n, "bitmap directory");
+        break;
+    case LOC_BITMAP:
+        snprintf(buf, n, "bitmap %" PRId64 " table%s", l->i,
+                 l->j >= 0 ? " entry" : "");
+        break;
+    case LOC_CRYPTO:
+        snprintf(buf, n, "encryption header");
+        break;
+    default:
+        buf[0] = '\0';
+    }
+}
+
+static int add_msg(struct chk *c, const char *kind, bool is_error,
+                   bool with_loc, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static int add_msg(struct chk *c, const char *kind, bool is_error,
+                   bool with_loc, const char *fmt, ...)
+{
+    struct qimg_check_result *r = c->res;
+    struct qimg_check_msg *m;
+    char buf[1024], where[512] = "";
+    va_list ap;
+
+    if (c->quiet)
+        return 0;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (with_loc)
+        loc_format(c, &c->loc, where, sizeof where);
+    m = realloc(r->msgs, (r->nb_msgs + 1) * sizeof *m);
+    if (!m)
+        return qimg_err(ENOMEM, "Out of memory");
+    r->msgs = m;
+    m = &r->msgs[r->nb_msgs++];
+    memset(m, 0, sizeof *m);
+    m->text = strdup(buf);
+    m->kind = strdup(kind);
+    m->is_error = is_error;
+    if (where[0])
+        m->where = strdup(where);
+    if (!m->text || !m->kind || (where[0] && !m->where))
+        return qimg_err(ENOMEM, "Out of memory");
+    return 0;
+}
+
+/* Remember that the last message is about `cluster`, to name its
+ * referrers once the pinpointing walk has run. */
+static int dispute(struct chk *c, uint64_t cluster)
+{
+    struct disputed *d;
+
+    if (c->quiet)
+        return 0;
+    d = realloc(c->disp, (c->nb_disp + 1) * sizeof *d);
+    if (!d)
+        return qimg_err(ENOMEM, "Out of memory");
+    c->disp = d;
+    d[c->nb_disp].msg = c->res->nb_msgs - 1;
+    d[c->nb_disp++].cluster = cluster;
+    return idset_add(&c->traced, cluster) < 0 ? -ENOMEM : 0;
+}
+
+/* Pinpointing walk: append the current location to a disputed cluster. */
+static int note_referrer(struct chk *c, uint64_t k)
+{
+    char where[512];
+    uint64_t idx;
+    char *s;
+
+    loc_format(c, &c->loc, where, sizeof where);
+    if (!u64map_get(&c->where, k, &idx)) {
+        char **w = realloc(c->wheres, (c->nb_wheres + 1) * sizeof *w);
+        if (!w)
+            return qimg_err(ENOMEM, "Out of memory");
+        c->wheres = w;
+        idx = c->nb_wheres++;
+        w[idx] = NULL;
+        if (u64map_put(&c->where, k, idx) < 0)
+            return -ENOMEM;
+    }
+    s = c->wheres[idx];
+    if (s && strlen(s) > 600)
+        return 0; /* enough referrers named */
+    if (asprintf(&c->wheres[idx], "%s%s%s", s ? s : "referenced by ",
+                 s ? "; " : "", where) < 0) {
+        c->wheres[idx] = s;
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    free(s);
+    return 0;
+}
+
+/* ---- The in-memory reference table --------------------------------------- */
+
+static uint64_t ref_get(const struct chk *c, uint64_t idx)
+{
+    if (idx >= c->nb_refs)
+        return 0;
+    return refblock_get(c->refs, idx, c->q->refcount_order);
+}
+
+static int ref_grow(struct chk *c, uint64_t n)
+{
+    unsigned order = c->q->refcount_order;
+    uint64_t old_bytes = ALIGN_UP(DIV_ROUND_UP(c->nb_refs << order, 8), 8);
+    uint64_t new_bytes = ALIGN_UP(DIV_ROUND_UP(n << order, 8), 8);
+    uint8_t *p;
+
+    if (n <= c->nb_refs)
+        return 0;
+    if (new_bytes > old_bytes) {
+        p = realloc(c->refs, new_bytes);
+        if (!p) {
+            c->res->check_errors++;
+            return qimg_err(ENOMEM, "Out of memory");
+        }
+        memset(p + old_bytes, 0, new_bytes - old_bytes);
+        c->refs = p;
+    }
+    c->nb_refs = n;
+    return 0;
+}
+
+/* Count one reference to every cluster [off, off+len) touches. */
+static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
+{
+    struct qcow2 *q = c->q;
+    int ret;
+
+    if (len == 0)
+        return 0;
+    if (off + len > c->file_size &&
+        off + len - c->file_size >= q->cluster_size) {
+        if (!c->quiet)
+            c->res->corruptions++;
+        return add_msg(c, "beyond-eof", true, true,
+                       "ERROR: counting reference for region exceeding the "
+                       "end of the file by one cluster or more: offset "
+                       "0x%" PRIx64 " size 0x%" PRIx64,
+                       off, len);
+    }
+    for (uint64_t k = off >> q->cluster_bits;
+         k <= (off + len - 1) >> q->cluster_bits; k++) {
+        uint64_t v;
+        if (k >= c->nb_refs && (ret = ref_grow(c, k + 1)) < 0)
+            return ret;
+        if (c->quiet && idset_has(&c->traced, k) &&
+            (ret = note_referrer(c, k)) < 0)
+            return ret;
+        v = ref_get(c, k);
+        if (v == q->refcount_max) {
+            if (!c->quiet)
+                c->res->corruptions++;
+            ret = add_msg(c, "overflow", true, true,
+                          "ERROR: overflow cluster offset=0x%" PRIx64,
+                          k << q->cluster_bits);
+            if (ret == 0)
+                ret = add_msg(c, "overflow", false, false,
+                              "Use qemu-img amend to increase the refcount "
+                              "entry width or qemu-img convert to create a "
+                              "clean copy if the image cannot be opened for "
+                              "writing");
+            if (ret < 0)
+                return ret;
+            continue;
+        }
+        refblock_set(c->refs, k, q->refcount_order, v + 1);
+    }
+    return 0;
+}
+
+static void corruption(struct chk *c)
+{
+    if (!c->quiet)
+        c->res->corruptions++;
+}
+
+/* ---- Walking the trees ---------------------------------------------------- */
+
+static int check_compressed(struct chk *c, uint64_t e, uint64_t bm, int64_t j,
+                            bool frag)
+{
+    struct qcow2 *q = c->q;
+    uint64_t coff, clen;
+    int ret = 0;
+
+    if (e & QCOW_OFLAG_COPIED) {
+        corruption(c);
+        ret = add_msg(c, "copied", true, true,
+                      "ERROR: coffset=0x%" PRIx64 ": copied flag must never "
+                      "be set for compressed clusters",
+                      e & q->coff_mask);
+        e &= ~QCOW_OFLAG_COPIED;
+    }
+    if (ret == 0 && bm) {
+        corruption(c);
+        return add_msg(c, "l2-entry", true, true,
+                       "ERROR compressed cluster %" PRId64 " with non-zero "
+                       "subcluster allocation bitmap, entry=0x%" PRIx64,
+                       j, e);
+    }
+    l2_compressed_range(q, e, &coff, &clen);
+    if (ret == 0)
+        ret = inc_refs(c, coff & ~511ull, clen + (coff & 511));
+    if (frag && !c->quiet) {
+        c->res->allocated_clusters++;
+        c->res->compressed_clusters++;
+        c->res->fragmented_clusters++;
+    }
+    return ret;
+}
+
+static int check_allocated(struct chk *c, uint64_t e, uint64_t bm,
+                           bool frag, uint64_t *next_contig)
+{
+    struct qcow2 *q = c->q;
+    uint64_t off = e & L2E_OFFSET_MASK;
+    int ret = 0;
+
+    if ((bm >> 32) & bm) {
+        corruption(c);
+        ret = add_msg(c, "l2-entry", true, true,
+                      "ERROR offset=%" PRIx64 ": Allocated cluster has "
+                      "corrupted subcluster allocation bitmap",
+                      off);
+    }
+    if (ret == 0 && !IS_ALIGNED(off, q->cluster_size)) {
+        bool has_data = q->ext_l2 ? (bm & L2_BITMAP_ALL_ALLOC)
+                                  : !(e & QCOW_OFLAG_ZERO);
+        corruption(c);
+        if (!has_data)
+            ret = add_msg(c, "l2-entry", true, true,
+                          "ERROR offset=%" PRIx64 ": Preallocated cluster is "
+                          "not properly aligned; L2 entry corrupted.",
+                          off);
+        else
+            ret = add_msg(c, "l2-entry", true, true,
+                          "ERROR offset=%" PRIx64 ": Data cluster is not "
+                          "properly aligned; L2 entry corrupted.",
+                          off);
+    }
+    if (frag && !c->quiet) {
+        c->res->allocated_clusters++;
+        if (*next_contig && off != *next_contig)
+            c->res->fragmented_clusters++;
+        *next_contig = off + q->cluster_size;
+    }
+    return ret < 0 ? ret : inc_refs(c, off, q->cluster_size);
+}
+
+static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
+{
+    struct qcow2 *q = c->q;
+    uint64_t next_contig = 0;
+    int ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
+
+    if (ret < 0) {
+        c->res->check_errors++;
+        return add_msg(c, "io", true, false,
+                       "ERROR: I/O error in check_refcounts_l2");
+    }
+    for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
+        uint64_t e = l2_entry_get(q, c->l2buf, j);
+        uint64_t bm = l2_bitmap_get(q, c->l2buf, j);
+        enum cl_type t = l2_cluster_type(q, e);
+
+        c->loc.kind = LOC_L2_ENTRY;
+        c->loc.j = (int64_t)j;
+        if (t != CL_COMPRESSED &&
+            (e & (L2E_RESERVED_MASK | (q->ext_l2 ? QCOW_OFLAG_ZERO : 0)))) {
+            corruption(c);
+            ret = add_msg(c, "l2-entry", true, true,
+                          "ERROR found l2 entry with reserved bits set: "
+                          "%" PRIx64,
+                          e);
+            if (ret < 0)
+                break;
+        }
+        if (t == CL_COMPRESSED)
+            ret = check_compressed(c, e, bm, (int64_t)j, frag);
+        else if (t == CL_NORMAL || t == CL_ZERO_ALLOC)
+            ret = check_allocated(c, e, bm, frag, &next_contig);
+        else if (t == CL_UNALLOC && (bm & L2_BITMAP_ALL_ALLOC)) {
+            corruption(c);
+            ret = add_msg(c, "l2-entry", true, true,
+                          "ERROR: Unallocated cluster has non-zero subcluster "
+                          "allocation bitmap");
+        }
+    }
+    return ret;
+}
+
+/* Count an L1 table (active: snap = -1), its L2 tables and their data. */
+static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
+                    bool frag)
+{
+    struct qcow2 *q = c->q;
+    uint64_t bytes = (uint64_t)l1_size * 8;
+    uint8_t *l1;
+    int ret;
+
+    c->loc = (struct loc){LOC_L1_TABLE, snap, -1, -1};
+    ret = inc_refs(c, l1_off, bytes);
+    if (ret < 0 || !l1_size)
+        return ret;
+    l1 = malloc(bytes);
+    if (!l1) {
+        c->res->check_errors++;
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    if (image_pread(c->img, l1, bytes, l1_off) < 0) {
+        free(l1);
+        c->res->check_errors++;
+        add_msg(c, "io", true, false, "ERROR: I/O error in check_refcounts_l1");
+        return -EIO;
+    }
+    for (uint32_t i = 0; i < l1_size && ret == 0; i++) {
+        uint64_t e = l1_entry_get(l1, i), l2_off = e & L1E_OFFSET_MASK;
+        if (!e)
+            continue;
+        c->loc = (struct loc){LOC_L1_ENTRY, snap, i, -1};
+        if (e & L1E_RESERVED_MASK) {
+            corruption(c);
+            ret = add_msg(c, "l1-entry", true, true,
+                          "ERROR found L1 entry with reserved bits set: "
+                          "%" PRIx64,
+                          e);
+        }
+        if (ret == 0)
+            ret = inc_refs(c, l2_off, q->cluster_size);
+        if (ret == 0 && !IS_ALIGNED(l2_off, q->cluster_size)) {
+            corruption(c);
+            ret = add_msg(c, "l1-entry", true, true,
+                          "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
+                          "aligned; L1 entry corrupted",
+                          l2_off);
+        }
+        if (ret == 0)
+            ret = check_l2(c, l2_off, frag);
+    }
+    free(l1);
+    return ret;
+}
+
+static int check_snapshots_refs(struct chk *c)
+{
+    int ret = 0;
+
+    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
+        const struct snap *s = &c->snaps[i];
+        c->loc = (struct loc){LOC_NONE, (int)i, -1, -1};
+        if (!IS_ALIGNED(s->l1_off, c->q->cluster_size)) {
+            corruption(c);
+            ret = add_msg(c, "snapshot", true, false,
+                          "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                          ": L1 table is not cluster aligned; snapshot table "
+                          "entry corrupted",
+                          s->id, s->name, s->l1_off);
+            continue;
+        }
+        if ((uint64_t)s->l1_size > QCOW_MAX_L1_SIZE / 8) {
+            corruption(c);
+            ret = add_msg(c, "snapshot", true, false,
+                          "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                          ": L1 table is too large; snapshot table entry "
+                          "corrupted",
+                          s->id, s->name, s->l1_size);
+            continue;
+        }
+        ret = check_l1(c, (int)i, s->l1_off, s->l1_size, false);
+    }
+    return ret;
+}
+
+/* ---- Bitmaps --------------------------------------------------------------- */
+
+static int check_bitmaps_refs(struct chk *c)
+{
+    const struct qcow2_header *h = &c->q->hdr;
+    struct bitmap_entry *b = NULL;
+    size_t n = 0;
+    int ret;
+
+    if (!h->has_bitmaps_ext || !(h->autoclear & AUTOCLEAR_BITMAPS))
+        return 0;
+    c->loc = (struct loc){LOC_BITMAP_DIR, -1, -1, -1};
+    ret = inc_refs(c, h->bitmap_dir_offset, h->bitmap_dir_size);
+    if (ret == 0 && bitmap_dir_load(c->img, &b, &n) < 0) {
+        qimg_error_clear();
+        return 0; /* an unreadable directory is counted, not followed */
+    }
+    for (size_t i = 0; i < n && ret == 0; i++) {
+        uint64_t bytes = (uint64_t)b[i].table_size * 8;
+        uint8_t *t;
+        c->loc = (struct loc){LOC_BITMAP, -1, (int64_t)i, -1};
+        ret = inc_refs(c, b[i].table_off, bytes);
+        if (ret < 0 || !bytes || b[i].table_off + bytes > c->file_size)
+            continue;
+        t = malloc(bytes);
+        if (!t) {
+            ret = qimg_err(ENOMEM, "Out of memory");
+            break;
+        }
+        ret = image_pread(c->img, t, bytes, b[i].table_off);
+        c->loc.j = 0;
+        for (uint32_t k = 0; k < b[i].table_size && ret == 0; k++) {
+            uint64_t off = be64_load(t + k * 8) & L2E_OFFSET_MASK;
+            if (off)
+                ret = inc_refs(c, off, c->q->cluster_size);
+        }
+        free(t);
+    }
+    bitmap_dir_free(b, n);
+    return ret;
+}
+
+/* ---- Refcount structures --------------------------------------------------- */
+
+static uint64_t rt_raw(const struct chk *c, uint64_t i)
+{
+    return be64_load(c->q->rt + i * 8);
+}
+
+static int check_refblocks(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    int ret = 0;
+
+    for (uint64_t i = 0; i < q->rt_entries && ret == 0; i++) {
+        uint64_t e = rt_raw(c, i), off = e & RT_OFFSET_MASK;
+        uint64_t cl = off >> q->cluster_bits;
+
+        c->loc = (struct loc){LOC_REFTABLE_ENTRY, -1, (int64_t)i, -1};
+        if (e & ~RT_OFFSET_MASK) {
+            corruption(c);
+            c->rebuild = true;
+            ret = add_msg(c, "reftable", true, true,
+                          "ERROR refcount table entry %" PRIu64
+                          " has reserved bits set",
+                          i);
+            continue;
+        }
+        if (cl >= c->nb_clusters) {
+            corruption(c);
+            c->rebuild = true;
+            ret = add_msg(c, "reftable", true, true,
+                          "ERROR refcount block %" PRIu64 " is outside image",
+                          i);
+            continue;
+        }
+        if (!off)
+            continue;
+        ret = inc_refs(c, off, q->cluster_size);
+        if (ret == 0 && ref_get(c, cl) != 1) {
+            corruption(c);
+            c->rebuild = true;
+            ret = add_msg(c, "reftable", true, true,
+                          "ERROR refcount block %" PRIu64 " refcount=%" PRIu64,
+                          i, ref_get(c, cl));
+            if (ret == 0)
+                ret = dispute(c, cl);
+        }
+    }
+    return ret;
+}
+
+static int calculate(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    const struct qcow2_header *h = &q->hdr;
+    int ret;
+
+    if (c->refs)
+        memset(c->refs, 0, ALIGN_UP(DIV_ROUND_UP(c->nb_refs << q->refcount_order, 8), 8));
+    else if ((ret = ref_grow(c, c->nb_clusters ? c->nb_clusters : 1)) < 0)
+        return ret;
+    c->loc = (struct loc){LOC_HEADER, -1, -1, -1};
+    ret = inc_refs(c, 0, q->cluster_size);
+    if (ret == 0)
+        ret = check_l1(c, -1, h->l1_table_offset, h->l1_size, true);
+    if (ret == 0)
+        ret = check_snapshots_refs(c);
+    c->loc = (struct loc){LOC_SNAP_TABLE, -1, -1, -1};
+    if (ret == 0)
+        ret = inc_refs(c, c->snap_off, c->snap_size);
+    c->loc = (struct loc){LOC_REFTABLE, -1, -1, -1};
+    if (ret == 0)
+        ret = inc_refs(c, h->refcount_table_offset, q->rt_entries * 8);
+    c->loc = (struct loc){LOC_CRYPTO, -1, -1, -1};
+    if (ret == 0 && h->has_crypto_ext)
+        ret = inc_refs(c, h->crypto_offset, h->crypto_length);
+    if (ret == 0)
+        ret = check_bitmaps_refs(c);
+    if (ret == 0)
+        ret = check_refblocks(c);
+    return ret;
+}
+
+/* The on-disk refcount block rt_idx into c->rbbuf; 1 if there is one, 0
+ * if none (all zero), -EIO if its offset is unusable. */
+static int disk_block(struct chk *c, uint64_t rt_idx)
+{
+    struct qcow2 *q = c->q;
+    uint64_t off = rt_idx < q->rt_entries ? rt_raw(c, rt_idx) & RT_OFFSET_MASK
+                                          : 0;
+
+    if (!off) {
+        memset(c->rbbuf, 0, q->cluster_size);
+        return 0;
+    }
+    if (!IS_ALIGNED(off, q->cluster_size))
+        return -EIO;
+    return image_pread(c->img, c->rbbuf, q->cluster_size, off) < 0 ? -EIO : 1;
+}
+
+/* Set the on-disk refcount of cluster i from r1 to r2 (r1 > 0). */
+static int repair_refcount(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2)
+{
+    int ret = refcount_update(c->img, i, 1, (int64_t)(r2 - r1));
+
+    if (ret == 0 && r2 == 0)
+        ret = image_discard_file(c->img, i << c->q->cluster_bits,
+                                 c->q->cluster_size);
+    if (ret == 0)
+        ret = refcount_flush(c->img);
+    if (ret < 0)
+        qimg_error_clear();
+    return ret;
+}
+
+/* Compare computed and on-disk refcounts; with fix, correct them. */
+static int compare(struct chk *c, unsigned fix, uint64_t *highest)
+{
+    struct qcow2 *q = c->q;
+    uint64_t mask = (1ull << q->rb_bits) - 1, last_rt = UINT64_MAX;
+    int blk = 0, ret;
+
+    *highest = 0;
+    for (uint64_t i = 0; i < c->nb_clusters; i++) {
+        uint64_t r1, r2 = ref_get(c, i);
+        int64_t *fixed = NULL;
+
+        if ((i >> q->rb_bits) != last_rt) {
+            last_rt = i >> q->rb_bits;
+            blk = disk_block(c, last_rt);
+        }
+        if (blk < 0) {
+            c->res->check_errors++;
+            ret = add_msg(c, "io", true, false,
+                          "Can't get refcount for cluster %" PRIu64 ": %s", i,
+                          "Input/output error");
+            if (ret < 0)
+                return ret;
+            continue;
+        }
+        r1 = refblock_get(c->rbbuf, i & mask, q->refcount_order);
+        if (r1 || r2)
+            *highest = i;
+        if (r1 == r2)
+            continue;
+        if (r1 == 0)
+            c->rebuild = true;
+        else if (r1 > r2 && (fix & QIMG_CHECK_FIX_LEAKS))
+            fixed = &c->res->leaks_fixed;
+        else if (r1 < r2 && (fix & QIMG_CHECK_FIX_ERRORS))
+            fixed = &c->res->corruptions_fixed;
+        ret = add_msg(c, r1 < r2 ? "refcount" : "leak", r1 < r2, false,
+                      "%s cluster %" PRIu64 " refcount=%" PRIu64
+                      " reference=%" PRIu64,
+                      fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i,
+                      r1, r2);
+        if (ret == 0)
+            ret = dispute(c, i);
+        if (ret < 0)
+            return ret;
+        if (fixed && repair_refcount(c, i, r1, r2) == 0) {
+            (*fixed)++;
+            continue;
+        }
+        if (r1 < r2)
+            c->res->corruptions++;
+        else
+            c->res->leaks++;
+    }
+    return 0;
+}
+
+/* ---- COPIED flags of the active tables --------------------------------- */
+
+static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
+{
+    struct qcow2 *q = c->q;
+    int dirty = 0, ret;
+
+    ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
+    if (ret < 0) {
+        c->res->check_errors++;
+        return add_msg(c, "io", true, false,
+                       "ERROR: Could not read L2 table: %s",
+                       "Input/output error") < 0 ? -ENOMEM : -EIO;
+    }
+    for (uint64_t j = 0; j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, c->l2buf, j), rc;
+        enum cl_type t = l2_cluster_type(q, e);
+        if (t != CL_NORMAL && t != CL_ZERO_ALLOC)
+            continue;
+        if (refcount_get(c->img, (e & L2E_OFFSET_MASK) >> q->cluster_bits,
+                         &rc) < 0) {
+            qimg_error_clear();
+            continue;
+        }
+        if ((rc == 1) == !!(e & QCOW_OFLAG_COPIED))
+            continue;
+        c->res->corruptions++;
+        c->loc = (struct loc){LOC_L2_ENTRY, -1, i, (int64_t)j};
+        ret = add_msg(c, "copied", true, true,
+                      "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                      " refcount=%" PRIu64,
+                      repair ? "Repairing" : "ERROR", e, rc);
+        if (ret < 0)
+            return ret;
+        if (repair) {
+            e = rc == 1 ? e | QCOW_OFLAG_COPIED : e & ~QCOW_OFLAG_COPIED;
+            l2_entry_set(q, c->l2buf, j, e, l2_bitmap_get(q, c->l2buf, j));
+            dirty++;
+        }
+    }
+    if (!dirty)
+        return 0;
+    ret = image_pwrite(c->img, c->l2buf, q->cluster_size, l2_off);
+    if (ret == 0)
+        ret = image_flush_file(c->img);
+    if (ret < 0) {
+        c->res->check_errors++;
+        add_msg(c, "io", true, false, "ERROR: Could not write L2 table: %s",
+                strerror(-ret));
+        return ret;
+    }
+    /* The cache may hold the old table. */
+    mcache_drop(&q->l2c, l2_off);
+    c->res->corruptions -= dirty;
+    c->res->corruptions_fixed += dirty;
+    return 0;
+}
+
+static int check_copied(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    bool repair;
+    int ret = 0;
+
+    if (c->fix & QIMG_CHECK_FIX_ERRORS)
+        repair = true;
+    else if (c->fix & QIMG_CHECK_FIX_LEAKS)
+        repair = !c->res->check_errors && !c->res->corruptions &&
+                 !c->res->leaks;
+    else
+        repair = false;
+    for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
+        uint64_t e = l1_entry_get(q->l1, i), l2_off = e & L1E_OFFSET_MASK, rc;
+        if (!l2_off)
+            continue;
+        if (refcount_get(c->img, l2_off >> q->cluster_bits, &rc) < 0) {
+            qimg_error_clear();
+            continue;
+        }
+        if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
+            c->res->corruptions++;
+            c->loc = (struct loc){LOC_L1_ENTRY, -1, i, -1};
+            ret = add_msg(c, "copied", true, true,
+                          "%s OFLAG_COPIED L2 cluster: l1_index=%u "
+                          "l1_entry=%" PRIx64 " refcount=%" PRIu64,
+                          repair ? "Repairing" : "ERROR", i, e, rc);
+            if (ret == 0 && repair)
+                ret = rebuild_write_l1_entry(c->img, i,
+                                             rc == 1 ? e | QCOW_OFLAG_COPIED
+                                                     : e & ~QCOW_OFLAG_COPIED);
+            if (ret < 0) {
+                c->res->check_errors++;
+                return ret;
+            }
+            if (repair) {
+                c->res->corruptions--;
+                c->res->corruptions_fixed++;
+            }
+        }
+        if (IS_ALIGNED(l2_off, q->cluster_size))
+            ret = copied_l2(c, i, l2_off, repair);
+    }
+    return ret;
+}
+
+/* ---- The snapshot table ----------------------------------------------- */
+
+static int read_snapshot_table(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    struct snap_read rd = {0};
+    uint32_t n = q->hdr.nb_snapshots;
+    uint64_t off = q->hdr.snapshots_offset;
+    int ret;
+
+    rd.repair = c->fix & QIMG_CHECK_FIX_ERRORS;
+    if (n > QCOW_MAX_SNAPSHOTS && rd.repair) {
+        ret = add_msg(c, "snapshot-table", false, false,
+                      "Discarding %u overhanging snapshots",
+                      n - QCOW_MAX_SNAPSHOTS);
+        if (ret < 0)
+            return ret;
+        n = QCOW_MAX_SNAPSHOTS;
+        c->res->corruptions_fixed++;
+    }
+    if (n > QCOW_MAX_SNAPSHOTS || (uint64_t)INT64_MAX - n * 40ull < off ||
+        !IS_ALIGNED(off, q->cluster_size)) {
+        c->res->check_errors++;
+        ret = add_msg(c, "snapshot-table", true, false, "ERROR %s",
+                      n > QCOW_MAX_SNAPSHOTS ? "snapshot table too large"
+                                             : "snapshot table offset invalid");
+        if (ret == 0 && n > QCOW_MAX_SNAPSHOTS)
+            ret = add_msg(c, "snapshot-table", false, false,
+                          "You can force-remove all %u overhanging snapshots "
+                          "with qemu-img check -r all",
+                          n - QCOW_MAX_SNAPSHOTS);
+        return ret < 0 ? ret : -EFBIG;
+    }
+    ret = snap_table_read(c->img, off, n, &rd, &c->snaps, &c->nb_snaps,
+                          &c->snap_size);
+    if (ret < 0) {
+        c->res->check_errors++;
+        add_msg(c, "snapshot-table", true, false,
+                "ERROR failed to read the snapshot table: %s",
+                qimg_last_error()->message);
+        return ret;
+    }
+    for (size_t i = 0; i < rd.nb_drop; i++)
+        add_msg(c, "snapshot-table", false, false,
+                "Discarding too much extra metadata in snapshot table entry "
+                "%u (%u > %u)",
+                rd.drop_idx[i], rd.drop_size[i], QCOW_MAX_SNAPSHOT_EXTRA);
+    if (rd.overhang)
+        add_msg(c, "snapshot-table", false, false,
+                "Discarding %u overhanging snapshots (snapshot table is too "
+                "big)",
+                rd.overhang);
+    c->res->corruptions += (int64_t)rd.nb_drop;
+    c->snap_off = c->nb_snaps ? off : 0;
+    c->table_dirty = rd.nb_drop || rd.overhang || n != q->hdr.nb_snapshots;
+    return 0;
+}
+
+static int fix_snapshot_table(struct chk *c)
+{
+    uint32_t incomplete = 0;
+    int ret = 0;
+
+    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
+        if (c->q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
+            continue;
+        c->res->corruptions++;
+        incomplete++;
+        ret = add_msg(c, "snapshot-table", true, false,
+                      "%s snapshot table entry %u is incomplete",
+                      c->fix & QIMG_CHECK_FIX_ERRORS ? "Repairing" : "ERROR",
+                      i);
+        if (c->fix & QIMG_CHECK_FIX_ERRORS) {
+            /* As QEMU: the known fields with this disk's size. */
+            c->snaps[i].disk_size = c->img->size;
+            c->snaps[i].icount = UINT64_MAX;
+            if (c->snaps[i].extra_size < 8)
+                c->snaps[i].vm_state_size = c->snaps[i].vm_state_size32;
+        }
+    }
+    if (ret < 0 || !(c->fix & QIMG_CHECK_FIX_ERRORS) ||
+        (!incomplete && !c->table_dirty))
+        return ret;
+    ret = rebuild_snapshot_table(c->img, c->snaps, c->nb_snaps);
+    if (ret < 0) {
+        c->res->check_errors++;
+        add_msg(c, "snapshot-table", true, false,
+                "ERROR failed to update the snapshot table: %s",
+                qimg_last_error()->message);
+        return ret;
+    }
+    c->res->corruptions -= incomplete;
+    c->res->corruptions_fixed += incomplete;
+    return 0;
+}
+
+/* ---- Refcounts: calculate, compare, repair ------------------------------- */
+
+/* Subtract what the old refcount structures add to the computed table:
+ * after a rebuild they are no longer referenced. */
+static void drop_old_structures(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    uint64_t first = q->hdr.refcount_table_offset >> q->cluster_bits;
+    uint64_t last = (q->hdr.refcount_table_offset + q->rt_entries * 8 - 1) >>
+                    q->cluster_bits;
+
+    for (uint64_t k = first; q->rt_entries && k <= last; k++)
+        if (ref_get(c, k))
+            refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        uint64_t e = rt_raw(c, i), k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
+        if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
+            k >= c->nb_clusters || !ref_get(c, k))
+            continue;
+        refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
+    }
+}
+
+/* Replace the refcount structures by ones built from the computed table,
+ * then recount (as QEMU does, reporting what the walk finds again). */
+static int rebuild(struct chk *c, uint64_t *highest)
+{
+    struct qimg_check_result *r = c->res;
+    int64_t old_corruptions = r->corruptions, old_leaks = r->leaks;
+    int ret;
+
+    ret = add_msg(c, "rebuild", false, false, "Rebuilding refcount structure");
+    if (ret < 0)
+        return ret;
+    drop_old_structures(c);
+    ret = rebuild_refcounts(c->img, c->refs, c->nb_refs);
+    if (ret < 0) {
+        r->check_errors++;
+        add_msg(c, "rebuild", true, false, "ERROR %s",
+                qimg_last_error()->message);
+        return ret;
+    }
+    r->corruptions = 0;
+    r->leaks = 0;
+    c->rebuild = false;
+    c->file_size = c->q->file_size;
+    c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
+    ret = calculate(c);
+    if (ret == 0)
+        ret = compare(c, 0, highest);
+    if (ret == 0 && (r->leaks || c->rebuild))
+        ret = add_msg(c, "rebuild", true, false,
+                      "ERROR rebuilt refcount structure is still broken");
+    if (r->corruptions < old_corruptions)
+        r->corruptions_fixed += old_corruptions - r->corruptions;
+    r->leaks_fixed += old_leaks;
+    return ret;
+}
+
+static int check_refcounts(struct chk *c)
+{
+    struct qimg_check_result pre;
+    uint64_t highest = 0;
+    int ret;
+
+    c->res->total_clusters =
+        (int64_t)DIV_ROUND_UP(c->img->size, c->q->cluster_size);
+    ret = calculate(c);
+    if (ret < 0)
+        return ret;
+    pre = *c->res;
+    ret = compare(c, 0, &highest);
+    if (ret < 0)
+        return ret;
+    if (c->rebuild && (c->fix & QIMG_CHECK_FIX_ERRORS)) {
+        ret = rebuild(c, &highest);
+    } else if (c->fix) {
+        if (c->rebuild) {
+            c->res->check_errors++;
+            add_msg(c, "rebuild", true, false,
+                    "ERROR need to rebuild refcount structures");
+            return -EIO;
+        }
+        if (c->res->leaks || c->res->corruptions) {
+            pre.msgs = c->res->msgs;
+            pre.nb_msgs = c->res->nb_msgs;
+            *c->res = pre;
+            ret = compare(c, c->fix, &highest);
+        }
+    }
+    if (ret == 0)
+        ret = check_copied(c);
+    c->res->image_end_offset = (int64_t)((highest + 1) * c->q->cluster_size);
+    return ret;
+}
+
+/* Name the referrers of every disputed cluster (a quiet second walk). */
+static void pinpoint(struct chk *c)
+{
+    struct qimg_check_result keep = *c->res;
+    uint64_t idx;
+
+    if (!c->nb_disp)
+        return;
+    c->quiet = true;
+    if (calculate(c) < 0)
+        qimg_error_clear();
+    c->quiet = false;
+    *c->res = keep;
+    for (size_t i = 0; i < c->nb_disp; i++) {
+        struct qimg_check_msg *m = &c->res->msgs[c->disp[i].msg];
+        if (m->where || !u64map_get(&c->where, c->disp[i].cluster, &idx))
+            continue;
+        m->where = strdup(c->wheres[idx]);
+    }
+}
+
+static int mark_clean(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    uint64_t bits = INCOMPAT_DIRTY | INCOMPAT_CORRUPT;
+
+    if (!(q->hdr.incompatible & bits) || q->hdr.version < 3)
+        return 0;
+    return rebuild_set_incompat(c->img, q->hdr.incompatible & ~bits);
+}
+
+static void chk_free(struct chk *c)
+{
+    for (uint32_t i = 0; i < c->nb_snaps; i++)
+        snap_free(&c->snaps[i]);
+    free(c->snaps);
+    free(c->refs);
+    free(c->l2buf);
+    free(c->rbbuf);
+    idset_free(&c->traced);
+    u64map_free(&c->where);
+    for (size_t i = 0; i < c->nb_wheres; i++)
+        free(c->wheres[i]);
+    free(c->wheres);
+    free(c->disp);
+}
+
+void qimg_check_result_free(struct qimg_check_result *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->nb_msgs; i++) {
+        free(r->msgs[i].text);
+        free(r->msgs[i].where);
+        free(r->msgs[i].kind);
+    }
+    free(r->msgs);
+    free(r);
+}
+
+static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
+                    struct qimg_check_result *res)
+{
+    memset(c, 0, sizeof *c);
+    c->img = img;
+    c->q = img->q;
+    c->fix = fix;
+    c->res = res;
+    if (fix && !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (img->io.ops->get_size(img->io.ctx, &c->file_size) < 0) {
+        res->check_errors++;
+        return qimg_err(EIO, "Could not get the image size");
+    }
+    c->q->file_size = MAX(c->q->file_size, c->file_size);
+    c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
+    c->l2buf = malloc(c->q->cluster_size);
+    c->rbbuf = malloc(c->q->cluster_size);
+    if (!c->l2buf || !c->rbbuf)
+        return qimg_err(ENOMEM, "Out of memory");
+    if (fix)
+        return qcow2_flush(img);
+    return 0;
+}
+
+int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
+                     unsigned fix)
+{
+    struct qimg_check_result *res = calloc(1, sizeof *res);
+    struct chk c;
+    int ret;
+
+    *out = res;
+    if (!res)
+        return qimg_err(ENOMEM, "Out of memory");
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "This image format does not support checks");
+    if (fix & QIMG_CHECK_FIX_ERRORS)
+        fix |= QIMG_CHECK_FIX_LEAKS;
+    ret = chk_init(&c, img, fix, res);
+    if (ret == 0)
+        ret = read_snapshot_table(&c);
+    if (ret == 0)
+        ret = check_refcounts(&c);
+    if (ret == 0)
+        ret = fix_snapshot_table(&c);
+    if (ret == 0 && fix && !res->check_errors && !res->corruptions)
+        ret = mark_clean(&c);
+    if (ret == 0)
+        pinpoint(&c);
+    chk_free(&c);
+    return ret;
+}
