@@ -43,6 +43,8 @@ int cli_getopt_error(int opt, const char *arg);
 int parse_size(const char *s, uint64_t *out);
 /* Parse "fmt" names. */
 int parse_format(const char *s, enum qimg_format *out);
+/* --image-opts option string: file name (malloc'd), format, locking. */
+int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o);
 
 /* output.c */
 /* QEMU's size_to_str(): "64 MiB", "0.977 MiB", "1e+03 KiB". */

@@ -101,3 +101,51 @@ int parse_size(const char *s, uint64_t *out)
     *out = ival;
     return 0;
 }
+
+/* --image-opts: "driver=qcow2,file.driver=file,file.filename=X[,...]".
+ * Takes the file name, the format and file.locking; other keys are
+ * accepted if they name what qimg does anyway. */
+int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o)
+{
+    char *copy = strdup(spec), *tok, *save = NULL;
+    int ret = 0;
+
+    *path = NULL;
+    if (!copy)
+        return -1;
+    for (tok = strtok_r(copy, ",", &save); tok && !ret;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        const char *val = eq ? eq + 1 : "";
+        if (eq)
+            *eq = '\0';
+        if (!strcmp(tok, "driver")) {
+            if (parse_format(val, &o->fmt) < 0) {
+                cli_error("Unknown driver '%s'", val);
+                ret = -1;
+            }
+        } else if (!strcmp(tok, "file.filename") || !strcmp(tok, "filename")) {
+            free(*path);
+            *path = strdup(val);
+        } else if (!strcmp(tok, "file.locking")) {
+            o->no_locking = !strcmp(val, "off") || !strcmp(val, "false");
+        } else if (!strcmp(tok, "file.driver") && !strcmp(val, "file")) {
+            continue;
+        } else if (!strcmp(tok, "force-share") || !strcmp(tok, "read-only")) {
+            continue;
+        } else {
+            cli_error("Invalid parameter '%s'", tok);
+            ret = -1;
+        }
+    }
+    free(copy);
+    if (!ret && !*path) {
+        cli_error("A file name is needed (file.filename=...)");
+        ret = -1;
+    }
+    if (ret) {
+        free(*path);
+        *path = NULL;
+    }
+    return ret;
+}

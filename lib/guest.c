@@ -262,6 +262,7 @@ static int write_ext(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     uint64_t cs = q->cluster_size, scs = 1ull << q->sc_bits;
     uint64_t cstart = ALIGN_DOWN(off, cs), in_cl = off - cstart;
     uint64_t sa = ALIGN_DOWN(in_cl, scs), sb = ALIGN_UP(in_cl + n, scs);
+    uint64_t wlo = sa, whi = sb; /* bytes of the cluster to write */
     uint64_t entry = l2_entry_get(q, l2->buf, idx);
     uint64_t bm = l2_bitmap_get(q, l2->buf, idx);
     uint64_t host = entry & L2E_OFFSET_MASK, target, span;
@@ -281,16 +282,17 @@ static int write_ext(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
         bm = L2_BITMAP_ALL_ALLOC;
         goto set;
     }
+    /* Shared: copy the whole cluster, allocated subclusters included. */
     if (host && !(entry & QCOW_OFLAG_COPIED)) {
-        /* Shared: copy the whole cluster, allocated subclusters included. */
         ret = image_pread(img, tmp, cs, host);
-        sa = 0;
-        sb = cs;
+        wlo = 0;
+        whi = cs;
     }
+    /* Partly written subclusters get their current guest contents. */
     if (ret == 0 && in_cl > sa)
-        ret = cow_fill(img, cstart, tmp, sa, MIN(sa + scs, sb));
+        ret = cow_fill(img, cstart, tmp, sa, sa + scs);
     if (ret == 0 && in_cl + n < sb)
-        ret = cow_fill(img, cstart, tmp, ALIGN_DOWN(in_cl + n, scs), sb);
+        ret = cow_fill(img, cstart, tmp, sb - scs, sb);
     if (ret < 0)
         return ret;
     memcpy(tmp + in_cl, buf, n);
@@ -298,9 +300,9 @@ static int write_ext(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
         target = host;
         ret = qcow2_overlap_check(img, host, cs);
         if (ret == 0)
-            ret = image_pwrite(img, tmp + sa, sb - sa, host + sa);
+            ret = image_pwrite(img, tmp + wlo, whi - wlo, host + wlo);
     } else {
-        ret = write_new_cluster(img, tmp + sa, sa, sb - sa, &target);
+        ret = write_new_cluster(img, tmp + wlo, wlo, whi - wlo, &target);
         if (ret == 0)
             ret = release_entry(img, entry, false);
     }
@@ -663,14 +665,13 @@ int guest_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
         return ret;
     a = ALIGN_UP(off, g);
     b = end == img->size ? end : ALIGN_DOWN(end, g);
-    if (a >= b || a > end) {
-        /* Within one unit. */
+    if (a > b) /* inside one unit, touching neither of its ends */
         return zero_piece(img, off, len, g, unmap);
-    }
     if (off < a && (ret = zero_piece(img, off, a - off, g, unmap)) < 0)
         return ret;
-    ret = zeroize(img, a, b - a, unmap);
-    if (ret == 0 && b < end)
+    if (a < b && (ret = zeroize(img, a, b - a, unmap)) < 0)
+        return ret;
+    if (b < end)
         ret = zero_piece(img, b, end - b, g, unmap);
     return ret;
 }

@@ -277,7 +277,8 @@ int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
         return qimg_corrupt("Cluster allocation offset %#" PRIx64
                             " unaligned (guest offset %#" PRIx64 ")",
                             host, guest_off);
-    if (host + q->cluster_size > q->file_size)
+    /* The file may end inside the last cluster (subclusters written). */
+    if (host >= q->file_size)
         return qimg_corrupt("Cluster allocation offset %#" PRIx64
                             " beyond end of file (guest offset %#" PRIx64 ")",
                             host, guest_off);

@@ -107,6 +107,7 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs)
     q->hdr.refcount_table_clusters = (uint32_t)t;
     q->file_size = MAX(q->file_size, (start + b + t) * cs);
     q->free_hint = 0;
+    q->free_byte_off = 0;
     idset_free(&q->meta);
     q->meta_ready = false;
     mcache_destroy(&q->rbc);

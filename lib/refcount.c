@@ -413,6 +413,9 @@ static int cluster_freed(qimg_image *img, uint64_t idx, bool do_discard)
 
     mcache_drop(&q->l2c, off);
     qcow2_meta_del(q, off, q->cluster_size);
+    /* Never pack another compressed stream into a cluster that is free. */
+    if (q->free_byte_off >> q->cluster_bits == idx)
+        q->free_byte_off = 0;
     if (idx < q->free_hint)
         q->free_hint = idx;
     if (do_discard)

@@ -512,6 +512,7 @@ static int adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     img->size = r->size;
     q->file_size = MAX(q->file_size, t->scan * t->cs);
     q->free_hint = 0;
+    q->free_byte_off = 0;
     idset_free(&q->meta);
     q->meta_ready = false;
     mcache_destroy(&q->l2c);
@@ -612,8 +613,8 @@ static int new_l1_alloc(struct new_l1 *l1, uint32_t size)
 }
 
 /* Redirect the new L1 tables to the L2 copies made, set their COPIED
- * flags and write them. The active table (l1s[0] when has_active) is kept
- * in place, unwritten, if it comes out unchanged. */
+ * flags and write them. l1s[0] is the new active table; it is kept in
+ * place, unwritten, if it comes out unchanged. */
 static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
                      size_t n)
 {
@@ -628,12 +629,12 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
         return ret;
     if (r->active && r->active->size == q->l1_size &&
         !memcmp(r->active->buf, q->l1, (size_t)q->l1_size * 8))
-        r->active = NULL;
+        r->active = NULL; /* unchanged: stays where it is */
     else if (r->active && q->l1_size)
         ret = rc_add_range(t, q->hdr.l1_table_offset,
                            (uint64_t)q->l1_size * 8, -1);
     for (size_t i = 0; ret == 0 && i < n; i++)
-        if (l1s[i] != r->active || r->active)
+        if (i > 0 || r->active)
             ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
                               &l1s[i]->off);
     return ret;
