@@ -68,7 +68,7 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
         if (ci != last_ci) {
             entry = l2_entry_get(q, l2->buf, ci);
             bm = l2_bitmap_get(q, l2->buf, ci);
-            ret = l2_entry_check(img, entry, bm, pos);
+            ret = l2_entry_check(img, entry, bm, l2_off, ci);
             if (ret < 0)
                 break;
             last_ci = ci;
@@ -336,7 +336,7 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
         if (ret < 0)
             break;
         ret = l2_entry_check(img, l2_entry_get(q, l2->buf, idx),
-                             l2_bitmap_get(q, l2->buf, idx), off);
+                             l2_bitmap_get(q, l2->buf, idx), l2->off, idx);
         if (ret == 0)
             ret = q->ext_l2 ? write_ext(img, l2, idx, b, n, off, tmp)
                             : write_std(img, l2, idx, b, n, off, tmp);
@@ -686,6 +686,9 @@ int guest_discard(qimg_image *img, uint64_t off, uint64_t len)
     b = off + len == img->size ? off + len : ALIGN_DOWN(off + len, cs);
     if (a >= b)
         return 0; /* partial clusters are ignored, as QEMU does */
+    if (q->hdr.version < 3 && img->backing)
+        return 0; /* v2 cannot say "zero" over a backing file: QEMU keeps
+                   * the data (discard is only advisory) */
     ret = qcow2_prepare_write(img);
     if (ret < 0)
         return ret;

@@ -114,6 +114,9 @@ int image_open_io(qimg_image **out, struct qimg_io *io, const char *filename,
         ret = img->io.ops->get_size(img->io.ctx, &img->size);
         if (ret < 0)
             ret = qimg_err_errno(-ret, "Could not get the image size");
+        /* As QEMU: a raw disk is whole 512-byte sectors; the tail of a
+         * partial last sector reads as zeros (writes extend the file). */
+        img->size = ALIGN_UP(img->size, 512);
     }
     if (ret == 0 && o->snapshot) {
         if (img->fmt != QIMG_FMT_QCOW2)

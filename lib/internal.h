@@ -299,9 +299,10 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out);
  * copied if shared. Returned pinned; *idx is the entry index in it. */
 int l2_get_writable(qimg_image *img, uint64_t guest_off,
                     struct mcache_entry **out, uint64_t *idx);
-/* Validate one L2 entry of the active tree; -EIO (corrupt) if bad. */
+/* Validate one L2 entry (entry l2_idx of the table at l2_off); -EIO
+ * (corrupt) if bad. */
 int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
-                   uint64_t guest_off);
+                   uint64_t l2_off, uint64_t l2_idx);
 enum cl_type l2_subcluster_type(const struct qcow2 *q, uint64_t entry,
                                 uint64_t bitmap, unsigned sc);
 enum cl_type l2_cluster_type(const struct qcow2 *q, uint64_t entry);

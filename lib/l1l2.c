@@ -157,7 +157,7 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
     out->entry = l2_entry_get(q, e->buf, l2_idx);
     out->bitmap = l2_bitmap_get(q, e->buf, l2_idx);
     mcache_unpin(e);
-    return l2_entry_check(img, out->entry, out->bitmap, guest_off);
+    return l2_entry_check(img, out->entry, out->bitmap, out->l2_off, l2_idx);
 }
 
 int l2_get_writable(qimg_image *img, uint64_t guest_off,
@@ -242,45 +242,45 @@ void l2_compressed_range(const struct qcow2 *q, uint64_t entry,
 }
 
 int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
-                   uint64_t guest_off)
+                   uint64_t l2_off, uint64_t l2_idx)
 {
     struct qcow2 *q = img->q;
     uint64_t host = entry & L2E_OFFSET_MASK;
+    unsigned idx = (unsigned)l2_idx;
 
     if (entry & QCOW_OFLAG_COMPRESSED) {
         uint64_t coff, clen;
         l2_compressed_range(q, entry, &coff, &clen);
         if (coff >= q->file_size)
-            return qimg_corrupt("Compressed cluster at guest offset %#" PRIx64
-                                " points beyond end of file (host offset %#"
-                                PRIx64 ")",
-                                guest_off, coff);
+            return qimg_corrupt("Compressed cluster offset %#" PRIx64
+                                " beyond end of file (L2 offset: %#" PRIx64
+                                ", L2 index: %#x)",
+                                coff, l2_off, idx);
         return 0;
     }
     if (q->ext_l2) {
-        if ((bitmap >> 32) & bitmap & 0xffffffffull)
-            return qimg_corrupt("Invalid cluster entry found (guest offset %#"
-                                PRIx64 ")",
-                                guest_off);
-        if (!host && (bitmap & 0xffffffffull))
-            return qimg_corrupt("Invalid cluster entry found (guest offset %#"
-                                PRIx64 ")",
-                                guest_off);
+        if (((bitmap >> 32) & bitmap & 0xffffffffull) ||
+            (!host && (bitmap & 0xffffffffull)))
+            return qimg_corrupt("Invalid cluster entry found (L2 offset: "
+                                "%#" PRIx64 ", L2 index: %#x)",
+                                l2_off, idx);
     } else if ((entry & QCOW_OFLAG_ZERO) && q->hdr.version < 3) {
-        return qimg_corrupt("Zero cluster entry found in pre-v3 image "
-                            "(guest offset %#" PRIx64 ")",
-                            guest_off);
+        return qimg_corrupt("Zero cluster entry found in pre-v3 image (L2 "
+                            "offset: %#" PRIx64 ", L2 index: %#x)",
+                            l2_off, idx);
     }
     if (!host)
         return 0;
     if (!IS_ALIGNED(host, q->cluster_size))
         return qimg_corrupt("Cluster allocation offset %#" PRIx64
-                            " unaligned (guest offset %#" PRIx64 ")",
-                            host, guest_off);
+                            " unaligned (L2 offset: %#" PRIx64
+                            ", L2 index: %#x)",
+                            host, l2_off, idx);
     /* The file may end inside the last cluster (subclusters written). */
     if (host >= q->file_size)
         return qimg_corrupt("Cluster allocation offset %#" PRIx64
-                            " beyond end of file (guest offset %#" PRIx64 ")",
-                            host, guest_off);
+                            " beyond end of file (L2 offset: %#" PRIx64
+                            ", L2 index: %#x)",
+                            host, l2_off, idx);
     return 0;
 }

@@ -175,21 +175,17 @@ static int check_l2_off(struct txn *t, uint64_t l2_off)
     return 0;
 }
 
-/* Read and validate the L2 table at l2_off (reached at L1 index l1_idx)
- * into buf. */
-static int read_l2(struct txn *t, uint64_t l2_off, uint64_t l1_idx,
-                   uint8_t *buf)
+/* Read and validate the L2 table at l2_off into buf. */
+static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
 {
     struct qcow2 *q = t->q;
     int ret = check_l2_off(t, l2_off);
 
     if (ret == 0)
         ret = image_pread(t->img, buf, t->cs, l2_off);
-    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
-        uint64_t guest = ((l1_idx << q->l2_bits) + j) << q->cluster_bits;
+    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++)
         ret = l2_entry_check(t->img, l2_entry_get(q, buf, j),
-                             l2_bitmap_get(q, buf, j), guest);
-    }
+                             l2_bitmap_get(q, buf, j), l2_off, j);
     return ret;
 }
 
@@ -209,11 +205,10 @@ static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
 }
 
 /* One L1 pointer to l2_off appears (delta +1) or disappears (-1). */
-static int pointer_change(struct txn *t, uint64_t l2_off, uint64_t l1_idx,
-                          int64_t delta)
+static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
 {
     struct qcow2 *q = t->q;
-    int ret = read_l2(t, l2_off, l1_idx, t->tmp);
+    int ret = read_l2(t, l2_off, t->tmp);
 
     if (ret == 0)
         ret = rc_add(t, l2_off >> q->cluster_bits, delta);
@@ -276,7 +271,7 @@ static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
 
     if (!p || u64map_get(&t->copies, p, &copy))
         return 0;
-    ret = read_l2(t, p, i, t->tmp);
+    ret = read_l2(t, p, t->tmp);
     if (ret < 0)
         return ret;
     ret = fix_entries(t, t->tmp);
@@ -766,7 +761,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     /* One more L1 points at every active L2 table (validates them too). */
     for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
         if (l1_ptr(q->l1, q->l1_size, i))
-            ret = pointer_change(&t, l1_ptr(q->l1, q->l1_size, i), i, 1);
+            ret = pointer_change(&t, l1_ptr(q->l1, q->l1_size, i), 1);
     for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
         ret = inspect_table(&t, active.buf, active.size, i);
     if (ret == 0)
@@ -814,7 +809,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     /* Validate the active tables a flag fix may rewrite, before writing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
         if (l1_ptr(sl1, s->l1_size, i) && l1_ptr(q->l1, q->l1_size, i))
-            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), i, t.tmp);
+            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), t.tmp);
     if (ret == 0)
         ret = copy_snaps(q, idx, 0, &snaps);
     if (ret == 0)
@@ -824,7 +819,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++)
         if (l1_ptr(sl1, s->l1_size, i))
-            ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), i, -1);
+            ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), -1);
     if (ret == 0 && s->l1_size)
         ret = rc_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
     for (uint32_t i = 0; ret == 0 && i < active.size; i++)
@@ -902,9 +897,9 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         if (o == p)
             continue;
         if (o)
-            ret = pointer_change(&t, o, i, -1);
+            ret = pointer_change(&t, o, -1);
         if (ret == 0 && p)
-            ret = pointer_change(&t, p, i, 1);
+            ret = pointer_change(&t, p, 1);
     }
     for (uint32_t i = 0; ret == 0 && i < n; i++)
         if (l1_ptr(q->l1, q->l1_size, i) != l1_ptr(sl1, s->l1_size, i))
