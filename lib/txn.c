@@ -54,6 +54,8 @@ struct txn {
     struct u64map copies; /* old L2 table offset -> its new copy */
     uint8_t *rt;          /* the new refcount table */
     uint64_t rt_off, rt_clusters;
+    uint64_t *freed; /* (start, length) cluster runs freed by the commit */
+    size_t nb_freed;
 };
 
 /* ---- New refcounts ------------------------------------------------------ */
@@ -441,35 +443,58 @@ static int commit_header(struct txn *t, const struct roots *r)
     return ret;
 }
 
-/* 3 of 3: the switch is durable; punch what only the old state used. */
-static void discard_freed(struct txn *t)
+/* Record a run of clusters only the old state uses. */
+static int add_freed(struct txn *t, uint64_t start, uint64_t len)
+{
+    uint64_t *f;
+
+    if (!len)
+        return 0;
+    if (t->nb_freed && t->freed[2 * t->nb_freed - 2] +
+                               t->freed[2 * t->nb_freed - 1] == start) {
+        t->freed[2 * t->nb_freed - 1] += len;
+        return 0;
+    }
+    f = realloc(t->freed, (t->nb_freed + 1) * 2 * sizeof *f);
+    if (!f)
+        return qimg_err(ENOMEM, "Out of memory");
+    t->freed = f;
+    f[2 * t->nb_freed] = start;
+    f[2 * t->nb_freed + 1] = len;
+    t->nb_freed++;
+    return 0;
+}
+
+/* Before the commit: which clusters the new state frees (so nothing has
+ * to be read once the header is switched). */
+static int find_freed(struct txn *t)
 {
     struct qcow2 *q = t->q;
-    uint64_t run_start = 0, run_len = 0;
+    int ret = 0;
 
-    for (uint64_t i = 0; i < t->nb_rb; i++) {
+    for (uint64_t i = 0; i < t->nb_rb && ret == 0; i++) {
         bool exists;
-        if (!t->rb[i] ||
-            refcount_read_block(t->img, i, t->old_rb, &exists) < 0 || !exists)
+        if (!t->rb[i])
             continue;
-        for (uint64_t j = 0; j < (1ull << q->rb_bits); j++) {
+        ret = refcount_read_block(t->img, i, t->old_rb, &exists);
+        for (uint64_t j = 0; ret == 0 && exists && j < (1ull << q->rb_bits);
+             j++) {
             uint64_t c = (i << q->rb_bits) + j;
-            bool freed = refblock_get(t->old_rb, j, q->refcount_order) &&
-                         !refblock_get(t->rb[i], j, q->refcount_order);
-            if (freed && run_len && run_start + run_len == c) {
-                run_len++;
-                continue;
-            }
-            if (run_len)
-                image_discard_file(t->img, run_start * t->cs,
-                                   run_len * t->cs);
-            run_len = freed;
-            run_start = c;
+            if (refblock_get(t->old_rb, j, q->refcount_order) &&
+                !refblock_get(t->rb[i], j, q->refcount_order))
+                ret = add_freed(t, c, 1);
         }
     }
-    if (run_len)
-        image_discard_file(t->img, run_start * t->cs, run_len * t->cs);
-    image_flush_file(t->img);
+    return ret;
+}
+
+/* 3 of 3: the switch is durable; punch what only the old state used.
+ * Discarding is advisory: a failure here cannot harm the new state. */
+static void discard_freed(struct txn *t)
+{
+    for (size_t i = 0; i < t->nb_freed; i++)
+        image_discard_file(t->img, t->freed[2 * i] * t->cs,
+                           t->freed[2 * i + 1] * t->cs);
     qimg_error_clear();
 }
 
@@ -527,6 +552,7 @@ static void txn_free(struct txn *t)
     free(t->tmp);
     free(t->old_rb);
     free(t->rt);
+    free(t->freed);
     u64map_free(&t->copies);
 }
 
@@ -654,6 +680,8 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     ret = place_refcounts(t);
     if (ret == 0)
         ret = write_refcounts(t);
+    if (ret == 0)
+        ret = find_freed(t);
     if (ret == 0)
         ret = commit_header(t, r);
     if (ret < 0)
