@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct check_args {
     const char *file;
@@ -88,17 +89,38 @@ static int parse_args(int argc, char **argv, struct check_args *a)
     return 0;
 }
 
+/* qemu-img prints these through error_report(), after its name. */
+static bool is_reported(const struct qimg_check_msg *m)
+{
+    return !strcmp(m->kind, "snapshot-table-unreadable") ||
+           !strcmp(m->kind, "rebuild-failed");
+}
+
+/* One line per finding, as qemu-img prints them, then qimg's continuation
+ * line. Written through a buffered copy of stderr: a wrecked image can
+ * have millions of lines. */
 static void print_messages(const struct qimg_check_result *r)
 {
+    int fd = r->nb_msgs > 64 ? dup(STDERR_FILENO) : -1;
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    FILE *out = f ? f : stderr;
+
+    if (fd >= 0 && !f)
+        close(fd);
+    if (f)
+        setvbuf(f, NULL, _IOFBF, 1 << 16);
     fflush(stdout);
+    fflush(stderr);
     for (size_t i = 0; i < r->nb_msgs; i++) {
-        fprintf(stderr, "%s\n", r->msgs[i].text);
-        if (r->msgs[i].where)
-            fprintf(stderr, "    %s%s\n",
-                    strncmp(r->msgs[i].where, "referenced by", 13) ? "in "
-                                                                   : "",
-                    r->msgs[i].where);
+        const struct qimg_check_msg *m = &r->msgs[i];
+        fprintf(out, "%s%s\n", is_reported(m) ? PROG ": " : "", m->text);
+        if (m->where)
+            fprintf(out, "    %s%s\n",
+                    strncmp(m->where, "referenced by", 13) ? "in " : "",
+                    m->where);
     }
+    if (f)
+        fclose(f);
 }
 
 static void print_human(const struct qimg_check_result *r)
@@ -202,6 +224,21 @@ static int finish(const struct check_args *a, struct qimg_check_result *r,
     return r->corruptions ? 2 : r->leaks ? 3 : 0;
 }
 
+/* A raw image: QEMU warns about probing it (when opened for writing),
+ * then refuses. */
+static void no_checks(const struct check_args *a)
+{
+    if (a->fix && a->fmt == QIMG_FMT_AUTO)
+        fprintf(stderr, "WARNING: Image format was not specified for '%s' and "
+                        "probing guessed raw.\n         Automatically "
+                        "detecting the format is dangerous for raw images, "
+                        "write operations on block 0 will be restricted.\n"
+                        "         Specify the 'raw' format explicitly to "
+                        "remove the restrictions.\n",
+                a->file);
+    cli_error("This image format does not support checks");
+}
+
 int cmd_check(int argc, char **argv)
 {
     struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
@@ -228,7 +265,7 @@ int cmd_check(int argc, char **argv)
         return 1;
     }
     if (qimg_image_format(img) != QIMG_FMT_QCOW2) {
-        cli_error("This image format does not support checks");
+        no_checks(&a);
         qimg_image_close(img);
         return 63;
     }

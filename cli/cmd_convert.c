@@ -1,10 +1,612 @@
-/* cmd_convert.c - qimg convert (not implemented yet). */
+/*
+ * cmd_convert.c - qimg convert: copy images (or an internal snapshot of
+ * one) into a new or existing raw or qcow2 image.
+ *
+ *   qimg convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt]
+ *                [-B backing_file -F backing_fmt] [-o options]
+ *                [-l snapshot_param] [-S sparse_size] [-t cache]
+ *                [-T src_cache] [-m num] [-W] [-r rate] [--image-opts]
+ *                [--target-is-zero] filename [filename2 [...]] output
+ *
+ * Follows qemu-img 7.2 step by step, since the step decides which message
+ * the user sees: option syntax; the file count; opening every source; the
+ * snapshot; the target format and its -o list; backing and compression
+ * checks; creating the target (or, with -n, opening it and checking its
+ * size); then the copy (convert_copy.c). -p prints "    (0.00/100%)\r"
+ * before the sources are opened and a newline at the end, even after an
+ * error, as qemu-img does. Several sources are concatenated.
+ *
+ * Differences: -t/-T cache modes, -m, -W and -r are checked and then
+ * ignored (one synchronous copy); bitmaps (--bitmaps), --object,
+ * --target-image-opts and --salvage are not offered. The library takes no
+ * image locks yet, so converting onto one of the sources (or a backing
+ * file of one) is refused here with qemu-img's lock message instead of
+ * truncating the source.
+ */
 #include "cli.h"
+#include "convert.h"
+#include "create_opts.h"
+
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define IO_BUF_SIZE (2u << 20)   /* qemu-img's default request size */
+#define MAX_BUF_SIZE (16u << 20) /* and its largest */
+
+struct conv_args {
+    const char *fmt, *out_fmt, *backing, *backing_fmt;
+    const char *src_cache, *dst_cache;
+    char *options; /* every -o, joined with ',' */
+    bool has_snapshot, sn_plain;
+    char *sn_id, *sn_name;
+    bool compress, copy_range, progress, quiet, skip_create, force_share;
+    bool image_opts, target_is_zero;
+    uint64_t min_sparse;
+    bool explicit_sparse;
+    char **srcs;
+    int nb_src;
+    const char *dst;
+};
+
+enum {
+    OPT_OBJECT = 256,
+    OPT_IMAGE_OPTS,
+    OPT_TARGET_IS_ZERO,
+};
+
+/* "qimg: <message>"; returns -1. */
+static int fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int fail(const char *fmt, ...)
+{
+    char msg[4096];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cli_error("%s", msg);
+    return -1;
+}
+
+/* ---- Arguments --------------------------------------------------------- */
+
+static int add_options(struct conv_args *a, const char *list)
+{
+    size_t old = a->options ? strlen(a->options) + 1 : 0;
+    char *joined;
+
+    if (!copts_list_valid(list)) {
+        cli_error("Invalid option list: %s", list);
+        return -1;
+    }
+    joined = realloc(a->options, old + strlen(list) + 1);
+    if (!joined) {
+        cli_error("Out of memory");
+        return -1;
+    }
+    if (old)
+        joined[old - 1] = ',';
+    strcpy(joined + old, list);
+    a->options = joined;
+    return 0;
+}
+
+static int bad_suffix(const char *what)
+{
+    cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
+              "suffixes for",
+              what);
+    cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+              "exabytes.");
+    return -1;
+}
+
+static int set_sparse(struct conv_args *a, const char *arg)
+{
+    uint64_t v;
+
+    if (parse_size(arg, &v) < 0)
+        return bad_suffix("buffer size for sparse output");
+    if (v % 512 || v > MAX_BUF_SIZE) {
+        cli_error("Invalid buffer size for sparse output specified. Valid "
+                  "sizes are multiples of 512 up to %u. Select 0 to disable "
+                  "sparse detection (fully allocates output).",
+                  MAX_BUF_SIZE);
+        return -1;
+    }
+    a->min_sparse = v;
+    a->explicit_sparse = true;
+    return 0;
+}
+
+static int check_coroutines(const char *arg)
+{
+    char *end;
+    long n = strtol(arg, &end, 10);
+
+    if (end == arg || *end || n < 1 || n > 16) {
+        cli_error("Invalid number of coroutines. Allowed number of "
+                  "coroutines is between 1 and 16");
+        return -1;
+    }
+    return 0;
+}
+
+static int set_snapshot(struct conv_args *a, const char *arg)
+{
+    free(a->sn_id);
+    free(a->sn_name);
+    a->has_snapshot = true;
+    return conv_parse_snapshot(arg, &a->sn_id, &a->sn_name, &a->sn_plain);
+}
+
+/* One option; returns 0, or -1 when the command is to fail. */
+static int take_option(struct conv_args *a, int c, const char *arg)
+{
+    uint64_t v;
+
+    switch (c) {
+    case 'f':
+        a->fmt = arg;
+        break;
+    case 'O':
+        a->out_fmt = arg;
+        break;
+    case 'B':
+        a->backing = arg;
+        break;
+    case 'F':
+        a->backing_fmt = arg;
+        break;
+    case 'C':
+        a->copy_range = true;
+        break;
+    case 'c':
+        a->compress = true;
+        break;
+    case 'o':
+        return add_options(a, arg);
+    case 'l':
+        return set_snapshot(a, arg);
+    case 'S':
+        return set_sparse(a, arg);
+    case 'p':
+        a->progress = true;
+        break;
+    case 't':
+        a->dst_cache = arg;
+        break;
+    case 'T':
+        a->src_cache = arg;
+        break;
+    case 'q':
+        a->quiet = true;
+        break;
+    case 'n':
+        a->skip_create = true;
+        break;
+    case 'm':
+        return check_coroutines(arg);
+    case 'W':
+        break;
+    case 'U':
+        a->force_share = true;
+        break;
+    case 'r':
+        return parse_size(arg, &v) < 0 ? bad_suffix("rate limit") : 0;
+    case OPT_OBJECT:
+        break;
+    case OPT_IMAGE_OPTS:
+        a->image_opts = true;
+        break;
+    case OPT_TARGET_IS_ZERO:
+        a->target_is_zero = true;
+        break;
+    }
+    return 0;
+}
+
+/* Options; returns -1 to go on, or the exit code. */
+static int parse_options(struct conv_args *a, int argc, char **argv)
+{
+    static const struct option long_opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"force-share", no_argument, NULL, 'U'},
+        {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+
+    a->min_sparse = 8 * 512;
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WUr:F:",
+                            long_opts, NULL)) != -1) {
+        if (c == 'h') {
+            cli_help();
+            return 0;
+        }
+        if (c == '?' || c == ':')
+            return cli_getopt_error(c, argv[optind - 1]);
+        if (take_option(a, c, optarg) < 0)
+            return 1;
+    }
+    return -1;
+}
+
+static bool cache_mode_ok(const char *m)
+{
+    static const char *const modes[] = {"none",   "off",        "writeback",
+                                        "unsafe", "directsync", "writethrough"};
+
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (!strcmp(m, modes[i]))
+            return true;
+    return false;
+}
+
+/* The checks qemu-img makes once all options are read, up to "-o help";
+ * returns -1 to go on, or the exit code. */
+static int check_args(struct conv_args *a, int argc, char **argv)
+{
+    int ret = 0;
+
+    if (!a->out_fmt)
+        a->out_fmt = "raw";
+    if (a->compress && a->copy_range)
+        ret = fail("Cannot enable copy offloading when -c is used");
+    else if (a->skip_create && a->options)
+        ret = fail("-o has no effect when skipping image creation");
+    else if (a->target_is_zero && !a->skip_create)
+        ret = fail("--target-is-zero requires use of -n flag");
+    if (ret < 0)
+        return 1;
+    a->nb_src = argc - optind - 1;
+    a->srcs = argv + optind;
+    a->dst = a->nb_src >= 1 ? argv[argc - 1] : NULL;
+    if (a->options && copts_has_help(a->options))
+        return copts_print_help(a->out_fmt, a->dst);
+    if (a->nb_src < 1)
+        ret = fail("Must specify image file name");
+    else if (a->src_cache && !cache_mode_ok(a->src_cache))
+        ret = fail("Invalid source cache option: %s", a->src_cache);
+    else if (a->dst_cache && !cache_mode_ok(a->dst_cache))
+        ret = fail("Invalid cache option: %s", a->dst_cache);
+    if (ret < 0)
+        return 1;
+    if (a->quiet)
+        a->progress = false;
+    return -1;
+}
+
+/* ---- Sources ----------------------------------------------------------- */
+
+/* Open one source, with `snapshot` (a library snapshot spec) or not. */
+static int open_source(const struct conv_args *a, int i, const char *snapshot,
+                       qimg_image **out)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    const char *name = a->srcs[i];
+    char *path = NULL;
+
+    o.force_share = a->force_share;
+    o.snapshot = snapshot;
+    if (a->image_opts && parse_image_opts(name, &path, &o) < 0)
+        return -1;
+    if (!a->image_opts && a->fmt && parse_format(a->fmt, &o.fmt) < 0) {
+        cli_error("Could not open '%s': Unknown driver '%s'", name, a->fmt);
+        return -1;
+    }
+    if (qimg_image_open(out, path ? path : name, &o) < 0) {
+        if (snapshot)
+            cli_lib_error("Failed to load snapshot: ");
+        else
+            cli_lib_error("Could not open '%s': ", name);
+        free(path);
+        return -1;
+    }
+    free(path);
+    return 0;
+}
+
+static uint64_t cluster_of(qimg_image *img)
+{
+    struct qimg_info *info;
+    uint64_t cs = 512;
+
+    if (qimg_image_info(&info, img) == 0) {
+        if (info->cluster_size > cs)
+            cs = info->cluster_size;
+        qimg_info_free(info);
+    }
+    return cs;
+}
+
+static int open_sources(struct conv_job *job, const struct conv_args *a)
+{
+    job->src = calloc((size_t)a->nb_src, sizeof *job->src);
+    if (!job->src)
+        return fail("Out of memory");
+    job->nb_src = (size_t)a->nb_src;
+    for (int i = 0; i < a->nb_src; i++) {
+        struct conv_src *s = &job->src[i];
+        s->name = a->srcs[i];
+        if (open_source(a, i, NULL, &s->img) < 0)
+            return -1;
+        s->size = (qimg_image_size(s->img) + 511) / 512 * 512;
+        s->avail = qimg_image_size(s->img);
+        s->start = job->total;
+        s->align = cluster_of(s->img);
+        job->total += s->size;
+    }
+    return 0;
+}
+
+/* "snapshot.id=..,snapshot.name=.." for the library, or NULL when an ID
+ * or name holds a comma (the library's spec cannot carry one): then the
+ * snapshot is looked up here and named by its ID alone. */
+static char *snapshot_spec(const struct conv_args *a, qimg_image *img)
+{
+    const char *id = a->sn_id, *name = a->sn_name;
+    struct qimg_snapshot *l = NULL;
+    size_t n = 0, i = 0;
+    char *spec;
+
+    if (a->sn_plain)
+        return strdup(a->sn_id);
+    if ((id && strchr(id, ',')) || (name && strchr(name, ','))) {
+        if (qimg_snapshot_list(&l, &n, img) < 0)
+            n = 0;
+        while (i < n && !((!id || !strcmp(l[i].id, id)) &&
+                          (!name || !strcmp(l[i].name, name))))
+            i++;
+        id = i < n ? l[i].id : "";
+        name = NULL;
+    }
+    spec = malloc(strlen(id ? id : "") + strlen(name ? name : "") + 32);
+    if (spec)
+        sprintf(spec, "%s%s%s%s%s", id ? "snapshot.id=" : "", id ? id : "",
+                id && name ? "," : "", name ? "snapshot.name=" : "",
+                name ? name : "");
+    qimg_snapshot_list_free(l, n);
+    return spec;
+}
+
+/* -l: reopen the first source as a view of the snapshot. */
+static int load_snapshot(struct conv_job *job, const struct conv_args *a)
+{
+    struct conv_src *s = &job->src[0];
+    char *spec;
+    int ret;
+
+    if (!a->has_snapshot)
+        return 0;
+    if (a->sn_plain && a->nb_src > 1)
+        return fail("No support for concatenating multiple snapshot");
+    spec = snapshot_spec(a, s->img);
+    if (!spec)
+        return fail("Out of memory");
+    qimg_image_close(s->img);
+    s->img = NULL;
+    ret = open_source(a, 0, spec, &s->img);
+    free(spec);
+    if (ret < 0)
+        return -1;
+    /* qemu-img keeps the active disk's size for a snapshot of another
+     * size: a longer one is cut, a shorter one reads on from the backing
+     * file or as zeros. */
+    s->avail = MIN(qimg_image_size(s->img), s->size);
+    return 0;
+}
+
+/* ---- Target ------------------------------------------------------------ */
+
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* Is `dst` one of the files the sources read (backing files included)?
+ * QEMU would find it locked. */
+static bool dst_in_use(const struct conv_job *job, const char *dst)
+{
+    for (size_t i = 0; i < job->nb_src; i++) {
+        qimg_image *img = job->src[i].img;
+        if (same_file(job->src[i].name, dst))
+            return true;
+        for (; img; img = qimg_image_backing(img)) {
+            struct qimg_info *info;
+            bool hit = false;
+            if (qimg_image_info(&info, img) < 0)
+                break;
+            hit = info->full_backing_file &&
+                  same_file(info->full_backing_file, dst);
+            qimg_info_free(info);
+            if (hit)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* What qemu-img says when the target's lock is held (by its sources). */
+static void lock_error(const char *lead, const char *dst)
+{
+    cli_error("%sFailed to get \"write\" lock", lead);
+    fprintf(stderr, "Is another process using the image [%s]?\n", dst);
+}
+
+/* -o, -B, -F: the creation options. Returns 0 or -1 (printed). */
+static int creation_options(struct conv_create *cc, const struct conv_args *a,
+                            const struct conv_job *job)
+{
+    if (parse_format(a->out_fmt, &cc->fmt) < 0)
+        return fail("Unknown file format '%s'", a->out_fmt);
+    if (a->options && conv_opts_parse(cc, a->options) < 0)
+        return -1;
+    if (a->backing && cc->fmt == QIMG_FMT_RAW)
+        return fail("Backing file not supported for file format '%s'",
+                    a->out_fmt);
+    if (a->backing_fmt && cc->fmt == QIMG_FMT_RAW)
+        return fail("Backing file format not supported for file "
+                    "format '%s'",
+                    a->out_fmt);
+    if (a->backing)
+        conv_opts_set(cc, CO_BACKING_FILE, a->backing);
+    if (a->backing_fmt)
+        conv_opts_set(cc, CO_BACKING_FMT, a->backing_fmt);
+    if (job->nb_src > 1 && cc->val[CO_BACKING_FILE])
+        return fail("Having a backing file for the target makes no "
+                    "sense when concatenating multiple input images");
+    if (cc->val[CO_BACKING_FILE] && !cc->val[CO_BACKING_FMT])
+        return fail("Use of backing file requires explicit backing "
+                    "format");
+    if (a->compress && cc->fmt == QIMG_FMT_RAW)
+        return fail("Compression not supported for this file format");
+    if (a->compress && cc->val[CO_PREALLOC] &&
+        strcmp(cc->val[CO_PREALLOC], "off"))
+        return fail("Compression and preallocation not supported at "
+                    "the same time");
+    return 0;
+}
+
+static int create_target(const struct conv_args *a, struct conv_job *job,
+                         bool *has_backing)
+{
+    struct conv_create cc = {0};
+    struct qimg_create_opts o;
+    int ret = -1;
+
+    if (creation_options(&cc, a, job) < 0)
+        goto out;
+    *has_backing = cc.val[CO_BACKING_FILE] != NULL;
+    if (dst_in_use(job, a->dst)) {
+        char lead[4096];
+        snprintf(lead, sizeof lead, "%s: error while converting %s: ", a->dst,
+                 a->out_fmt);
+        lock_error(lead, a->dst);
+        goto out;
+    }
+    if (conv_opts_to_lib(&cc, job->total, a->dst, &o) < 0)
+        goto out;
+    if (qimg_image_create(a->dst, &o) < 0)
+        cli_lib_error("%s: error while converting %s: ", a->dst, a->out_fmt);
+    else
+        ret = 0;
+out:
+    conv_opts_free(&cc);
+    return ret;
+}
+
+static int open_target(const struct conv_args *a, struct conv_job *job)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+
+    o.read_write = true;
+    if (parse_format(a->out_fmt, &o.fmt) < 0) {
+        cli_error("Could not open '%s': Unknown driver '%s'", a->dst,
+                  a->out_fmt);
+        return -1;
+    }
+    if (a->skip_create && dst_in_use(job, a->dst)) {
+        char lead[4096];
+        snprintf(lead, sizeof lead, "Could not open '%s': ", a->dst);
+        lock_error(lead, a->dst);
+        return -1;
+    }
+    if (qimg_image_open(&job->dst, a->dst, &o) < 0) {
+        cli_lib_error("Could not open '%s': ", a->dst);
+        return -1;
+    }
+    return 0;
+}
+
+/* Target properties the copy depends on; checks -n targets. */
+static int setup_job(const struct conv_args *a, struct conv_job *job,
+                     bool has_backing)
+{
+    enum qimg_format fmt = qimg_image_format(job->dst);
+    qimg_image *backing = qimg_image_backing(job->dst);
+    uint64_t sparse_sectors = a->min_sparse / 512, align = 1;
+
+    if (a->compress && fmt != QIMG_FMT_QCOW2)
+        return fail("Compression not supported for this file format");
+    if (a->skip_create &&
+        (qimg_image_size(job->dst) + 511) / 512 * 512 < job->total)
+        return fail("output file is smaller than input file");
+    if (a->skip_create)
+        has_backing = a->backing != NULL;
+    job->dst_has_backing = has_backing;
+    job->dst_backing_size = has_backing && !a->skip_create && backing
+                                ? qimg_image_size(backing)
+                                : UINT64_MAX;
+    job->dst_zero_init =
+        a->target_is_zero || (!a->skip_create && a->min_sparse && !has_backing);
+    job->compressed = a->compress;
+    job->dst_cluster = fmt == QIMG_FMT_QCOW2 ? cluster_of(job->dst) : 512;
+    job->buf_size = MIN(MAX_BUF_SIZE, MAX(IO_BUF_SIZE, job->dst_cluster));
+    if (job->compressed)
+        job->buf_size = job->dst_cluster;
+    job->min_sparse = a->min_sparse;
+    while (align * 2 <= sparse_sectors)
+        align *= 2;
+    job->align = align * 512;
+    return 0;
+}
+
+/* Everything after the argument checks; returns 0 or -1. */
+static int run(const struct conv_args *a, struct conv_job *job)
+{
+    bool has_backing = false;
+
+    if (open_sources(job, a) < 0 || load_snapshot(job, a) < 0)
+        return -1;
+    if (!a->skip_create && create_target(a, job, &has_backing) < 0)
+        return -1;
+    if (open_target(a, job) < 0 || setup_job(a, job, has_backing) < 0)
+        return -1;
+    if (conv_copy(job) < 0)
+        return -1;
+    if (qimg_image_close(job->dst) < 0) {
+        job->dst = NULL;
+        cli_lib_error("%s", "");
+        return -1;
+    }
+    job->dst = NULL;
+    return 0;
+}
 
 int cmd_convert(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    cli_error("'convert' is not implemented yet");
-    return 1;
+    struct conv_args a = {0};
+    struct conv_job job = {0};
+    int ret;
+
+    ret = parse_options(&a, argc, argv);
+    if (ret < 0)
+        ret = check_args(&a, argc, argv);
+    if (ret < 0) {
+        conv_progress_init(a.progress);
+        conv_progress_set(0);
+        ret = run(&a, &job) < 0 ? 1 : 0;
+        if (ret == 0)
+            conv_progress_set(100);
+        conv_progress_end();
+    }
+    qimg_image_close(job.dst);
+    for (size_t i = 0; i < job.nb_src; i++)
+        qimg_image_close(job.src[i].img);
+    free(job.src);
+    free(a.options);
+    free(a.sn_id);
+    free(a.sn_name);
+    return ret;
 }

@@ -3,8 +3,11 @@
  * plus `-f fmt` and `-l --output=json`.
  *
  * Messages and exit codes are qemu-img's. Where qemu-img would only print
- * an errno ("-22 (Invalid argument)"), qimg first prints the library's
- * one-line reason on its own line.
+ * an errno ("-22 (Invalid argument)", "Failed to load snapshot: Invalid
+ * argument"), qimg first prints the library's one-line reason on its own
+ * line. Extensions: -f, -l --output=json (the "snapshots" array of
+ * `info --output=json`), and -d falling back to the snapshot ID when no
+ * snapshot has that name.
  */
 #include "cli.h"
 #include "snaptable.h"
@@ -113,8 +116,7 @@ static void print_json_list(const struct qimg_snapshot *l, size_t n)
     for (size_t i = 0; i < n; i++) {
         struct jv *o = jv_push(arr, jv_obj());
         jv_set(o, "id", jv_str(l[i].id));
-        if (l[i].name[0])
-            jv_set(o, "name", jv_str(l[i].name));
+        jv_set(o, "name", jv_str(l[i].name));
         jv_set(o, "vm-state-size", jv_uint(l[i].vm_state_size));
         jv_set(o, "date-sec", jv_uint(l[i].date_sec));
         jv_set(o, "date-nsec", jv_uint(l[i].date_nsec));
@@ -162,9 +164,10 @@ static int do_action(qimg_image *img, const struct snap_args *a)
         return ret;
     case ACT_APPLY:
         ret = qimg_snapshot_apply(img, a->name);
-        if (ret == -ENOENT || ret == -EBUSY || ret == -ENOTSUP ||
-            (ret < 0 && !strcmp(e->message, "Block driver does not support "
-                                            "snapshots")))
+        /* Not found, dirty bitmaps: qemu-img's one line. Anything else
+         * (a v2 image that would need resizing, I/O errors): the reason,
+         * then qemu-img's "Failed to load snapshot: <errno>". */
+        if (ret == -ENOENT || ret == -EBUSY)
             cli_error("Could not apply snapshot '%s': %s", a->name,
                       e->message);
         else if (ret < 0) {
@@ -175,15 +178,11 @@ static int do_action(qimg_image *img, const struct snap_args *a)
         }
         return ret;
     default:
+        /* qemu-img words every delete failure as one line. */
         ret = qimg_snapshot_delete(img, a->name);
-        if (ret == -ENOENT)
+        if (ret < 0)
             cli_error("Could not delete snapshot '%s': %s", a->name,
-                      e->message);
-        else if (ret < 0) {
-            cli_error("%s", e->message);
-            cli_error("Could not delete snapshot '%s': %s", a->name,
-                      strerror(-ret));
-        }
+                      e->message[0] ? e->message : strerror(-ret));
         return ret;
     }
 }
@@ -250,6 +249,11 @@ int cmd_snapshot(int argc, char **argv)
     }
     if (qimg_image_open(&img, path ? path : a.file, &o) < 0) {
         cli_lib_error("Could not open '%s': ", a.file);
+        /* QEMU's hint after this refusal. */
+        if (!strncmp(qimg_last_error()->message, "Too much extra metadata",
+                     23))
+            fputs("You can force-remove this extra metadata with " PROG
+                  " check -r all\n", stderr);
         free(path);
         return 1;
     }

@@ -150,3 +150,10 @@ bool mcache_has_dirty(const struct mcache *c)
             return true;
     return false;
 }
+
+void mcache_clear(struct mcache *c)
+{
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->e[i].off != UINT64_MAX)
+            unlink_entry(c, &c->e[i]);
+}

@@ -19,7 +19,16 @@
  *     direction is safe on its own), fix COPIED flags in place (only flags
  *     change), and replace broken refcount structures or the snapshot
  *     table with new copies switched in by one header write, so a power cut
- *     during repair leaves an image a second repair fixes.
+ *     during repair leaves an image a second repair fixes. Two more repairs
+ *     follow QEMU: an unaligned zero-allocated L2 entry becomes a plain zero
+ *     entry (one entry-sized write; the guest reads zeros before and
+ *     after), and a refcount block past the end of the file gets the file
+ *     extended to cover it. Where QEMU's repair would write into a cluster
+ *     that may hold guest data (entries of an L2 table read from an
+ *     unaligned offset), qimg reports and leaves it.
+ *  4. Messages are kept in the result until the check ends (the API has no
+ *     callback), and at most PINPOINT_MAX disputed clusters are traced: a
+ *     wrecked refcount structure on a large image disputes every cluster.
  */
 #include "internal.h"
 
@@ -64,20 +73,33 @@ struct chk {
     uint8_t *refs;
     uint64_t nb_refs;
     bool rebuild, quiet;
+    bool walk_fix; /* this walk may repair (first pass, -r all) */
     struct snap *snaps;
     uint32_t nb_snaps;
     uint64_t snap_off, snap_size;
     bool table_dirty; /* the snapshot table read needs rewriting */
+    int64_t snap_corruptions; /* fixed by rewriting the snapshot table */
     struct loc loc;
     uint8_t *l2buf, *rbbuf;
+    uint64_t rb_idx; /* refcount block in rbbuf (UINT64_MAX: none) */
+    int rb_state;    /* disk_block() result for rb_idx */
+    bool rb_unreadable; /* ... -EIO from a failed read, not a bad offset */
+    bool signaled;   /* the corruption notice was printed */
+    int64_t rc_errors; /* check errors from unusable refcount blocks */
     /* pinpointing */
     struct idset traced;
     struct u64map where; /* cluster -> index into wheres */
     char **wheres;
     size_t nb_wheres;
     struct disputed *disp;
-    size_t nb_disp;
+    size_t nb_disp, disp_cap;
+    size_t msg_cap; /* allocated entries of res->msgs */
 };
+
+/* Referrers are named for this many disputed clusters at most: the
+ * pinpointing walk keeps a set and a string per cluster, and a wrecked
+ * refcount structure on a large image disputes every cluster. */
+#define PINPOINT_MAX 65536
 
 /* ---- Findings ------------------------------------------------------------ */
 
@@ -148,19 +170,27 @@ static int add_msg(struct chk *c, const char *kind, bool is_error,
     va_end(ap);
     if (with_loc)
         loc_format(c, &c->loc, where, sizeof where);
-    m = realloc(r->msgs, (r->nb_msgs + 1) * sizeof *m);
-    if (!m)
-        return qimg_err(ENOMEM, "Out of memory");
-    r->msgs = m;
-    m = &r->msgs[r->nb_msgs++];
+    if (r->nb_msgs == c->msg_cap) {
+        size_t cap = MAX(c->msg_cap * 2, 16);
+        m = realloc(r->msgs, cap * sizeof *m);
+        if (!m)
+            return qimg_err(ENOMEM, "Out of memory");
+        r->msgs = m;
+        c->msg_cap = cap;
+    }
+    m = &r->msgs[r->nb_msgs];
     memset(m, 0, sizeof *m);
     m->text = strdup(buf);
-    m->kind = strdup(kind);
+    m->kind = (char *)kind; /* a literal: never freed */
     m->is_error = is_error;
     if (where[0])
         m->where = strdup(where);
-    if (!m->text || !m->kind || (where[0] && !m->where))
+    if (!m->text || (where[0] && !m->where)) {
+        free(m->text);
+        free(m->where);
         return qimg_err(ENOMEM, "Out of memory");
+    }
+    r->nb_msgs++;
     return 0;
 }
 
@@ -170,15 +200,22 @@ static int dispute(struct chk *c, uint64_t cluster)
 {
     struct disputed *d;
 
-    if (c->quiet)
+    if (c->quiet || c->nb_disp >= PINPOINT_MAX)
         return 0;
-    d = realloc(c->disp, (c->nb_disp + 1) * sizeof *d);
-    if (!d)
+    if (c->nb_disp == c->disp_cap) {
+        size_t cap = MAX(c->disp_cap * 2, 16);
+        d = realloc(c->disp, cap * sizeof *d);
+        if (!d)
+            return qimg_err(ENOMEM, "Out of memory");
+        c->disp = d;
+        c->disp_cap = cap;
+    }
+    d = &c->disp[c->nb_disp++];
+    d->msg = c->res->nb_msgs - 1;
+    d->cluster = cluster;
+    if (idset_add(&c->traced, cluster) < 0)
         return qimg_err(ENOMEM, "Out of memory");
-    c->disp = d;
-    d[c->nb_disp].msg = c->res->nb_msgs - 1;
-    d[c->nb_disp++].cluster = cluster;
-    return idset_add(&c->traced, cluster) < 0 ? -ENOMEM : 0;
+    return 0;
 }
 
 /* Pinpointing walk: append the current location to a disputed cluster. */
@@ -197,7 +234,7 @@ static int note_referrer(struct chk *c, uint64_t k)
         idx = c->nb_wheres++;
         w[idx] = NULL;
         if (u64map_put(&c->where, k, idx) < 0)
-            return -ENOMEM;
+            return qimg_err(ENOMEM, "Out of memory");
     }
     s = c->wheres[idx];
     if (s && strlen(s) > 600)
@@ -322,7 +359,7 @@ static int check_compressed(struct chk *c, uint64_t e, uint64_t bm, int64_t j,
     }
     l2_compressed_range(q, e, &coff, &clen);
     if (ret == 0)
-        ret = inc_refs(c, coff & ~511ull, clen + (coff & 511));
+        ret = inc_refs(c, coff, clen);
     if (frag && !c->quiet) {
         c->res->allocated_clusters++;
         c->res->compressed_clusters++;
@@ -331,8 +368,64 @@ static int check_compressed(struct chk *c, uint64_t e, uint64_t bm, int64_t j,
     return ret;
 }
 
+/* -r all: an unaligned zero-allocated entry becomes a plain zero entry (as
+ * QEMU; the guest reads zeros either way). One entry-sized write. */
+static int zero_l2_entry(struct chk *c, uint64_t l2_off, uint64_t j)
+{
+    struct qcow2 *q = c->q;
+    uint64_t bm = l2_bitmap_get(q, c->l2buf, j);
+    int ret;
+
+    bm = (bm | (bm << 32)) & L2_BITMAP_ALL_ZERO;
+    l2_entry_set(q, c->l2buf, j, q->ext_l2 ? 0 : QCOW_OFLAG_ZERO, bm);
+    ret = image_pwrite(c->img, c->l2buf + j * q->l2_entry_size,
+                       q->l2_entry_size, l2_off + j * q->l2_entry_size);
+    if (ret == 0)
+        ret = image_flush_file(c->img);
+    mcache_drop(&q->l2c, l2_off);
+    if (ret < 0) {
+        c->res->check_errors++;
+        qimg_error_clear();
+        return add_msg(c, "io", true, false,
+                       "ERROR: Failed to overwrite L2 table entry: %s",
+                       strerror(-ret));
+    }
+    c->res->corruptions--;
+    c->res->corruptions_fixed++;
+    return 1;
+}
+
+/* 1: the entry was repaired and no longer references a cluster. */
+static int check_unaligned(struct chk *c, uint64_t e, uint64_t bm,
+                           uint64_t l2_off, uint64_t j)
+{
+    struct qcow2 *q = c->q;
+    uint64_t off = e & L2E_OFFSET_MASK;
+    bool has_data = q->ext_l2 ? (bm & L2_BITMAP_ALL_ALLOC)
+                              : !(e & QCOW_OFLAG_ZERO);
+    /* Not in a table read from an unaligned offset: the entry could lie
+     * in the next cluster, perhaps guest data (QEMU writes it there). */
+    bool fix = c->walk_fix && !has_data && IS_ALIGNED(l2_off, q->cluster_size);
+    int ret;
+
+    corruption(c);
+    if (has_data)
+        return add_msg(c, "l2-entry", true, true,
+                       "ERROR offset=%" PRIx64 ": Data cluster is not "
+                       "properly aligned; L2 entry corrupted.",
+                       off);
+    ret = add_msg(c, "l2-entry", true, true,
+                  "%s offset=%" PRIx64 ": Preallocated cluster is not "
+                  "properly aligned; L2 entry corrupted.",
+                  fix ? "Repairing" : "ERROR", off);
+    if (ret < 0 || !fix)
+        return ret;
+    return zero_l2_entry(c, l2_off, j);
+}
+
 static int check_allocated(struct chk *c, uint64_t e, uint64_t bm,
-                           bool frag, uint64_t *next_contig)
+                           uint64_t l2_off, uint64_t j, bool frag,
+                           uint64_t *next_contig)
 {
     struct qcow2 *q = c->q;
     uint64_t off = e & L2E_OFFSET_MASK;
@@ -346,19 +439,9 @@ static int check_allocated(struct chk *c, uint64_t e, uint64_t bm,
                       off);
     }
     if (ret == 0 && !IS_ALIGNED(off, q->cluster_size)) {
-        bool has_data = q->ext_l2 ? (bm & L2_BITMAP_ALL_ALLOC)
-                                  : !(e & QCOW_OFLAG_ZERO);
-        corruption(c);
-        if (!has_data)
-            ret = add_msg(c, "l2-entry", true, true,
-                          "ERROR offset=%" PRIx64 ": Preallocated cluster is "
-                          "not properly aligned; L2 entry corrupted.",
-                          off);
-        else
-            ret = add_msg(c, "l2-entry", true, true,
-                          "ERROR offset=%" PRIx64 ": Data cluster is not "
-                          "properly aligned; L2 entry corrupted.",
-                          off);
+        ret = check_unaligned(c, e, bm, l2_off, j);
+        if (ret)
+            return ret < 0 ? ret : 0;
     }
     if (frag && !c->quiet) {
         c->res->allocated_clusters++;
@@ -376,9 +459,12 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
     int ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
 
     if (ret < 0) {
+        /* As QEMU, the check stops: a table not walked would make its
+         * clusters look leaked, and a repair would free them. */
         c->res->check_errors++;
-        return add_msg(c, "io", true, false,
-                       "ERROR: I/O error in check_refcounts_l2");
+        ret = add_msg(c, "io", true, false,
+                      "ERROR: I/O error in check_refcounts_l2");
+        return ret < 0 ? ret : -EIO;
     }
     for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
         uint64_t e = l2_entry_get(q, c->l2buf, j);
@@ -387,8 +473,8 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
 
         c->loc.kind = LOC_L2_ENTRY;
         c->loc.j = (int64_t)j;
-        if (t != CL_COMPRESSED &&
-            (e & (L2E_RESERVED_MASK | (q->ext_l2 ? QCOW_OFLAG_ZERO : 0)))) {
+        /* As QEMU, bit 0 is not checked with extended L2 entries. */
+        if (t != CL_COMPRESSED && (e & L2E_RESERVED_MASK)) {
             corruption(c);
             ret = add_msg(c, "l2-entry", true, true,
                           "ERROR found l2 entry with reserved bits set: "
@@ -400,12 +486,12 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
         if (t == CL_COMPRESSED)
             ret = check_compressed(c, e, bm, (int64_t)j, frag);
         else if (t == CL_NORMAL || t == CL_ZERO_ALLOC)
-            ret = check_allocated(c, e, bm, frag, &next_contig);
+            ret = check_allocated(c, e, bm, l2_off, j, frag, &next_contig);
         else if (t == CL_UNALLOC && (bm & L2_BITMAP_ALL_ALLOC)) {
             corruption(c);
             ret = add_msg(c, "l2-entry", true, true,
                           "ERROR: Unallocated cluster has non-zero subcluster "
-                          "allocation bitmap");
+                          "allocation map");
         }
     }
     return ret;
@@ -542,46 +628,88 @@ static uint64_t rt_raw(const struct chk *c, uint64_t i)
     return be64_load(c->q->rt + i * 8);
 }
 
-static int check_refblocks(struct chk *c)
+/* -r all and a refcount block past the end of the file: extend the file
+ * to cover it (as QEMU; it then reads as zeros and forces a rebuild). */
+static int grow_for_refblock(struct chk *c, uint64_t off)
 {
     struct qcow2 *q = c->q;
+    uint64_t end = off + q->cluster_size;
+    int ret = -EINVAL;
+
+    if (off <= INT64_MAX - q->cluster_size)
+        ret = c->img->io.ops->truncate(c->img->io.ctx, end);
+    if (ret == 0)
+        ret = image_flush_file(c->img);
+    if (ret < 0) {
+        qimg_error_clear();
+        c->rebuild = true;
+        return add_msg(c, "reftable", true, false,
+                       "ERROR could not resize image: %s", strerror(-ret));
+    }
+    c->file_size = MAX(c->file_size, end);
+    q->file_size = MAX(q->file_size, end);
+    c->nb_clusters = DIV_ROUND_UP(c->file_size, q->cluster_size);
+    ret = ref_grow(c, c->nb_clusters);
+    if (ret < 0)
+        return ret;
+    c->res->corruptions--;
+    c->res->corruptions_fixed++;
+    return inc_refs(c, off, q->cluster_size);
+}
+
+static int check_refblock(struct chk *c, uint64_t i)
+{
+    struct qcow2 *q = c->q;
+    uint64_t e = rt_raw(c, i), off = e & RT_OFFSET_MASK;
+    uint64_t cl = off >> q->cluster_bits;
+    bool fix = c->walk_fix;
+    int ret;
+
+    c->loc = (struct loc){LOC_REFTABLE_ENTRY, -1, (int64_t)i, -1};
+    if (e & ~RT_OFFSET_MASK) {
+        corruption(c);
+        c->rebuild = true;
+        return add_msg(c, "reftable", true, true,
+                       "ERROR refcount table entry %" PRIu64
+                       " has reserved bits set",
+                       i);
+    }
+    if (!IS_ALIGNED(off, q->cluster_size)) {
+        corruption(c);
+        c->rebuild = true;
+        return add_msg(c, "reftable", true, true,
+                       "ERROR refcount block %" PRIu64 " is not cluster "
+                       "aligned; refcount table entry corrupted",
+                       i);
+    }
+    if (cl >= c->nb_refs) {
+        corruption(c);
+        ret = add_msg(c, "reftable", true, true,
+                      "%s refcount block %" PRIu64 " is outside image",
+                      fix ? "Repairing" : "ERROR", i);
+        return ret < 0 || !fix ? ret : grow_for_refblock(c, off);
+    }
+    if (!off)
+        return 0;
+    ret = inc_refs(c, off, q->cluster_size);
+    if (ret == 0 && ref_get(c, cl) != 1) {
+        corruption(c);
+        c->rebuild = true;
+        ret = add_msg(c, "reftable", true, true,
+                      "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
+                      ref_get(c, cl));
+        if (ret == 0)
+            ret = dispute(c, cl);
+    }
+    return ret;
+}
+
+static int check_refblocks(struct chk *c)
+{
     int ret = 0;
 
-    for (uint64_t i = 0; i < q->rt_entries && ret == 0; i++) {
-        uint64_t e = rt_raw(c, i), off = e & RT_OFFSET_MASK;
-        uint64_t cl = off >> q->cluster_bits;
-
-        c->loc = (struct loc){LOC_REFTABLE_ENTRY, -1, (int64_t)i, -1};
-        if (e & ~RT_OFFSET_MASK) {
-            corruption(c);
-            c->rebuild = true;
-            ret = add_msg(c, "reftable", true, true,
-                          "ERROR refcount table entry %" PRIu64
-                          " has reserved bits set",
-                          i);
-            continue;
-        }
-        if (cl >= c->nb_clusters) {
-            corruption(c);
-            c->rebuild = true;
-            ret = add_msg(c, "reftable", true, true,
-                          "ERROR refcount block %" PRIu64 " is outside image",
-                          i);
-            continue;
-        }
-        if (!off)
-            continue;
-        ret = inc_refs(c, off, q->cluster_size);
-        if (ret == 0 && ref_get(c, cl) != 1) {
-            corruption(c);
-            c->rebuild = true;
-            ret = add_msg(c, "reftable", true, true,
-                          "ERROR refcount block %" PRIu64 " refcount=%" PRIu64,
-                          i, ref_get(c, cl));
-            if (ret == 0)
-                ret = dispute(c, cl);
-        }
-    }
+    for (uint64_t i = 0; i < c->q->rt_entries && ret == 0; i++)
+        ret = check_refblock(c, i);
     return ret;
 }
 
@@ -592,8 +720,10 @@ static int calculate(struct chk *c)
     int ret;
 
     if (c->refs)
-        memset(c->refs, 0, ALIGN_UP(DIV_ROUND_UP(c->nb_refs << q->refcount_order, 8), 8));
-    else if ((ret = ref_grow(c, c->nb_clusters ? c->nb_clusters : 1)) < 0)
+        memset(c->refs, 0,
+               ALIGN_UP(DIV_ROUND_UP(c->nb_refs << q->refcount_order, 8), 8));
+    ret = ref_grow(c, MAX(c->nb_clusters, 1));
+    if (ret < 0)
         return ret;
     c->loc = (struct loc){LOC_HEADER, -1, -1, -1};
     ret = inc_refs(c, 0, q->cluster_size);
@@ -617,21 +747,83 @@ static int calculate(struct chk *c)
     return ret;
 }
 
-/* The on-disk refcount block rt_idx into c->rbbuf; 1 if there is one, 0
- * if none (all zero), -EIO if its offset is unusable. */
+/* QEMU's notice when it meets an unusable refcount block; printed once.
+ * On a writable image QEMU also sets the corrupt bit (so does qimg; a
+ * successful repair clears it again). */
+static void signal_corruption(struct chk *c, uint64_t off, uint64_t rt_idx)
+{
+    bool fatal = c->img->read_write;
+
+    if (c->signaled || c->quiet)
+        return;
+    c->signaled = true;
+    add_msg(c, "corrupt", true, false,
+            "qcow2: %s: Refblock offset %#" PRIx64 " unaligned (reftable "
+            "index: %#" PRIx64 "); further %scorruption events will be "
+            "suppressed",
+            fatal ? "Marking image as corrupt" : "Image is corrupt", off,
+            rt_idx, fatal ? "" : "non-fatal ");
+    if (fatal && rebuild_set_incompat(c->img, c->q->hdr.incompatible |
+                                                  INCOMPAT_CORRUPT) < 0)
+        qimg_error_clear();
+}
+
+/* Load on-disk refcount block rt_idx into c->rbbuf (kept until
+ * c->rb_idx is reset): 1 if there is one, 0 if none (all zero; so is
+ * a block past the end of the file), -EIO if its offset is unusable. */
 static int disk_block(struct chk *c, uint64_t rt_idx)
 {
     struct qcow2 *q = c->q;
     uint64_t off = rt_idx < q->rt_entries ? rt_raw(c, rt_idx) & RT_OFFSET_MASK
                                           : 0;
 
+    if (rt_idx == c->rb_idx)
+        return c->rb_state;
+    c->rb_idx = rt_idx;
+    c->rb_unreadable = false;
     if (!off) {
         memset(c->rbbuf, 0, q->cluster_size);
-        return 0;
+        return c->rb_state = 0;
     }
-    if (!IS_ALIGNED(off, q->cluster_size))
+    if (!IS_ALIGNED(off, q->cluster_size)) {
+        signal_corruption(c, off, rt_idx);
+        return c->rb_state = -EIO;
+    }
+    c->rb_state = image_pread(c->img, c->rbbuf, q->cluster_size, off) < 0
+                      ? -EIO
+                      : 1;
+    if (c->rb_state < 0) {
+        qimg_error_clear();
+        c->rb_unreadable = true;
+    }
+    return c->rb_state;
+}
+
+/* The on-disk refcount of cluster k, read as QEMU reads it. */
+static int disk_refcount(struct chk *c, uint64_t k, uint64_t *rc)
+{
+    struct qcow2 *q = c->q;
+
+    if (disk_block(c, k >> q->rb_bits) < 0)
         return -EIO;
-    return image_pread(c->img, c->rbbuf, q->cluster_size, off) < 0 ? -EIO : 1;
+    *rc = refblock_get(c->rbbuf, k & ((1ull << q->rb_bits) - 1),
+                       q->refcount_order);
+    return 0;
+}
+
+/* For the COPIED checks: 0 with the refcount, 1 to skip the entry. QEMU
+ * skips silently when it cannot get a refcount (an unusable block); a
+ * failed read is reported here, as a check error. */
+static int copied_refcount(struct chk *c, uint64_t k, uint64_t *rc)
+{
+    if (disk_refcount(c, k, rc) == 0)
+        return 0;
+    if (!c->rb_unreadable)
+        return 1;
+    c->res->check_errors++;
+    return add_msg(c, "io", true, false,
+                   "Can't get refcount for cluster %" PRIu64 ": %s", k,
+                   "Input/output error") < 0 ? -ENOMEM : 1;
 }
 
 /* Set the on-disk refcount of cluster i from r1 to r2 (r1 > 0). */
@@ -644,66 +836,77 @@ static int repair_refcount(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2)
                                  c->q->cluster_size);
     if (ret == 0)
         ret = refcount_flush(c->img);
+    if (ret < 0) {
+        /* Counted as not repaired (as QEMU), and as an error: I/O. */
+        c->res->check_errors++;
+        ret = add_msg(c, "io", true, false,
+                      "ERROR could not repair cluster %" PRIu64 ": %s", i,
+                      qimg_last_error()->message);
+        return ret < 0 ? ret : 1;
+    }
+    return 0;
+}
+
+/* Cluster i has refcount r1 on disk but r2 references: report it, and
+ * with fix, correct it (a refcount of 0 asks for a rebuild instead). */
+static int mismatch(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2,
+                    unsigned fix)
+{
+    int64_t *fixed = NULL;
+    int ret;
+
+    if (r1 == 0)
+        c->rebuild = true;
+    else if (r1 > r2 && (fix & QIMG_CHECK_FIX_LEAKS))
+        fixed = &c->res->leaks_fixed;
+    else if (r1 < r2 && (fix & QIMG_CHECK_FIX_ERRORS))
+        fixed = &c->res->corruptions_fixed;
+    ret = add_msg(c, r1 < r2 ? "refcount" : "leak", r1 < r2, false,
+                  "%s cluster %" PRIu64 " refcount=%" PRIu64
+                  " reference=%" PRIu64,
+                  fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i, r1,
+                  r2);
+    if (ret == 0)
+        ret = dispute(c, i);
+    if (ret == 0 && fixed)
+        ret = repair_refcount(c, i, r1, r2);
     if (ret < 0)
-        qimg_error_clear();
-    return ret;
+        return ret;
+    if (fixed && ret == 0)
+        (*fixed)++;
+    else if (r1 < r2)
+        c->res->corruptions++;
+    else
+        c->res->leaks++;
+    return 0;
 }
 
 /* Compare computed and on-disk refcounts; with fix, correct them. */
 static int compare(struct chk *c, unsigned fix, uint64_t *highest)
 {
-    struct qcow2 *q = c->q;
-    uint64_t mask = (1ull << q->rb_bits) - 1, last_rt = UINT64_MAX;
-    int blk = 0, ret;
+    int ret = 0;
 
     *highest = 0;
-    for (uint64_t i = 0; i < c->nb_clusters; i++) {
+    c->rb_idx = UINT64_MAX;
+    /* As QEMU: references up to a cluster past the end of the file grew
+     * the table, and are compared too. */
+    for (uint64_t i = 0; i < c->nb_refs && ret == 0; i++) {
         uint64_t r1, r2 = ref_get(c, i);
-        int64_t *fixed = NULL;
 
-        if ((i >> q->rb_bits) != last_rt) {
-            last_rt = i >> q->rb_bits;
-            blk = disk_block(c, last_rt);
-        }
-        if (blk < 0) {
+        if (disk_refcount(c, i, &r1) < 0) {
             c->res->check_errors++;
+            c->rc_errors += !c->rb_unreadable;
             ret = add_msg(c, "io", true, false,
                           "Can't get refcount for cluster %" PRIu64 ": %s", i,
                           "Input/output error");
-            if (ret < 0)
-                return ret;
             continue;
         }
-        r1 = refblock_get(c->rbbuf, i & mask, q->refcount_order);
         if (r1 || r2)
             *highest = i;
-        if (r1 == r2)
-            continue;
-        if (r1 == 0)
-            c->rebuild = true;
-        else if (r1 > r2 && (fix & QIMG_CHECK_FIX_LEAKS))
-            fixed = &c->res->leaks_fixed;
-        else if (r1 < r2 && (fix & QIMG_CHECK_FIX_ERRORS))
-            fixed = &c->res->corruptions_fixed;
-        ret = add_msg(c, r1 < r2 ? "refcount" : "leak", r1 < r2, false,
-                      "%s cluster %" PRIu64 " refcount=%" PRIu64
-                      " reference=%" PRIu64,
-                      fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i,
-                      r1, r2);
-        if (ret == 0)
-            ret = dispute(c, i);
-        if (ret < 0)
-            return ret;
-        if (fixed && repair_refcount(c, i, r1, r2) == 0) {
-            (*fixed)++;
-            continue;
-        }
-        if (r1 < r2)
-            c->res->corruptions++;
-        else
-            c->res->leaks++;
+        if (r1 != r2)
+            ret = mismatch(c, i, r1, r2, fix);
     }
-    return 0;
+    return ret;
 }
 
 /* ---- COPIED flags of the active tables --------------------------------- */
@@ -725,11 +928,12 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
         enum cl_type t = l2_cluster_type(q, e);
         if (t != CL_NORMAL && t != CL_ZERO_ALLOC)
             continue;
-        if (refcount_get(c->img, (e & L2E_OFFSET_MASK) >> q->cluster_bits,
-                         &rc) < 0) {
-            qimg_error_clear();
+        ret = copied_refcount(c, (e & L2E_OFFSET_MASK) >> q->cluster_bits,
+                              &rc);
+        if (ret < 0)
+            return ret;
+        if (ret)
             continue;
-        }
         if ((rc == 1) == !!(e & QCOW_OFLAG_COPIED))
             continue;
         c->res->corruptions++;
@@ -770,19 +974,24 @@ static int check_copied(struct chk *c)
     bool repair;
     int ret = 0;
 
+    c->rb_idx = UINT64_MAX; /* refcounts may have been repaired */
     if (c->fix & QIMG_CHECK_FIX_ERRORS)
         repair = true;
     else if (c->fix & QIMG_CHECK_FIX_LEAKS)
-        repair = !c->res->check_errors && !c->res->corruptions &&
-                 !c->res->leaks;
+        /* QEMU keeps the snapshot table's findings apart here. */
+        repair = !c->res->check_errors && !c->res->leaks &&
+                 c->res->corruptions == c->snap_corruptions;
     else
         repair = false;
     for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
         uint64_t e = l1_entry_get(q->l1, i), l2_off = e & L1E_OFFSET_MASK, rc;
         if (!l2_off)
             continue;
-        if (refcount_get(c->img, l2_off >> q->cluster_bits, &rc) < 0) {
-            qimg_error_clear();
+        ret = copied_refcount(c, l2_off >> q->cluster_bits, &rc);
+        if (ret < 0)
+            return ret;
+        if (ret) {
+            ret = 0;
             continue;
         }
         if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
@@ -805,13 +1014,90 @@ static int check_copied(struct chk *c)
                 c->res->corruptions_fixed++;
             }
         }
-        if (IS_ALIGNED(l2_off, q->cluster_size))
-            ret = copied_l2(c, i, l2_off, repair);
+        /* As QEMU, an unaligned table is read where it points (but
+         * qimg never writes there: that could hit the next cluster). */
+        ret = copied_l2(c, i, l2_off,
+                        repair && IS_ALIGNED(l2_off, q->cluster_size));
     }
     return ret;
 }
 
 /* ---- The snapshot table ----------------------------------------------- */
+
+/* Table size and offset as QEMU validates them; nonzero if unusable. */
+static int validate_snapshot_table(struct chk *c, uint32_t n, uint64_t off)
+{
+    const char *why = NULL;
+    int ret;
+
+    if (n > QCOW_MAX_SNAPSHOTS)
+        why = "snapshot table too large";
+    else if ((uint64_t)INT64_MAX - n * 40ull < off ||
+             !IS_ALIGNED(off, c->q->cluster_size))
+        why = "snapshot table offset invalid";
+    if (!why)
+        return 0;
+    c->res->check_errors++;
+    ret = add_msg(c, "snapshot-table-unreadable", true, false, "ERROR %s",
+                  why);
+    if (ret == 0 && n > QCOW_MAX_SNAPSHOTS)
+        ret = add_msg(c, "snapshot-table", false, false,
+                      "You can force-remove all %u overhanging snapshots "
+                      "with qemu-img check -r all",
+                      n - QCOW_MAX_SNAPSHOTS);
+    return ret < 0 ? ret : n > QCOW_MAX_SNAPSHOTS ? -EFBIG : -EINVAL;
+}
+
+static int snapshot_table_unreadable(struct chk *c, int err)
+{
+    const char *msg = qimg_last_error()->message;
+    int ret;
+
+    c->res->check_errors++;
+    ret = add_msg(c, "snapshot-table-unreadable", true, false,
+                  "ERROR failed to read the snapshot table: %s", msg);
+    if (ret == 0 && !strncmp(msg, "Too much extra metadata", 23))
+        ret = add_msg(c, "snapshot-table", false, false,
+                      "You can force-remove this extra metadata with "
+                      "qemu-img check -r all");
+    return ret < 0 ? ret : err;
+}
+
+/* What reading the table found (and, with -r all, dropped). */
+static int snapshot_read_findings(struct chk *c, const struct snap_read *rd)
+{
+    int ret = 0;
+
+    for (size_t i = 0; i < rd->nb_drop && ret == 0; i++) {
+        /* As QEMU, the overlong extra data is cut to the known fields. */
+        c->snaps[rd->drop_idx[i]].extra_size = 24;
+        ret = add_msg(c, "snapshot-table", false, false,
+                      "Discarding too much extra metadata in snapshot table "
+                      "entry %u (%u > %u)",
+                      rd->drop_idx[i], rd->drop_size[i],
+                      QCOW_MAX_SNAPSHOT_EXTRA);
+    }
+    if (ret == 0 && rd->overhang)
+        ret = add_msg(c, "snapshot-table", false, false,
+                      "Discarding %u overhanging snapshots (snapshot table is "
+                      "too big)",
+                      rd->overhang);
+    /* The discarded snapshots count as fixed at once (QEMU writes the
+     * header then); the rest is fixed by rewriting the table. */
+    c->res->corruptions_fixed += rd->overhang;
+    c->snap_corruptions = (int64_t)rd->nb_drop;
+    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
+        if (c->q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
+            continue;
+        c->snap_corruptions++;
+        ret = add_msg(c, "snapshot-table", true, false,
+                      "%s snapshot table entry %u is incomplete",
+                      c->fix & QIMG_CHECK_FIX_ERRORS ? "Repairing" : "ERROR",
+                      i);
+    }
+    c->res->corruptions += c->snap_corruptions;
+    return ret;
+}
 
 static int read_snapshot_table(struct chk *c)
 {
@@ -828,82 +1114,54 @@ static int read_snapshot_table(struct chk *c)
                       n - QCOW_MAX_SNAPSHOTS);
         if (ret < 0)
             return ret;
+        c->res->corruptions_fixed += n - QCOW_MAX_SNAPSHOTS;
         n = QCOW_MAX_SNAPSHOTS;
-        c->res->corruptions_fixed++;
     }
-    if (n > QCOW_MAX_SNAPSHOTS || (uint64_t)INT64_MAX - n * 40ull < off ||
-        !IS_ALIGNED(off, q->cluster_size)) {
-        c->res->check_errors++;
-        ret = add_msg(c, "snapshot-table", true, false, "ERROR %s",
-                      n > QCOW_MAX_SNAPSHOTS ? "snapshot table too large"
-                                             : "snapshot table offset invalid");
-        if (ret == 0 && n > QCOW_MAX_SNAPSHOTS)
-            ret = add_msg(c, "snapshot-table", false, false,
-                          "You can force-remove all %u overhanging snapshots "
-                          "with qemu-img check -r all",
-                          n - QCOW_MAX_SNAPSHOTS);
-        return ret < 0 ? ret : -EFBIG;
-    }
+    ret = validate_snapshot_table(c, n, off);
+    if (ret)
+        return ret;
     ret = snap_table_read(c->img, off, n, &rd, &c->snaps, &c->nb_snaps,
                           &c->snap_size);
-    if (ret < 0) {
-        c->res->check_errors++;
-        add_msg(c, "snapshot-table", true, false,
-                "ERROR failed to read the snapshot table: %s",
-                qimg_last_error()->message);
-        return ret;
-    }
-    for (size_t i = 0; i < rd.nb_drop; i++)
-        add_msg(c, "snapshot-table", false, false,
-                "Discarding too much extra metadata in snapshot table entry "
-                "%u (%u > %u)",
-                rd.drop_idx[i], rd.drop_size[i], QCOW_MAX_SNAPSHOT_EXTRA);
-    if (rd.overhang)
-        add_msg(c, "snapshot-table", false, false,
-                "Discarding %u overhanging snapshots (snapshot table is too "
-                "big)",
-                rd.overhang);
-    c->res->corruptions += (int64_t)rd.nb_drop;
+    if (ret < 0)
+        return snapshot_table_unreadable(c, ret);
     c->snap_off = c->nb_snaps ? off : 0;
-    c->table_dirty = rd.nb_drop || rd.overhang || n != q->hdr.nb_snapshots;
-    return 0;
+    c->table_dirty = rd.overhang || n != q->hdr.nb_snapshots;
+    return snapshot_read_findings(c, &rd);
 }
 
 static int fix_snapshot_table(struct chk *c)
 {
-    uint32_t incomplete = 0;
-    int ret = 0;
+    struct qcow2 *q = c->q;
+    bool had_table = q->nb_snaps > 0;
+    int ret;
 
-    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
-        if (c->q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
+    if (!(c->fix & QIMG_CHECK_FIX_ERRORS) ||
+        (!c->snap_corruptions && !c->table_dirty))
+        return 0;
+    for (uint32_t i = 0; i < c->nb_snaps; i++) {
+        if (q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
             continue;
-        c->res->corruptions++;
-        incomplete++;
-        ret = add_msg(c, "snapshot-table", true, false,
-                      "%s snapshot table entry %u is incomplete",
-                      c->fix & QIMG_CHECK_FIX_ERRORS ? "Repairing" : "ERROR",
-                      i);
-        if (c->fix & QIMG_CHECK_FIX_ERRORS) {
-            /* As QEMU: the known fields with this disk's size. */
-            c->snaps[i].disk_size = c->img->size;
-            c->snaps[i].icount = UINT64_MAX;
-            if (c->snaps[i].extra_size < 8)
-                c->snaps[i].vm_state_size = c->snaps[i].vm_state_size32;
-        }
+        /* As QEMU: the known fields, with this disk's size. */
+        c->snaps[i].disk_size = c->img->size;
+        c->snaps[i].icount = UINT64_MAX;
     }
-    if (ret < 0 || !(c->fix & QIMG_CHECK_FIX_ERRORS) ||
-        (!incomplete && !c->table_dirty))
-        return ret;
     ret = rebuild_snapshot_table(c->img, c->snaps, c->nb_snaps);
+    /* Opened for check, the library had not loaded the old table, so it
+     * is freed here, once the header no longer points at it. */
+    if (ret == 0 && !had_table && c->snap_size && c->snap_off)
+        ret = refcount_dec_later(c->img, c->snap_off, c->snap_size, true);
+    if (ret == 0 && !had_table)
+        ret = qcow2_flush(c->img);
     if (ret < 0) {
         c->res->check_errors++;
+        qimg_error_clear();
         add_msg(c, "snapshot-table", true, false,
-                "ERROR failed to update the snapshot table: %s",
-                qimg_last_error()->message);
+                "ERROR failed to update snapshot table: %s", strerror(-ret));
         return ret;
     }
-    c->res->corruptions -= incomplete;
-    c->res->corruptions_fixed += incomplete;
+    c->res->corruptions -= c->snap_corruptions;
+    c->res->corruptions_fixed += c->snap_corruptions;
+    c->snap_corruptions = 0;
     return 0;
 }
 
@@ -923,11 +1181,36 @@ static void drop_old_structures(struct chk *c)
             refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
     for (uint64_t i = 0; i < q->rt_entries; i++) {
         uint64_t e = rt_raw(c, i), k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
+        /* Only the blocks check_refblock() counted. */
         if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
-            k >= c->nb_clusters || !ref_get(c, k))
+            !IS_ALIGNED(e, q->cluster_size) || k >= c->nb_refs ||
+            !ref_get(c, k))
             continue;
         refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
     }
+}
+
+/* After a rebuild, compare against the new structure as QEMU does: with
+ * -r leaks, counting only leaks that could not be fixed ("fresh" ones);
+ * what else the comparison finds is printed but not counted (except, unlike
+ * QEMU, refcounts it could not read: an I/O error stays an error). */
+static int recheck_rebuilt(struct chk *c, uint64_t *highest, int64_t *fresh)
+{
+    struct qimg_check_result saved = *c->res, *r = c->res;
+    int ret;
+
+    r->corruptions = r->leaks = r->check_errors = 0;
+    r->corruptions_fixed = r->leaks_fixed = 0;
+    ret = compare(c, QIMG_CHECK_FIX_LEAKS, highest);
+    if (ret == 0 && c->rebuild)
+        ret = add_msg(c, "rebuild", true, false,
+                      "ERROR rebuilt refcount structure is still broken");
+    *fresh = r->leaks;
+    saved.check_errors += r->check_errors;
+    saved.msgs = r->msgs;
+    saved.nb_msgs = r->nb_msgs;
+    *r = saved;
+    return ret;
 }
 
 /* Replace the refcount structures by ones built from the computed table,
@@ -935,7 +1218,7 @@ static void drop_old_structures(struct chk *c)
 static int rebuild(struct chk *c, uint64_t *highest)
 {
     struct qimg_check_result *r = c->res;
-    int64_t old_corruptions = r->corruptions, old_leaks = r->leaks;
+    int64_t old_corruptions = r->corruptions, old_leaks = r->leaks, fresh = 0;
     int ret;
 
     ret = add_msg(c, "rebuild", false, false, "Rebuilding refcount structure");
@@ -945,25 +1228,30 @@ static int rebuild(struct chk *c, uint64_t *highest)
     ret = rebuild_refcounts(c->img, c->refs, c->nb_refs);
     if (ret < 0) {
         r->check_errors++;
-        add_msg(c, "rebuild", true, false, "ERROR %s",
+        add_msg(c, "rebuild-failed", true, false, "ERROR %s",
                 qimg_last_error()->message);
         return ret;
     }
+    /* Unusable refcount blocks (bad offsets) are replaced: no longer an
+     * error. Failed reads stay errors. */
+    r->check_errors -= c->rc_errors;
+    c->rc_errors = 0;
     r->corruptions = 0;
     r->leaks = 0;
     c->rebuild = false;
-    c->file_size = c->q->file_size;
+    c->file_size = MAX(c->file_size, c->q->file_size);
     c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
     ret = calculate(c);
     if (ret == 0)
-        ret = compare(c, 0, highest);
-    if (ret == 0 && (r->leaks || c->rebuild))
-        ret = add_msg(c, "rebuild", true, false,
-                      "ERROR rebuilt refcount structure is still broken");
+        ret = recheck_rebuilt(c, highest, &fresh);
+    if (ret < 0)
+        return ret;
     if (r->corruptions < old_corruptions)
         r->corruptions_fixed += old_corruptions - r->corruptions;
-    r->leaks_fixed += old_leaks;
-    return ret;
+    if (r->leaks < old_leaks)
+        r->leaks_fixed += old_leaks - r->leaks;
+    r->leaks += fresh;
+    return 0;
 }
 
 static int check_refcounts(struct chk *c)
@@ -974,7 +1262,9 @@ static int check_refcounts(struct chk *c)
 
     c->res->total_clusters =
         (int64_t)DIV_ROUND_UP(c->img->size, c->q->cluster_size);
+    c->walk_fix = c->fix & QIMG_CHECK_FIX_ERRORS;
     ret = calculate(c);
+    c->walk_fix = false;
     if (ret < 0)
         return ret;
     pre = *c->res;
@@ -991,10 +1281,13 @@ static int check_refcounts(struct chk *c)
             return -EIO;
         }
         if (c->res->leaks || c->res->corruptions) {
+            int64_t errors = c->res->check_errors;
             pre.msgs = c->res->msgs;
             pre.nb_msgs = c->res->nb_msgs;
             *c->res = pre;
             ret = compare(c, c->fix, &highest);
+            /* A read that failed only the first time is still an error. */
+            c->res->check_errors = MAX(c->res->check_errors, errors);
         }
     }
     if (ret == 0)
@@ -1003,25 +1296,35 @@ static int check_refcounts(struct chk *c)
     return ret;
 }
 
-/* Name the referrers of every disputed cluster (a quiet second walk). */
-static void pinpoint(struct chk *c)
+/* Name the referrers of every disputed cluster (a quiet second walk). A
+ * failure there is still an error of the check. */
+static int pinpoint(struct chk *c)
 {
     struct qimg_check_result keep = *c->res;
     uint64_t idx;
+    int ret;
 
     if (!c->nb_disp)
-        return;
+        return 0;
     c->quiet = true;
-    if (calculate(c) < 0)
-        qimg_error_clear();
+    ret = calculate(c);
     c->quiet = false;
+    keep.msgs = c->res->msgs;
+    keep.nb_msgs = c->res->nb_msgs;
     *c->res = keep;
+    if (ret < 0) {
+        c->res->check_errors++;
+        add_msg(c, "io", true, false, "ERROR naming referrers: %s",
+                qimg_last_error()->message);
+        return ret;
+    }
     for (size_t i = 0; i < c->nb_disp; i++) {
         struct qimg_check_msg *m = &c->res->msgs[c->disp[i].msg];
         if (m->where || !u64map_get(&c->where, c->disp[i].cluster, &idx))
             continue;
         m->where = strdup(c->wheres[idx]);
     }
+    return 0;
 }
 
 static int mark_clean(struct chk *c)
@@ -1057,7 +1360,6 @@ void qimg_check_result_free(struct qimg_check_result *r)
     for (size_t i = 0; i < r->nb_msgs; i++) {
         free(r->msgs[i].text);
         free(r->msgs[i].where);
-        free(r->msgs[i].kind);
     }
     free(r->msgs);
     free(r);
@@ -1079,6 +1381,7 @@ static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
     }
     c->q->file_size = MAX(c->q->file_size, c->file_size);
     c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
+    c->rb_idx = UINT64_MAX;
     c->l2buf = malloc(c->q->cluster_size);
     c->rbbuf = malloc(c->q->cluster_size);
     if (!c->l2buf || !c->rbbuf)
@@ -1109,10 +1412,10 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
         ret = check_refcounts(&c);
     if (ret == 0)
         ret = fix_snapshot_table(&c);
+    if (ret == 0)
+        ret = pinpoint(&c);
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)
         ret = mark_clean(&c);
-    if (ret == 0)
-        pinpoint(&c);
     chk_free(&c);
     return ret;
 }

@@ -88,6 +88,8 @@ void mcache_unpin(struct mcache_entry *e);
 /* Forget a cached cluster (it was freed); its dirty contents are dropped. */
 void mcache_drop(struct mcache *c, uint64_t off);
 bool mcache_has_dirty(const struct mcache *c);
+/* Forget every cached cluster (buffers are kept for reuse). */
+void mcache_clear(struct mcache *c);
 
 /* ---- The image --------------------------------------------------------- */
 
@@ -144,6 +146,7 @@ struct qcow2 {
     uint64_t free_hint; /* no free cluster below this index */
     struct pending_dec *dec;
     size_t nb_dec, cap_dec;
+    bool applying; /* refcount_apply_pending() is running */
     uint64_t free_byte_off; /* compressed-write byte allocator; 0: none */
 
     struct snap *snaps;

@@ -110,8 +110,7 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs)
     q->free_byte_off = 0;
     idset_free(&q->meta);
     q->meta_ready = false;
-    mcache_destroy(&q->rbc);
-    ret = refcount_cache_init(img);
+    mcache_clear(&q->rbc);
 out:
     free(blk);
     free(tbl);

@@ -423,26 +423,52 @@ static int cluster_freed(qimg_image *img, uint64_t idx, bool do_discard)
     return 0;
 }
 
+/* Put back decrements a failed apply did not consume. */
+static int requeue(qimg_image *img, const struct pending_dec *d, size_t n)
+{
+    struct qcow2 *q = img->q;
+
+    for (size_t i = 0; i < n; i++) {
+        if (q->nb_dec == q->cap_dec) {
+            size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
+            struct pending_dec *p = realloc(q->dec, cap * sizeof *p);
+            if (!p)
+                return qimg_err(ENOMEM, "Out of memory");
+            q->dec = p;
+            q->cap_dec = cap;
+        }
+        q->dec[q->nb_dec++] = d[i];
+    }
+    return 0;
+}
+
 int refcount_apply_pending(qimg_image *img)
 {
     struct qcow2 *q = img->q;
-    int ret = 0;
-    size_t i;
+    struct pending_dec *d = q->dec;
+    size_t n = q->nb_dec, i;
+    int ret = 0, r2;
 
-    for (i = 0; i < q->nb_dec && ret == 0; i++) {
+    /* Loading a refcount block may flush the caches, which would apply
+     * the queue again: take it out first. */
+    if (q->applying || !n)
+        return 0;
+    q->applying = true;
+    q->dec = NULL;
+    q->nb_dec = q->cap_dec = 0;
+    for (i = 0; i < n && ret == 0; i++) {
         uint64_t v;
-        ret = refcount_update(img, q->dec[i].idx, 1, -1);
-        if (ret == 0)
-            ret = refcount_get(img, q->dec[i].idx, &v);
+        ret = refcount_update(img, d[i].idx, 1, -1);
+        if (ret < 0)
+            break; /* not consumed: retried at the next flush */
+        ret = refcount_get(img, d[i].idx, &v);
         if (ret == 0 && v == 0)
-            ret = cluster_freed(img, q->dec[i].idx, q->dec[i].do_discard);
+            ret = cluster_freed(img, d[i].idx, d[i].do_discard);
     }
-    /* Drop what was applied; keep the rest for a retry. */
-    if (ret < 0)
-        i--;
-    memmove(q->dec, q->dec + i, (q->nb_dec - i) * sizeof *q->dec);
-    q->nb_dec -= i;
-    return ret;
+    r2 = requeue(img, d + i, n - i);
+    free(d);
+    q->applying = false;
+    return ret < 0 ? ret : r2;
 }
 
 int refcount_flush(qimg_image *img)

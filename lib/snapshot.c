@@ -196,7 +196,8 @@ int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
 out:
     free(buf);
     if (ret < 0) {
-        for (uint32_t j = 0; j < i; j++)
+        /* Entry i may be half decoded; the array was zeroed. */
+        for (uint32_t j = 0; snaps && j <= i && j < n; j++)
             snap_free(&snaps[j]);
         free(snaps);
         return ret;

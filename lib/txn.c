@@ -499,7 +499,7 @@ static void discard_freed(struct txn *t)
 }
 
 /* Adopt the committed state in memory; caches start empty. */
-static int adopt(struct txn *t, const struct roots *r, struct snap *snaps,
+static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
                  uint64_t snap_size)
 {
     qimg_image *img = t->img;
@@ -535,12 +535,9 @@ static int adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     q->free_byte_off = 0;
     idset_free(&q->meta);
     q->meta_ready = false;
-    mcache_destroy(&q->l2c);
-    mcache_destroy(&q->rbc);
-    if (mcache_init(&q->l2c, t->cs, MAX(MIN((32ull << 20) / t->cs,
-                                            (uint64_t)q->l1_size + 4), 16)) < 0)
-        return -ENOMEM;
-    return refcount_cache_init(img);
+    /* Cannot fail: the header already says this is the image. */
+    mcache_clear(&q->l2c);
+    mcache_clear(&q->rbc);
 }
 
 static void txn_free(struct txn *t)
@@ -687,7 +684,8 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     if (ret < 0)
         return ret;
     discard_freed(t);
-    return adopt(t, r, snaps, snap_size);
+    adopt(t, r, snaps, snap_size);
+    return 0;
 }
 
 /* ---- Create -------------------------------------------------------------- */

@@ -50,4 +50,8 @@ void bytes_free(struct bytes *b);
 void bytes_apply(struct bytes *b, const struct rec_op *op,
                  const uint8_t *sectors);
 
+/* malloc_fail.c: fail the malloc_fail_at-th allocation (0: never). */
+extern unsigned long malloc_fail_at, malloc_count;
+extern bool malloc_failed;
+
 #endif
