@@ -41,6 +41,7 @@ int cli_getopt_error(int opt, const char *arg);
 /* Size with optional k/M/G/T/P/E suffix (binary) and optional 'B'/'b';
  * default unit bytes. Returns 0 or -1 (bad syntax), -2 (out of range). */
 int parse_size(const char *s, uint64_t *out);
+int parse_size_ex(const char *s, uint64_t *out, bool *hex_suffix);
 /* Parse "fmt" names. */
 int parse_format(const char *s, enum qimg_format *out);
 /* --image-opts option string: file name (malloc'd), format, locking. */

@@ -111,6 +111,10 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
 
 static void print_json_list(const struct qimg_snapshot *l, size_t n)
 {
+    if (n == 0) {
+        printf("[]\n"); /* qimg's own extension: keep it short */
+        return;
+    }
     struct jv *arr = jv_arr();
 
     for (size_t i = 0; i < n; i++) {

@@ -18,77 +18,48 @@ int parse_format(const char *s, enum qimg_format *out)
     return 0;
 }
 
-/* QEMU's qemu_strtosz(): integer (decimal or 0x hex) or a decimal fraction
- * with a unit suffix; binary units; optional trailing 'B'/'b' only after a
- * unit or alone. */
-int parse_size(const char *s, uint64_t *out)
+/* QEMU's qemu_strtosz(): leading blanks and '+' allowed, an integer
+ * (decimal, or 0x hex with a deprecated suffix) or a decimal fraction
+ * ("1.", "1.5") followed by an optional unit k/M/G/T/P/E (binary) or B.
+ * Returns 0, -1 (bad syntax) or -2 (out of range); *hex_suffix is set when
+ * a hex number carried a unit (QEMU warns about that). */
+int parse_size_ex(const char *s, uint64_t *out, bool *hex_suffix)
 {
     const char *p = s;
-    uint64_t mult = 1, ival;
+    static const char units[] = "BKMGTPE";
+    uint64_t ival, mult = 1;
+    double frac = 0, scale = 0.1;
+    bool is_hex, has_frac = false;
     char *end;
-    double frac = 0;
-    int shift = 0;
+    const char *u;
 
-    if (!*p || *p == '-' || *p == ' ' || *p == '+')
+    *hex_suffix = false;
+    while (*p == ' ' || *p == '\t' || *p == '\n')
+        p++;
+    if (*p == '+')
+        p++;
+    if (*p < '0' || *p > '9')
         return -1;
+    is_hex = p[0] == '0' && (p[1] == 'x' || p[1] == 'X');
     errno = 0;
-    ival = strtoull(p, &end, 0);
-    if (end == p)
-        return -1;
+    ival = strtoull(p, &end, is_hex ? 16 : 10);
     if (errno == ERANGE)
         return -2;
-    if (*end == '.' && !(p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))) {
-        char *fend;
-        frac = strtod(end, &fend);
-        if (fend == end + 1 && !(fend[0] >= '0' && fend[0] <= '9')) {
-            /* "1." is accepted as 1 by QEMU only with a suffix */
-        }
-        end = fend;
+    if (!is_hex && *end == '.') {
+        has_frac = true;
+        for (end++; *end >= '0' && *end <= '9'; end++, scale /= 10)
+            frac += (*end - '0') * scale;
     }
-    switch (*end) {
-    case 'b':
-    case 'B':
-        shift = 0;
+    u = *end ? strchr(units, *end >= 'a' ? *end - 32 : *end) : NULL;
+    if (*end && u) {
+        mult = 1ull << (10 * (u - units));
+        *hex_suffix = is_hex && *u != 'B';
         end++;
-        break;
-    case 'k':
-    case 'K':
-        shift = 10;
-        end++;
-        break;
-    case 'm':
-    case 'M':
-        shift = 20;
-        end++;
-        break;
-    case 'g':
-    case 'G':
-        shift = 30;
-        end++;
-        break;
-    case 't':
-    case 'T':
-        shift = 40;
-        end++;
-        break;
-    case 'p':
-    case 'P':
-        shift = 50;
-        end++;
-        break;
-    case 'e':
-    case 'E':
-        shift = 60;
-        end++;
-        break;
-    default:
-        break;
     }
     if (*end)
         return -1;
-    if (frac != 0 && shift == 0)
-        return -1;
-    mult = 1ull << shift;
+    if (has_frac && mult == 1 && frac != 0)
+        return -1; /* a fraction of a byte */
     if (ival > UINT64_MAX / mult)
         return -2;
     ival *= mult;
@@ -100,6 +71,13 @@ int parse_size(const char *s, uint64_t *out)
     }
     *out = ival;
     return 0;
+}
+
+int parse_size(const char *s, uint64_t *out)
+{
+    bool hex_suffix;
+
+    return parse_size_ex(s, out, &hex_suffix);
 }
 
 /* --image-opts: "driver=qcow2,file.driver=file,file.filename=X[,...]".

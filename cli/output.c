@@ -273,7 +273,10 @@ static void print_obj(FILE *f, const struct jv *v, int level)
     size_t *order;
 
     if (v->n == 0) {
-        fputs("{}", f);
+        /* QEMU's pretty printer breaks even an empty object. */
+        fputs("{\n", f);
+        indent(f, level);
+        fputc('}', f);
         return;
     }
     order = malloc(v->n * sizeof *order);
@@ -316,7 +319,9 @@ static void jv_print_level(FILE *f, const struct jv *v, int level)
         break;
     case JV_ARR:
         if (v->n == 0) {
-            fputs("[]", f);
+            fputs("[\n", f);
+            indent(f, level);
+            fputc(']', f);
             break;
         }
         fputc('[', f);

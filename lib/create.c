@@ -19,15 +19,35 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* The checks QEMU 7.2's qcow2 create makes, in its order (the first
+ * failing one is reported). */
 static int validate_qcow2(const struct qimg_create_opts *o)
 {
     uint64_t cs = o->cluster_size;
 
+    if (o->compat != 2 && o->compat != 3)
+        return qimg_err(EINVAL, "Invalid compatibility level");
+    if (o->extended_l2 && o->compat < 3)
+        return qimg_err(EINVAL, "Extended L2 entries are only supported with "
+                                "compatibility level 1.1 and above (use "
+                                "version=v3 or greater)");
     if (!is_power_of_2(cs) || cs < 512 || cs > (2u << 20))
         return qimg_err(EINVAL, "Cluster size must be a power of two between "
                                 "512 and 2048k");
-    if (o->compat != 2 && o->compat != 3)
-        return qimg_err(EINVAL, "Invalid compatibility level");
+    if (o->extended_l2 && cs < 16384)
+        return qimg_err(EINVAL, "Extended L2 entries are only supported with "
+                                "cluster sizes of at least 16384 bytes");
+    if (o->backing_file && o->prealloc != QIMG_PREALLOC_OFF &&
+        !o->extended_l2)
+        return qimg_err(EINVAL, "Backing file and preallocation can only be "
+                                "used at the same time if extended_l2 is on");
+    if (o->backing_fmt && !o->backing_file)
+        return qimg_err(EINVAL, "Backing format cannot be used without "
+                                "backing file");
+    if (o->compat < 3 && o->lazy_refcounts)
+        return qimg_err(EINVAL, "Lazy refcounts only supported with "
+                                "compatibility level 1.1 and above (use "
+                                "version=v3 or greater)");
     if (!is_power_of_2(o->refcount_bits) || o->refcount_bits > 64)
         return qimg_err(EINVAL, "Refcount width must be a power of two and "
                                 "may not exceed 64 bits");
@@ -35,27 +55,12 @@ static int validate_qcow2(const struct qimg_create_opts *o)
         return qimg_err(EINVAL, "Different refcount widths than 16 bits "
                                 "require compatibility level 1.1 or above "
                                 "(use version=v3 or greater)");
-    if (o->compat < 3 && o->lazy_refcounts)
-        return qimg_err(EINVAL, "Lazy refcounts only supported with "
-                                "compatibility level 1.1 and above (use "
-                                "version=v3 or greater)");
-    if (o->extended_l2 && o->compat < 3)
-        return qimg_err(EINVAL, "Extended L2 entries are only supported with "
-                                "compatibility level 1.1 and above (use "
-                                "version=v3 or greater)");
-    if (o->extended_l2 && cs < 16384)
-        return qimg_err(EINVAL, "Extended L2 entries are only supported with "
-                                "cluster sizes of at least 16384 bytes");
     if (o->compression_type != 0 && o->compat < 3)
         return qimg_err(EINVAL, "Non-zlib compression type is only supported "
                                 "with compatibility level 1.1 and above (use "
                                 "version=v3 or greater)");
     if (o->compression_type < 0 || o->compression_type > 1)
         return qimg_err(EINVAL, "Unknown compression type");
-    if (o->backing_file && o->prealloc != QIMG_PREALLOC_OFF &&
-        !o->extended_l2)
-        return qimg_err(EINVAL, "Backing file and preallocation can only be "
-                                "used at the same time if extended_l2 is on");
     if (o->backing_file && strlen(o->backing_file) > MAX_BACKING_NAME)
         return qimg_err(EINVAL, "Backing file name too long");
     if (o->backing_fmt && strlen(o->backing_fmt) > MAX_BACKING_FMT)
@@ -78,7 +83,8 @@ static int check_size(const struct qimg_create_opts *o)
     uint64_t l1 = l1_entries_for(o->size, cb, o->extended_l2);
 
     if (o->size > (uint64_t)INT64_MAX - 511)
-        return qimg_err(EINVAL, "Image size cannot be negative");
+        return qimg_err(EINVAL, "Could not resize image: Image size cannot be "
+                                "negative");
     if (l1 * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "The image size is too large for file format "
                                "'qcow2' (try using a larger cluster size)");
@@ -169,50 +175,6 @@ static int create_l1(qimg_image *img, uint64_t size)
     return ret < 0 ? ret : qcow2_write_header(img);
 }
 
-/* Map every guest cluster to a host cluster (preallocation=metadata), and
- * for falloc/full reserve or zero the host space too. */
-static int preallocate(qimg_image *img, enum qimg_prealloc mode)
-{
-    struct qcow2 *q = img->q;
-    uint64_t cs = q->cluster_size, off = 0, end_host = 0;
-    int ret = 0;
-
-    while (off < img->size && ret == 0) {
-        uint64_t per_l2 = q->l2_entries - ((off >> q->cluster_bits) &
-                                           (q->l2_entries - 1));
-        uint64_t n = MIN(per_l2, DIV_ROUND_UP(img->size - off, cs));
-        struct mcache_entry *l2;
-        uint64_t idx, host;
-
-        ret = l2_get_writable(img, off, &l2, &idx);
-        if (ret < 0)
-            break;
-        ret = refcount_alloc(img, n, &host);
-        for (uint64_t i = 0; ret == 0 && i < n; i++)
-            l2_entry_set(q, l2->buf, idx + i,
-                         (host + i * cs) | QCOW_OFLAG_COPIED,
-                         L2_BITMAP_ALL_ALLOC);
-        l2->dirty = true;
-        mcache_unpin(l2);
-        end_host = MAX(end_host, host + n * cs);
-        off += n * cs;
-    }
-    if (ret < 0)
-        return ret;
-    ret = qcow2_flush(img);
-    if (ret < 0)
-        return ret;
-    if (end_host > q->file_size || mode == QIMG_PREALLOC_METADATA) {
-        uint64_t sz;
-        ret = img->io.ops->get_size(img->io.ctx, &sz);
-        if (ret == 0 && sz < end_host)
-            ret = img->io.ops->truncate(img->io.ctx, end_host);
-        if (ret < 0)
-            return qimg_err_errno(-ret, "Could not resize image");
-    }
-    return 0;
-}
-
 static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
                      enum qimg_prealloc mode)
 {
@@ -236,13 +198,54 @@ static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
     return ret < 0 ? qimg_err_errno(-ret, "Could not preallocate data") : 0;
 }
 
+/* Map every guest cluster to a host cluster (preallocation=metadata), and
+ * for falloc/full reserve or zero the host space too. */
+static int preallocate(qimg_image *img, enum qimg_prealloc mode,
+                       uint64_t *data_end)
+{
+    struct qcow2 *q = img->q;
+    uint64_t cs = q->cluster_size, off = 0, end_host = 0;
+    int ret = 0;
+
+    while (off < img->size && ret == 0) {
+        uint64_t per_l2 = q->l2_entries - ((off >> q->cluster_bits) &
+                                           (q->l2_entries - 1));
+        uint64_t n = MIN(per_l2, DIV_ROUND_UP(img->size - off, cs));
+        struct mcache_entry *l2;
+        uint64_t idx, host;
+
+        ret = l2_get_writable(img, off, &l2, &idx);
+        if (ret < 0)
+            break;
+        ret = refcount_alloc(img, n, &host);
+        /* Data before the entries naming it: falloc reserves, full writes. */
+        if (ret == 0 && mode != QIMG_PREALLOC_METADATA)
+            ret = fill_file(&img->io, host, host + n * cs, mode);
+        for (uint64_t i = 0; ret == 0 && i < n; i++)
+            l2_entry_set(q, l2->buf, idx + i,
+                         (host + i * cs) | QCOW_OFLAG_COPIED,
+                         L2_BITMAP_ALL_ALLOC);
+        l2->dirty = true;
+        mcache_unpin(l2);
+        end_host = MAX(end_host, host + n * cs);
+        off += n * cs;
+    }
+    if (ret < 0)
+        return ret;
+    ret = qcow2_flush(img);
+    if (ret < 0)
+        return ret;
+    *data_end = end_host;
+    return 0;
+}
+
 int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
                  const struct qimg_create_opts *o)
 {
     struct qimg_open_opts oo = QIMG_OPEN_OPTS_INIT;
     struct qcow2_header h;
     qimg_image *img = NULL;
-    uint64_t end;
+    uint64_t end = 0;
     int ret;
 
     *out = NULL;
@@ -262,15 +265,15 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
         return ret;
     ret = create_l1(img, ALIGN_UP(o->size, 512));
     if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF)
-        ret = preallocate(img, o->prealloc);
-    if (ret == 0 && (o->prealloc == QIMG_PREALLOC_FALLOC ||
-                     o->prealloc == QIMG_PREALLOC_FULL)) {
-        ret = img->io.ops->get_size(img->io.ctx, &end);
-        if (ret == 0)
-            ret = fill_file(&img->io, ALIGN_UP(img->q->hdr.l1_table_offset +
-                                                   img->q->l1_size * 8ull,
-                                               img->q->cluster_size),
-                            end, o->prealloc);
+        ret = preallocate(img, o->prealloc, &end);
+    /* The file covers every preallocated cluster. */
+    if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF) {
+        uint64_t sz = 0;
+        ret = img->io.ops->get_size(img->io.ctx, &sz);
+        if (ret == 0 && sz < end)
+            ret = img->io.ops->truncate(img->io.ctx, end);
+        if (ret < 0 && qimg_last_error()->errnum == 0)
+            ret = qimg_err_errno(-ret, "Could not resize image");
     }
     if (ret == 0)
         ret = qcow2_flush(img);
@@ -285,6 +288,7 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
 static int create_raw(const char *path, const struct qimg_create_opts *o)
 {
     struct qimg_io io;
+    uint64_t size;
     int ret;
 
     if (o->backing_file)
@@ -292,14 +296,19 @@ static int create_raw(const char *path, const struct qimg_create_opts *o)
                                 "'raw'");
     if (o->prealloc == QIMG_PREALLOC_METADATA)
         return qimg_err(EINVAL, "Unsupported preallocation mode: metadata");
+    /* As QEMU: whole sectors; refuse an impossible size before the file
+     * is touched. */
+    if (o->size > (uint64_t)INT64_MAX - 511)
+        return qimg_err(EINVAL, "Could not resize file: Invalid argument");
+    size = ALIGN_UP(o->size, 512);
     ret = io_posix_open(&io, path, true, true);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not create '%s'", path);
-    ret = io.ops->truncate(io.ctx, o->size);
+    ret = io.ops->truncate(io.ctx, size);
     if (ret < 0)
         ret = qimg_err_errno(-ret, "Could not resize file");
     if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF)
-        ret = fill_file(&io, 0, o->size, o->prealloc);
+        ret = fill_file(&io, 0, size, o->prealloc);
     if (ret == 0 && io.ops->flush(io.ctx) < 0)
         ret = qimg_err(EIO, "Could not flush image");
     io.ops->close(io.ctx);

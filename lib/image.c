@@ -52,6 +52,8 @@ int image_discard_file(qimg_image *img, uint64_t off, uint64_t len)
 {
     int ret = img->io.ops->discard(img->io.ctx, off, len);
 
+    if (ret == -EOPNOTSUPP)
+        return 0; /* freeing space is advisory */
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not discard image range");
     img->unsynced = true;
@@ -147,6 +149,10 @@ int qimg_image_open(qimg_image **out, const char *path,
     if (!o)
         o = &def;
     ret = io_posix_open(&io, path, o->read_write && !o->snapshot, false);
+    if (ret == -EISDIR)
+        return qimg_err(EISDIR, "'file' driver requires '%s' to be a regular "
+                                "file",
+                        path);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not open '%s'", path);
     return image_open_io(out, &io, path, o, 0);
@@ -235,14 +241,20 @@ int qimg_image_write_compressed(qimg_image *img, const void *buf, size_t len,
     return guest_write_compressed(img, buf, len, off);
 }
 
-/* Raw: write zeros (a punched hole is not guaranteed to exist on every
- * file system, zeros are). */
-static int raw_zero(qimg_image *img, uint64_t off, uint64_t len)
+/* Raw: punch a hole when unmapping is allowed and the file system can
+ * (a punched range reads as zeros); otherwise write zeros. */
+static int raw_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
 {
     size_t chunk = (size_t)MIN(len, 1u << 20);
-    uint8_t *z = calloc(1, chunk ? chunk : 1);
+    uint8_t *z;
     int ret = 0;
 
+    if (unmap && off + len <= img->size &&
+        img->io.ops->discard(img->io.ctx, off, len) == 0) {
+        img->unsynced = true;
+        return 0;
+    }
+    z = calloc(1, chunk ? chunk : 1);
     if (!z)
         return qimg_err(ENOMEM, "Out of memory");
     while (len > 0 && ret == 0) {
@@ -265,7 +277,7 @@ int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
     if (ret < 0 || len == 0)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
-        return raw_zero(img, off, len);
+        return raw_zero(img, off, len, flags & QIMG_ZERO_UNMAP);
     return guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP);
 }
 

@@ -73,13 +73,11 @@ static int posix_discard(void *ctx, uint64_t off, uint64_t len)
 {
     struct posix_ctx *p = ctx;
 
+    /* -EOPNOTSUPP where the file system cannot punch holes: callers that
+     * only free space ignore it, callers that need zeros write them. */
     if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                  (off_t)off, (off_t)len) < 0) {
-        /* Advisory: a file system without hole punching keeps the bytes. */
-        if (errno == EOPNOTSUPP || errno == ENOSYS)
-            return 0;
-        return -errno;
-    }
+                  (off_t)off, (off_t)len) < 0)
+        return errno == ENOSYS ? -EOPNOTSUPP : -errno;
     return 0;
 }
 
@@ -187,6 +185,13 @@ int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
     fd = open(path, flags, 0644);
     if (fd < 0)
         return -errno;
+    {
+        struct stat st;
+        if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
+            close(fd);
+            return -EISDIR;
+        }
+    }
     p = malloc(sizeof *p);
     if (!p) {
         close(fd);

@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -289,35 +290,57 @@ int snap_find_by_name(const struct qcow2 *q, const char *name)
     return -1;
 }
 
-/* "snapshot.id=X", "snapshot.name=Y", both comma-separated, or a plain ID
- * or name (ID first), as qemu-img convert -l and qemu-nbd -l take them. */
+/* Next option of a QemuOpts-style list: up to a single ',' (",," stands
+ * for a comma). The unescaped option is written to buf. */
+static const char *next_opt(const char *p, char *buf, size_t n)
+{
+    size_t k = 0;
+
+    while (*p) {
+        if (p[0] == ',' && p[1] != ',')
+            break;
+        if (p[0] == ',')
+            p++;
+        if (k + 1 < n)
+            buf[k++] = *p;
+        p++;
+    }
+    buf[k] = '\0';
+    return *p ? p + 1 : NULL;
+}
+
+/* "snapshot.id=X", "snapshot.name=Y", both comma-separated (",," escapes
+ * a comma), or a plain ID or name (ID first), as qemu-img convert -l and
+ * qemu-nbd -l take them. */
 int snap_lookup(const struct qcow2 *q, const char *spec)
 {
-    const char *id = NULL, *name = NULL;
-    char *copy, *tok, *save = NULL;
-    int idx = -1;
+    char id[1024], name[1024], opt[1024];
+    bool has_id = false, has_name = false;
+    const char *p = spec;
+    int idx;
 
-    if (strncmp(spec, "snapshot.id=", 12) && strncmp(spec, "snapshot.name=", 14)) {
+    if (strncmp(spec, "snapshot.id=", 12) &&
+        strncmp(spec, "snapshot.name=", 14)) {
         idx = snap_find_by_id(q, spec);
         return idx >= 0 ? idx : snap_find_by_name(q, spec);
     }
-    copy = strdup(spec);
-    if (!copy)
-        return -1;
-    for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (!strncmp(tok, "snapshot.id=", 12))
-            id = tok + 12;
-        else if (!strncmp(tok, "snapshot.name=", 14))
-            name = tok + 14;
+    while (p) {
+        p = next_opt(p, opt, sizeof opt);
+        if (!strncmp(opt, "snapshot.id=", 12)) {
+            snprintf(id, sizeof id, "%s", opt + 12);
+            has_id = true;
+        } else if (!strncmp(opt, "snapshot.name=", 14)) {
+            snprintf(name, sizeof name, "%s", opt + 14);
+            has_name = true;
+        } else {
+            return -1;
+        }
     }
     for (uint32_t i = 0; i < q->nb_snaps; i++)
-        if ((!id || !strcmp(q->snaps[i].id, id)) &&
-            (!name || !strcmp(q->snaps[i].name, name))) {
-            idx = (int)i;
-            break;
-        }
-    free(copy);
-    return idx;
+        if ((!has_id || !strcmp(q->snaps[i].id, id)) &&
+            (!has_name || !strcmp(q->snaps[i].name, name)))
+            return (int)i;
+    return -1;
 }
 
 /* Check a snapshot's L1 table location before anything reads it. */

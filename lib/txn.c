@@ -899,6 +899,9 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     if (s->disk_size != img->size && q->hdr.version < 3)
         return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
                                  "snapshots");
+    ret = snap_check_l1(img, s);
+    if (ret < 0)
+        return ret;
     n = MAX(MAX(q->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");

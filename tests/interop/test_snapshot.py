@@ -611,10 +611,7 @@ def test_bad_table(tmp, damage, action):
     (bad_offset_unaligned, ["-l"]), (bad_nb_too_large, ["-c", "x"]),
     (bad_extra_too_big, ["-l"]), (bad_l1_unaligned, ["-a", "one"]),
     (bad_l1_unaligned, ["-d", "one"]), (bad_l1_too_large, ["-d", "one"]),
-    pytest.param(bad_l1_too_large, ["-a", "one"], marks=pytest.mark.xfail(
-        reason="lib-requests.md: apply checks the active L1 size before "
-               "the snapshot's L1 table (\"Active L1 table too large\")",
-        strict=True)),
+    (bad_l1_too_large, ["-a", "one"]),
 ], ids=lambda x: x.__name__ if callable(x) else " ".join(x))
 def test_bad_table_messages(tmp, damage, action):
     """Where qemu-img refuses cleanly, qimg's words are the same."""
