@@ -26,6 +26,11 @@ int cmd_bench(int argc, char **argv);
 
 /* main.c */
 void cli_help(void);
+/* `qimg --no-locking CMD ...`: open images without QEMU's locks (for file
+ * systems that cannot lock; --image-opts file.locking=off does the same). */
+extern bool cli_no_locking;
+#define CLI_OPEN_OPTS_INIT                                                     \
+    {.fmt = QIMG_FMT_AUTO, .no_locking = cli_no_locking}
 /* "qimg: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* As cli_error, then "Try 'qimg --help' for more information"; returns 1. */

@@ -241,7 +241,7 @@ static void no_checks(const struct check_args *a)
 
 int cmd_check(int argc, char **argv)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     struct qimg_check_result *r = NULL;
     struct check_args a;
     qimg_image *img;

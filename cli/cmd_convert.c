@@ -290,7 +290,7 @@ static int check_args(struct conv_args *a, int argc, char **argv)
 static int open_source(const struct conv_args *a, int i, const char *snapshot,
                        qimg_image **out)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     const char *name = a->srcs[i];
     char *path = NULL;
 
@@ -508,7 +508,7 @@ out:
 
 static int open_target(const struct conv_args *a, struct conv_job *job)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
 
     o.read_write = true;
     if (parse_format(a->out_fmt, &o.fmt) < 0) {

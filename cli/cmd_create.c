@@ -189,7 +189,7 @@ static char *backing_path(const char *image, const char *backing)
 static qimg_image *open_backing(const char *filename, const char *bf,
                                 const char *bfmt)
 {
-    struct qimg_open_opts oo = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts oo = CLI_OPEN_OPTS_INIT;
     qimg_image *img = NULL;
     char *path;
 

@@ -44,7 +44,7 @@ enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN };
 static int open_layer(struct layer *l, const char *filename, const char *fmt,
                       bool force_share)
 {
-    struct qimg_open_opts oo = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts oo = CLI_OPEN_OPTS_INIT;
     qimg_image *img;
     int ret;
 

@@ -68,7 +68,7 @@ static int load_geometry(struct io_state *s)
 
 static int io_open(struct io_state *s, const struct open_req *r)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     int ret;
 
     if (r->force_share && !r->read_only && !r->snapshot) {
@@ -140,7 +140,7 @@ static void open_options(char *optstr, struct open_req *r, char **bad)
  * the format (probed read-only if not given). */
 static int open_bad_option(const struct open_req *r, const char *bad)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     qimg_image *img = NULL;
     const char *fmt = r->fmt;
 

@@ -228,7 +228,7 @@ static int raw_action(const struct snap_args *a)
 
 int cmd_snapshot(int argc, char **argv)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     struct snap_args a;
     qimg_image *img;
     char *path = NULL;

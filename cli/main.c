@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool cli_no_locking;
+
 struct command {
     const char *name;
     int (*fn)(int argc, char **argv);
@@ -75,6 +77,10 @@ void cli_help(void)
         "\n"
         "    '-h', '--help'       display this help and exit\n"
         "    '-V', '--version'    output version information and exit\n"
+        "    '--no-locking'       do not take QEMU-compatible image locks (for "
+        "file\n"
+        "                         systems without lock support; as "
+        "file.locking=off)\n"
         "\n"
         "Command syntax:\n"
         "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
@@ -144,6 +150,11 @@ int main(int argc, char **argv)
 {
     const char *cmd;
 
+    if (argc > 1 && !strcmp(argv[1], "--no-locking")) {
+        cli_no_locking = true;
+        argc--;
+        argv++;
+    }
     if (argc < 2)
         return cli_usage_error("Not enough arguments");
     cmd = argv[1];

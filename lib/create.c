@@ -285,6 +285,15 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
     return 0;
 }
 
+/* The file being created is locked like any read-write image before it is
+ * truncated: an image in use by QEMU is refused, not destroyed. */
+static int create_lock(struct qimg_io *io, const char *path)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+
+    return lock_image(io, true, &o, path);
+}
+
 static int create_raw(const char *path, const struct qimg_create_opts *o)
 {
     struct qimg_io io;
@@ -304,9 +313,14 @@ static int create_raw(const char *path, const struct qimg_create_opts *o)
     ret = io_posix_open(&io, path, true, true);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not create '%s'", path);
-    ret = io.ops->truncate(io.ctx, size);
-    if (ret < 0)
-        ret = qimg_err_errno(-ret, "Could not resize file");
+    ret = create_lock(&io, path);
+    if (ret == 0) {
+        ret = io.ops->truncate(io.ctx, 0);
+        if (ret == 0)
+            ret = io.ops->truncate(io.ctx, size);
+        if (ret < 0)
+            ret = qimg_err_errno(-ret, "Could not resize file");
+    }
     if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF)
         ret = fill_file(&io, 0, size, o->prealloc);
     if (ret == 0 && io.ops->flush(io.ctx) < 0)
@@ -333,6 +347,11 @@ int qimg_image_create(const char *path, const struct qimg_create_opts *o)
     ret = io_posix_open(&io, path, true, true);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not create '%s'", path);
+    ret = create_lock(&io, path);
+    if (ret < 0) {
+        io.ops->close(io.ctx);
+        return ret;
+    }
     ret = qcow2_create(&img, &io, path, o);
     if (ret < 0)
         return ret;

@@ -107,7 +107,9 @@ int image_open_io(qimg_image **out, struct qimg_io *io, const char *filename,
         ret = qimg_err(ENOMEM, "Out of memory");
         goto fail;
     }
-    ret = probe_format(img, o->fmt);
+    ret = lock_image(&img->io, img->read_write, o, img->filename);
+    if (ret == 0)
+        ret = probe_format(img, o->fmt);
     if (ret < 0)
         goto fail;
     if (img->fmt == QIMG_FMT_QCOW2) {

@@ -378,6 +378,13 @@ int txn_snapshot_create(qimg_image *img, const char *name);
 int txn_snapshot_apply(qimg_image *img, int snap_idx);
 int txn_snapshot_delete(qimg_image *img, int snap_idx);
 
+/* ---- lock.c: QEMU-compatible image locks ------------------------------ */
+/* Take the locks QEMU takes for this kind of open and fail with QEMU's
+ * message if another process's locks conflict. No-op without a file
+ * descriptor, with no_locking, or where the file system cannot lock. */
+int lock_image(struct qimg_io *io, bool read_write,
+               const struct qimg_open_opts *o, const char *path);
+
 /* ---- rebuild.c: the writes of a repair ---------------------------------- */
 /* New refcount structure from a computed table (refblock encoding, one
  * entry per cluster), placed past the end of the file; one header write

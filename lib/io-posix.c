@@ -181,7 +181,7 @@ int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
     int fd;
 
     if (create)
-        flags |= O_CREAT | O_TRUNC;
+        flags |= O_CREAT; /* truncated by the caller once locked */
     fd = open(path, flags, 0644);
     if (fd < 0)
         return -errno;

@@ -37,8 +37,8 @@ struct qimg_io {
     void *ctx;
 };
 
-/* io-posix.c: a file opened read-only or read-write (O_CREAT|O_TRUNC when
- * create is set). */
+/* io-posix.c: a file opened read-only or read-write (O_CREAT when create
+ * is set; the caller truncates it once it holds the lock). */
 int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
                   bool create);
 
