@@ -31,5 +31,8 @@ check: all $(ASAN)/build.ninja
 install: all
 	meson install -C $(BUILD)
 
+crash-long: all
+	CRASH_SEED=$${CRASH_SEED:-$$(date +%s)} $(BUILD)/tests/crash/crash_sim states 20
+
 clean:
 	rm -rf $(BUILD) $(ASAN)
