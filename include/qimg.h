@@ -109,6 +109,9 @@ QIMG_API int qimg_image_create(const char *path,
 
 QIMG_API uint64_t qimg_image_size(const qimg_image *img);
 QIMG_API enum qimg_format qimg_image_format(const qimg_image *img);
+/* The file name the image was opened by (backing files: resolved against
+ * the overlay's directory). Borrowed. */
+QIMG_API const char *qimg_image_filename(const qimg_image *img);
 /* Backing image, or NULL. Borrowed. */
 QIMG_API qimg_image *qimg_image_backing(qimg_image *img);
 
@@ -145,7 +148,9 @@ struct qimg_extent {
 /* Status in this layer only (backing not consulted). */
 QIMG_API int qimg_image_block_status(qimg_image *img, uint64_t off,
                                      uint64_t len, struct qimg_extent *out);
-/* Status through the backing chain (depth says which layer answered). */
+/* Status through the backing chain (depth says which layer answered);
+ * data over a hole of the host file is also reported as ZERO, as QEMU
+ * does. */
 QIMG_API int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
                             struct qimg_extent *out);
 

@@ -27,8 +27,9 @@
 
 /* A run of guest bytes sharing one mapping. */
 struct run {
-    enum cl_type type; /* CL_UNALLOC covers CL_UNALLOC_ALLOC too */
-    uint64_t host;     /* NORMAL, ZERO_ALLOC: host offset of the first byte */
+    enum cl_type type;
+    uint64_t host; /* NORMAL, ZERO_ALLOC, UNALLOC_ALLOC: host offset of the
+                    * first byte */
     uint64_t len;
     uint64_t entry;    /* COMPRESSED: the L2 entry */
 };
@@ -74,8 +75,6 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
             last_ci = ci;
         }
         t = l2_subcluster_type(q, entry, bm, (unsigned)(in_cl >> q->sc_bits));
-        if (t == CL_UNALLOC_ALLOC)
-            t = CL_UNALLOC;
         host = (entry & L2E_OFFSET_MASK) + in_cl;
         unit_end = t == CL_COMPRESSED ? ALIGN_DOWN(pos, q->cluster_size) +
                                             q->cluster_size
@@ -86,7 +85,8 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
             r->host = host;
             r->entry = entry;
         } else if (t != r->type || t == CL_COMPRESSED ||
-                   ((t == CL_NORMAL || t == CL_ZERO_ALLOC) &&
+                   ((t == CL_NORMAL || t == CL_ZERO_ALLOC ||
+                     t == CL_UNALLOC_ALLOC) &&
                     host != r->host + (pos - off))) {
             break;
         }
@@ -707,7 +707,11 @@ int guest_block_status(qimg_image *img, uint64_t off, uint64_t len,
     out->len = r.len;
     switch (r.type) {
     case CL_UNALLOC:
+        break;
     case CL_UNALLOC_ALLOC:
+        /* Not this layer's data, but QEMU reports where it would be. */
+        out->flags = QIMG_BS_OFFSET;
+        out->host_off = r.host;
         break;
     case CL_ZERO_PLAIN:
         out->flags = QIMG_BS_ALLOCATED | QIMG_BS_ZERO;

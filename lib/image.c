@@ -342,6 +342,31 @@ int qimg_image_block_status(qimg_image *img, uint64_t off, uint64_t len,
     return guest_block_status(img, off, len, out);
 }
 
+/* Data clusters over a hole of the host file read as zeros: say so, as
+ * QEMU's block status does (preallocated metadata shows this). */
+static int host_holes(qimg_image *layer, struct qimg_extent *e)
+{
+    bool is_data = true;
+    uint64_t end = e->host_off + e->len;
+    int ret = 0;
+
+    if (layer->io.ops->seek_data)
+        ret = layer->io.ops->seek_data(layer->io.ctx, e->host_off, &is_data,
+                                       &end);
+    if (ret < 0)
+        return 0; /* unknown: report plain data */
+    if (end > e->host_off && end - e->host_off < e->len)
+        e->len = end - e->host_off;
+    if (!is_data)
+        e->flags |= QIMG_BS_ZERO;
+    return 0;
+}
+
+const char *qimg_image_filename(const qimg_image *img)
+{
+    return img->filename;
+}
+
 int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
                    struct qimg_extent *out)
 {
@@ -353,20 +378,22 @@ int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
         if (ret < 0)
             return ret;
         out->depth = depth;
+        if ((out->flags & QIMG_BS_ALLOCATED) && layer->fmt == QIMG_FMT_QCOW2 &&
+            (out->flags & QIMG_BS_DATA) && (out->flags & QIMG_BS_OFFSET))
+            return host_holes(layer, out);
         if (out->flags & QIMG_BS_ALLOCATED)
             return 0;
         if (!layer->backing) {
             out->flags |= QIMG_BS_ZERO;
             return 0;
         }
-        layer = layer->backing;
-        depth++;
-        if (off >= layer->size) {
-            /* Past the backing image's end: reads as zeros. */
-            out->flags = QIMG_BS_ZERO;
-            out->depth = depth;
+        if (off >= layer->backing->size) {
+            /* Past the backing image's end: zeros, told by this layer. */
+            out->flags |= QIMG_BS_ZERO;
             return 0;
         }
+        layer = layer->backing;
+        depth++;
         len = MIN(out->len, layer->size - off);
     }
 }
