@@ -24,54 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-uint64_t refblock_get(const uint8_t *rb, uint64_t i, unsigned order)
-{
-    switch (order) {
-    case 0:
-        return (rb[i / 8] >> (i % 8)) & 1;
-    case 1:
-        return (rb[i / 4] >> (2 * (i % 4))) & 3;
-    case 2:
-        return (rb[i / 2] >> (4 * (i % 2))) & 15;
-    case 3:
-        return rb[i];
-    case 4:
-        return be16_load(rb + 2 * i);
-    case 5:
-        return be32_load(rb + 4 * i);
-    default:
-        return be64_load(rb + 8 * i);
-    }
-}
-
-void refblock_set(uint8_t *rb, uint64_t i, unsigned order, uint64_t v)
-{
-    unsigned shift, bits;
-
-    switch (order) {
-    case 0:
-    case 1:
-    case 2:
-        bits = 1u << order;
-        shift = (unsigned)(i % (8 >> order)) * bits;
-        rb[i >> (3 - order)] =
-            (uint8_t)((rb[i >> (3 - order)] & ~(((1u << bits) - 1) << shift)) |
-                      (v << shift));
-        return;
-    case 3:
-        rb[i] = (uint8_t)v;
-        return;
-    case 4:
-        be16_store(rb + 2 * i, (uint16_t)v);
-        return;
-    case 5:
-        be32_store(rb + 4 * i, (uint32_t)v);
-        return;
-    default:
-        be64_store(rb + 8 * i, v);
-    }
-}
-
 int refcount_cache_init(qimg_image *img)
 {
     struct qcow2 *q = img->q;

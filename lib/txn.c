@@ -50,7 +50,14 @@ struct txn {
     uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
     uint64_t scan; /* allocation cursor, cluster index */
-    uint8_t *tmp, *old_rb;
+    uint8_t *tmp;
+    uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
+    uint64_t old_idx;    /* UINT64_MAX: none cached */
+    bool old_exists;
+    uint8_t *wbuf;       /* contiguous new metadata, written in one go */
+    uint64_t woff;
+    size_t wlen;
+    struct idset meta_freed; /* old metadata clusters the op replaces */
     struct u64map copies; /* old L2 table offset -> its new copy */
     uint8_t *rt;          /* the new refcount table */
     uint64_t rt_off, rt_clusters;
@@ -124,6 +131,52 @@ static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
     return 0;
 }
 
+/* Add delta to n consecutive clusters from idx (checked, all or nothing
+ * per block: a failure leaves the transaction to be dropped anyway). */
+static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
+{
+    struct qcow2 *q = t->q;
+    uint64_t per = 1ull << q->rb_bits, max = q->refcount_max;
+    unsigned order = q->refcount_order;
+
+    while (n > 0) {
+        uint64_t i = idx & (per - 1), cnt = MIN(n, per - i);
+        uint8_t *rb = NULL;
+        int ret = rb_new(t, idx >> q->rb_bits, &rb);
+        if (ret < 0)
+            return ret;
+        if (order == 4 && delta == 1) {
+            /* The common case, kept tight: 16-bit refcounts, +1. */
+            for (uint64_t k = i; k < i + cnt; k++) {
+                uint16_t v = be16_load(rb + 2 * k);
+                if (v == 0xffff)
+                    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
+                                            " would exceed its maximum of "
+                                            "65535",
+                                    (idx - i) + k);
+                be16_store(rb + 2 * k, (uint16_t)(v + 1));
+            }
+        } else {
+            for (uint64_t k = i; k < i + cnt; k++) {
+                uint64_t v = refblock_get(rb, k, order);
+                if (delta < 0 && v < (uint64_t)-delta)
+                    return qimg_corrupt("Refcount of cluster %" PRIu64
+                                        " is lower than its references",
+                                        (idx - i) + k);
+                if (delta > 0 && max - v < (uint64_t)delta)
+                    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
+                                            " would exceed its maximum of "
+                                            "%" PRIu64,
+                                    (idx - i) + k, max);
+                refblock_set(rb, k, order, v + (uint64_t)delta);
+            }
+        }
+        idx += cnt;
+        n -= cnt;
+    }
+    return 0;
+}
+
 static int rc_add_range(struct txn *t, uint64_t off, uint64_t len,
                         int64_t delta)
 {
@@ -137,25 +190,127 @@ static int rc_add_range(struct txn *t, uint64_t off, uint64_t len,
     return ret;
 }
 
+/* The on-disk refcount block rt_idx, cached in t->old_rb. */
+static int old_block(struct txn *t, uint64_t rt_idx)
+{
+    int ret;
+
+    if (t->old_idx == rt_idx)
+        return 0;
+    t->old_idx = UINT64_MAX;
+    ret = refcount_read_block(t->img, rt_idx, t->old_rb, &t->old_exists);
+    if (ret == 0)
+        t->old_idx = rt_idx;
+    return ret;
+}
+
+/* Index of the first zero entry of rb in [from, n), or n. Byte-wide and
+ * wider entries are tested a 64-bit word at a time. */
+static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
+                           unsigned order)
+{
+    uint64_t per_word, i = from;
+
+    if (order < 3) {
+        for (; i < n; i++)
+            if (!refblock_get(rb, i, order))
+                return i;
+        return n;
+    }
+    per_word = 64 >> order;
+    for (; i < n && i % per_word; i++)
+        if (!refblock_get(rb, i, order))
+            return i;
+    for (; i + per_word <= n; i += per_word) {
+        uint64_t w, ones, highs;
+        memcpy(&w, rb + (i << order) / 8, 8);
+        if (order == 6) {
+            if (!w)
+                break;
+            continue;
+        }
+        /* A zero lane: (w - 0x..01..01) & ~w & 0x..80..80 is non-zero
+         * (lanes are byte-swapped on little-endian hosts, which does not
+         * change whether one of them is zero). */
+        ones = order == 3 ? 0x0101010101010101ull
+               : order == 4 ? 0x0001000100010001ull
+                            : 0x0000000100000001ull;
+        highs = ones << ((8u << (order - 3)) - 1);
+        if ((w - ones) & ~w & highs)
+            break;
+    }
+    for (; i < n; i++)
+        if (!refblock_get(rb, i, order))
+            return i;
+    return n;
+}
+
+static int wb_flush(struct txn *t)
+{
+    int ret = 0;
+
+    if (t->wlen)
+        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
+    t->wlen = 0;
+    return ret;
+}
+
+#define WB_CAP (4u << 20)
+
+/* Write new metadata, coalescing writes to consecutive clusters. */
+static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
+{
+    int ret;
+
+    if (t->wlen && off == t->woff + t->wlen && t->wlen + len <= WB_CAP) {
+        memcpy(t->wbuf + t->wlen, data, len);
+        t->wlen += len;
+        return 0;
+    }
+    ret = wb_flush(t);
+    if (ret < 0 || len > WB_CAP / 2)
+        return ret < 0 ? ret : image_pwrite(t->img, data, len, off);
+    memcpy(t->wbuf, data, len);
+    t->woff = off;
+    t->wlen = len;
+    return 0;
+}
+
+/* Remember an old metadata cluster range this operation replaces. */
+static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
+{
+    for (uint64_t c = off / t->cs; len && c <= (off + len - 1) / t->cs; c++)
+        if (idset_add(&t->meta_freed, c) < 0)
+            return -ENOMEM;
+    return 0;
+}
+
 /* n contiguous clusters free in both the old and the new state, counted
  * once in the new state. */
 static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
 {
     struct qcow2 *q = t->q;
-    uint64_t mask = (1ull << q->rb_bits) - 1, idx = t->scan, run = 0;
+    uint64_t per = 1ull << q->rb_bits, idx = t->scan, run = 0;
     int ret;
 
     while (run < n) {
-        uint64_t rt_idx = idx >> q->rb_bits;
+        uint64_t rt_idx = idx / per, i = idx % per;
         uint8_t *nb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
-        bool exists;
 
-        ret = refcount_read_block(t->img, rt_idx, t->old_rb, &exists);
+        ret = old_block(t, rt_idx);
         if (ret < 0)
             return ret;
-        for (uint64_t i = idx & mask; i <= mask && run < n; i++, idx++) {
-            bool used = (exists && refblock_get(t->old_rb, i,
-                                                q->refcount_order)) ||
+        if (run == 0 && t->old_exists) {
+            /* Skip straight to the next cluster free on disk. */
+            uint64_t z = first_zero(t->old_rb, i, per, q->refcount_order);
+            idx += z - i;
+            i = z;
+            if (i == per)
+                continue;
+        }
+        for (; i < per && run < n; i++, idx++) {
+            bool used = (t->old_exists &&
+                         refblock_get(t->old_rb, i, q->refcount_order)) ||
                         (nb && refblock_get(nb, i, q->refcount_order));
             run = used || idx == 0 ? 0 : run + 1;
         }
@@ -177,17 +332,24 @@ static int check_l2_off(struct txn *t, uint64_t l2_off)
     return 0;
 }
 
-/* Read and validate the L2 table at l2_off into buf. */
+/* Read and validate the L2 table at l2_off into buf. Plain standard
+ * entries (offset and COPIED only, aligned, inside the file) take a fast
+ * path; anything else gets the full check. */
 static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
 {
     struct qcow2 *q = t->q;
+    uint64_t plain = L2E_OFFSET_MASK | QCOW_OFLAG_COPIED;
     int ret = check_l2_off(t, l2_off);
 
     if (ret == 0)
         ret = image_pread(t->img, buf, t->cs, l2_off);
-    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++)
-        ret = l2_entry_check(t->img, l2_entry_get(q, buf, j),
-                             l2_bitmap_get(q, buf, j), l2_off, j);
+    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, buf, j);
+        if (!q->ext_l2 && !(e & ~plain) && IS_ALIGNED(e, t->cs) &&
+            (e & L2E_OFFSET_MASK) < q->file_size)
+            continue;
+        ret = l2_entry_check(t->img, e, l2_bitmap_get(q, buf, j), l2_off, j);
+    }
     return ret;
 }
 
@@ -206,16 +368,36 @@ static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
     return 0;
 }
 
-/* One L1 pointer to l2_off appears (delta +1) or disappears (-1). */
+/* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
+ * the table's references, counted in runs of consecutive clusters. */
 static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
 {
     struct qcow2 *q = t->q;
+    uint64_t run_start = 0, run_len = 0;
     int ret = read_l2(t, l2_off, t->tmp);
 
     if (ret == 0)
         ret = rc_add(t, l2_off >> q->cluster_bits, delta);
-    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++)
-        ret = entry_refs(t, l2_entry_get(q, t->tmp, j), delta);
+    if (ret == 0 && delta < 0)
+        ret = meta_freed(t, l2_off, t->cs);
+    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, t->tmp, j), c;
+        if ((e & QCOW_OFLAG_COMPRESSED) || !(e & L2E_OFFSET_MASK)) {
+            ret = entry_refs(t, e, delta);
+            continue;
+        }
+        c = (e & L2E_OFFSET_MASK) >> q->cluster_bits;
+        if (run_len && c == run_start + run_len) {
+            run_len++;
+            continue;
+        }
+        if (run_len)
+            ret = rc_add_run(t, run_start, run_len, delta);
+        run_start = c;
+        run_len = 1;
+    }
+    if (ret == 0 && run_len)
+        ret = rc_add_run(t, run_start, run_len, delta);
     return ret;
 }
 
@@ -244,14 +426,27 @@ static int check_l1(struct txn *t, const uint8_t *l1, uint32_t size)
 static int fix_entries(struct txn *t, uint8_t *buf)
 {
     struct qcow2 *q = t->q;
+    uint64_t mask = (1ull << q->rb_bits) - 1, cur = UINT64_MAX;
+    const uint8_t *rb = NULL;
     bool changed = false;
 
     for (uint64_t j = 0; j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, buf, j), want = 0, rc;
+        uint64_t e = l2_entry_get(q, buf, j), want = 0, rc, c;
         if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_OFFSET_MASK)) {
-            int ret = rc_get(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, &rc);
-            if (ret < 0)
-                return ret;
+            c = (e & L2E_OFFSET_MASK) >> q->cluster_bits;
+            if (c >> q->rb_bits != cur) {
+                cur = c >> q->rb_bits;
+                rb = cur < t->nb_rb ? t->rb[cur] : NULL;
+            }
+            if (rb) {
+                rc = q->refcount_order == 4
+                         ? be16_load(rb + 2 * (c & mask))
+                         : refblock_get(rb, c & mask, q->refcount_order);
+            } else {
+                int ret = rc_get(t, c, &rc);
+                if (ret < 0)
+                    return ret;
+            }
             want = rc == 1 ? QCOW_OFLAG_COPIED : 0;
         }
         if ((e & QCOW_OFLAG_COPIED) != want) {
@@ -261,6 +456,44 @@ static int fix_entries(struct txn *t, uint8_t *buf)
         }
     }
     return changed;
+}
+
+/* Write the fixed table in buf as the copy of old table p. */
+static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
+{
+    uint64_t copy;
+    int ret = txn_alloc(t, 1, &copy);
+
+    if (ret == 0)
+        ret = wb_write(t, buf, t->cs, copy);
+    if (ret == 0)
+        ret = meta_freed(t, p, t->cs);
+    if (ret == 0)
+        ret = rc_add(t, copy / t->cs, -1); /* counted per pointer later */
+    return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
+}
+
+/* Create: every table the active L1 points at gains a reference, so every
+ * cluster they map ends with a refcount of 2 or more and no COPIED flag
+ * may stay. That is known while the table is in memory for counting: fix
+ * it right away instead of reading it again. */
+static int clear_copied(struct txn *t, uint64_t p)
+{
+    struct qcow2 *q = t->q;
+    uint64_t copy;
+    bool changed = false;
+
+    if (u64map_get(&t->copies, p, &copy))
+        return 0;
+    for (uint64_t j = 0; j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, t->tmp, j);
+        if (e & QCOW_OFLAG_COPIED) {
+            l2_entry_set(q, t->tmp, j, e & ~QCOW_OFLAG_COPIED,
+                         l2_bitmap_get(q, t->tmp, j));
+            changed = true;
+        }
+    }
+    return changed ? write_copy(t, p, t->tmp) : 0;
 }
 
 /* The table at index i of the new active L1 may need new COPIED flags; if
@@ -273,18 +506,12 @@ static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
 
     if (!p || u64map_get(&t->copies, p, &copy))
         return 0;
-    ret = read_l2(t, p, t->tmp);
+    /* Validated when its references were counted. */
+    ret = image_pread(t->img, t->tmp, t->cs, p);
     if (ret < 0)
         return ret;
     ret = fix_entries(t, t->tmp);
-    if (ret <= 0)
-        return ret;
-    ret = txn_alloc(t, 1, &copy);
-    if (ret == 0)
-        ret = image_pwrite(t->img, t->tmp, t->cs, copy);
-    if (ret == 0)
-        ret = rc_add(t, copy / t->cs, -1); /* counted per pointer below */
-    return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
+    return ret <= 0 ? ret : write_copy(t, p, t->tmp);
 }
 
 /* Point every entry of a new L1 table at the copies made, moving the
@@ -335,7 +562,7 @@ static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
         return 0;
     }
     ret = txn_alloc(t, DIV_ROUND_UP(len, t->cs), off);
-    return ret < 0 ? ret : image_pwrite(t->img, buf, len, *off);
+    return ret < 0 ? ret : wb_write(t, buf, len, *off);
 }
 
 static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
@@ -356,6 +583,9 @@ static int place_refcounts(struct txn *t)
 
     ret = rc_add_range(t, q->hdr.refcount_table_offset,
                        (uint64_t)q->hdr.refcount_table_clusters * t->cs, -1);
+    if (ret == 0)
+        ret = meta_freed(t, q->hdr.refcount_table_offset,
+                         (uint64_t)q->hdr.refcount_table_clusters * t->cs);
     while (ret == 0 && again) {
         uint64_t need = q->rt_entries;
         again = false;
@@ -365,6 +595,8 @@ static int place_refcounts(struct txn *t)
             ret = txn_alloc(t, 1, &t->rb_loc[i]);
             if (ret == 0 && rt_old_loc(t, i))
                 ret = rc_add(t, rt_old_loc(t, i) / t->cs, -1);
+            if (ret == 0 && rt_old_loc(t, i))
+                ret = meta_freed(t, rt_old_loc(t, i), t->cs);
             again = true;
         }
         for (uint64_t i = 0; i < t->nb_rb; i++)
@@ -400,10 +632,10 @@ static int write_refcounts(struct txn *t)
 
     for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++)
         if (t->rb[i])
-            ret = image_pwrite(t->img, t->rb[i], t->cs, t->rb_loc[i]);
+            ret = wb_write(t, t->rb[i], t->cs, t->rb_loc[i]);
     if (ret == 0)
-        ret = image_pwrite(t->img, t->rt, t->rt_clusters * t->cs, t->rt_off);
-    return ret;
+        ret = wb_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
+    return ret < 0 ? ret : wb_flush(t);
 }
 
 /* The new root pointers, all in header sector 0. */
@@ -434,7 +666,9 @@ static int commit_header(struct txn *t, const struct roots *r)
     if (q->hdr.version >= 3)
         be64_store(s0 + HDR_AUTOCLEAR, q->hdr.autoclear & AUTOCLEAR_MASK);
     /* 1 of 3: every new structure is durable ... */
-    ret = image_flush_file(t->img);
+    ret = wb_flush(t);
+    if (ret == 0)
+        ret = image_flush_file(t->img);
     /* 2 of 3: ... before one sector switches all roots at once ... */
     if (ret == 0)
         ret = image_pwrite(t->img, s0, sizeof s0, 0);
@@ -473,28 +707,37 @@ static int find_freed(struct txn *t)
     int ret = 0;
 
     for (uint64_t i = 0; i < t->nb_rb && ret == 0; i++) {
-        bool exists;
         if (!t->rb[i])
             continue;
-        ret = refcount_read_block(t->img, i, t->old_rb, &exists);
-        for (uint64_t j = 0; ret == 0 && exists && j < (1ull << q->rb_bits);
+        ret = old_block(t, i);
+        /* Freed: zero now, not zero before. Visit the zeros only. */
+        for (uint64_t j = 0; ret == 0 && t->old_exists &&
+                             (j = first_zero(t->rb[i], j, 1ull << q->rb_bits,
+                                             q->refcount_order)) <
+                                 (1ull << q->rb_bits);
              j++) {
-            uint64_t c = (i << q->rb_bits) + j;
-            if (refblock_get(t->old_rb, j, q->refcount_order) &&
-                !refblock_get(t->rb[i], j, q->refcount_order))
-                ret = add_freed(t, c, 1);
+            if (refblock_get(t->old_rb, j, q->refcount_order))
+                ret = add_freed(t, (i << q->rb_bits) + j, 1);
         }
     }
     return ret;
 }
 
 /* 3 of 3: the switch is durable; punch what only the old state used.
- * Discarding is advisory: a failure here cannot harm the new state. */
+ * Discarding is advisory: a failure here cannot harm the new state. Short
+ * runs of old metadata are left for the next allocation to reuse: one hole
+ * punch costs about as much as writing the cluster, and there can be
+ * thousands of such runs (one per L2 table). */
 static void discard_freed(struct txn *t)
 {
-    for (size_t i = 0; i < t->nb_freed; i++)
-        image_discard_file(t->img, t->freed[2 * i] * t->cs,
-                           t->freed[2 * i + 1] * t->cs);
+    for (size_t i = 0; i < t->nb_freed; i++) {
+        uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1];
+        bool meta = len < 16;
+        for (uint64_t c = start; meta && c < start + len; c++)
+            meta = idset_has(&t->meta_freed, c);
+        if (!meta)
+            image_discard_file(t->img, start * t->cs, len * t->cs);
+    }
     qimg_error_clear();
 }
 
@@ -548,6 +791,8 @@ static void txn_free(struct txn *t)
     free(t->rb_loc);
     free(t->tmp);
     free(t->old_rb);
+    free(t->wbuf);
+    idset_free(&t->meta_freed);
     free(t->rt);
     free(t->freed);
     u64map_free(&t->copies);
@@ -569,7 +814,9 @@ static int txn_init(struct txn *t, qimg_image *img)
         return ret;
     t->tmp = malloc(t->cs);
     t->old_rb = malloc(t->cs);
-    if (!t->tmp || !t->old_rb)
+    t->old_idx = UINT64_MAX;
+    t->wbuf = malloc(WB_CAP);
+    if (!t->tmp || !t->old_rb || !t->wbuf)
         return qimg_err(ENOMEM, "Out of memory");
     t->scan = 1;
     return 0;
@@ -613,6 +860,8 @@ static int write_snap_table(struct txn *t, struct snap *snaps, uint32_t n,
 
     if (q->nb_snaps)
         ret = rc_add_range(t, q->hdr.snapshots_offset, q->snap_table_size, -1);
+    if (ret == 0 && q->nb_snaps)
+        ret = meta_freed(t, q->hdr.snapshots_offset, q->snap_table_size);
     if (ret == 0)
         ret = snap_table_encode(q, snaps, n, &buf, size);
     if (ret == 0 && *size > QCOW_MAX_SNAPSHOTS_SIZE)
@@ -651,6 +900,8 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
     else if (r->active && q->l1_size)
         ret = rc_add_range(t, q->hdr.l1_table_offset,
                            (uint64_t)q->l1_size * 8, -1);
+    if (ret == 0 && r->active && q->l1_size)
+        ret = meta_freed(t, q->hdr.l1_table_offset, (uint64_t)q->l1_size * 8);
     for (size_t i = 0; ret == 0 && i < n; i++)
         if (i > 0 || r->active)
             ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
@@ -784,12 +1035,19 @@ int txn_snapshot_create(qimg_image *img, const char *name)
         goto out;
     memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
     memcpy(snap.buf, q->l1, (size_t)q->l1_size * 8);
-    /* One more L1 points at every active L2 table (validates them too). */
+    /* One more L1 points at every active L2 table (validates them too);
+     * all of them lose their COPIED flags. Copies are written only after
+     * every table has been validated, so the first loop writes nothing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
         if (l1_ptr(q->l1, q->l1_size, i))
-            ret = pointer_change(&t, l1_ptr(q->l1, q->l1_size, i), 1);
-    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
-        ret = inspect_table(&t, active.buf, active.size, i);
+            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), t.tmp);
+    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++) {
+        uint64_t p = l1_ptr(q->l1, q->l1_size, i);
+        if (p)
+            ret = pointer_change(&t, p, 1);
+        if (ret == 0 && p)
+            ret = clear_copied(&t, p);
+    }
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 2);
     if (ret < 0)
@@ -848,6 +1106,8 @@ int txn_snapshot_delete(qimg_image *img, int idx)
             ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), -1);
     if (ret == 0 && s->l1_size)
         ret = rc_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
+    if (ret == 0 && s->l1_size)
+        ret = meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < active.size; i++)
         if (l1_ptr(sl1, s->l1_size, i))
             ret = inspect_table(&t, active.buf, active.size, i);

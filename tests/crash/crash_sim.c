@@ -534,7 +534,7 @@ static void torn_states(const struct scenario *sc, const struct bytes *prefix,
         if (nsec < 2)
             continue;
         sectors = calloc(nsec / 8 + 1, 1);
-        for (unsigned v = 0; v < 4 * scale; v++) {
+        for (unsigned v = 0; v < 16 * scale; v++) {
             uint64_t mask = n >= 64 ? rnd() : rnd() & ((1ull << n) - 1);
             for (uint64_t k = 0; k < nsec; k++)
                 sectors[k / 8] = (uint8_t)((sectors[k / 8] & ~(1u << (k % 8))) |
