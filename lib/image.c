@@ -225,7 +225,7 @@ int qimg_image_write(qimg_image *img, const void *buf, size_t len,
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
         return image_pwrite(img, buf, len, off);
-    return guest_write(img, buf, len, off);
+    return qcow2_write_failed(img, guest_write(img, buf, len, off));
 }
 
 int qimg_image_write_compressed(qimg_image *img, const void *buf, size_t len,
@@ -240,7 +240,8 @@ int qimg_image_write_compressed(qimg_image *img, const void *buf, size_t len,
     if (img->fmt == QIMG_FMT_RAW)
         return qimg_err(ENOTSUP, "Compression is not supported for this "
                                  "image format");
-    return guest_write_compressed(img, buf, len, off);
+    return qcow2_write_failed(img,
+                              guest_write_compressed(img, buf, len, off));
 }
 
 /* Raw: punch a hole when unmapping is allowed and the file system can
@@ -280,7 +281,8 @@ int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
         return raw_zero(img, off, len, flags & QIMG_ZERO_UNMAP);
-    return guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP);
+    return qcow2_write_failed(img,
+                              guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP));
 }
 
 int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len)
@@ -293,7 +295,7 @@ int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
         return image_discard_file(img, off, len);
-    return guest_discard(img, off, len);
+    return qcow2_write_failed(img, guest_discard(img, off, len));
 }
 
 int qimg_image_flush(qimg_image *img)

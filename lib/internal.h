@@ -204,6 +204,10 @@ int qcow2_write_header(qimg_image *img);
  * destructive; returns -EIO with the message set. */
 int qcow2_signal_corruption(qimg_image *img, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* A write operation failed with ret: if it met damaged metadata (a
+ * qimg_corrupt() error) set the corrupt bit, as QEMU does, and frame the
+ * message QEMU's way. Returns ret. */
+int qcow2_write_failed(qimg_image *img, int ret);
 /* -EIO (marking the image corrupt) if a write to host clusters
  * [off, off+len) would hit metadata. */
 int qcow2_overlap_check(qimg_image *img, uint64_t off, uint64_t len);

@@ -60,28 +60,32 @@ static int validate_table(const struct qcow2 *q, uint64_t off,
     return 0;
 }
 
+/* QEMU's wording: the bits the image's feature table names, then one
+ * mask of all the others. */
 static int report_unsupported(const struct qcow2_header *h, uint64_t mask)
 {
     char msg[512] = "Unsupported qcow2 feature(s): ";
     size_t n = strlen(msg);
+    uint64_t unnamed = 0;
     bool first = true;
 
-    for (int bit = 0; bit < 64; bit++) {
+    for (int bit = 0; bit < 64 && n < sizeof msg; bit++) {
         const char *name;
         if (!(mask & (1ull << bit)))
             continue;
         name = header_feature_name(h, 0, bit);
-        if (name)
-            n += (size_t)snprintf(msg + n, sizeof msg - n, "%s%s",
-                                  first ? "" : ", ", name);
-        else
-            n += (size_t)snprintf(msg + n, sizeof msg - n,
-                                  "%sUnknown incompatible feature: %" PRIx64,
-                                  first ? "" : ", ", (uint64_t)1 << bit);
+        if (!name) {
+            unnamed |= 1ull << bit;
+            continue;
+        }
+        n += (size_t)snprintf(msg + n, sizeof msg - n, "%s%s",
+                              first ? "" : ", ", name);
         first = false;
-        if (n >= sizeof msg)
-            break;
     }
+    if (unnamed && n < sizeof msg)
+        snprintf(msg + n, sizeof msg - n,
+                 "%sUnknown incompatible feature: %" PRIx64,
+                 first ? "" : ", ", unnamed);
     return qimg_err(ENOTSUP, "%s", msg);
 }
 
@@ -153,7 +157,7 @@ static int check_features(qimg_image *img)
         return qimg_err(EINVAL, "Extended L2 entries are only supported with "
                                 "cluster sizes of at least 16 KiB");
     if (h->crypt_method > 2)
-        return qimg_err(EINVAL, "Unsupported encryption method: %" PRIu32,
+        return qimg_err(EINVAL, "Unsupported encryption method %" PRIu32,
                         h->crypt_method);
     if (h->crypt_method)
         return qimg_err(ENOTSUP, "Encrypted images are not supported");
@@ -415,6 +419,30 @@ int qcow2_signal_corruption(qimg_image *img, const char *fmt, ...)
         q->hdr.incompatible |= INCOMPAT_CORRUPT;
         be64_store(b, q->hdr.incompatible);
         if (q->hdr.version >= 3 && image_pwrite(img, b, 8, HDR_INCOMPAT) == 0)
+            image_flush_file(img);
+    }
+    q->corrupt_signalled = true;
+    return qimg_corrupt("qcow2: Marking image as corrupt: %s; further "
+                        "corruption events will be suppressed",
+                        msg);
+}
+
+int qcow2_write_failed(qimg_image *img, int ret)
+{
+    struct qcow2 *q = img->q;
+    const struct qimg_error *e = qimg_last_error();
+    char msg[sizeof e->message];
+    uint8_t b[8];
+
+    /* Only bad metadata met by a write, on an image we may write. */
+    if (ret != -EIO || !e->where[0] || !img->read_write || !q ||
+        !strncmp(e->message, "qcow2: ", 7))
+        return ret;
+    snprintf(msg, sizeof msg, "%s", e->message);
+    if (!(q->hdr.incompatible & INCOMPAT_CORRUPT) && q->hdr.version >= 3) {
+        q->hdr.incompatible |= INCOMPAT_CORRUPT;
+        be64_store(b, q->hdr.incompatible);
+        if (image_pwrite(img, b, 8, HDR_INCOMPAT) == 0)
             image_flush_file(img);
     }
     q->corrupt_signalled = true;

@@ -161,9 +161,14 @@ int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
     *size = 0;
     if (n == 0)
         return 0;
-    if (off >= q->file_size)
+    /* A plain check reads what QEMU reads: zeros past the end of the
+     * file. Everything else (a repair included) refuses such a table. */
+    bool lenient = rd && !rd->repair;
+
+    if (off >= q->file_size && !lenient)
         return qimg_err(EINVAL, "Snapshot table exceeds the end of the file");
-    avail = MIN(q->file_size - off, QCOW_MAX_SNAPSHOTS_SIZE + 65536);
+    avail = lenient ? QCOW_MAX_SNAPSHOTS_SIZE + 65536
+                    : MIN(q->file_size - off, QCOW_MAX_SNAPSHOTS_SIZE + 65536);
     snaps = calloc(n, sizeof *snaps);
     len = MIN(avail, MAX(65536, (uint64_t)n * 72));
     buf = malloc(len);
@@ -451,7 +456,7 @@ int qimg_snapshot_create(qimg_image *img, const char *name)
         return ret;
     if (img->q->nb_snaps >= QCOW_MAX_SNAPSHOTS)
         return qimg_err(EFBIG, "Too many snapshots");
-    return txn_snapshot_create(img, name);
+    return qcow2_write_failed(img, txn_snapshot_create(img, name));
 }
 
 int qimg_snapshot_apply(qimg_image *img, const char *id_or_name)
@@ -466,7 +471,7 @@ int qimg_snapshot_apply(qimg_image *img, const char *id_or_name)
     if (idx < 0)
         return qimg_err(ENOENT, "Failed to load snapshot: No such file or "
                                 "directory");
-    return txn_snapshot_apply(img, idx);
+    return qcow2_write_failed(img, txn_snapshot_apply(img, idx));
 }
 
 int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
@@ -480,5 +485,5 @@ int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
         idx = snap_find_by_id(img->q, name_or_id);
     if (idx < 0)
         return qimg_err(ENOENT, "snapshot not found");
-    return txn_snapshot_delete(img, idx);
+    return qcow2_write_failed(img, txn_snapshot_delete(img, idx));
 }

@@ -724,15 +724,16 @@ static int find_freed(struct txn *t)
 }
 
 /* 3 of 3: the switch is durable; punch what only the old state used.
- * Discarding is advisory: a failure here cannot harm the new state. Short
- * runs of old metadata are left for the next allocation to reuse: one hole
- * punch costs about as much as writing the cluster, and there can be
- * thousands of such runs (one per L2 table). */
+ * Discarding is advisory: a failure here cannot harm the new state. One
+ * hole punch costs about as much as writing the cluster; when there are
+ * more than a few dozen runs (a big image: one per L2 table), isolated
+ * clusters of old metadata are left free for the next allocation to
+ * reuse instead, and only data and long runs are punched. */
 static void discard_freed(struct txn *t)
 {
     for (size_t i = 0; i < t->nb_freed; i++) {
         uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1];
-        bool meta = len < 16;
+        bool meta = t->nb_freed > 64 && len < 16;
         for (uint64_t c = start; meta && c < start + len; c++)
             meta = idset_has(&t->meta_freed, c);
         if (!meta)
