@@ -29,6 +29,15 @@
  *  4. Messages are kept in the result until the check ends (the API has no
  *     callback), and at most PINPOINT_MAX disputed clusters are traced: a
  *     wrecked refcount structure on a large image disputes every cluster.
+ *  5. Fast paths, with results identical to the walk above: an L2 table is
+ *     first counted in a tight loop that gives up (undoing its counts) at
+ *     the first entry that would need a message; a table shared by several
+ *     L1 tables is counted once for all its references (if an overflow is
+ *     then met, the walk starts again one reference at a time so messages
+ *     come in QEMU's order); the comparison compares whole refcount blocks
+ *     byte for byte; and when every refcount agrees, the COPIED check uses
+ *     per-cluster bits the walk recorded instead of reading the active L2
+ *     tables again.
  */
 #include "internal.h"
 
@@ -94,7 +103,21 @@ struct chk {
     struct disputed *disp;
     size_t nb_disp, disp_cap;
     size_t msg_cap; /* allocated entries of res->msgs */
+    /* fast paths (note 5) */
+    bool multi;         /* shared L2 tables are counted once, m times */
+    bool multi_used;    /* ... and some were, in this walk */
+    bool overflowed;    /* an overflow was reported in this walk */
+    struct u64map l2refs; /* L2 offset -> references (total << 32 | active) */
+    uint64_t *cop1, *cop0; /* clusters with active entries with/without
+                            * COPIED */
+    uint64_t cop_n;        /* clusters cop1 and cop0 cover */
+    bool cop_ok;        /* cop1/cop0 describe every active entry */
+    bool disk_equal;    /* the last comparison found nothing to report */
 };
+
+/* u64map values for L2 tables whose first walk is behind us. */
+#define L2_DONE UINT64_MAX /* counted for every reference at once */
+#define L2_SLOW (UINT64_MAX - 1) /* walked entry by entry at each */
 
 /* Referrers are named for this many disputed clusters at most: the
  * pinpointing walk keeps a set and a string per cluster, and a wrecked
@@ -307,6 +330,7 @@ static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
             return ret;
         v = ref_get(c, k);
         if (v == q->refcount_max) {
+            c->overflowed = true;
             if (!c->quiet)
                 c->res->corruptions++;
             ret = add_msg(c, "overflow", true, true,
@@ -452,11 +476,91 @@ static int check_allocated(struct chk *c, uint64_t e, uint64_t bm,
     return ret < 0 ? ret : inc_refs(c, off, q->cluster_size);
 }
 
-static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
+/* Take back m references to each cluster counted by fast_l2() from the
+ * first n entries of c->l2buf. */
+static void fast_l2_undo(struct chk *c, uint64_t n, uint64_t m)
 {
     struct qcow2 *q = c->q;
-    uint64_t next_contig = 0;
-    int ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
+
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t k = (l2_entry_get(q, c->l2buf, j) & L2E_OFFSET_MASK) >>
+                     q->cluster_bits;
+        if (k)
+            refblock_set(c->refs, k, q->refcount_order,
+                         refblock_get(c->refs, k, q->refcount_order) - m);
+    }
+}
+
+/* Count the L2 table in c->l2buf for m references at once (ma of them
+ * from the active L1) when no entry needs a message: plain or zero
+ * entries, aligned, inside the file and the count table, no reserved
+ * bits, no compressed clusters, no overflow. False (with nothing
+ * counted) when the table needs the entry-by-entry walk. Inlined with
+ * constant `order` and `esize` for the common layouts. */
+static inline __attribute__((always_inline)) bool
+fast_l2_body(struct chk *c, uint64_t m, uint64_t ma, unsigned order,
+             unsigned esize)
+{
+    struct qcow2 *q = c->q;
+    const uint8_t *buf = c->l2buf;
+    unsigned bits = q->cluster_bits;
+    uint64_t cs = q->cluster_size, max = q->refcount_max, n = q->l2_entries;
+    uint64_t next = 0, alloc = 0, frag = 0, j;
+    /* Locals: stores through refs (bytes) could alias any field of c. */
+    uint8_t *refs = c->refs;
+    uint64_t *cop1 = c->cop1, *cop0 = c->cop0;
+    uint64_t file_size = c->file_size, nb_refs = c->nb_refs;
+    uint64_t cop_n = ma ? c->cop_n : 0;
+    bool cop_ok = true;
+
+    for (j = 0; j < n; j++) {
+        uint64_t e = be64_load(buf + j * esize), off = e & L2E_OFFSET_MASK;
+        uint64_t k = off >> bits, v;
+        if (e & (QCOW_OFLAG_COMPRESSED | L2E_RESERVED_MASK))
+            break;
+        if (esize == 16) {
+            uint64_t bm = be64_load(buf + j * 16 + 8);
+            if (off ? (bm >> 32) & bm : bm & L2_BITMAP_ALL_ALLOC)
+                break;
+        }
+        if (!off)
+            continue;
+        if ((off & (cs - 1)) || off >= file_size || k >= nb_refs)
+            break;
+        v = refblock_get(refs, k, order);
+        if (v > max - m)
+            break;
+        refblock_set(refs, k, order, v + m);
+        if (k < cop_n)
+            (e & QCOW_OFLAG_COPIED ? cop1 : cop0)[k / 64] |= 1ull << (k % 64);
+        else if (ma)
+            cop_ok = false;
+        alloc++;
+        frag += next && off != next;
+        next = off + cs;
+    }
+    if (j < n) {
+        fast_l2_undo(c, j, m);
+        return false;
+    }
+    c->cop_ok &= cop_ok;
+    c->res->allocated_clusters += (int64_t)(ma * alloc);
+    c->res->fragmented_clusters += (int64_t)(ma * frag);
+    return true;
+}
+
+static bool fast_l2(struct chk *c, uint64_t m, uint64_t ma)
+{
+    unsigned order = c->q->refcount_order, esize = c->q->l2_entry_size;
+
+    if (order == 4 && esize == 8)
+        return fast_l2_body(c, m, ma, 4, 8);
+    return fast_l2_body(c, m, ma, order, esize);
+}
+
+static int read_l2(struct chk *c, uint64_t l2_off)
+{
+    int ret = image_pread(c->img, c->l2buf, c->q->cluster_size, l2_off);
 
     if (ret < 0) {
         /* As QEMU, the check stops: a table not walked would make its
@@ -466,6 +570,18 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
                       "ERROR: I/O error in check_refcounts_l2");
         return ret < 0 ? ret : -EIO;
     }
+    return 0;
+}
+
+/* The entry-by-entry walk of the L2 table in c->l2buf. */
+static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
+{
+    struct qcow2 *q = c->q;
+    uint64_t next_contig = 0;
+    int ret = 0;
+
+    if (frag)
+        c->cop_ok = false;
     for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
         uint64_t e = l2_entry_get(q, c->l2buf, j);
         uint64_t bm = l2_bitmap_get(q, c->l2buf, j);
@@ -495,6 +611,33 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
         }
     }
     return ret;
+}
+
+/* Count the clusters an L2 table references, for one reference to it:
+ * with c->multi, a clean table is counted for all its references at its
+ * first one and skipped at the others. */
+static int walk_l2(struct chk *c, uint64_t l2_off, bool frag)
+{
+    uint64_t v = 0;
+    int ret;
+
+    if (c->multi && u64map_get(&c->l2refs, l2_off, &v) && v == L2_DONE)
+        return 0;
+    ret = read_l2(c, l2_off);
+    if (ret < 0)
+        return ret;
+    if (c->multi && v && v != L2_SLOW) {
+        uint64_t m = v >> 32, ma = v & 0xffffffffu;
+        bool done = fast_l2(c, m, ma);
+        if (u64map_put(&c->l2refs, l2_off, done ? L2_DONE : L2_SLOW) < 0)
+            return qimg_err(ENOMEM, "Out of memory");
+        c->multi_used |= done && m > 1;
+        if (done)
+            return 0;
+    } else if (!c->multi && !c->quiet && fast_l2(c, 1, frag)) {
+        return 0;
+    }
+    return check_l2(c, l2_off, frag);
 }
 
 /* Count an L1 table (active: snap = -1), its L2 tables and their data. */
@@ -543,7 +686,7 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
                           l2_off);
         }
         if (ret == 0)
-            ret = check_l2(c, l2_off, frag);
+            ret = walk_l2(c, l2_off, frag);
     }
     free(l1);
     return ret;
@@ -713,7 +856,51 @@ static int check_refblocks(struct chk *c)
     return ret;
 }
 
-static int calculate(struct chk *c)
+/* Add the references of one L1 table to c->l2refs; false if it cannot
+ * be read or counts grow absurd. */
+static bool count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
+                          bool active)
+{
+    uint64_t bytes = (uint64_t)l1_size * 8, v;
+    uint8_t *l1;
+    bool ok;
+
+    if (!l1_size)
+        return true;
+    l1 = malloc(bytes);
+    ok = l1 && image_pread(c->img, l1, bytes, l1_off) == 0;
+    for (uint32_t i = 0; ok && i < l1_size; i++) {
+        uint64_t l2_off = l1_entry_get(l1, i) & L1E_OFFSET_MASK;
+        if (!l2_off || !IS_ALIGNED(l2_off, c->q->cluster_size))
+            continue; /* walked at each reference */
+        if (!u64map_get(&c->l2refs, l2_off, &v))
+            v = 0;
+        v += (1ull << 32) + active;
+        ok = v >> 63 == 0 && (v & 0xffffffffu) < 0x80000000u &&
+             u64map_put(&c->l2refs, l2_off, v) == 0;
+    }
+    free(l1);
+    return ok;
+}
+
+/* How many references each L2 table has, from the L1 tables calculate()
+ * walks (snapshots it refuses are skipped by both). */
+static bool count_l2_refs(struct chk *c)
+{
+    const struct qcow2_header *h = &c->q->hdr;
+    bool ok = count_l1_refs(c, h->l1_table_offset, h->l1_size, true);
+
+    for (uint32_t i = 0; ok && i < c->nb_snaps; i++) {
+        const struct snap *s = &c->snaps[i];
+        if (IS_ALIGNED(s->l1_off, c->q->cluster_size) &&
+            (uint64_t)s->l1_size <= QCOW_MAX_L1_SIZE / 8)
+            ok = count_l1_refs(c, s->l1_off, s->l1_size, false);
+    }
+    qimg_error_clear();
+    return ok;
+}
+
+static int calculate_once(struct chk *c)
 {
     struct qcow2 *q = c->q;
     const struct qcow2_header *h = &q->hdr;
@@ -745,6 +932,50 @@ static int calculate(struct chk *c)
     if (ret == 0)
         ret = check_refblocks(c);
     return ret;
+}
+
+/* Set up the fast paths' state for a walk (note 5). */
+static void fast_init(struct chk *c)
+{
+    uint64_t words = DIV_ROUND_UP(MAX(c->nb_refs, c->nb_clusters), 64);
+
+    u64map_free(&c->l2refs);
+    c->multi = !c->quiet && !c->walk_fix && count_l2_refs(c);
+    c->multi_used = c->overflowed = false;
+    free(c->cop1);
+    free(c->cop0);
+    c->cop1 = calloc(words, sizeof *c->cop1);
+    c->cop0 = calloc(words, sizeof *c->cop0);
+    c->cop_ok = c->cop1 && c->cop0;
+    c->cop_n = c->cop_ok ? words * 64 : 0;
+}
+
+/* Walk everything that references clusters into c->refs. */
+static int calculate(struct chk *c)
+{
+    struct qimg_check_result saved = *c->res;
+    size_t nb_disp = c->nb_disp;
+    bool rebuild = c->rebuild;
+    int ret;
+
+    fast_init(c);
+    ret = calculate_once(c);
+    if (!c->multi_used || !c->overflowed)
+        return ret;
+    /* Counting shared tables at once moved the point where an overflow is
+     * reported: walk again one reference at a time, as QEMU does. */
+    for (size_t i = saved.nb_msgs; i < c->res->nb_msgs; i++) {
+        free(c->res->msgs[i].text);
+        free(c->res->msgs[i].where);
+    }
+    saved.msgs = c->res->msgs;
+    *c->res = saved;
+    c->nb_disp = nb_disp;
+    c->rebuild = rebuild;
+    qimg_error_clear();
+    fast_init(c);
+    c->multi = false;
+    return calculate_once(c);
 }
 
 /* QEMU's notice when it meets an unusable refcount block; printed once.
@@ -881,9 +1112,56 @@ static int mismatch(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2,
     return 0;
 }
 
+/* The highest cluster in [start, end) with a computed reference, or
+ * UINT64_MAX; whole bytes of the table are scanned from the end. */
+static uint64_t last_referenced(const struct chk *c, uint64_t start,
+                                uint64_t end)
+{
+    unsigned order = c->q->refcount_order;
+    uint64_t b = (end << order) / 8, b0 = (start << order) / 8;
+
+    for (uint64_t i = end; i > start && (i << order) % 8; i--)
+        if (ref_get(c, i - 1))
+            return i - 1;
+    while (b > b0 && !c->refs[b - 1])
+        b--;
+    for (uint64_t i = MIN(end, (b * 8) >> order); i > start; i--)
+        if (ref_get(c, i - 1))
+            return i - 1;
+    return UINT64_MAX;
+}
+
+/* Clusters [start, end) of refcount block rt_idx: true if the computed
+ * counts equal the block's, byte for byte (then there is nothing to
+ * report and *highest is updated). */
+static bool block_equal(struct chk *c, uint64_t rt_idx, uint64_t start,
+                        uint64_t end, uint64_t *highest)
+{
+    unsigned order = c->q->refcount_order;
+    uint64_t first = (start << order) / 8, n = ((end - start) << order) / 8;
+    uint64_t last;
+
+    if (disk_block(c, rt_idx) < 0 ||
+        memcmp(c->refs + first, c->rbbuf, n))
+        return false;
+    for (uint64_t i = start + ((n * 8) >> order); i < end; i++) {
+        uint64_t r1 = refblock_get(c->rbbuf, i - start, order);
+        if (r1 != ref_get(c, i))
+            return false;
+    }
+    last = last_referenced(c, start, end);
+    if (last != UINT64_MAX)
+        *highest = last;
+    return true;
+}
+
 /* Compare computed and on-disk refcounts; with fix, correct them. */
 static int compare(struct chk *c, unsigned fix, uint64_t *highest)
 {
+    uint64_t per_block = 1ull << c->q->rb_bits;
+    int64_t before = c->res->corruptions + c->res->leaks +
+                     c->res->check_errors;
+    size_t msgs = c->res->nb_msgs;
     int ret = 0;
 
     *highest = 0;
@@ -891,7 +1169,16 @@ static int compare(struct chk *c, unsigned fix, uint64_t *highest)
     /* As QEMU: references up to a cluster past the end of the file grew
      * the table, and are compared too. */
     for (uint64_t i = 0; i < c->nb_refs && ret == 0; i++) {
-        uint64_t r1, r2 = ref_get(c, i);
+        uint64_t r1, r2;
+
+        if (i % per_block == 0) {
+            uint64_t end = MIN(i + per_block, c->nb_refs);
+            if (block_equal(c, i >> c->q->rb_bits, i, end, highest)) {
+                i = end - 1;
+                continue;
+            }
+        }
+        r2 = ref_get(c, i);
 
         if (disk_refcount(c, i, &r1) < 0) {
             c->res->check_errors++;
@@ -906,6 +1193,9 @@ static int compare(struct chk *c, unsigned fix, uint64_t *highest)
         if (r1 != r2)
             ret = mismatch(c, i, r1, r2, fix);
     }
+    c->disk_equal = ret == 0 && c->res->nb_msgs == msgs &&
+                    c->res->corruptions + c->res->leaks +
+                            c->res->check_errors == before;
     return ret;
 }
 
@@ -968,13 +1258,47 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
     return 0;
 }
 
+/* With the on-disk refcounts equal to the computed ones and every active
+ * entry recorded in cop1/cop0 by the walk: true if no active data cluster
+ * needs a COPIED message (COPIED exactly where the refcount is 1). */
+static bool copied_flags_agree(const struct chk *c)
+{
+    bool wide = c->q->refcount_order == 4;
+
+    for (uint64_t w = 0; w < c->cop_n / 64; w++) {
+        uint64_t m1 = c->cop1[w], m0 = c->cop0[w];
+        if (wide && (m1 | m0) && (w + 1) * 64 <= c->nb_refs) {
+            /* 16-bit counts (the default): all 64, without branches. */
+            const uint8_t *p = c->refs + w * 128;
+            uint64_t bad = 0;
+            for (unsigned b = 0; b < 64; b++) {
+                uint64_t one = be16_load(p + 2 * b) == 1;
+                bad |= ((m1 >> b) & 1 & (one ^ 1)) | ((m0 >> b) & 1 & one);
+            }
+            if (bad)
+                return false;
+            continue;
+        }
+        while (m1 | m0) {
+            unsigned b = (unsigned)ctz64(m1 | m0);
+            uint64_t bit = 1ull << b, rc = ref_get(c, w * 64 + b);
+            if (((m1 & bit) && rc != 1) || ((m0 & bit) && rc == 1))
+                return false;
+            m1 &= ~bit;
+            m0 &= ~bit;
+        }
+    }
+    return true;
+}
+
 static int check_copied(struct chk *c)
 {
     struct qcow2 *q = c->q;
-    bool repair;
+    bool repair, fast;
     int ret = 0;
 
     c->rb_idx = UINT64_MAX; /* refcounts may have been repaired */
+    fast = c->disk_equal && c->cop_ok && copied_flags_agree(c);
     if (c->fix & QIMG_CHECK_FIX_ERRORS)
         repair = true;
     else if (c->fix & QIMG_CHECK_FIX_LEAKS)
@@ -1016,8 +1340,9 @@ static int check_copied(struct chk *c)
         }
         /* As QEMU, an unaligned table is read where it points (but
          * qimg never writes there: that could hit the next cluster). */
-        ret = copied_l2(c, i, l2_off,
-                        repair && IS_ALIGNED(l2_off, q->cluster_size));
+        if (!fast)
+            ret = copied_l2(c, i, l2_off,
+                            repair && IS_ALIGNED(l2_off, q->cluster_size));
     }
     return ret;
 }
@@ -1351,6 +1676,9 @@ static void chk_free(struct chk *c)
         free(c->wheres[i]);
     free(c->wheres);
     free(c->disp);
+    u64map_free(&c->l2refs);
+    free(c->cop1);
+    free(c->cop0);
 }
 
 void qimg_check_result_free(struct qimg_check_result *r)

@@ -34,6 +34,35 @@ struct run {
     uint64_t entry;    /* COMPRESSED: the L2 entry */
 };
 
+/* Extend a run that has just covered the whole cluster last_ci over the
+ * following clusters whose entries continue it exactly: same flags and
+ * bitmap, host offsets (if any) contiguous and inside the file, so each
+ * would pass l2_entry_check() and map to the run's type. Returns the new
+ * position; *last_ci and *entry name the last cluster taken. */
+static uint64_t run_whole_clusters(const struct qcow2 *q, const uint8_t *buf,
+                                   uint64_t end, uint64_t pos,
+                                   uint64_t *last_ci, uint64_t *entry,
+                                   uint64_t bm)
+{
+    uint64_t e = *entry, host = e & L2E_OFFSET_MASK;
+    uint64_t step = host ? q->cluster_size : 0, ci = *last_ci + 1;
+
+    for (; ci < q->l2_entries && end - pos >= q->cluster_size; ci++) {
+        uint64_t e2 = l2_entry_get(q, buf, ci);
+        if ((e2 ^ e) & ~L2E_OFFSET_MASK ||
+            (e2 & L2E_OFFSET_MASK) != host + step ||
+            (step && host + step >= q->file_size) ||
+            (q->ext_l2 && l2_bitmap_get(q, buf, ci) != bm))
+            break;
+        e = e2;
+        host += step;
+        pos += q->cluster_size;
+    }
+    *last_ci = ci - 1;
+    *entry = e;
+    return pos;
+}
+
 static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
 {
     struct qcow2 *q = img->q;
@@ -91,6 +120,9 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
             break;
         }
         pos = unit_end;
+        if (!(pos & (q->cluster_size - 1)) && t != CL_COMPRESSED)
+            pos = run_whole_clusters(q, l2->buf, end, pos, &last_ci, &entry,
+                                     bm);
     }
     mcache_unpin(l2);
     r->len = pos - off;

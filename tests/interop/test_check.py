@@ -233,6 +233,17 @@ def base_lazy(p):
     io(p, "write -q -P 0x11 0 256k", "write -q -P 0x33 2M 64k")
 
 
+def base_rc2_snaps(p):
+    """4k clusters, 2-bit refcounts: data at 0 in an L2 table shared by
+    the active disk and two snapshots (refcount 3, the maximum), then data
+    at 4M in a table of the active disk only."""
+    mk(p, "refcount_bits=2,cluster_size=4k")
+    io(p, "write -q -P 0x11 0 8k")
+    snap(p, "s1")
+    snap(p, "s2")
+    io(p, "write -q -P 0x22 4M 4k")
+
+
 BASES = {
     "std": base_std,
     "shared": base_shared,
@@ -242,6 +253,7 @@ BASES = {
     "v2": lambda p: base_nosnap(p, "compat=0.10"),
     "rc1": lambda p: base_nosnap(p, "refcount_bits=1"),
     "rc2": lambda p: base_nosnap(p, "refcount_bits=2"),
+    "rc2snaps": base_rc2_snaps,
     "rc4": lambda p: base_std(p, "refcount_bits=4"),
     "rc64": lambda p: base_std(p, "refcount_bits=64"),
     "extl2": lambda p: base_std(p, "extended_l2=on,cluster_size=64k"),
@@ -444,6 +456,9 @@ KINDS = {
                                       i.rt_off), ["s1"]),
     "l2_shared_rc1": ("std", d_copy_entry(2 * M, [3 * M]), ["s1"]),
     "l2_reserved": ("std", d_l2e(2 * M, lambda i, e: e | 2), None),
+    # in a table shared with s2: reported once per walk, as QEMU does
+    "l2_reserved_shared": ("shared", d_l2e(2 * M, lambda i, e: e | 2),
+                           None),
     "l2_reserved_high": ("std", d_l2e(2 * M, lambda i, e: e | (1 << 56)),
                          None),
     "compressed_copied": ("nosnap", d_l2e(M, lambda i, e: e |
@@ -489,6 +504,9 @@ KINDS = {
     "rc1_overflow": ("rc1", d_copy_entry(0, [K64]), []),
     "rc2_overflow": ("rc2", d_copy_entry(0, [K64, 2 * K64, 3 * K64]),
                      []),
+    # a shared table is counted once per reference: the overflow is
+    # met in the active walk (the unshared table), as QEMU meets it
+    "rc2_overflow_shared": ("rc2snaps", d_copy_entry(0, [4 * M]), []),
     "rc1_data_zero": ("rc1", d_refcount(lambda i: cl_of(i, 2 * M), 0), None),
     "rc1_leak": ("rc1", lambda i: d_leak_infile(i, raise_l1=False), None),
     "rc4_low": ("rc4", d_refcount(lambda i: cl_of(i, 0), 1), None),
@@ -841,6 +859,20 @@ def test_findings_name_referrers(bases, tmp):
                     cl_of(img, 0))
     assert lines[i + 1] == ("    referenced by active L1 index 0, L2 index 0;"
                             " snapshot 1 (s1) L1 index 0, L2 index 0")
+
+
+def test_overflow_met_where_qemu_meets_it(bases, tmp):
+    """qimg counts a table shared by several L1 tables once for all of
+    them; an overflow must still be reported at the reference where QEMU's
+    one-reference-at-a-time walk meets it (snapshot s2's walk), not where
+    the shortcut would (the active disk's unshared table)."""
+    base, damage, _ = KINDS["rc2_overflow_shared"]
+    path = str(tmp / "d.qcow2")
+    shutil.copy(bases[base][0], path)
+    damage(Img(path))
+    lines = run([QIMG, "check", path]).err.splitlines()
+    i = next(i for i, l in enumerate(lines) if "overflow cluster" in l)
+    assert lines[i + 1] == "    in snapshot 2 (s2) L1 index 0, L2 index 0"
 
 
 # ---- Options and errors -------------------------------------------------------
