@@ -856,48 +856,62 @@ static int check_refblocks(struct chk *c)
     return ret;
 }
 
-/* Add the references of one L1 table to c->l2refs; false if it cannot
- * be read or counts grow absurd. */
-static bool count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
-                          bool active)
+/* Add the references of one L1 table to c->l2refs. 1: counted; 0:
+ * counts grow absurd (the shortcut is not taken); < 0: an error. */
+static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
+                         bool active)
 {
     uint64_t bytes = (uint64_t)l1_size * 8, v;
     uint8_t *l1;
-    bool ok;
+    int ret = 1;
 
     if (!l1_size)
-        return true;
+        return 1;
     l1 = malloc(bytes);
-    ok = l1 && image_pread(c->img, l1, bytes, l1_off) == 0;
-    for (uint32_t i = 0; ok && i < l1_size; i++) {
+    if (!l1) {
+        c->res->check_errors++;
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    if (image_pread(c->img, l1, bytes, l1_off) < 0) {
+        free(l1);
+        c->res->check_errors++;
+        ret = add_msg(c, "io", true, false,
+                      "ERROR: I/O error in check_refcounts_l1");
+        return ret < 0 ? ret : -EIO;
+    }
+    for (uint32_t i = 0; ret == 1 && i < l1_size; i++) {
         uint64_t l2_off = l1_entry_get(l1, i) & L1E_OFFSET_MASK;
         if (!l2_off || !IS_ALIGNED(l2_off, c->q->cluster_size))
             continue; /* walked at each reference */
         if (!u64map_get(&c->l2refs, l2_off, &v))
             v = 0;
         v += (1ull << 32) + active;
-        ok = v >> 63 == 0 && (v & 0xffffffffu) < 0x80000000u &&
-             u64map_put(&c->l2refs, l2_off, v) == 0;
+        if (v >> 63 || (v & 0xffffffffu) >= 0x80000000u)
+            ret = 0;
+        else if (u64map_put(&c->l2refs, l2_off, v) < 0)
+            ret = -ENOMEM;
     }
     free(l1);
-    return ok;
+    if (ret == -ENOMEM)
+        c->res->check_errors++;
+    return ret;
 }
 
 /* How many references each L2 table has, from the L1 tables calculate()
- * walks (snapshots it refuses are skipped by both). */
-static bool count_l2_refs(struct chk *c)
+ * walks (snapshots it refuses are skipped by both). 1: counted; 0: not
+ * usable; < 0: an error. */
+static int count_l2_refs(struct chk *c)
 {
     const struct qcow2_header *h = &c->q->hdr;
-    bool ok = count_l1_refs(c, h->l1_table_offset, h->l1_size, true);
+    int ret = count_l1_refs(c, h->l1_table_offset, h->l1_size, true);
 
-    for (uint32_t i = 0; ok && i < c->nb_snaps; i++) {
+    for (uint32_t i = 0; ret == 1 && i < c->nb_snaps; i++) {
         const struct snap *s = &c->snaps[i];
         if (IS_ALIGNED(s->l1_off, c->q->cluster_size) &&
             (uint64_t)s->l1_size <= QCOW_MAX_L1_SIZE / 8)
-            ok = count_l1_refs(c, s->l1_off, s->l1_size, false);
+            ret = count_l1_refs(c, s->l1_off, s->l1_size, false);
     }
-    qimg_error_clear();
-    return ok;
+    return ret;
 }
 
 static int calculate_once(struct chk *c)
@@ -935,19 +949,25 @@ static int calculate_once(struct chk *c)
 }
 
 /* Set up the fast paths' state for a walk (note 5). */
-static void fast_init(struct chk *c)
+static int fast_init(struct chk *c, bool multi)
 {
     uint64_t words = DIV_ROUND_UP(MAX(c->nb_refs, c->nb_clusters), 64);
+    int ret = 0;
 
     u64map_free(&c->l2refs);
-    c->multi = !c->quiet && !c->walk_fix && count_l2_refs(c);
+    c->multi = false;
+    if (multi && !c->quiet && !c->walk_fix) {
+        ret = count_l2_refs(c);
+        c->multi = ret == 1;
+    }
     c->multi_used = c->overflowed = false;
     free(c->cop1);
     free(c->cop0);
     c->cop1 = calloc(words, sizeof *c->cop1);
     c->cop0 = calloc(words, sizeof *c->cop0);
-    c->cop_ok = c->cop1 && c->cop0;
+    c->cop_ok = c->cop1 && c->cop0; /* (without them: the slow check) */
     c->cop_n = c->cop_ok ? words * 64 : 0;
+    return ret < 0 ? ret : 0;
 }
 
 /* Walk everything that references clusters into c->refs. */
@@ -958,7 +978,9 @@ static int calculate(struct chk *c)
     bool rebuild = c->rebuild;
     int ret;
 
-    fast_init(c);
+    ret = fast_init(c, true);
+    if (ret < 0)
+        return ret;
     ret = calculate_once(c);
     if (!c->multi_used || !c->overflowed)
         return ret;
@@ -973,9 +995,8 @@ static int calculate(struct chk *c)
     c->nb_disp = nb_disp;
     c->rebuild = rebuild;
     qimg_error_clear();
-    fast_init(c);
-    c->multi = false;
-    return calculate_once(c);
+    ret = fast_init(c, false);
+    return ret < 0 ? ret : calculate_once(c);
 }
 
 /* QEMU's notice when it meets an unusable refcount block; printed once.

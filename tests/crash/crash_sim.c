@@ -12,7 +12,10 @@
  *  - the active disk reads entirely as before or entirely as after;
  *    snapshots read as they must (the one being created exists complete or
  *    not at all, the one being deleted is intact or gone, others unchanged);
- *  - after `check -r leaks` both tools find the image clean.
+ *  - after `check -r leaks` both tools find the image clean;
+ *  - the next guest writes (to every cluster the active tables would
+ *    write in place) leave every snapshot as it was and the image free
+ *    of corruption.
  * The fault sweep fails the N-th read, write, flush, discard or truncate
  * (EIO, and ENOSPC for writes and truncates) for N = 1, 2, ... and checks
  * the error is reported, nothing is corrupted, a refused operation that
@@ -384,6 +387,82 @@ static void judge_rerepair(const struct scenario *sc, const struct bytes *b,
     bytes_free(&fixed);
 }
 
+/* Write 0xee over every guest cluster the active L2 tables mark COPIED
+ * (written in place: the ones a wrong flag would let a write corrupt). */
+static int write_copied_clusters(qimg_image *img, uint8_t *buf)
+{
+    struct qcow2 *q = img->q;
+    uint8_t *l2 = malloc(q->cluster_size);
+    int ret = l2 ? 0 : -ENOMEM;
+
+    memset(buf, 0xee, q->cluster_size);
+    for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
+        uint64_t l2_off = l1_entry_get(q->l1, i) & L1E_OFFSET_MASK;
+        if (!l2_off)
+            continue;
+        ret = image_pread(img, l2, q->cluster_size, l2_off);
+        for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
+            uint64_t e = l2_entry_get(q, l2, j);
+            uint64_t g = (((uint64_t)i << q->l2_bits) + j) << q->cluster_bits;
+            if (!(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_COMPRESSED) ||
+                g >= img->size)
+                continue;
+            ret = qimg_image_write(img, buf,
+                                   MIN(q->cluster_size, img->size - g), g);
+        }
+    }
+    free(l2);
+    return ret;
+}
+
+/* The next guest write after the crash (QEMU 7.2 has an apply crash state
+ * where it lands in a snapshot's clusters): every cluster written in place
+ * is rewritten through qimg; every snapshot must read as in the crash
+ * state and the image must stay free of corruption. */
+static void judge_next_write(const struct scenario *sc, const struct bytes *b,
+                             const struct image_state *s)
+{
+    struct bytes after = {0};
+    struct image_state t;
+    qimg_image *img;
+    int64_t corr = 0, leaks = 0;
+    uint8_t *buf;
+    size_t len;
+    int ret;
+
+    if (open_bytes(&img, b, true, false, NULL) < 0) {
+        failf(sc, "cannot open for the next write");
+        return;
+    }
+    buf = malloc(img->q->cluster_size);
+    ret = buf ? write_copied_clusters(img, buf) : -ENOMEM;
+    if (ret == 0)
+        ret = qimg_image_flush(img);
+    if (ret == 0) {
+        const uint8_t *d = io_mem_data(&img->io, &len);
+        bytes_set(&after, d, len);
+    }
+    qimg_image_close(img);
+    free(buf);
+    if (ret < 0) {
+        failf(sc, "the next guest write failed");
+    } else if (qimg_check_bytes(&after, &corr, &leaks) < 0 || corr) {
+        failf(sc, "the next guest write left %lld corruptions",
+              (long long)corr);
+    } else if (capture(&after, &t) == 0) {
+        if (t.nb != s->nb)
+            failf(sc, "the next guest write changed the snapshot table");
+        for (int i = 0; i < t.nb && i < s->nb; i++)
+            if (!snap_equal(&t, i, s, i))
+                failf(sc, "the next guest write changed snapshot %s",
+                      s->id[i]);
+        state_free(&t);
+    } else {
+        failf(sc, "cannot read the image after the next write");
+    }
+    bytes_free(&after);
+}
+
 static bool snapshots_ok(const struct scenario *sc, const struct image_state *s,
                          const struct image_state *before,
                          const struct image_state *after)
@@ -455,6 +534,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
     }
     if (sc->kind != K_CREATE && !snapshots_ok(sc, &s, before, after))
         failf(sc, "snapshots differ from what they must be");
+    else if (sc->kind != K_CREATE && s.nb)
+        judge_next_write(sc, b, &s);
     if (leaks)
         judge_repair(sc, b);
     state_free(&s);
@@ -615,13 +696,21 @@ static void setup_snaps(qimg_image *img)
     fill(img, 100000, 20000, 0x44);
 }
 
+/* Operations allocate nothing themselves: the allocation-failure sweep
+ * must only hit the library. */
+static uint8_t op_buf[4 << 20];
+
 static void setup_leaky(qimg_image *img)
 {
     uint64_t off;
 
     setup_snaps(img);
-    /* Two clusters with a refcount and no reference: leaks to repair. */
-    if (refcount_alloc(img, 2, &off) < 0 || qcow2_flush(img) < 0)
+    /* Two clusters with a refcount and no reference: leaks to repair.
+     * They are written, so the file covers them (neither tool counts
+     * leaks past its end). */
+    if (refcount_alloc(img, 2, &off) < 0 ||
+        image_pwrite(img, op_buf, 2 * img->q->cluster_size, off) < 0 ||
+        qcow2_flush(img) < 0)
         abort();
 }
 
@@ -665,9 +754,6 @@ static void setup_full(qimg_image *img)
     fill(img, 0, 1900 * 1024, 0x21);
 }
 
-/* Operations allocate nothing themselves: the allocation-failure sweep
- * must only hit the library. */
-static uint8_t op_buf[2 << 20];
 
 static int op_write_many(qimg_image *img)
 {
@@ -825,6 +911,10 @@ static const struct variant variants[] = {
     {"512", 512, 16, 3, false},
     {"2m-rb32", 2 << 20, 32, 3, false},
     {"4k-rb4", 4096, 4, 3, false},
+    {"1k", 1024, 16, 3, false},
+    {"32k-extl2-rb64", 32768, 64, 3, true},
+    {"2k-rb32", 2048, 32, 3, false},
+    {"8k-v2", 8192, 16, 2, false},
 };
 
 static bool applies(const struct op_def *o, const struct variant *v)
