@@ -21,7 +21,6 @@ int cmd_snapshot(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_map(int argc, char **argv);
-int cmd_compare(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 
 /* main.c */

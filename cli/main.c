@@ -18,7 +18,7 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"bench", cmd_bench},       {"check", cmd_check}, {"compare", cmd_compare},
+    {"bench", cmd_bench},       {"check", cmd_check},
     {"convert", cmd_convert},   {"create", cmd_create}, {"info", cmd_info},
     {"io", cmd_io},             {"map", cmd_map},     {"snapshot", cmd_snapshot},
 };
@@ -88,7 +88,6 @@ void cli_help(void)
         "[-S step_size] [-w] [-U] filename\n"
         "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
         "filename\n"
-        "  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2\n"
         "  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
         "[-o options] [-l snapshot_param] [-S sparse_size] filename "
         "output_filename\n"
