@@ -18,9 +18,10 @@ struct command {
 };
 
 static const struct command commands[] = {
-    {"bench", cmd_bench},       {"check", cmd_check},
-    {"convert", cmd_convert},   {"create", cmd_create}, {"info", cmd_info},
-    {"io", cmd_io},             {"map", cmd_map},     {"snapshot", cmd_snapshot},
+    {"bench", cmd_bench},     {"check", cmd_check},
+    {"convert", cmd_convert}, {"create", cmd_create},
+    {"info", cmd_info},       {"io", cmd_io},
+    {"map", cmd_map},         {"snapshot", cmd_snapshot},
 };
 
 void cli_error(const char *fmt, ...)
@@ -83,7 +84,8 @@ void cli_help(void)
         "file.locking=off)\n"
         "\n"
         "Command syntax:\n"
-        "  bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] "
+        "  bench [-c count] [-d depth] [-f fmt] "
+        "[--flush-interval=flush_interval] "
         "[-n] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
         "[-S step_size] [-w] [-U] filename\n"
         "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
@@ -140,10 +142,7 @@ void cli_help(void)
         qimg_version());
 }
 
-static void print_version(void)
-{
-    printf("qimg version %s\n", qimg_version());
-}
+static void print_version(void) { printf("qimg version %s\n", qimg_version()); }
 
 int main(int argc, char **argv)
 {
