@@ -1564,7 +1564,11 @@ static int recheck_rebuilt(struct chk *c, uint64_t *highest, int64_t *fresh)
 static int rebuild(struct chk *c, uint64_t *highest)
 {
     struct qimg_check_result *r = c->res;
-    int64_t old_corruptions = r->corruptions, old_leaks = r->leaks, fresh = 0;
+    /* Snapshot table findings are counted apart, as QEMU does: the recount
+     * does not see them, so they must not be mistaken for fixed. */
+    int64_t snap = c->snap_corruptions;
+    int64_t old_corruptions = r->corruptions - snap, old_leaks = r->leaks;
+    int64_t fresh = 0;
     int ret;
 
     ret = add_msg(c, "rebuild", false, false, "Rebuilding refcount structure");
@@ -1597,6 +1601,7 @@ static int rebuild(struct chk *c, uint64_t *highest)
     if (r->leaks < old_leaks)
         r->leaks_fixed += old_leaks - r->leaks;
     r->leaks += fresh;
+    r->corruptions += snap;
     return 0;
 }
 
@@ -1728,6 +1733,8 @@ static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
         res->check_errors++;
         return qimg_err(EIO, "Could not get the image size");
     }
+    /* Lengths count whole 512-byte sectors (QEMU measures files so). */
+    c->file_size = ALIGN_UP(c->file_size, 512);
     c->q->file_size = MAX(c->q->file_size, c->file_size);
     c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
     c->rb_idx = UINT64_MAX;

@@ -40,9 +40,10 @@ static int mem_pread(void *ctx, void *buf, size_t len, uint64_t off)
     struct mem_ctx *m = ctx;
     size_t n = 0;
 
-    if (off < m->len)
+    if (off < m->len) {
         n = MIN(len, m->len - off);
-    memcpy(buf, m->data + off, n);
+        memcpy(buf, m->data + off, n);
+    }
     memset((uint8_t *)buf + n, 0, len - n);
     return 0;
 }

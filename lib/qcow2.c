@@ -453,7 +453,7 @@ int qcow2_write_failed(qimg_image *img, int ret)
 
 int qcow2_meta_add(struct qcow2 *q, uint64_t off, uint64_t len)
 {
-    if (!q->meta_ready)
+    if (!q->meta_ready || !len || off + len < off)
         return 0;
     for (uint64_t c = off >> q->cluster_bits;
          c <= (off + len - 1) >> q->cluster_bits; c++)
@@ -464,28 +464,48 @@ int qcow2_meta_add(struct qcow2 *q, uint64_t off, uint64_t len)
 
 void qcow2_meta_del(struct qcow2 *q, uint64_t off, uint64_t len)
 {
-    if (!q->meta_ready || !len)
+    if (!q->meta_ready || !len || off + len < off)
         return;
     for (uint64_t c = off >> q->cluster_bits;
          c <= (off + len - 1) >> q->cluster_bits; c++)
         idset_del(&q->meta, c);
 }
 
+static bool in_range(uint64_t c, unsigned bits, uint64_t off, uint64_t len)
+{
+    return len && c >= off >> bits && c <= (off + len - 1) >> bits;
+}
+
+/* Which structure metadata cluster idx belongs to, in QEMU's words. */
 static const char *meta_name(qimg_image *img, uint64_t idx)
 {
     struct qcow2 *q = img->q;
-    uint64_t off = idx << q->cluster_bits;
-    uint64_t l1_end = q->hdr.l1_table_offset + (uint64_t)q->l1_size * 8;
-    uint64_t rt_off = q->hdr.refcount_table_offset;
+    const struct qcow2_header *h = &q->hdr;
+    unsigned bits = q->cluster_bits;
 
     if (idx == 0)
         return "qcow2_header";
-    if (off + q->cluster_size > q->hdr.l1_table_offset && off < l1_end)
+    if (in_range(idx, bits, h->l1_table_offset, (uint64_t)q->l1_size * 8))
         return "active L1 table";
-    if (off + q->cluster_size > rt_off &&
-        off < rt_off + (uint64_t)q->hdr.refcount_table_clusters *
-                           q->cluster_size)
+    for (uint32_t i = 0; i < q->l1_size; i++)
+        if ((l1_entry_get(q->l1, i) & L1E_OFFSET_MASK) >> bits == idx)
+            return "active L2 table";
+    if (in_range(idx, bits, h->refcount_table_offset,
+                 (uint64_t)h->refcount_table_clusters << bits))
         return "refcount table";
+    for (uint64_t i = 0; i < q->rt_entries; i++)
+        if ((be64_load(q->rt + i * 8) & RT_OFFSET_MASK) >> bits == idx)
+            return "refcount block";
+    if (q->nb_snaps && in_range(idx, bits, h->snapshots_offset,
+                                q->snap_table_size))
+        return "snapshot table";
+    for (uint32_t i = 0; i < q->nb_snaps; i++)
+        if (in_range(idx, bits, q->snaps[i].l1_off,
+                     (uint64_t)q->snaps[i].l1_size * 8))
+            return "inactive L1 table";
+    if (h->has_bitmaps_ext &&
+        in_range(idx, bits, h->bitmap_dir_offset, h->bitmap_dir_size))
+        return "bitmap directory";
     return "metadata";
 }
 
@@ -504,8 +524,11 @@ int qcow2_overlap_check(qimg_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
-/* Collect every metadata cluster QEMU's default overlap check knows, plus
- * the L2 tables of snapshots. */
+/* Collect every metadata cluster QEMU's default overlap check knows. A
+ * snapshot's L1 table and the bitmap directory count only as far as they
+ * lie inside the file, and a snapshot L1 table only if its size is valid
+ * (operations on it refuse it): neither is validated at open, and a bogus
+ * entry must not cost a set of billions of clusters. */
 static int meta_build(qimg_image *img)
 {
     struct qcow2 *q = img->q;
@@ -532,17 +555,46 @@ static int meta_build(qimg_image *img)
     }
     if (ret == 0 && q->nb_snaps)
         ret = qcow2_meta_add(q, h->snapshots_offset, q->snap_table_size);
-    for (uint32_t i = 0; ret == 0 && i < q->nb_snaps; i++)
-        if (q->snaps[i].l1_size)
-            ret = qcow2_meta_add(q, q->snaps[i].l1_off,
-                                 (uint64_t)q->snaps[i].l1_size * 8);
-    if (ret == 0 && h->has_bitmaps_ext && h->bitmap_dir_size)
-        ret = qcow2_meta_add(q, h->bitmap_dir_offset, h->bitmap_dir_size);
+    for (uint32_t i = 0; ret == 0 && i < q->nb_snaps; i++) {
+        uint64_t off = q->snaps[i].l1_off;
+        uint64_t len = (uint64_t)q->snaps[i].l1_size * 8;
+        if (off < q->file_size && len <= QCOW_MAX_L1_SIZE)
+            ret = qcow2_meta_add(q, off, MIN(len, q->file_size - off));
+    }
+    if (ret == 0 && h->has_bitmaps_ext && h->bitmap_dir_offset < q->file_size)
+        ret = qcow2_meta_add(q, h->bitmap_dir_offset,
+                             MIN(h->bitmap_dir_size,
+                                 q->file_size - h->bitmap_dir_offset));
     if (ret < 0) {
         q->meta_ready = false;
         return qimg_err(ENOMEM, "Out of memory");
     }
     return 0;
+}
+
+/* Before a snapshot operation writes anything: every cluster of live
+ * metadata must be counted, or first-fit allocation of the operation's new
+ * metadata could land on it. The lowest uncounted one is reported as
+ * QEMU's overlap check reports a write there. */
+int qcow2_meta_check_counted(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t low = UINT64_MAX, rc;
+    int ret = q->meta_ready ? 0 : meta_build(img);
+
+    for (size_t i = 0; ret == 0 && i < q->meta.cap; i++) {
+        uint64_t c = q->meta.slots[i];
+        if (c == UINT64_MAX || c >= low)
+            continue;
+        ret = refcount_get(img, c, &rc);
+        if (ret == 0 && !rc)
+            low = c;
+    }
+    if (ret < 0 || low == UINT64_MAX)
+        return ret;
+    return qcow2_signal_corruption(
+        img, "Preventing invalid write on metadata (overlaps with %s)",
+        meta_name(img, low));
 }
 
 int qcow2_prepare_write(qimg_image *img)

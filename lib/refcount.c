@@ -72,7 +72,7 @@ static int rb_load(qimg_image *img, uint64_t rt_idx, uint64_t rb_off,
         return qimg_corrupt("Refblock offset %#" PRIx64
                             " unaligned (reftable index: %#" PRIx64 ")",
                             rb_off, rt_idx);
-    if (rb_off + q->cluster_size > q->file_size)
+    if (rb_off >= q->file_size || q->file_size - rb_off < q->cluster_size)
         return qimg_corrupt("Refblock offset %#" PRIx64
                             " beyond end of file (reftable index: %#" PRIx64
                             ")",

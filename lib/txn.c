@@ -69,9 +69,16 @@ struct txn {
 
 static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
 {
+    uint64_t end = MAX(t->q->file_size, t->scan * t->cs);
     bool exists;
     int ret;
 
+    /* Every cluster counted lies in the file or was just allocated past
+     * its end: anything else is a bad offset that escaped validation. */
+    if (rt_idx > (end >> t->q->cluster_bits >> t->q->rb_bits) + 1)
+        return qimg_corrupt("Refcount block index %#" PRIx64
+                            " beyond end of file",
+                            rt_idx);
     if (rt_idx >= t->nb_rb) {
         uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2);
         uint8_t **rb = realloc(t->rb, n * sizeof *rb);
@@ -811,6 +818,8 @@ static int txn_init(struct txn *t, qimg_image *img)
     if (q->hdr.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY))
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
+    if (ret == 0)
+        ret = qcow2_meta_check_counted(img);
     if (ret < 0)
         return ret;
     t->tmp = malloc(t->cs);

@@ -527,6 +527,9 @@ KINDS = {
         d_l2e(2 * M, lambda i, e: e + 0x200),
         d_bitmap(2 * M, lambda b: 0xffffffff00000000)), ["s1"]),
     # two findings at once
+    "snap_incomplete_and_rebuild": ("std", d_many(
+        d_snap(extra=lambda i, v: v[:8]),
+        d_refcount(lambda i: cl_of(i, 2 * M), 0)), None),
     "snap_incomplete_and_copied": ("std", d_many(
         d_snap(extra=lambda i, v: v[:8]),
         d_l2e(2 * M, lambda i, e: e & ~QCOW_OFLAG_COPIED)), None),
@@ -859,6 +862,20 @@ def test_findings_name_referrers(bases, tmp):
                     cl_of(img, 0))
     assert lines[i + 1] == ("    referenced by active L1 index 0, L2 index 0;"
                             " snapshot 1 (s1) L1 index 0, L2 index 0")
+
+
+@pytest.mark.parametrize("fix", [[], ["-r", "all"]])
+def test_file_length_counts_in_sectors(tmp, fix):
+    """QEMU measures the file in 512-byte sectors: a file cut 76 bytes into
+    the L1 table's cluster still covers it."""
+    p, q = str(tmp / "p.qcow2"), str(tmp / "q.qcow2")
+    mk(p, "cluster_size=512", size="1M")
+    os.truncate(p, 1100)
+    shutil.copy(p, q)
+    rq = qemu_img("check", *fix, q)
+    rm = run([QIMG, "check"] + fix + [p])
+    assert rq.rc == 0 and "No errors" in rq.out, rq
+    assert (rm.rc, rm.out) == (rq.rc, rq.out), (rq, rm)
 
 
 def test_overflow_met_where_qemu_meets_it(bases, tmp):

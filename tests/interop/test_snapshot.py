@@ -903,3 +903,48 @@ def test_too_many_snapshots(tmp):
     assert rr.rc == 1 and norm_err(rr.err, "qimg") == "Too many snapshots\n" \
         + norm_err(rq.err, "qemu-img")
     assert sha(fr) == before
+
+
+@pytest.mark.parametrize("op", ["-c", "-d", "-a"])
+def test_new_metadata_never_overwrites_live_tables(tmp_path, op):
+    """The active L1 table's cluster has refcount 0 (damage): the first
+    free cluster is the live L1 table. For -c QEMU's overlap check refuses
+    to write its new L1 there, marks the image corrupt and fails; so does
+    qimg, leaving the file as it was plus the corrupt bit (fuzzing found
+    qimg writing a new snapshot's L1 table over the active one). For -d
+    and -a QEMU updates tables in place and succeeds on the damaged image;
+    qimg, which writes new copies first-fit, refuses before writing
+    anything, in the same words (deliberate)."""
+    path = tmp_path / "img.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "cluster_size=512", path,
+             "1M", check=True)
+    io(path, "write -P 1 0 4k")
+    if op != "-c":
+        qemu_img("snapshot", "-c", "s", path, check=True)
+        io(path, "write -P 2 0 4k")
+    with open(path, "r+b") as f:
+        hdr = f.read(72)
+        l1_off = struct.unpack(">Q", hdr[40:48])[0]
+        rt_off = struct.unpack(">Q", hdr[48:56])[0]
+        f.seek(rt_off)
+        rb_off = struct.unpack(">Q", f.read(8))[0]
+        f.seek(rb_off + 2 * (l1_off // 512))
+        f.write(b"\0\0")
+    qpath = tmp_path / "q.qcow2"
+    shutil.copy(path, qpath)
+    before = path.read_bytes()
+    rq = qemu_img("snapshot", op, "s", qpath)
+    rm = qimg("snapshot", op, "s", path)
+    frame = ("qcow2: Marking image as corrupt: Preventing invalid write on "
+             "metadata (overlaps with active L1 table); further corruption "
+             "events will be suppressed")
+    assert rm.rc == 1 and frame in rm.err, rm
+    if op == "-c":
+        assert rq.rc == 1 and frame in rq.err, rq
+        assert strip_prog(rm.err, "qimg") == strip_prog(rq.err, "qemu-img"), (
+            rq, rm)
+    else:
+        assert rq.rc == 0, rq
+    after = path.read_bytes()
+    assert len(after) == len(before)
+    assert [i for i in range(len(before)) if before[i] != after[i]] == [79]

@@ -148,6 +148,40 @@ static void test_refcount_decrement_waits_for_flush(void **state)
     qimg_image_close(img);
 }
 
+static void test_refblock_offset_near_2_64_is_corruption(void **state)
+{
+    /* A reftable entry whose offset plus a cluster wraps past 2^64 must
+     * be refused as lying beyond the end of the file, not read. */
+    qimg_image *img = mem_image(512, 16, 1 << 20);
+    uint64_t rc;
+
+    (void)state;
+    be64_store(img->q->rt + 8, 0xfffffffffffffe00ull);
+    assert_int_equal(refcount_get(img, 256, &rc), -EIO);
+    assert_non_null(strstr(qimg_last_error()->message,
+                           "Refblock offset 0xfffffffffffffe00 beyond end "
+                           "of file"));
+    be64_store(img->q->rt + 8, 0);
+    qimg_image_close(img);
+}
+
+static void test_io_mem_reads_past_end_as_zeros(void **state)
+{
+    struct qimg_io io;
+    uint8_t buf[8];
+
+    (void)state;
+    assert_int_equal(io_mem_open(&io, NULL, 0), 0);
+    memset(buf, 0xaa, sizeof buf);
+    assert_int_equal(io.ops->pread(io.ctx, buf, sizeof buf, 0), 0);
+    assert_int_equal(buf[0] | buf[7], 0);
+    memset(buf, 0xaa, sizeof buf);
+    assert_int_equal(
+        io.ops->pread(io.ctx, buf, sizeof buf, 0xfffffffffffffe00ull), 0);
+    assert_int_equal(buf[0] | buf[7], 0);
+    io.ops->close(io.ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -157,6 +191,8 @@ int main(void)
         cmocka_unit_test(test_refcount_alloc_grows_blocks_and_table),
         cmocka_unit_test(test_refcount_update_refuses_overflow),
         cmocka_unit_test(test_refcount_decrement_waits_for_flush),
+        cmocka_unit_test(test_refblock_offset_near_2_64_is_corruption),
+        cmocka_unit_test(test_io_mem_reads_past_end_as_zeros),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
