@@ -221,17 +221,42 @@ static int release_entry(qimg_image *img, uint64_t entry, bool do_discard)
     return 0;
 }
 
-/* Write tmp to a newly allocated cluster; on failure the allocation is
- * undone (nothing refers to it yet). */
+static bool sector_is_zero(const uint8_t *p)
+{
+    static const uint8_t zero[512];
+
+    return !memcmp(p, zero, sizeof zero);
+}
+
+/* A new cluster past everything ever written reads as zeros already: leave
+ * out its leading and trailing zero sectors, but write at least one sector
+ * so the file covers the cluster. */
+static void trim_zero_sectors(const uint8_t *data, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t start = *lo; /* data[0] is at cluster offset start */
+
+    if ((*lo | *hi) & 511)
+        return;
+    while (*hi - *lo > 512 && sector_is_zero(data + *lo - start))
+        *lo += 512;
+    while (*hi - *lo > 512 && sector_is_zero(data + *hi - 512 - start))
+        *hi -= 512;
+}
+
+/* Write the len bytes at data to offset in_off of a newly allocated
+ * cluster; on failure the allocation is undone (nothing refers to it yet). */
 static int write_new_cluster(qimg_image *img, const uint8_t *data,
                              uint64_t in_off, uint64_t len, uint64_t *host)
 {
     struct qcow2 *q = img->q;
+    uint64_t lo = in_off, hi = in_off + len;
     int ret = refcount_alloc(img, 1, host);
 
     if (ret < 0)
         return ret;
-    ret = image_pwrite(img, data, len, *host + in_off);
+    if (*host >= img->zero_from)
+        trim_zero_sectors(data, &lo, &hi);
+    ret = image_pwrite(img, data + (lo - in_off), hi - lo, *host + lo);
     if (ret < 0)
         refcount_update(img, *host >> q->cluster_bits, 1, -1);
     return ret;
@@ -278,6 +303,67 @@ static int write_std(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     l2_entry_set(q, l2->buf, idx, target | QCOW_OFLAG_COPIED, 0);
     l2->dirty = true;
     return 0;
+}
+
+/* Whole clusters from entry idx of one L2 table (standard entries), with
+ * one host call: either clusters written in place, contiguous on the host,
+ * or clusters that all need new storage, allocated together. Returns the
+ * number of clusters written, 0 when fewer than two qualify (the caller
+ * goes cluster by cluster), or a negative errno. */
+static int64_t write_std_run(qimg_image *img, struct mcache_entry *l2,
+                             uint64_t idx, const uint8_t *buf, uint64_t len)
+{
+    struct qcow2 *q = img->q;
+    uint64_t cs = q->cluster_size;
+    uint64_t max = MIN(len >> q->cluster_bits, q->l2_entries - idx);
+    uint64_t first = 0, k, host;
+    bool alloc = false;
+    int ret;
+
+    for (k = 0; k < max; k++) {
+        uint64_t e = l2_entry_get(q, l2->buf, idx + k);
+        enum cl_type t = l2_cluster_type(q, e);
+        bool in_place = (t == CL_NORMAL || t == CL_ZERO_ALLOC) &&
+                        (e & QCOW_OFLAG_COPIED);
+
+        if (l2_entry_check(img, e, 0, l2->off, idx + k) < 0) {
+            qimg_error_clear(); /* reported by the cluster-wise path */
+            break;
+        }
+        if (k == 0) {
+            alloc = !in_place;
+            first = e & L2E_OFFSET_MASK;
+        }
+        if (alloc ? in_place
+                  : t != CL_NORMAL || !in_place ||
+                        (e & L2E_OFFSET_MASK) != first + k * cs)
+            break;
+    }
+    if (k < 2)
+        return 0;
+    if (!alloc) {
+        ret = qcow2_overlap_check(img, first, k * cs);
+        if (ret == 0)
+            ret = image_pwrite(img, buf, k * cs, first);
+        return ret < 0 ? ret : (int64_t)k;
+    }
+    ret = refcount_alloc(img, k, &host);
+    if (ret < 0)
+        return ret;
+    ret = image_pwrite(img, buf, k * cs, host);
+    if (ret < 0) {
+        refcount_update(img, host >> q->cluster_bits, k, -1);
+        return ret;
+    }
+    for (uint64_t i = 0; i < k; i++) {
+        ret = release_entry(img, l2_entry_get(q, l2->buf, idx + i), false);
+        if (ret < 0)
+            return ret;
+        l2_entry_set(q, l2->buf, idx + i, (host + i * cs) | QCOW_OFLAG_COPIED,
+                     0);
+        l2->dirty = true;
+    }
+    return (int64_t)k;
 }
 
 static uint64_t sc_range_bits(unsigned from, unsigned to)
@@ -367,6 +453,18 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
         ret = l2_get_writable(img, off, &l2, &idx);
         if (ret < 0)
             break;
+        if (!q->ext_l2 && n == q->cluster_size && len >= 2 * n) {
+            int64_t k = write_std_run(img, l2, idx, b, len);
+            if (k != 0) {
+                mcache_unpin(l2);
+                if (k < 0) {
+                    ret = (int)k;
+                    break;
+                }
+                n = (uint64_t)k << q->cluster_bits;
+                goto next;
+            }
+        }
         ret = l2_entry_check(img, l2_entry_get(q, l2->buf, idx),
                              l2_bitmap_get(q, l2->buf, idx), l2->off, idx);
         if (ret == 0)
@@ -375,6 +473,7 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
         mcache_unpin(l2);
         if (ret < 0)
             break;
+next:
         b += n;
         off += n;
         len -= n;

@@ -32,6 +32,7 @@ int image_pwrite(qimg_image *img, const void *buf, size_t len, uint64_t off)
         return qimg_err_errno(-ret, "Could not write image at offset %#" PRIx64,
                               off);
     img->unsynced = true;
+    img->zero_from = MAX(img->zero_from, off + len);
     return 0;
 }
 
@@ -102,6 +103,7 @@ int image_open_io(qimg_image **out, struct qimg_io *io, const char *filename,
     img->io = *io;
     img->read_write = o->read_write && !o->snapshot;
     img->lock_fd = -1;
+    img->zero_from = UINT64_MAX;
     img->filename = strdup(filename ? filename : "");
     if (!img->filename) {
         ret = qimg_err(ENOMEM, "Out of memory");

@@ -166,6 +166,7 @@ struct qimg_image {
     enum qimg_format fmt;
     bool read_write;
     bool unsynced; /* written since the last fdatasync */
+    uint64_t zero_from; /* the file reads as zeros from here on */
     uint64_t size; /* virtual size, bytes */
     qimg_image *backing;
     struct qcow2 *q; /* NULL for raw */

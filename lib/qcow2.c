@@ -317,6 +317,7 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     ret = img->io.ops->get_size(img->io.ctx, &q->file_size);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not get the image size");
+    img->zero_from = q->file_size;
     ret = read_header(img, o->read_write && !o->for_check);
     if (ret < 0)
         return ret;

@@ -139,12 +139,15 @@ int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
 
 static int grow_reftable(qimg_image *img, uint64_t min_entries);
 
-/* Write a new refcount block for rt_idx inside its own range at cluster
- * blk_idx, describing itself; then point the reftable at it. */
+/* Write a new refcount block for rt_idx at cluster blk_idx, then point the
+ * reftable at it. Inside its own range the block describes itself;
+ * elsewhere the block covering blk_idx (which must exist) counts it, and
+ * that count is durable before anything names the new block. */
 static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
 {
     struct qcow2 *q = img->q;
     uint64_t off = blk_idx << q->cluster_bits;
+    bool self = blk_idx >> q->rb_bits == rt_idx;
     struct mcache_entry *e;
     uint8_t ent[8];
     int ret;
@@ -152,6 +155,13 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
     ret = qcow2_overlap_check(img, off, q->cluster_size);
     if (ret < 0)
         return ret;
+    if (!self) {
+        ret = refcount_update(img, blk_idx, 1, 1);
+        if (ret == 0)
+            ret = refcount_flush(img);
+        if (ret < 0)
+            return ret;
+    }
     e = mcache_insert(&q->rbc, off);
     if (!e) {
         ret = qcow2_flush(img);
@@ -162,9 +172,10 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
             return qimg_err(ENOMEM, "Out of memory");
     }
     memset(e->buf, 0, q->cluster_size);
-    refblock_set(e->buf, blk_idx - (rt_idx << q->rb_bits), q->refcount_order,
-                 1);
-    /* 1 of 2: the block, describing itself, is durable ... */
+    if (self)
+        refblock_set(e->buf, blk_idx - (rt_idx << q->rb_bits),
+                     q->refcount_order, 1);
+    /* 1 of 2: the block and its own count are durable ... */
     ret = image_pwrite(img, e->buf, q->cluster_size, off);
     if (ret == 0)
         ret = image_flush_file(img);
@@ -186,13 +197,19 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
     return qcow2_meta_add(q, off, q->cluster_size);
 }
 
+static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
+                         uint64_t *first_free);
+
 /* Make sure a refcount block covers cluster idx. Returns 1 if it had to
- * allocate one (the caller's view of free clusters is then stale). */
-static int ensure_refblock(qimg_image *img, uint64_t idx, uint64_t first_free)
+ * allocate one (the caller's view of free clusters is then stale). The new
+ * block goes to the lowest free cluster, as QEMU places it: usually in a
+ * range already covered, so that a long run of clusters can span whole
+ * ranges that have no block yet (a block inside its own range would cut
+ * such a run forever). */
+static int ensure_refblock(qimg_image *img, uint64_t idx)
 {
     struct qcow2 *q = img->q;
-    uint64_t rt_idx = idx >> q->rb_bits;
-    uint64_t start = rt_idx << q->rb_bits;
+    uint64_t rt_idx = idx >> q->rb_bits, blk, unused, blk_rt;
     int ret;
 
     if (rt_idx >= q->rt_entries) {
@@ -201,7 +218,18 @@ static int ensure_refblock(qimg_image *img, uint64_t idx, uint64_t first_free)
     }
     if (rt_get(q, rt_idx))
         return 0;
-    ret = create_refblock(img, rt_idx, MAX(start, first_free));
+    ret = find_free_run(img, 1, &blk, &unused);
+    if (ret < 0)
+        return ret;
+    blk_rt = blk >> q->rb_bits;
+    if (blk_rt >= q->rt_entries) {
+        ret = grow_reftable(img, blk_rt + 1);
+        return ret < 0 ? ret : 1;
+    }
+    /* A free cluster in a range without a block: cover that range first. */
+    if (!rt_get(q, blk_rt))
+        rt_idx = blk_rt;
+    ret = create_refblock(img, rt_idx, blk);
     return ret < 0 ? ret : 1;
 }
 
@@ -261,11 +289,15 @@ int refcount_update(qimg_image *img, uint64_t idx, uint64_t n, int64_t delta)
     return ret < 0 ? ret : update_range(img, idx, n, delta, true);
 }
 
-/* First run of n free clusters at or after q->free_hint. */
-static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out)
+/* First run of n free clusters at or after q->free_hint; *first_free is
+ * the first free cluster met (every cluster from the hint to it is used). */
+static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
+                         uint64_t *first_free)
 {
     struct qcow2 *q = img->q;
     uint64_t idx = q->free_hint, run = 0;
+
+    *first_free = UINT64_MAX;
     uint64_t mask = (1ull << q->rb_bits) - 1;
     int ret;
 
@@ -279,6 +311,7 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out)
             /* No block (or past the table): the whole range is free. */
             uint64_t left = (mask + 1) - (idx & mask);
             uint64_t take = MIN(left, n - run);
+            *first_free = MIN(*first_free, idx);
             run += take;
             idx += take;
             continue;
@@ -287,10 +320,12 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out)
         if (ret < 0)
             return ret;
         for (i = idx & mask; i <= mask && run < n; i++, idx++) {
-            if (refblock_get(e->buf, i, q->refcount_order))
+            if (refblock_get(e->buf, i, q->refcount_order)) {
                 run = 0;
-            else
+            } else {
+                *first_free = MIN(*first_free, idx);
                 run++;
+            }
         }
         mcache_unpin(e);
     }
@@ -301,16 +336,16 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out)
 int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
 {
     struct qcow2 *q = img->q;
-    uint64_t start;
+    uint64_t start, first_free;
     int ret;
 
     for (;;) {
         bool restart = false;
-        ret = find_free_run(img, n, &start);
+        ret = find_free_run(img, n, &start, &first_free);
         if (ret < 0)
             return ret;
         for (uint64_t i = start; i < start + n; i = (i | ((1ull << q->rb_bits) - 1)) + 1) {
-            ret = ensure_refblock(img, i, start);
+            ret = ensure_refblock(img, i);
             if (ret < 0)
                 return ret;
             if (ret > 0) {
@@ -328,8 +363,9 @@ int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
     ret = refcount_update(img, start, n, 1);
     if (ret < 0)
         return ret;
-    if (start == q->free_hint)
-        q->free_hint = start + n;
+    /* Skip the used clusters just scanned, so that allocation does not
+     * rescan them every time (it would be quadratic in the image size). */
+    q->free_hint = first_free >= start ? start + n : first_free;
     *host_off = start << q->cluster_bits;
     q->file_size = MAX(q->file_size, (start + n) << q->cluster_bits);
     return 0;

@@ -854,9 +854,16 @@ static int op_repair_all(qimg_image *img)
 
 static void setup_lowered(qimg_image *img)
 {
+    struct qimg_extent e;
+
     setup_snaps(img);
-    /* A data cluster's refcount lowered to 0: check -r all rebuilds. */
-    if (refcount_update(img, 5, 1, -1) < 0 || qcow2_flush(img) < 0)
+    /* A data cluster's refcount lowered to 0: check -r all rebuilds. The
+     * cluster written last (at 100000) is referenced once. */
+    if (qimg_image_block_status(img, 100000, 1, &e) < 0 ||
+        !(e.flags & QIMG_BS_OFFSET) ||
+        refcount_update(img, e.host_off >> img->q->cluster_bits, 1, -1) <
+            0 ||
+        qcow2_flush(img) < 0)
         abort();
 }
 

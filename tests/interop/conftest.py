@@ -22,14 +22,20 @@ class Result:
         return "rc=%d\nstdout:\n%s\nstderr:\n%s" % (self.rc, self.out, self.err)
 
 
-def run(args, check=False, env=None, input=None, cwd=None):
+# No single command of a test may take this long: a hang fails the test
+# instead of stalling the whole suite until meson kills it.
+COMMAND_TIMEOUT = 300
+
+
+def run(args, check=False, env=None, input=None, cwd=None,
+        timeout=COMMAND_TIMEOUT):
     e = dict(os.environ)
     e.setdefault("TZ", "UTC")
     e["LC_ALL"] = "C"
     if env:
         e.update(env)
     cp = subprocess.run(args, capture_output=True, text=True, env=e,
-                        input=input, cwd=cwd)
+                        input=input, cwd=cwd, timeout=timeout)
     r = Result(cp)
     if check and r.rc != 0:
         raise AssertionError("command failed: %s\n%r" % (args, r))

@@ -207,6 +207,30 @@ def test_qcow2_preallocation_lib(tmp, template, opts):
     test_qcow2_preallocation(tmp, template, opts)
 
 
+@pytest.mark.parametrize("opts", [
+    "cluster_size=512", "cluster_size=512,refcount_bits=64",
+    "cluster_size=1k,refcount_bits=32,preallocation=metadata",
+    "cluster_size=512,refcount_bits=64,preallocation=metadata"])
+def test_tables_longer_than_a_refcount_block_covers(tmp, template, opts):
+    """An L1 table or a preallocated run of clusters longer than the range
+    one refcount block covers (512-byte clusters and 64-bit refcounts: 64
+    clusters) spans ranges that have no block yet; their blocks go before
+    the run. (qimg used to search for such a run forever.)"""
+    size = "64M" if "prealloc" in opts else "1G"
+    a, b, r1, r2 = both(tmp, template, ["-f", "qcow2", "-o", opts,
+                                        "t.qcow2", size])
+    assert_same(r1, r2)
+    assert r1.rc == 0
+    assert_created(a, b, "t.qcow2")
+    r = run([QIMG, "io", "-c", "write -P 7 0 3M", "-c", "write -P 8 63M 1M",
+             b / "t.qcow2"])
+    assert r.rc == 0, r
+    r = run(["qemu-io", "-c", "read -P 7 0 3M", "-c", "read -P 8 63M 1M",
+             b / "t.qcow2"])
+    assert r.rc == 0 and "verification failed" not in r.out, r
+    check_clean(b / "t.qcow2")
+
+
 SIZES = ["0", "1", "512", "1000", "1024", "1k", "1K", "0.5k", "1b", "1B",
          "100000", "1.5M", "64m", "1g", "1.5G", "1T", "0x100", "1048576"]
 

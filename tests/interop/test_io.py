@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from conftest import QIMG, qemu_img, run, strip_prog, check_clean
+from conftest import QIMG, qemu_img, qemu_io, run, strip_prog, check_clean
 
 # The rate line's time, rate and ops/sec depend on how long the operation
 # took, so they are masked; the shape of the line is checked instead.
@@ -389,6 +389,60 @@ def test_backing_workload(tmp, variant):
                              "write -z -n 3M 100", "write -z -n 3200k 100",
                              "discard 0 256k", "read -v 0 16"])
     same_images(tmp)
+
+
+@pytest.mark.parametrize("variant", ["v3", "v2", "cluster_4k"])
+def test_multi_cluster_writes(tmp, variant):
+    """Writes of many whole clusters go to the host in runs: clusters that
+    need new storage (unallocated, zero, compressed, shared with a
+    snapshot, mixed in any order) and clusters written in place, across L2
+    tables. The disk reads as qemu-io's, the snapshot is unchanged."""
+    size = "8M"
+    build(tmp, create(*VARIANTS[variant], size=size),
+          qio("write -P 1 0 256k", "write -c 256k 64k", "write -P 5 1M 64k"),
+          ["qemu-img", "snapshot", "-c", "s1", "img.qcow2"],
+          qio("write -P 2 128k 64k", "write -z 448k 64k",
+              "write -P 3 2M 128k"))
+    snap = tmp / "s1.raw"
+    qemu_img("convert", "-l", "snapshot.name=s1", "-O", "raw",
+             tmp / "b" / "img.qcow2", snap, check=True)
+    io_pair(tmp, ["write -P 9 64k 5M", "write -P 7 0 1M",
+                  "write -P 6 1M 3M", "write -P 8 192k 320k",
+                  "read -P 8 192k 320k", "read -P 6 1M 3M"])
+    same_images(tmp)
+    again = tmp / "s1-after.raw"
+    qemu_img("convert", "-l", "snapshot.name=s1", "-O", "raw",
+             tmp / "b" / "img.qcow2", again, check=True)
+    assert again.read_bytes() == snap.read_bytes()
+
+
+@pytest.mark.parametrize("variant", ["v3", "extended_l2"])
+def test_new_cluster_past_end_written_sparsely(tmp, variant):
+    """A small write into a new cluster past the end of the file writes only
+    its sectors (the rest reads as zeros already): the file stays sparse.
+    A free cluster inside the file holds old bytes, so there the whole
+    cluster is written."""
+    img = tmp / "img.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", *VARIANTS[variant], img, "64M",
+             check=True)
+    for i in range(64):
+        assert run([QIMG, "io", "-c", "write -P 1 %dM 4k" % i, img]).rc == 0
+    check_clean(img)
+    assert os.stat(img).st_blocks * 512 < 2 << 20
+    for i in range(64):
+        r = qemu_io("-c", "read -P 1 %dM 4k" % i, "-c",
+                    "read -P 0 %d 61440" % ((i << 20) + 4096), img)
+        assert "Pattern verification failed" not in r.out, r
+    # Old bytes inside the file, past what the refcounts cover.
+    junk = tmp / "junk.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", *VARIANTS[variant], junk, "64M",
+             check=True)
+    with open(junk, "ab") as f:
+        f.write(b"\xaa" * (4 << 20))
+    assert run([QIMG, "io", "-c", "write -P 1 8k 4k", junk]).rc == 0
+    r = qemu_io("-c", "read -P 0 0 8k", "-c", "read -P 1 8k 4k",
+                "-c", "read -P 0 12k 52k", junk)
+    assert "Pattern verification failed" not in r.out, r
 
 
 def test_compressed_and_zero_clusters_by_qemu(tmp):
