@@ -1,0 +1,101 @@
+#!/bin/bash
+# make-images.sh - build the standard benchmark images with qemu-img/qemu-io.
+#
+# Idempotent: an image that already exists is kept (delete it to rebuild).
+# Images are written to a temporary name and renamed when complete, so an
+# interrupted build never leaves a half-made image behind.
+#
+#   QIMG_BENCH_DIR   where to put them (default /var/tmp/qimg-bench)
+#   QIMG_BENCH_ONLY  build only these (space-separated names, e.g. "A C")
+#
+# Layout:  $QIMG_BENCH_DIR/pristine/<name>.qcow2  (never modified)
+#          $QIMG_BENCH_DIR/work/                  (copies made by run.py
+#                                                  and iocount.py)
+#
+# Images (apparent size / real disk use, measured):
+#   A     1 TiB, 64 KiB clusters, preallocation=metadata   1 TiB / 161 MiB
+#   A100  100 GiB, same                                  100 GiB /  16 MiB
+#   B     64 GiB, 4 KiB clusters, preallocation=metadata  64 GiB / 161 MiB
+#   C     8 GiB of random data, 64 KiB clusters            8 GiB / 8.1 GiB
+#   D     4 GiB, 512 MiB random data, 1000 snapshots with
+#         a 4 KiB write before each                        4 GiB / 642 MiB
+# Total real use of the pristine set: ~9.1 GiB; building takes ~5 minutes
+# (D's 1000 qemu-img snapshot -c calls are most of it). The timing scripts
+# add one working copy of the image being measured (cp --sparse=always)
+# and, for convert, one output at a time (8 GiB raw or qcow2 for C), and
+# bench-w4k a fresh image (~1.3 GiB after the run), so keep ~30 GB free.
+set -euo pipefail
+
+DIR=${QIMG_BENCH_DIR:-/var/tmp/qimg-bench}
+ONLY=${QIMG_BENCH_ONLY:-A A100 B C D}
+P=$DIR/pristine
+mkdir -p "$P" "$DIR/work"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+
+have() {
+    if [[ -e $P/$1.qcow2 ]]; then
+        log "$1: exists, kept ($P/$1.qcow2)"
+        return 0
+    fi
+    return 1
+}
+
+free_gb() { df -BG --output=avail "$DIR" | tail -1 | tr -dc 0-9; }
+
+# make_meta NAME SIZE CLUSTER
+make_meta() {
+    local tmp=$P/.$1.tmp
+    log "$1: create $2, cluster $3, preallocation=metadata"
+    qemu-img create -q -f qcow2 -o cluster_size="$3",preallocation=metadata \
+        "$tmp" "$2"
+    mv "$tmp" "$P/$1.qcow2"
+}
+
+make_c() {
+    local raw=$P/.C.raw tmp=$P/.C.tmp
+    local avail
+    avail=$(free_gb)
+    if ((avail < 20)); then
+        log "WARNING: only ${avail} GB free in $DIR; C needs 16 GB while" \
+            "building and 8 GB after"
+    fi
+    log "C: 8 GiB of /dev/urandom -> raw"
+    dd if=/dev/urandom of="$raw" bs=1M count=8192 iflag=fullblock \
+        status=none
+    log "C: convert to qcow2 (64 KiB clusters)"
+    qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$raw" "$tmp"
+    rm -f "$raw"
+    mv "$tmp" "$P/C.qcow2"
+}
+
+make_d() {
+    local raw=$P/.D.raw tmp=$P/.D.tmp i off
+    log "D: 4 GiB with 512 MiB of random data"
+    rm -f "$raw"
+    truncate -s 4G "$raw"
+    dd if=/dev/urandom of="$raw" bs=1M count=512 iflag=fullblock \
+        conv=notrunc status=none
+    qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$raw" "$tmp"
+    rm -f "$raw"
+    log "D: 1000 snapshots (a 4 KiB write before each; takes a minute)"
+    for ((i = 1; i <= 1000; i++)); do
+        # spread the writes over the whole disk: 4 MiB apart, wrapping
+        off=$(((i * 4194304 + i * 65536) % 4294967296))
+        qemu-io -f qcow2 -c "write -q -P $((i % 255 + 1)) $off 4k" "$tmp" \
+            >/dev/null
+        qemu-img snapshot -c "snap$i" "$tmp"
+    done
+    mv "$tmp" "$P/D.qcow2"
+}
+
+log "images in $P ($(free_gb) GB free)"
+if wanted A && ! have A; then make_meta A 1T 65536; fi
+if wanted A100 && ! have A100; then make_meta A100 100G 65536; fi
+if wanted B && ! have B; then make_meta B 64G 4096; fi
+if wanted C && ! have C; then make_c; fi
+if wanted D && ! have D; then make_d; fi
+log "done; real disk use:"
+du -sh "$P"/*.qcow2 >&2

@@ -1,0 +1,509 @@
+#!/usr/bin/python3
+"""run.py - time qimg beside qemu-img on the standard images.
+
+Each (operation, image) pair runs the two tools alternately on the same
+working copy (qimg, qemu-img, qimg, qemu-img, ...): one warm-up pair, then
+--runs counted pairs. Set-up and tear-down (making the snapshot to apply or
+delete, deleting the snapshot just made, rewriting part of the disk,
+removing convert output) are untimed and always done with qemu-img/qemu-io,
+so both tools start every timed run from the same state.
+
+Printed per operation and image: the median wall time of each tool, the
+paired ratio (median over the pairs of qemu-img time / qimg time: > 1 means
+qimg is faster) and the peak RSS of each tool (ru_maxrss from wait4, the
+largest over the counted runs). For `bench` the time is the one the tool
+prints ("Run completed in T seconds"), which leaves out open and close.
+
+Images come from make-images.sh (QIMG_BENCH_DIR, default
+/var/tmp/qimg-bench); working copies go to $QIMG_BENCH_DIR/work and are made
+with cp --sparse=always, again for every operation when they are small.
+
+  bench/run.py                         # everything (about an hour)
+  bench/run.py -i A,C -o snap-c,check -n 3
+  bench/run.py --markdown > table.md
+  bench/run.py --list                  # operations and images
+
+The "-a after 10% rewrite" set-up writes 10% of the virtual disk in ten
+stripes (one at every tenth of the disk) with qemu-io before each timed
+apply: real data (`write -P 0x5a`) when 10% of the disk is at most 1 GiB
+(C, D), else zeroes (`write -z`, metadata only) so that A's 100 GiB
+stripes take seconds, not hours. --rewrite=data|zero overrides this.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH_DIR = os.environ.get("QIMG_BENCH_DIR", "/var/tmp/qimg-bench")
+IMAGES = ["A", "A100", "B", "C", "D"]
+SMALL_COPY = 2 << 30        # re-copy working images smaller than this
+FRESH_SIZE = 2 << 30        # bench-w4k: fresh 2 GiB image
+# bench-w4k step: 4 KiB x odd number near 0.618 x (blocks in 2 GiB), a Weyl
+# sequence that scatters the writes over the whole disk
+W4K_STEP = 4096 * 324035
+W4K_COUNT = 20000
+R64K_COUNT = (8 << 30) // 65536     # all of C
+
+
+class Fail(Exception):
+    pass
+
+
+def sh(args, ok=(0,)):
+    """Untimed helper command; raises on an unexpected exit code."""
+    cp = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        text=True)
+    if cp.returncode not in ok:
+        raise Fail("%s -> %d\n%s%s" % (" ".join(args), cp.returncode,
+                                        cp.stdout[-2000:], cp.stderr[-2000:]))
+    return cp
+
+
+def spawn_helper(work):
+    """Build bench/spawn-time.c once (see there why it exists)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                       "spawn-time.c")
+    exe = os.path.join(work, "spawn-time")
+    if (not os.path.exists(exe) or
+            os.path.getmtime(exe) < os.path.getmtime(src)):
+        sh(["cc", "-O2", "-o", exe, src])
+    return exe
+
+
+def timed(ctx, args, want_out=False):
+    """Run once; return (seconds, peak RSS KiB, exit code, stdout, stderr)."""
+    res = os.path.join(ctx.work, "spawn-time.out")
+    out = subprocess.PIPE if want_out else subprocess.DEVNULL
+    cp = subprocess.run([ctx.spawn, res] + args, stdout=out,
+                        stderr=subprocess.PIPE)
+    if cp.returncode != 0:
+        raise Fail("spawn-time failed: %s" % cp.stderr.decode()[-500:])
+    with open(res) as f:
+        dt, rss, rc = f.read().split()
+    return float(dt), int(rss), int(rc), \
+        (cp.stdout or b"").decode(errors="replace"), \
+        cp.stderr.decode(errors="replace")
+
+
+def real_bytes(path):
+    return os.stat(path).st_blocks * 512
+
+
+def virtual_size(path):
+    out = sh(["qemu-img", "info", "--output=json", "-U", path]).stdout
+    return json.loads(out)["virtual-size"]
+
+
+def rewrite_stripes(size):
+    """10% of the disk in ten stripes, one at each tenth, MiB-aligned."""
+    mib = 1 << 20
+    length = size // 100 // mib * mib
+    return [(k * size // 10 // mib * mib, length) for k in range(10)]
+
+
+def rewrite_mode(size, mode):
+    if mode == "auto":
+        mode = "data" if size // 10 <= (1 << 30) else "zero"
+    return mode
+
+
+def rewrite_cmds(size, mode):
+    """qemu-io -c arguments rewriting the stripes (requests <= 1 GiB: qemu-io
+    refuses longer ones)."""
+    w = "write -P 0x5a" if mode == "data" else "write -z"
+    cmds = []
+    for off, length in rewrite_stripes(size):
+        end = off + length
+        while off < end:
+            n = min(end - off, 1 << 30)
+            cmds += ["-c", "%s %d %d" % (w, off, n)]
+            off += n
+    return cmds
+
+
+# ---- Operations ---------------------------------------------------------
+
+class Op:
+    """One timed command with its untimed set-up and tear-down."""
+    name = ""
+    desc = ""
+    images = IMAGES
+    ok_rc = (0,)
+    reported_time = False        # take the time the tool prints
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def setup(self, img):        # once per image, untimed
+        pass
+
+    def pre(self, img):          # before each timed run, untimed
+        pass
+
+    def argv(self, img):         # the timed command, without the tool
+        raise NotImplementedError
+
+    def post(self, img):         # after each timed run, untimed
+        pass
+
+    def teardown(self, img):     # once per image, untimed
+        pass
+
+
+class SnapCreate(Op):
+    name, desc = "snap-c", "snapshot -c (then untimed -d)"
+
+    def argv(self, img):
+        return ["snapshot", "-c", "bench-c", img]
+
+    def post(self, img):
+        sh(["qemu-img", "snapshot", "-d", "bench-c", img])
+
+
+class SnapDelete(Op):
+    name, desc = "snap-d", "snapshot -d (after untimed -c)"
+
+    def pre(self, img):
+        sh(["qemu-img", "snapshot", "-c", "bench-d", img])
+
+    def argv(self, img):
+        return ["snapshot", "-d", "bench-d", img]
+
+
+class SnapApplySteady(Op):
+    name, desc = "snap-a", "snapshot -a, disk already equal to the snapshot"
+
+    def setup(self, img):
+        sh(["qemu-img", "snapshot", "-c", "bench-a", img])
+
+    def argv(self, img):
+        return ["snapshot", "-a", "bench-a", img]
+
+    def teardown(self, img):
+        sh(["qemu-img", "snapshot", "-d", "bench-a", img])
+
+
+class SnapApplyRewrite(SnapApplySteady):
+    name, desc = "snap-a10", "snapshot -a after an untimed 10% rewrite"
+
+    def setup(self, img):
+        super().setup(img)
+        self.size = virtual_size(img)
+        self.mode = rewrite_mode(self.size, self.ctx.rewrite)
+        self.cmds = rewrite_cmds(self.size, self.mode)
+
+    def pre(self, img):
+        sh(["qemu-io", "-f", "qcow2"] + self.cmds + [img])
+
+
+class ReadOnly(Op):
+    def __init__(self, ctx, name, desc, args, ok_rc=(0,)):
+        super().__init__(ctx)
+        self.name, self.desc, self.args, self.ok_rc = name, desc, args, ok_rc
+
+    def argv(self, img):
+        return self.args + [img]
+
+
+class Convert(Op):
+    images = ["C", "D"]
+
+    def __init__(self, ctx, fmt):
+        super().__init__(ctx)
+        self.fmt = fmt
+        self.name = "convert-" + fmt
+        self.desc = "convert -O %s (output removed untimed)" % fmt
+
+    def out(self):
+        return os.path.join(self.ctx.work, "convert-out." + self.fmt)
+
+    def pre(self, img):
+        if os.path.exists(self.out()):
+            os.unlink(self.out())
+
+    def argv(self, img):
+        return ["convert", "-O", self.fmt, img, self.out()]
+
+    def post(self, img):
+        self.pre(img)
+
+
+class BenchWrite(Op):
+    name = "bench-w4k"
+    desc = ("bench -w -s 4k -c %d, scattered (step %d), fresh 2 GiB image"
+            % (W4K_COUNT, W4K_STEP))
+    images = ["fresh"]
+    reported_time = True
+
+    def path(self):
+        return os.path.join(self.ctx.work, "fresh.qcow2")
+
+    def trash(self):
+        return os.path.join(self.ctx.work, "trash")
+
+    def pre(self, img):
+        sh(["qemu-img", "create", "-q", "-f", "qcow2", self.path(),
+            str(FRESH_SIZE)])
+
+    def argv(self, img):
+        return ["bench", "-w", "-s", "4k", "-c", str(W4K_COUNT),
+                "-S", str(W4K_STEP), self.path()]
+
+    def post(self, img):
+        # Deleting an image qemu-img bench wrote takes ext4 a minute or
+        # more (qimg's: half a second), long enough to disturb the next
+        # run: set it aside and delete them all in teardown.
+        os.makedirs(self.trash(), exist_ok=True)
+        n = len(os.listdir(self.trash()))
+        os.rename(self.path(), os.path.join(self.trash(), "%d.qcow2" % n))
+
+    def teardown(self, img):
+        shutil.rmtree(self.trash(), ignore_errors=True)
+
+
+class BenchRead(Op):
+    name = "bench-r64k"
+    desc = "bench -s 64k -c %d, sequential reads of all of C" % R64K_COUNT
+    images = ["C"]
+    reported_time = True
+
+    def argv(self, img):
+        return ["bench", "-s", "64k", "-c", str(R64K_COUNT), img]
+
+
+def make_ops(ctx):
+    ops = [
+        ReadOnly(ctx, "snap-l", "snapshot -l", ["snapshot", "-l"]),
+        ReadOnly(ctx, "info", "info", ["info"]),
+        ReadOnly(ctx, "check", "check", ["check"]),
+        ReadOnly(ctx, "map", "map (human output to /dev/null)", ["map"]),
+        Convert(ctx, "raw"),
+        Convert(ctx, "qcow2"),
+        SnapCreate(ctx),
+        SnapDelete(ctx),
+        SnapApplySteady(ctx),
+        SnapApplyRewrite(ctx),
+        BenchWrite(ctx),
+        BenchRead(ctx),
+    ]
+    return {op.name: op for op in ops}
+
+
+# ---- Running ------------------------------------------------------------
+
+RUN_RE = re.compile(r"Run completed in ([0-9.]+) seconds")
+
+
+def one_run(ctx, op, tool, img):
+    """Set-up, timed command, tear-down. Returns (secs, rss KiB) or
+    (None, reason)."""
+    op.pre(img)
+    argv = [ctx.tools[tool]] + op.argv(img)
+    dt, rss, rc, so, se = timed(ctx, argv, want_out=op.reported_time)
+    if rc not in op.ok_rc:
+        msg = se.strip().splitlines()[-1] if se.strip() else "rc=%d" % rc
+        if tool == "qimg" and "not implemented" in se:
+            return None, "n/a"
+        raise Fail("%s -> %d: %s" % (" ".join(argv), rc, msg))
+    op.post(img)
+    if op.reported_time:
+        m = RUN_RE.search(so)
+        if not m:
+            raise Fail("%s: no 'Run completed' line" % " ".join(argv))
+        dt = float(m.group(1))
+    return dt, rss
+
+
+def work_copy(ctx, image, fresh):
+    """Path of the working copy, (re)made from the pristine image."""
+    if image == "fresh":
+        return None
+    src = os.path.join(ctx.pristine, image + ".qcow2")
+    dst = os.path.join(ctx.work, image + ".qcow2")
+    if not os.path.exists(src):
+        raise Fail("%s missing: run bench/make-images.sh" % src)
+    if fresh or not os.path.exists(dst) or real_bytes(src) < SMALL_COPY:
+        if os.path.exists(dst):
+            os.unlink(dst)
+        sh(["cp", "--sparse=always", src, dst])
+    return dst
+
+
+def verify(ctx, img):
+    """Untimed qemu-img check of the working copy after an operation."""
+    if img is None or not ctx.verify:
+        return ""
+    cp = sh(["qemu-img", "check", img], ok=(0, 1, 2, 3))
+    if cp.returncode == 0:
+        return ""
+    return "qemu-img check rc=%d afterwards" % cp.returncode
+
+
+def measure(ctx, op, image, first):
+    img = work_copy(ctx, image, first)
+    res = {"op": op.name, "image": image, "qimg": [], "qemu": [],
+           "qimg_rss": [], "qemu_rss": [], "note": ""}
+    op.setup(img)
+    if getattr(op, "mode", None):
+        res["note"] = "rewrite: %s" % op.mode
+    na = False
+    for i in range(ctx.warmup + ctx.runs):
+        for tool in ("qimg", "qemu"):
+            if tool == "qimg" and na:
+                continue
+            t, rss = one_run(ctx, op, tool, img)
+            if t is None:
+                na = True
+                continue
+            if i >= ctx.warmup:
+                res[tool].append(t)
+                res[tool + "_rss"].append(rss)
+    op.teardown(img)
+    note = verify(ctx, img)
+    if note:
+        res["note"] = (res["note"] + "; " + note).strip("; ")
+    return res
+
+
+def summarize(res):
+    q, e = res["qimg"], res["qemu"]
+    s = {"op": res["op"], "image": res["image"], "note": res["note"]}
+    s["qimg"] = statistics.median(q) if q else None
+    s["qemu"] = statistics.median(e) if e else None
+    pairs = [b / a for a, b in zip(q, e) if a > 0]
+    s["ratio"] = statistics.median(pairs) if pairs else None
+    s["qimg_rss"] = max(res["qimg_rss"]) / 1024 if q else None
+    s["qemu_rss"] = max(res["qemu_rss"]) / 1024 if e else None
+    s["n"] = len(q) or len(e)
+    return s
+
+
+def fmt_t(v):
+    if v is None:
+        return "n/a"
+    if v < 0.01:
+        return "%.2f ms" % (v * 1e3)
+    if v < 1:
+        return "%.1f ms" % (v * 1e3)
+    return "%.2f s" % v
+
+
+def fmt_r(v):
+    return "n/a" if v is None else ("%.1fx" % v if v < 100 else "%.0fx" % v)
+
+
+def fmt_m(v):
+    return "n/a" if v is None else "%.1f" % v
+
+
+HEAD = ["operation", "image", "qimg", "qemu-img", "qemu/qimg",
+        "qimg RSS MiB", "qemu RSS MiB", "notes"]
+
+
+def rows(summaries):
+    for s in summaries:
+        yield [s["op"], s["image"], fmt_t(s["qimg"]), fmt_t(s["qemu"]),
+               fmt_r(s["ratio"]), fmt_m(s["qimg_rss"]), fmt_m(s["qemu_rss"]),
+               s["note"]]
+
+
+def print_table(summaries, markdown, f=sys.stdout):
+    body = list(rows(summaries))
+    if markdown:
+        print("| " + " | ".join(HEAD) + " |", file=f)
+        print("|" + "|".join("---" for _ in HEAD) + "|", file=f)
+        for r in body:
+            print("| " + " | ".join(r) + " |", file=f)
+        return
+    w = [max(len(x) for x in col) for col in zip(HEAD, *body)]
+    for r in [HEAD] + body:
+        print("  ".join(x.ljust(n) for x, n in zip(r, w)).rstrip(), file=f)
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("-i", "--images", default=",".join(IMAGES + ["fresh"]),
+                   help="comma-separated images (default: all)")
+    p.add_argument("-o", "--ops", default="",
+                   help="comma-separated operations (default: all)")
+    p.add_argument("-n", "--runs", type=int, default=5)
+    p.add_argument("-w", "--warmup", type=int, default=1)
+    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--json", help="also write raw timings to this file")
+    p.add_argument("--rewrite", choices=["auto", "data", "zero"],
+                   default="auto")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip the untimed qemu-img check after each op")
+    p.add_argument("--any-image", action="store_true",
+                   help="run every op on every selected image (convert of "
+                   "A reads 1 TiB)")
+    p.add_argument("--qimg", default=os.path.join(ROOT, "build", "qimg"))
+    p.add_argument("--qemu-img", default="qemu-img")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="print the tables of an earlier --json run")
+    return p.parse_args()
+
+
+def main():
+    ctx = parse_args()
+    ctx.pristine = os.path.join(BENCH_DIR, "pristine")
+    ctx.work = os.path.join(BENCH_DIR, "work")
+    ctx.tools = {"qimg": ctx.qimg, "qemu": ctx.qemu_img}
+    os.makedirs(ctx.work, exist_ok=True)
+    ctx.spawn = spawn_helper(ctx.work)
+    ops = make_ops(ctx)
+    if ctx.from_json:
+        with open(ctx.from_json) as f:
+            print_table([summarize(r) for r in json.load(f)], ctx.markdown)
+        return 0
+    if ctx.list:
+        for op in ops.values():
+            print("%-11s %-22s %s" % (op.name, ",".join(op.images), op.desc))
+        return 0
+    names = ctx.ops.split(",") if ctx.ops else list(ops)
+    images = ctx.images.split(",")
+    bad = [n for n in names if n not in ops]
+    if bad:
+        sys.exit("unknown operation(s): %s (see --list)" % ", ".join(bad))
+    summaries, raw = [], []
+    for image in images:
+        first = True
+        for name in names:
+            op = ops[name]
+            if image not in op.images and not (ctx.any_image and
+                                               image != "fresh" and
+                                               op.images != ["fresh"]):
+                continue
+            print("# %s on %s ..." % (name, image), file=sys.stderr,
+                  flush=True)
+            try:
+                res = measure(ctx, op, image, first)
+            except Fail as e:
+                res = {"op": name, "image": image, "qimg": [], "qemu": [],
+                       "qimg_rss": [], "qemu_rss": [],
+                       "note": "FAILED: %s" % str(e).splitlines()[0][:200]}
+                print("#   %s" % e, file=sys.stderr)
+            first = False
+            raw.append(res)
+            s = summarize(res)
+            summaries.append(s)
+            print_table([s], False, sys.stderr)
+        if image != "fresh":
+            dst = os.path.join(ctx.work, image + ".qcow2")
+            if os.path.exists(dst):
+                os.unlink(dst)
+    print_table(summaries, ctx.markdown)
+    if ctx.json:
+        with open(ctx.json, "w") as f:
+            json.dump(raw, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
