@@ -97,12 +97,13 @@ static int write_skeleton(struct qimg_io *io, const struct qimg_create_opts *o,
 {
     uint64_t cs = o->cluster_size;
     unsigned order = (unsigned)ctz64(o->refcount_bits);
-    uint8_t *buf = calloc(3, cs);
+    uint8_t *buf;
     int ret;
 
+    memset(h, 0, sizeof *h); /* the caller frees it, even on failure */
+    buf = calloc(3, cs);
     if (!buf)
         return qimg_err(ENOMEM, "Out of memory");
-    memset(h, 0, sizeof *h);
     h->version = (uint32_t)o->compat;
     h->cluster_bits = (uint32_t)ctz64(cs);
     h->size = 0; /* set with the L1 table, once it exists */
@@ -130,9 +131,15 @@ static int write_skeleton(struct qimg_io *io, const struct qimg_create_opts *o,
     be64_store(buf + cs, 2 * cs);
     for (unsigned i = 0; i < 3; i++)
         refblock_set(buf + 2 * cs, i, order, 1);
+    /* The refcount structures are durable before the header that makes
+     * the file a qcow2 image: a crash leaves no image or a whole one. */
     ret = io->ops->truncate(io->ctx, 0);
     if (ret == 0)
-        ret = io->ops->pwrite(io->ctx, buf, 3 * cs, 0);
+        ret = io->ops->pwrite(io->ctx, buf + cs, 2 * cs, cs);
+    if (ret == 0)
+        ret = io->ops->flush(io->ctx);
+    if (ret == 0)
+        ret = io->ops->pwrite(io->ctx, buf, cs, 0);
     if (ret < 0)
         ret = qimg_err_errno(-ret, "Could not write qcow2 header");
 out:
@@ -198,13 +205,22 @@ static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
     return ret < 0 ? qimg_err_errno(-ret, "Could not preallocate data") : 0;
 }
 
+static int extend_file(qimg_image *img, uint64_t end)
+{
+    uint64_t sz = 0;
+    int ret = img->io.ops->get_size(img->io.ctx, &sz);
+
+    if (ret == 0 && sz < end)
+        ret = img->io.ops->truncate(img->io.ctx, end);
+    return ret < 0 ? qimg_err_errno(-ret, "Could not resize image") : 0;
+}
+
 /* Map every guest cluster to a host cluster (preallocation=metadata), and
  * for falloc/full reserve or zero the host space too. */
-static int preallocate(qimg_image *img, enum qimg_prealloc mode,
-                       uint64_t *data_end)
+static int preallocate(qimg_image *img, enum qimg_prealloc mode)
 {
     struct qcow2 *q = img->q;
-    uint64_t cs = q->cluster_size, off = 0, end_host = 0;
+    uint64_t cs = q->cluster_size, off = 0;
     int ret = 0;
 
     while (off < img->size && ret == 0) {
@@ -218,25 +234,22 @@ static int preallocate(qimg_image *img, enum qimg_prealloc mode,
         if (ret < 0)
             break;
         ret = refcount_alloc(img, n, &host);
-        /* Data before the entries naming it: falloc reserves, full writes. */
+        /* Data before the entries naming it: falloc reserves, full writes,
+         * metadata extends the file (durable with the refcounts, before
+         * any L2 table is written). */
         if (ret == 0 && mode != QIMG_PREALLOC_METADATA)
             ret = fill_file(&img->io, host, host + n * cs, mode);
+        else if (ret == 0)
+            ret = extend_file(img, host + n * cs);
         for (uint64_t i = 0; ret == 0 && i < n; i++)
             l2_entry_set(q, l2->buf, idx + i,
                          (host + i * cs) | QCOW_OFLAG_COPIED,
                          L2_BITMAP_ALL_ALLOC);
         l2->dirty = true;
         mcache_unpin(l2);
-        end_host = MAX(end_host, host + n * cs);
         off += n * cs;
     }
-    if (ret < 0)
-        return ret;
-    ret = qcow2_flush(img);
-    if (ret < 0)
-        return ret;
-    *data_end = end_host;
-    return 0;
+    return ret < 0 ? ret : qcow2_flush(img);
 }
 
 int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
@@ -245,7 +258,6 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
     struct qimg_open_opts oo = QIMG_OPEN_OPTS_INIT;
     struct qcow2_header h;
     qimg_image *img = NULL;
-    uint64_t end = 0;
     int ret;
 
     *out = NULL;
@@ -265,16 +277,7 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
         return ret;
     ret = create_l1(img, ALIGN_UP(o->size, 512));
     if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF)
-        ret = preallocate(img, o->prealloc, &end);
-    /* The file covers every preallocated cluster. */
-    if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF) {
-        uint64_t sz = 0;
-        ret = img->io.ops->get_size(img->io.ctx, &sz);
-        if (ret == 0 && sz < end)
-            ret = img->io.ops->truncate(img->io.ctx, end);
-        if (ret < 0 && qimg_last_error()->errnum == 0)
-            ret = qimg_err_errno(-ret, "Could not resize image");
-    }
+        ret = preallocate(img, o->prealloc);
     if (ret == 0)
         ret = qcow2_flush(img);
     if (ret < 0) {

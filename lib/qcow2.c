@@ -577,20 +577,36 @@ static int meta_build(qimg_image *img)
  * metadata must be counted, or first-fit allocation of the operation's new
  * metadata could land on it. The lowest uncounted one is reported as
  * QEMU's overlap check reports a write there. */
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
 int qcow2_meta_check_counted(qimg_image *img)
 {
     struct qcow2 *q = img->q;
-    uint64_t low = UINT64_MAX, rc;
+    uint64_t low = UINT64_MAX, rc, *c;
+    size_t n = 0;
     int ret = q->meta_ready ? 0 : meta_build(img);
 
-    for (size_t i = 0; ret == 0 && i < q->meta.cap; i++) {
-        uint64_t c = q->meta.slots[i];
-        if (c == UINT64_MAX || c >= low)
-            continue;
-        ret = refcount_get(img, c, &rc);
+    if (ret < 0)
+        return ret;
+    /* In file order, so that each refcount block is read once. */
+    c = malloc((q->meta.n ? q->meta.n : 1) * sizeof *c);
+    if (!c)
+        return qimg_err(ENOMEM, "Out of memory");
+    for (size_t i = 0; i < q->meta.cap; i++)
+        if (q->meta.slots[i] != UINT64_MAX)
+            c[n++] = q->meta.slots[i];
+    qsort(c, n, sizeof *c, cmp_u64);
+    for (size_t i = 0; ret == 0 && i < n && low == UINT64_MAX; i++) {
+        ret = refcount_get(img, c[i], &rc);
         if (ret == 0 && !rc)
-            low = c;
+            low = c[i];
     }
+    free(c);
     if (ret < 0 || low == UINT64_MAX)
         return ret;
     return qcow2_signal_corruption(

@@ -55,7 +55,8 @@ struct scenario {
     uint64_t size;
     void (*setup)(qimg_image *img);
     int (*op)(qimg_image *img);
-    const char *target; /* snapshot ID the operation names */
+    const char *target; /* snapshot ID the operation names; for a create,
+                           "metadata" preallocates */
     bool failed_write;  /* judging the result of a failed guest write */
 };
 
@@ -496,7 +497,10 @@ static void judge(const struct scenario *sc, const struct bytes *b,
                   const struct image_state *after)
 {
     struct image_state s;
-    bool leaks_ok = sc->kind == K_GUEST || sc->kind == K_REPAIR;
+    /* A crash in the middle of an image create may leak too: the image
+     * was not there before. */
+    bool leaks_ok = sc->kind == K_GUEST || sc->kind == K_REPAIR ||
+                    sc->kind == K_CREATE;
     int64_t corr = 0, leaks = 0;
 
     states_total++;
@@ -904,6 +908,9 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4},
     {"check-r-all", K_REPAIR, setup_lowered, op_repair_all, NULL,
      NEED_REFCOUNT4 | NEED_STD_L2},
+    /* Image create over an empty file (op unused, see exec_op). */
+    {"create", K_CREATE, NULL, NULL, NULL, 0},
+    {"create-prealloc", K_CREATE, NULL, NULL, "metadata", 0},
 };
 
 struct variant {
@@ -954,6 +961,10 @@ static struct scenario make_scenario(const struct op_def *o,
     sc.extended_l2 = v->extended_l2;
     sc.size = v->cluster_size > 65536 ? 8 * (uint64_t)v->cluster_size
                                       : 4 << 20;
+    /* Preallocating writes every L2 table: 128 clusters (two L2 tables of
+     * 512-byte clusters, several new refcount blocks) are plenty. */
+    if (o->kind == K_CREATE && o->target)
+        sc.size = MIN(sc.size, 128 * (uint64_t)v->cluster_size);
     sc.setup = o->setup;
     sc.op = o->op;
     sc.target = o->target;
@@ -962,6 +973,61 @@ static struct scenario make_scenario(const struct op_def *o,
 
 /* ---- Running scenarios ------------------------------------------------------ */
 
+static void create_opts(const struct scenario *sc, struct qimg_create_opts *o)
+{
+    o->size = sc->size;
+    o->cluster_size = sc->cluster_size;
+    o->refcount_bits = sc->refcount_bits;
+    o->compat = sc->compat;
+    o->extended_l2 = sc->extended_l2;
+}
+
+static int make_base(const struct scenario *sc, struct bytes *base);
+
+/* The base image and what a guest sees in it (nothing before a create). */
+static int start_state(const struct scenario *sc, struct bytes *base,
+                       struct image_state *before)
+{
+    if (make_base(sc, base) < 0)
+        return -1;
+    if (sc->kind == K_CREATE) {
+        memset(before, 0, sizeof *before);
+        return 0;
+    }
+    return capture(base, before);
+}
+
+/* Run the scenario's operation over io (consumed): open and operate, or
+ * create the image. */
+static int exec_op(const struct scenario *sc, struct qimg_io *io,
+                   bool for_check)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    qimg_image *img;
+    int ret;
+
+    if (sc->kind == K_CREATE) {
+        struct qimg_create_opts co = QIMG_CREATE_OPTS_INIT;
+        create_opts(sc, &co);
+        if (sc->target && !strcmp(sc->target, "metadata"))
+            co.prealloc = QIMG_PREALLOC_METADATA;
+        ret = qcow2_create(&img, io, "crash", &co);
+        if (ret < 0)
+            return ret;
+        return qimg_image_close(img) < 0 ? -EIO : 0;
+    }
+    o.fmt = QIMG_FMT_QCOW2;
+    o.read_write = true;
+    o.for_check = for_check;
+    ret = image_open_io(&img, io, "crash", &o, 0);
+    if (ret < 0)
+        return ret;
+    ret = sc->op(img);
+    if (qimg_image_close(img) < 0 && ret == 0)
+        ret = -EIO;
+    return ret;
+}
+
 static int make_base(const struct scenario *sc, struct bytes *base)
 {
     struct qimg_create_opts o = QIMG_CREATE_OPTS_INIT;
@@ -969,11 +1035,11 @@ static int make_base(const struct scenario *sc, struct bytes *base)
     qimg_image *img;
     size_t len;
 
-    o.size = sc->size;
-    o.cluster_size = sc->cluster_size;
-    o.refcount_bits = sc->refcount_bits;
-    o.compat = sc->compat;
-    o.extended_l2 = sc->extended_l2;
+    if (sc->kind == K_CREATE) {
+        bytes_set(base, NULL, 0); /* an empty file */
+        return 0;
+    }
+    create_opts(sc, &o);
     if (io_mem_open(&io, NULL, 0) < 0 || qcow2_create(&img, &io, "base", &o) < 0)
         return -1;
     if (sc->setup)
@@ -991,25 +1057,13 @@ static int make_base(const struct scenario *sc, struct bytes *base)
 static int run_op(const struct scenario *sc, const struct bytes *base,
                   struct rec *r, bool for_check)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
     struct qimg_io io;
-    qimg_image *img;
-    int ret;
 
     if (rec_init(r, base) < 0)
         return -ENOMEM;
     rec_io(r, &io);
-    o.fmt = QIMG_FMT_QCOW2;
-    o.read_write = true;
-    o.for_check = for_check;
     r->recording = true;
-    ret = image_open_io(&img, &io, "crash", &o, 0);
-    if (ret < 0)
-        return ret;
-    ret = sc->op(img);
-    if (qimg_image_close(img) < 0 && ret == 0)
-        ret = -EIO;
-    return ret;
+    return exec_op(sc, &io, for_check);
 }
 
 static void run_states(const struct scenario *sc)
@@ -1020,7 +1074,7 @@ static void run_states(const struct scenario *sc)
     struct rec r;
     unsigned long n0 = states_total;
 
-    if (make_base(sc, &base) < 0 || capture(&base, &before) < 0) {
+    if (start_state(sc, &base, &before) < 0) {
         failf(sc, "setup failed");
         return;
     }
@@ -1060,10 +1114,7 @@ static const struct {
 static int run_faulty(const struct scenario *sc, const struct bytes *base,
                       struct rec *r, int f, unsigned n)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
     struct qimg_io io;
-    qimg_image *img;
-    int ret;
 
     if (rec_init(r, base) < 0)
         return -ENOMEM;
@@ -1071,17 +1122,8 @@ static int run_faulty(const struct scenario *sc, const struct bytes *base,
     r->fault_n = n;
     r->fault_errno = faults[f].err;
     rec_io(r, &io);
-    o.fmt = QIMG_FMT_QCOW2;
-    o.read_write = true;
-    o.for_check = sc->kind == K_REPAIR;
     r->recording = true;
-    ret = image_open_io(&img, &io, "crash", &o, 0);
-    if (ret < 0)
-        return ret;
-    ret = sc->op(img);
-    if (qimg_image_close(img) < 0 && ret == 0)
-        ret = -EIO;
-    return ret;
+    return exec_op(sc, &io, sc->kind == K_REPAIR);
 }
 
 /* Fail the n-th call of one kind; judge the result; a retry must work.
@@ -1140,7 +1182,7 @@ static void run_faults(const struct scenario *sc)
     unsigned long n0 = states_total;
     struct rec r;
 
-    if (make_base(sc, &base) < 0 || capture(&base, &before) < 0) {
+    if (start_state(sc, &base, &before) < 0) {
         failf(sc, "setup failed");
         return;
     }
@@ -1171,11 +1213,9 @@ static bool malloc_once(const struct scenario *sc, const struct bytes *base,
                         const struct image_state *before,
                         const struct image_state *after, unsigned long n)
 {
-    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
     struct scenario relaxed = *sc;
     struct bytes res = {0};
     struct qimg_io io;
-    qimg_image *img;
     struct rec r, r2;
     int ret;
 
@@ -1183,18 +1223,10 @@ static bool malloc_once(const struct scenario *sc, const struct bytes *base,
     if (rec_init(&r, base) < 0)
         return false;
     rec_io(&r, &io);
-    o.fmt = QIMG_FMT_QCOW2;
-    o.read_write = true;
-    o.for_check = sc->kind == K_REPAIR;
     malloc_failed = false;
     malloc_count = 0;
     malloc_fail_at = n;
-    ret = image_open_io(&img, &io, "crash", &o, 0);
-    if (ret == 0) {
-        ret = sc->op(img);
-        if (qimg_image_close(img) < 0 && ret == 0)
-            ret = -EIO;
-    }
+    ret = exec_op(sc, &io, sc->kind == K_REPAIR);
     malloc_fail_at = 0;
     if (!malloc_failed) {
         rec_free(&r);
@@ -1232,7 +1264,7 @@ static void run_mallocs(const struct scenario *sc)
     unsigned long n0 = states_total;
     struct rec r;
 
-    if (make_base(sc, &base) < 0 || capture(&base, &before) < 0) {
+    if (start_state(sc, &base, &before) < 0) {
         failf(sc, "setup failed");
         return;
     }

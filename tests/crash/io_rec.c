@@ -173,7 +173,8 @@ void bytes_set(struct bytes *b, const uint8_t *d, size_t len)
     b->data = malloc(len ? len : 1);
     if (!b->data)
         abort();
-    memcpy(b->data, d, len);
+    if (len)
+        memcpy(b->data, d, len);
     b->len = len;
 }
 
