@@ -1282,12 +1282,25 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
 /* With the on-disk refcounts equal to the computed ones and every active
  * entry recorded in cop1/cop0 by the walk: true if no active data cluster
  * needs a COPIED message (COPIED exactly where the refcount is 1). */
+#define BE16_ONE_2 0, 1
+#define BE16_ONE_8 BE16_ONE_2, BE16_ONE_2, BE16_ONE_2, BE16_ONE_2
+#define BE16_ONE_32 BE16_ONE_8, BE16_ONE_8, BE16_ONE_8, BE16_ONE_8
+/* 64 big-endian 16-bit counts of 1. */
+static const uint8_t be16_ones[128] = {BE16_ONE_32, BE16_ONE_32, BE16_ONE_32,
+                                       BE16_ONE_32};
+
 static bool copied_flags_agree(const struct chk *c)
 {
     bool wide = c->q->refcount_order == 4;
 
     for (uint64_t w = 0; w < c->cop_n / 64; w++) {
         uint64_t m1 = c->cop1[w], m0 = c->cop0[w];
+        if (wide && m1 == UINT64_MAX && !m0 && (w + 1) * 64 <= c->nb_refs) {
+            /* 64 COPIED clusters (the usual word): all counts are 1. */
+            if (memcmp(c->refs + w * 128, be16_ones, sizeof be16_ones))
+                return false;
+            continue;
+        }
         if (wide && (m1 | m0) && (w + 1) * 64 <= c->nb_refs) {
             /* 16-bit counts (the default): all 64, without branches. */
             const uint8_t *p = c->refs + w * 128;

@@ -233,6 +233,26 @@ def base_lazy(p):
     io(p, "write -q -P 0x11 0 256k", "write -q -P 0x33 2M 64k")
 
 
+def base_words(p):
+    """4k clusters: 200 data clusters written in order, so whole 64-cluster
+    runs of host clusters are active, COPIED and referenced once (check
+    compares such runs in one step)."""
+    mk(p, "cluster_size=4k")
+    io(p, "write -q -P 0x44 0 800k")
+
+
+def d_dup_copied(img):
+    """Guest cluster 195's entry points at guest cluster 65's host cluster
+    (COPIED kept): that cluster is counted twice (refcount 2, correct), the
+    entry's old cluster is freed (refcount 0, correct): only the COPIED
+    flags are wrong, inside a run of clusters otherwise all COPIED."""
+    K = 4096
+    old = img.data_cluster(195 * K)
+    img.set_l2e(195 * K, img.l2e(65 * K))
+    img.set_refcount(img.data_cluster(65 * K), 2)
+    img.set_refcount(old, 0)
+
+
 def base_rc2_snaps(p):
     """4k clusters, 2-bit refcounts: data at 0 in an L2 table shared by
     the active disk and two snapshots (refcount 3, the maximum), then data
@@ -254,6 +274,7 @@ BASES = {
     "rc1": lambda p: base_nosnap(p, "refcount_bits=1"),
     "rc2": lambda p: base_nosnap(p, "refcount_bits=2"),
     "rc2snaps": base_rc2_snaps,
+    "words": base_words,
     "rc4": lambda p: base_std(p, "refcount_bits=4"),
     "rc64": lambda p: base_std(p, "refcount_bits=64"),
     "extl2": lambda p: base_std(p, "extended_l2=on,cluster_size=64k"),
@@ -527,6 +548,7 @@ KINDS = {
         d_l2e(2 * M, lambda i, e: e + 0x200),
         d_bitmap(2 * M, lambda b: 0xffffffff00000000)), ["s1"]),
     # two findings at once
+    "copied_rc2_in_full_run": ("words", d_dup_copied, None),
     "snap_incomplete_and_rebuild": ("std", d_many(
         d_snap(extra=lambda i, v: v[:8]),
         d_refcount(lambda i: cl_of(i, 2 * M), 0)), None),
