@@ -833,19 +833,53 @@ static int txn_init(struct txn *t, qimg_image *img)
 }
 
 /* Validate every snapshot's L1 location and the tables they point at. */
+struct l1_ref {
+    uint64_t off;
+    uint32_t idx;
+};
+
+static int cmp_l1_ref(const void *a, const void *b)
+{
+    const struct l1_ref *x = a, *y = b;
+
+    if (x->off != y->off)
+        return x->off < y->off ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Every snapshot's L1 table is valid, and no two share one (the first
+ * entry naming a table is reported with the first that shares it). */
 static int check_snapshots(struct txn *t, const struct snap *snaps,
                            uint32_t n)
 {
+    struct l1_ref *order = malloc((n ? n : 1) * sizeof *order);
+    uint32_t *dup = malloc((n ? n : 1) * sizeof *dup);
     int ret = 0;
 
+    if (!order || !dup) {
+        free(order);
+        free(dup);
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        order[i] = (struct l1_ref){snaps[i].l1_off, i};
+        dup[i] = UINT32_MAX;
+    }
+    qsort(order, n, sizeof *order, cmp_l1_ref);
+    for (uint32_t k = 1, first = 0; k < n; k++) {
+        if (order[k].off != order[first].off)
+            first = k;
+        else if (snaps[order[k].idx].l1_size)
+            dup[order[k].idx] = order[first].idx;
+    }
     for (uint32_t i = 0; ret == 0 && i < n; i++) {
         ret = snap_check_l1(t->img, &snaps[i]);
-        for (uint32_t j = 0; ret == 0 && j < i; j++)
-            if (snaps[j].l1_off == snaps[i].l1_off && snaps[i].l1_size)
-                ret = qimg_err(EINVAL, "Snapshots %s and %s share an L1 "
-                                       "table",
-                               snaps[j].id, snaps[i].id);
+        if (ret == 0 && dup[i] != UINT32_MAX)
+            ret = qimg_err(EINVAL, "Snapshots %s and %s share an L1 table",
+                           snaps[dup[i]].id, snaps[i].id);
     }
+    free(order);
+    free(dup);
     return ret;
 }
 
