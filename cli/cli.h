@@ -32,6 +32,9 @@ extern bool cli_no_locking;
     {.fmt = QIMG_FMT_AUTO, .no_locking = cli_no_locking}
 /* "qimg: <msg>" on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* QEMU's warning for an image opened for writing whose format was probed
+ * as raw. */
+void cli_warn_raw_probe(const char *file);
 /* As cli_error, then "Try 'qimg --help' for more information"; returns 1. */
 int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "qimg: <prefix><library error message>" on stderr. */

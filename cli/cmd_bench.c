@@ -220,19 +220,6 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
     return 0;
 }
 
-static void warn_raw_probe(const char *file)
-{
-    fflush(stdout);
-    fprintf(stderr,
-            "WARNING: Image format was not specified for '%s' and probing "
-            "guessed raw.\n"
-            "         Automatically detecting the format is dangerous for raw "
-            "images, write operations on block 0 will be restricted.\n"
-            "         Specify the 'raw' format explicitly to remove the "
-            "restrictions.\n",
-            file);
-}
-
 /* Open as qemu-img's img_open() would for bench; NULL after a message. */
 static qimg_image *open_image(const struct bench_args *a)
 {
@@ -260,7 +247,7 @@ static qimg_image *open_image(const struct bench_args *a)
         img = NULL;
     } else if (a->is_write && o.fmt == QIMG_FMT_AUTO &&
                qimg_image_format(img) == QIMG_FMT_RAW) {
-        warn_raw_probe(a->file);
+        cli_warn_raw_probe(a->file);
     }
     free(path);
     return img;

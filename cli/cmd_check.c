@@ -229,13 +229,7 @@ static int finish(const struct check_args *a, struct qimg_check_result *r,
 static void no_checks(const struct check_args *a)
 {
     if (a->fix && a->fmt == QIMG_FMT_AUTO)
-        fprintf(stderr, "WARNING: Image format was not specified for '%s' and "
-                        "probing guessed raw.\n         Automatically "
-                        "detecting the format is dangerous for raw images, "
-                        "write operations on block 0 will be restricted.\n"
-                        "         Specify the 'raw' format explicitly to "
-                        "remove the restrictions.\n",
-                a->file);
+        cli_warn_raw_probe(a->file);
     cli_error("This image format does not support checks");
 }
 

@@ -30,19 +30,6 @@ struct open_req {
     bool read_only, force_share;
 };
 
-static void warn_probed_raw(const char *path)
-{
-    fflush(stdout);
-    fprintf(stderr,
-            "WARNING: Image format was not specified for '%s' and probing "
-            "guessed raw.\n"
-            "         Automatically detecting the format is dangerous for "
-            "raw images, write operations on block 0 will be restricted.\n"
-            "         Specify the 'raw' format explicitly to remove the "
-            "restrictions.\n",
-            path);
-}
-
 /* Remember the size, and what `write -z -n` and `info` need to know about
  * a qcow2. */
 static int load_geometry(struct io_state *s)
@@ -99,7 +86,7 @@ static int io_open(struct io_state *s, const struct open_req *r)
     s->probed_raw =
         o.fmt == QIMG_FMT_AUTO && qimg_image_format(s->img) == QIMG_FMT_RAW;
     if (s->probed_raw && s->writable)
-        warn_probed_raw(r->path);
+        cli_warn_raw_probe(r->path);
     return 0;
 }
 

@@ -191,26 +191,13 @@ static int do_action(qimg_image *img, const struct snap_args *a)
     }
 }
 
-static void warn_raw_probe(const char *file)
-{
-    fflush(stdout);
-    fprintf(stderr,
-            "WARNING: Image format was not specified for '%s' and probing "
-            "guessed raw.\n"
-            "         Automatically detecting the format is dangerous for raw "
-            "images, write operations on block 0 will be restricted.\n"
-            "         Specify the 'raw' format explicitly to remove the "
-            "restrictions.\n",
-            file);
-}
-
 /* Snapshots of raw images: what qemu-img says for each action. */
 static int raw_action(const struct snap_args *a)
 {
     if (a->fmt == QIMG_FMT_AUTO) {
-        warn_raw_probe(a->file);
+        cli_warn_raw_probe(a->file);
         if (a->action == ACT_APPLY)
-            warn_raw_probe(a->file);
+            cli_warn_raw_probe(a->file);
     }
     if (a->action == ACT_CREATE)
         cli_error("Could not create snapshot '%s': -95 (Operation not "

@@ -36,6 +36,19 @@ void cli_error(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+void cli_warn_raw_probe(const char *file)
+{
+    fflush(stdout);
+    fprintf(stderr,
+            "WARNING: Image format was not specified for '%s' and probing "
+            "guessed raw.\n"
+            "         Automatically detecting the format is dangerous for raw "
+            "images, write operations on block 0 will be restricted.\n"
+            "         Specify the 'raw' format explicitly to remove the "
+            "restrictions.\n",
+            file);
+}
+
 int cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
