@@ -5,7 +5,8 @@
 # Images are written to a temporary name and renamed when complete, so an
 # interrupted build never leaves a half-made image behind.
 #
-#   QIMG_BENCH_DIR   where to put them (default /var/tmp/qimg-bench)
+#   QIMG_BENCH_DIR   where to put them (default: build/bench-images in the
+#                    source tree; the file system needs ~30 GB free)
 #   QIMG_BENCH_ONLY  build only these (space-separated names, e.g. "A C")
 #
 # Layout:  $QIMG_BENCH_DIR/pristine/<name>.qcow2  (never modified)
@@ -26,7 +27,7 @@
 # bench-w4k a fresh image (~1.3 GiB after the run), so keep ~30 GB free.
 set -euo pipefail
 
-DIR=${QIMG_BENCH_DIR:-/var/tmp/qimg-bench}
+DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
 ONLY=${QIMG_BENCH_ONLY:-A A100 B C D}
 P=$DIR/pristine
 mkdir -p "$P" "$DIR/work"

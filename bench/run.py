@@ -15,7 +15,8 @@ largest over the counted runs). For `bench` the time is the one the tool
 prints ("Run completed in T seconds"), which leaves out open and close.
 
 Images come from make-images.sh (QIMG_BENCH_DIR, default
-/var/tmp/qimg-bench); working copies go to $QIMG_BENCH_DIR/work and are made
+build/bench-images in the source tree); working copies go to
+$QIMG_BENCH_DIR/work and are made
 with cp --sparse=always, again for every operation when they are small.
 
   bench/run.py                         # everything (about an hour)
@@ -39,7 +40,8 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH_DIR = os.environ.get("QIMG_BENCH_DIR", "/var/tmp/qimg-bench")
+BENCH_DIR = os.environ.get("QIMG_BENCH_DIR",
+                           os.path.join(ROOT, "build", "bench-images"))
 IMAGES = ["A", "A100", "B", "C", "D"]
 SMALL_COPY = 2 << 30        # re-copy working images smaller than this
 FRESH_SIZE = 2 << 30        # bench-w4k: fresh 2 GiB image

@@ -23,8 +23,8 @@ equal qemu-img's (qemu-io's for io), except
     exact output is pinned: one line when it refuses to open the file;
     when a corrupt entry is met later, QEMU's corruption frame line plus
     the command's own failure line, the shape qemu-img itself uses;
-  * differences filed in /work/notes/lib-requests.md ("bad-input
-    survey"): strict xfail, reason "lib-requests: <name>".
+  * differences the library does not reproduce yet (FILED below):
+    strict xfail, reason "lib-requests: <name>".
 Then the autoclear and corrupt bits, written or not, as QEMU does.
 """
 import hashlib
@@ -390,7 +390,8 @@ for _case, _detail in PAST_EOF_DETAIL.items():
                                      re.escape(_frame % _detail) + _last,
                                      _out)
 
-# Filed in /work/notes/lib-requests.md, "bad-input survey" section.
+# Differences the library does not reproduce yet; strict xfail, so each
+# entry must go once it does.
 FILED = {}
 
 

@@ -618,7 +618,7 @@ def test_nonexistent_directory(tmp, template):
 
 
 # Failures where qemu-img reports something qimg does not yet reproduce
-# because of the library; see /work/notes/lib-requests.md. strict: they
+# because of the library. strict: they
 # start failing (XPASS) once the library is fixed, so this list shrinks.
 LIB_ERRORS = [
     # QEMU's "Could not resize image: " prefix
