@@ -1175,38 +1175,6 @@ static bool fault_once(const struct scenario *sc, const struct bytes *base,
     return true;
 }
 
-static void run_faults(const struct scenario *sc)
-{
-    struct bytes base = {0}, after_b = {0};
-    struct image_state before, after;
-    unsigned long n0 = states_total;
-    struct rec r;
-
-    if (start_state(sc, &base, &before) < 0) {
-        failf(sc, "setup failed");
-        return;
-    }
-    if (run_op(sc, &base, &r, sc->kind == K_REPAIR) < 0 ||
-        (rec_contents(&r, &after_b), capture(&after_b, &after)) < 0) {
-        failf(sc, "operation failed");
-        rec_free(&r);
-        return;
-    }
-    rec_free(&r);
-    for (size_t f = 0; f < sizeof faults / sizeof faults[0]; f++)
-        for (unsigned n = 1;
-             n < 100000 && fault_once(sc, &base, &before, &after, (int)f, n);
-             n++)
-            ;
-    drain();
-    printf("%-28s %5lu injected faults\n", sc->name, states_total - n0);
-    fflush(stdout);
-    state_free(&before);
-    state_free(&after);
-    bytes_free(&base);
-    bytes_free(&after_b);
-}
-
 /* The N-th allocation of the operation fails: a clean error, nothing
  * corrupted, nothing leaked (ASan), and a retry succeeds. */
 static bool malloc_once(const struct scenario *sc, const struct bytes *base,
@@ -1257,7 +1225,9 @@ static bool malloc_once(const struct scenario *sc, const struct bytes *base,
     return true;
 }
 
-static void run_mallocs(const struct scenario *sc)
+/* Fail the 1st, 2nd, ... I/O call of each kind (or allocation), until the
+ * operation no longer reaches the N-th. */
+static void run_sweep(const struct scenario *sc, bool mallocs)
 {
     struct bytes base = {0}, after_b = {0};
     struct image_state before, after;
@@ -1275,11 +1245,20 @@ static void run_mallocs(const struct scenario *sc)
         return;
     }
     rec_free(&r);
-    for (unsigned long n = 1;
-         n < 1000000 && malloc_once(sc, &base, &before, &after, n); n++)
-        ;
+    if (mallocs)
+        for (unsigned long n = 1;
+             n < 1000000 && malloc_once(sc, &base, &before, &after, n); n++)
+            ;
+    else
+        for (size_t f = 0; f < sizeof faults / sizeof faults[0]; f++)
+            for (unsigned n = 1;
+                 n < 100000 &&
+                 fault_once(sc, &base, &before, &after, (int)f, n);
+                 n++)
+                ;
     drain();
-    printf("%-28s %5lu failed allocations\n", sc->name, states_total - n0);
+    printf("%-28s %5lu %s\n", sc->name, states_total - n0,
+           mallocs ? "failed allocations" : "injected faults");
     fflush(stdout);
     state_free(&before);
     state_free(&after);
@@ -1324,10 +1303,8 @@ int main(int argc, char **argv)
             sc = make_scenario(&ops_list[i], &variants[j], name, sizeof name);
             if (only && !strstr(sc.name, only))
                 continue;
-            if (malloc_mode)
-                run_mallocs(&sc);
-            else if (faults_mode)
-                run_faults(&sc);
+            if (malloc_mode || faults_mode)
+                run_sweep(&sc, malloc_mode);
             else
                 run_states(&sc);
         }
