@@ -640,6 +640,30 @@ static int walk_l2(struct chk *c, uint64_t l2_off, bool frag)
     return check_l2(c, l2_off, frag);
 }
 
+/* Read an L1 table of l1_size (> 0) entries for counting; a failure is a
+ * check error (with QEMU's message for a failed read). */
+static int read_l1_for_check(struct chk *c, uint64_t l1_off, uint32_t l1_size,
+                             uint8_t **out)
+{
+    uint64_t bytes = (uint64_t)l1_size * 8;
+    int ret;
+
+    *out = malloc(bytes);
+    if (!*out) {
+        c->res->check_errors++;
+        return qimg_err(ENOMEM, "Out of memory");
+    }
+    if (image_pread(c->img, *out, bytes, l1_off) < 0) {
+        free(*out);
+        *out = NULL;
+        c->res->check_errors++;
+        ret = add_msg(c, "io", true, false,
+                      "ERROR: I/O error in check_refcounts_l1");
+        return ret < 0 ? ret : -EIO;
+    }
+    return 0;
+}
+
 /* Count an L1 table (active: snap = -1), its L2 tables and their data. */
 static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
                     bool frag)
@@ -653,17 +677,9 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
     ret = inc_refs(c, l1_off, bytes);
     if (ret < 0 || !l1_size)
         return ret;
-    l1 = malloc(bytes);
-    if (!l1) {
-        c->res->check_errors++;
-        return qimg_err(ENOMEM, "Out of memory");
-    }
-    if (image_pread(c->img, l1, bytes, l1_off) < 0) {
-        free(l1);
-        c->res->check_errors++;
-        add_msg(c, "io", true, false, "ERROR: I/O error in check_refcounts_l1");
-        return -EIO;
-    }
+    ret = read_l1_for_check(c, l1_off, l1_size, &l1);
+    if (ret < 0)
+        return ret;
     for (uint32_t i = 0; i < l1_size && ret == 0; i++) {
         uint64_t e = l1_entry_get(l1, i), l2_off = e & L1E_OFFSET_MASK;
         if (!e)
@@ -861,24 +877,16 @@ static int check_refblocks(struct chk *c)
 static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
                          bool active)
 {
-    uint64_t bytes = (uint64_t)l1_size * 8, v;
+    uint64_t v;
     uint8_t *l1;
-    int ret = 1;
+    int ret;
 
     if (!l1_size)
         return 1;
-    l1 = malloc(bytes);
-    if (!l1) {
-        c->res->check_errors++;
-        return qimg_err(ENOMEM, "Out of memory");
-    }
-    if (image_pread(c->img, l1, bytes, l1_off) < 0) {
-        free(l1);
-        c->res->check_errors++;
-        ret = add_msg(c, "io", true, false,
-                      "ERROR: I/O error in check_refcounts_l1");
-        return ret < 0 ? ret : -EIO;
-    }
+    ret = read_l1_for_check(c, l1_off, l1_size, &l1);
+    if (ret < 0)
+        return ret;
+    ret = 1;
     for (uint32_t i = 0; ret == 1 && i < l1_size; i++) {
         uint64_t l2_off = l1_entry_get(l1, i) & L1E_OFFSET_MASK;
         if (!l2_off || !IS_ALIGNED(l2_off, c->q->cluster_size))

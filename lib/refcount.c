@@ -371,6 +371,21 @@ int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
     return 0;
 }
 
+/* Append to the queue of decrements that wait for a flush. */
+static int dec_push(struct qcow2 *q, struct pending_dec d)
+{
+    if (q->nb_dec == q->cap_dec) {
+        size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
+        struct pending_dec *p = realloc(q->dec, cap * sizeof *p);
+        if (!p)
+            return qimg_err(ENOMEM, "Out of memory");
+        q->dec = p;
+        q->cap_dec = cap;
+    }
+    q->dec[q->nb_dec++] = d;
+    return 0;
+}
+
 int refcount_dec_later(qimg_image *img, uint64_t off, uint64_t len,
                        bool do_discard)
 {
@@ -379,17 +394,9 @@ int refcount_dec_later(qimg_image *img, uint64_t off, uint64_t len,
     uint64_t last = (off + len - 1) >> q->cluster_bits;
 
     for (uint64_t idx = first; idx <= last; idx++) {
-        if (q->nb_dec == q->cap_dec) {
-            size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
-            struct pending_dec *d = realloc(q->dec, cap * sizeof *d);
-            if (!d)
-                return qimg_err(ENOMEM, "Out of memory");
-            q->dec = d;
-            q->cap_dec = cap;
-        }
-        q->dec[q->nb_dec].idx = idx;
-        q->dec[q->nb_dec].do_discard = do_discard;
-        q->nb_dec++;
+        int ret = dec_push(q, (struct pending_dec){idx, do_discard});
+        if (ret < 0)
+            return ret;
     }
     return 0;
 }
@@ -417,15 +424,9 @@ static int requeue(qimg_image *img, const struct pending_dec *d, size_t n)
     struct qcow2 *q = img->q;
 
     for (size_t i = 0; i < n; i++) {
-        if (q->nb_dec == q->cap_dec) {
-            size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
-            struct pending_dec *p = realloc(q->dec, cap * sizeof *p);
-            if (!p)
-                return qimg_err(ENOMEM, "Out of memory");
-            q->dec = p;
-            q->cap_dec = cap;
-        }
-        q->dec[q->nb_dec++] = d[i];
+        int ret = dec_push(q, d[i]);
+        if (ret < 0)
+            return ret;
     }
     return 0;
 }
