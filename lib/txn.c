@@ -59,6 +59,7 @@ struct txn {
     size_t wlen;
     struct idset meta_freed; /* old metadata clusters the op replaces */
     struct u64map copies; /* old L2 table offset -> its new copy */
+    struct l2store l2s;   /* L2 tables read so far, kept as runs */
     uint8_t *rt;          /* the new refcount table */
     uint64_t rt_off, rt_clusters;
     uint64_t *freed; /* (start, length) cluster runs freed by the commit */
@@ -116,6 +117,18 @@ static int rc_get(struct txn *t, uint64_t idx, uint64_t *out)
     return refcount_get(t->img, idx, out);
 }
 
+/* Adding delta to the refcount of cluster idx leaves its range. */
+static int rc_out_of_range(const struct txn *t, uint64_t idx, int64_t delta)
+{
+    if (delta < 0)
+        return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
+                            "its references",
+                            idx);
+    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
+                            " would exceed its maximum of %" PRIu64,
+                    idx, t->q->refcount_max);
+}
+
 static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
 {
     struct qcow2 *q = t->q;
@@ -126,14 +139,9 @@ static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
     if (ret < 0)
         return ret;
     v = refblock_get(rb, i, q->refcount_order);
-    if (delta < 0 && v < (uint64_t)-delta)
-        return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
-                            "its references",
-                            idx);
-    if (delta > 0 && q->refcount_max - v < (uint64_t)delta)
-        return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
-                                " would exceed its maximum of %" PRIu64,
-                        idx, q->refcount_max);
+    if ((delta < 0 && v < (uint64_t)-delta) ||
+        (delta > 0 && q->refcount_max - v < (uint64_t)delta))
+        return rc_out_of_range(t, idx, delta);
     refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
     return 0;
 }
@@ -152,29 +160,20 @@ static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
         int ret = rb_new(t, idx >> q->rb_bits, &rb);
         if (ret < 0)
             return ret;
-        if (order == 4 && delta == 1) {
-            /* The common case, kept tight: 16-bit refcounts, +1. */
+        if (order == 4) {
+            /* The common case, kept tight: 16-bit refcounts. */
             for (uint64_t k = i; k < i + cnt; k++) {
-                uint16_t v = be16_load(rb + 2 * k);
-                if (v == 0xffff)
-                    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
-                                            " would exceed its maximum of "
-                                            "65535",
-                                    (idx - i) + k);
-                be16_store(rb + 2 * k, (uint16_t)(v + 1));
+                int64_t v = (int64_t)be16_load(rb + 2 * k) + delta;
+                if ((uint64_t)v > 0xffff)
+                    return rc_out_of_range(t, (idx - i) + k, delta);
+                be16_store(rb + 2 * k, (uint16_t)v);
             }
         } else {
             for (uint64_t k = i; k < i + cnt; k++) {
                 uint64_t v = refblock_get(rb, k, order);
-                if (delta < 0 && v < (uint64_t)-delta)
-                    return qimg_corrupt("Refcount of cluster %" PRIu64
-                                        " is lower than its references",
-                                        (idx - i) + k);
-                if (delta > 0 && max - v < (uint64_t)delta)
-                    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
-                                            " would exceed its maximum of "
-                                            "%" PRIu64,
-                                    (idx - i) + k, max);
+                if ((delta < 0 && v < (uint64_t)-delta) ||
+                    (delta > 0 && max - v < (uint64_t)delta))
+                    return rc_out_of_range(t, (idx - i) + k, delta);
                 refblock_set(rb, k, order, v + (uint64_t)delta);
             }
         }
@@ -283,6 +282,37 @@ static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
     return 0;
 }
 
+/* A cluster-sized area at the end of the write buffer to build a table
+ * in; wb_put then writes it without copying it if it lands right after
+ * the previous write. */
+static int wb_slot(struct txn *t, uint8_t **slot)
+{
+    int ret = t->wlen + t->cs > WB_CAP ? wb_flush(t) : 0;
+
+    *slot = t->wbuf + t->wlen;
+    return ret;
+}
+
+/* Write the cluster built in the slot at off. */
+static int wb_put(struct txn *t, uint64_t off)
+{
+    int ret;
+
+    if (t->wlen && off == t->woff + t->wlen) {
+        t->wlen += t->cs;
+        return 0;
+    }
+    if (t->wlen) {
+        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
+        if (ret < 0)
+            return ret;
+        memmove(t->wbuf, t->wbuf + t->wlen, t->cs);
+    }
+    t->woff = off;
+    t->wlen = t->cs;
+    return 0;
+}
+
 /* Remember an old metadata cluster range this operation replaces. */
 static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
 {
@@ -339,9 +369,10 @@ static int check_l2_off(struct txn *t, uint64_t l2_off)
     return 0;
 }
 
-/* Read and validate the L2 table at l2_off into buf. Plain standard
- * entries (offset and COPIED only, aligned, inside the file) take a fast
- * path; anything else gets the full check. */
+/* Read and validate the L2 table at l2_off into buf. A plain table
+ * (offsets and COPIED only, aligned, inside the file) is validated in one
+ * pass and kept as runs in t->l2s if it fits; anything else gets the full
+ * check entry by entry. */
 static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
 {
     struct qcow2 *q = t->q;
@@ -350,6 +381,10 @@ static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
 
     if (ret == 0)
         ret = image_pread(t->img, buf, t->cs, l2_off);
+    if (ret == 0)
+        ret = l2store_scan(&t->l2s, q, l2_off, buf);
+    if (ret != 0)
+        return ret < 0 ? ret : 0; /* 1: plain, validated */
     for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
         uint64_t e = l2_entry_get(q, buf, j);
         if (!q->ext_l2 && !(e & ~plain) && IS_ALIGNED(e, t->cs) &&
@@ -376,24 +411,40 @@ static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
 }
 
 /* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
- * the table's references, counted in runs of consecutive clusters. */
+ * the table's references, counted in runs of consecutive clusters. A table
+ * kept as runs is counted from them without reading it; otherwise it is
+ * read into t->tmp. */
 static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
 {
-    struct qcow2 *q = t->q;
+    const struct qcow2 *q = t->q;
+    const uint8_t *buf = t->tmp;
+    const uint64_t n = q->l2_entries, step = q->l2_entry_size;
+    const unsigned cbits = q->cluster_bits;
+    const struct l2run *runs;
     uint64_t run_start = 0, run_len = 0;
-    int ret = read_l2(t, l2_off, t->tmp);
+    size_t nr;
+    int ret = 0;
 
+    if (!l2store_get(&t->l2s, l2_off, &runs, &nr))
+        ret = read_l2(t, l2_off, t->tmp);
     if (ret == 0)
-        ret = rc_add(t, l2_off >> q->cluster_bits, delta);
+        ret = rc_add(t, l2_off >> cbits, delta);
     if (ret == 0 && delta < 0)
         ret = meta_freed(t, l2_off, t->cs);
-    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, t->tmp, j), c;
+    if (ret == 0 && l2store_get(&t->l2s, l2_off, &runs, &nr)) {
+        for (size_t i = 0; ret == 0 && i < nr; i++)
+            if (runs[i].e & L2E_OFFSET_MASK)
+                ret = rc_add_run(t, (runs[i].e & L2E_OFFSET_MASK) >> cbits,
+                                 runs[i].len, delta);
+        return ret;
+    }
+    for (uint64_t j = 0; ret == 0 && j < n; j++) {
+        uint64_t e = be64_load(buf + j * step), c;
         if ((e & QCOW_OFLAG_COMPRESSED) || !(e & L2E_OFFSET_MASK)) {
             ret = entry_refs(t, e, delta);
             continue;
         }
-        c = (e & L2E_OFFSET_MASK) >> q->cluster_bits;
+        c = (e & L2E_OFFSET_MASK) >> cbits;
         if (run_len && c == run_start + run_len) {
             run_len++;
             continue;
@@ -432,23 +483,27 @@ static int check_l1(struct txn *t, const uint8_t *l1, uint32_t size)
  * under the new refcounts. Returns 1 if anything changed. */
 static int fix_entries(struct txn *t, uint8_t *buf)
 {
-    struct qcow2 *q = t->q;
-    uint64_t mask = (1ull << q->rb_bits) - 1, cur = UINT64_MAX;
+    /* Locals: stores through buf could alias anything reached through t. */
+    const struct qcow2 *q = t->q;
+    const uint64_t n = q->l2_entries, step = q->l2_entry_size;
+    const unsigned cbits = q->cluster_bits, rbits = q->rb_bits;
+    const unsigned order = q->refcount_order;
+    const uint64_t mask = (1ull << rbits) - 1;
+    uint64_t cur = UINT64_MAX;
     const uint8_t *rb = NULL;
     bool changed = false;
 
-    for (uint64_t j = 0; j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, buf, j), want = 0, rc, c;
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t e = be64_load(buf + j * step), want = 0, rc, c;
         if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_OFFSET_MASK)) {
-            c = (e & L2E_OFFSET_MASK) >> q->cluster_bits;
-            if (c >> q->rb_bits != cur) {
-                cur = c >> q->rb_bits;
+            c = (e & L2E_OFFSET_MASK) >> cbits;
+            if (c >> rbits != cur) {
+                cur = c >> rbits;
                 rb = cur < t->nb_rb ? t->rb[cur] : NULL;
             }
             if (rb) {
-                rc = q->refcount_order == 4
-                         ? be16_load(rb + 2 * (c & mask))
-                         : refblock_get(rb, c & mask, q->refcount_order);
+                rc = order == 4 ? be16_load(rb + 2 * (c & mask))
+                                : refblock_get(rb, c & mask, order);
             } else {
                 int ret = rc_get(t, c, &rc);
                 if (ret < 0)
@@ -457,22 +512,22 @@ static int fix_entries(struct txn *t, uint8_t *buf)
             want = rc == 1 ? QCOW_OFLAG_COPIED : 0;
         }
         if ((e & QCOW_OFLAG_COPIED) != want) {
-            e = (e & ~QCOW_OFLAG_COPIED) | want;
-            l2_entry_set(q, buf, j, e, l2_bitmap_get(q, buf, j));
+            be64_store(buf + j * step, e ^ QCOW_OFLAG_COPIED);
             changed = true;
         }
     }
     return changed;
 }
 
-/* Write the fixed table in buf as the copy of old table p. */
+/* Write the fixed table in buf (NULL: the write buffer's slot) as the
+ * copy of old table p. */
 static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
 {
     uint64_t copy;
     int ret = txn_alloc(t, 1, &copy);
 
     if (ret == 0)
-        ret = wb_write(t, buf, t->cs, copy);
+        ret = buf ? wb_write(t, buf, t->cs, copy) : wb_put(t, copy);
     if (ret == 0)
         ret = meta_freed(t, p, t->cs);
     if (ret == 0)
@@ -480,27 +535,71 @@ static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
     return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
 }
 
+/* The L2 table at p for fixing: built in the write buffer's slot from its
+ * runs if it is kept as runs (*slot true), else read into t->tmp. */
+static int table_for_fix(struct txn *t, uint64_t p, uint8_t **buf, bool *slot)
+{
+    const struct l2run *runs;
+    size_t n;
+    int ret;
+
+    *slot = l2store_get(&t->l2s, p, &runs, &n);
+    if (!*slot) {
+        *buf = t->tmp;
+        /* Validated when its references were counted. */
+        return image_pread(t->img, t->tmp, t->cs, p);
+    }
+    ret = wb_slot(t, buf);
+    if (ret == 0)
+        l2runs_emit(runs, n, t->cs, *buf);
+    return ret;
+}
+
 /* Create: every table the active L1 points at gains a reference, so every
  * cluster they map ends with a refcount of 2 or more and no COPIED flag
- * may stay. That is known while the table is in memory for counting: fix
- * it right away instead of reading it again. */
+ * may stay. Called right after the table's references were counted, so a
+ * table not kept as runs is still in t->tmp. */
 static int clear_copied(struct txn *t, uint64_t p)
 {
     struct qcow2 *q = t->q;
+    const struct l2run *runs;
     uint64_t copy;
-    bool changed = false;
+    uint8_t *buf = t->tmp;
+    bool changed = false, slot = false;
+    size_t n;
+    int ret;
 
     if (u64map_get(&t->copies, p, &copy))
         return 0;
-    for (uint64_t j = 0; j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, t->tmp, j);
+    if (l2store_get(&t->l2s, p, &runs, &n)) {
+        for (size_t i = 0; i < n; i++)
+            changed |= (runs[i].e & QCOW_OFLAG_COPIED) != 0;
+        if (!changed)
+            return 0;
+        ret = table_for_fix(t, p, &buf, &slot);
+        if (ret < 0)
+            return ret;
+    }
+    if (!q->ext_l2) {
+        /* Standard entries: clear bit 63 of every big-endian word. */
+        uint64_t flag = htobe64(QCOW_OFLAG_COPIED), seen = 0, w;
+        for (uint64_t j = 0; j < q->l2_entries; j++) {
+            memcpy(&w, buf + 8 * j, 8);
+            seen |= w;
+            w &= ~flag;
+            memcpy(buf + 8 * j, &w, 8);
+        }
+        changed = (seen & flag) != 0;
+    }
+    for (uint64_t j = 0; q->ext_l2 && j < q->l2_entries; j++) {
+        uint64_t e = l2_entry_get(q, buf, j);
         if (e & QCOW_OFLAG_COPIED) {
-            l2_entry_set(q, t->tmp, j, e & ~QCOW_OFLAG_COPIED,
-                         l2_bitmap_get(q, t->tmp, j));
+            l2_entry_set(q, buf, j, e & ~QCOW_OFLAG_COPIED,
+                         l2_bitmap_get(q, buf, j));
             changed = true;
         }
     }
-    return changed ? write_copy(t, p, t->tmp) : 0;
+    return changed ? write_copy(t, p, slot ? NULL : buf) : 0;
 }
 
 /* The table at index i of the new active L1 may need new COPIED flags; if
@@ -509,16 +608,16 @@ static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
                          uint64_t i)
 {
     uint64_t p = l1_ptr(l1, size, i), copy;
+    uint8_t *buf;
+    bool slot;
     int ret;
 
     if (!p || u64map_get(&t->copies, p, &copy))
         return 0;
-    /* Validated when its references were counted. */
-    ret = image_pread(t->img, t->tmp, t->cs, p);
-    if (ret < 0)
-        return ret;
-    ret = fix_entries(t, t->tmp);
-    return ret <= 0 ? ret : write_copy(t, p, t->tmp);
+    ret = table_for_fix(t, p, &buf, &slot);
+    if (ret == 0)
+        ret = fix_entries(t, buf);
+    return ret <= 0 ? ret : write_copy(t, p, slot ? NULL : buf);
 }
 
 /* Point every entry of a new L1 table at the copies made, moving the
@@ -804,6 +903,7 @@ static void txn_free(struct txn *t)
     free(t->rt);
     free(t->freed);
     u64map_free(&t->copies);
+    l2store_free(&t->l2s);
 }
 
 static int txn_init(struct txn *t, qimg_image *img)
