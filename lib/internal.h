@@ -76,8 +76,10 @@ int l2store_scan(struct l2store *s, const struct qcow2 *q, uint64_t l2_off,
                  const uint8_t *buf);
 bool l2store_get(const struct l2store *s, uint64_t l2_off,
                  const struct l2run **runs, size_t *n);
-/* Write the table n runs stand for into out (cluster size cs). */
-void l2runs_emit(const struct l2run *r, size_t n, uint64_t cs, uint8_t *out);
+/* Write the table n runs stand for into out (cluster size cs), with the
+ * flag bits in clear cleared. */
+void l2runs_emit(const struct l2run *r, size_t n, uint64_t cs, uint64_t clear,
+                 uint8_t *out);
 void l2store_free(struct l2store *s);
 
 /* ---- cache.c: metadata cluster cache (L2 tables, refcount blocks) ------ */

@@ -55,6 +55,20 @@ static uint64_t rt_get(const struct qcow2 *q, uint64_t rt_idx)
     return be64_load(q->rt + rt_idx * 8) & RT_OFFSET_MASK;
 }
 
+static int rb_check_off(const struct qcow2 *q, uint64_t rt_idx, uint64_t rb_off)
+{
+    if (!IS_ALIGNED(rb_off, q->cluster_size))
+        return qimg_corrupt("Refblock offset %#" PRIx64
+                            " unaligned (reftable index: %#" PRIx64 ")",
+                            rb_off, rt_idx);
+    if (rb_off >= q->file_size || q->file_size - rb_off < q->cluster_size)
+        return qimg_corrupt("Refblock offset %#" PRIx64
+                            " beyond end of file (reftable index: %#" PRIx64
+                            ")",
+                            rb_off, rt_idx);
+    return 0;
+}
+
 /* The cached refcount block at rb_off, pinned. */
 static int rb_load(qimg_image *img, uint64_t rt_idx, uint64_t rb_off,
                    struct mcache_entry **out)
@@ -68,15 +82,9 @@ static int rb_load(qimg_image *img, uint64_t rt_idx, uint64_t rb_off,
         *out = e;
         return 0;
     }
-    if (!IS_ALIGNED(rb_off, q->cluster_size))
-        return qimg_corrupt("Refblock offset %#" PRIx64
-                            " unaligned (reftable index: %#" PRIx64 ")",
-                            rb_off, rt_idx);
-    if (rb_off >= q->file_size || q->file_size - rb_off < q->cluster_size)
-        return qimg_corrupt("Refblock offset %#" PRIx64
-                            " beyond end of file (reftable index: %#" PRIx64
-                            ")",
-                            rb_off, rt_idx);
+    ret = rb_check_off(q, rt_idx, rb_off);
+    if (ret < 0)
+        return ret;
     e = mcache_insert(&q->rbc, rb_off);
     if (!e) {
         ret = qcow2_flush(img);
@@ -129,12 +137,16 @@ int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
         memset(buf, 0, q->cluster_size);
         return 0;
     }
-    ret = rb_load(img, rt_idx, rb_off, &e);
-    if (ret < 0)
-        return ret;
-    memcpy(buf, e->buf, q->cluster_size);
-    mcache_unpin(e);
-    return 0;
+    e = mcache_find(&q->rbc, rb_off);
+    if (e) {
+        memcpy(buf, e->buf, q->cluster_size);
+        return 0;
+    }
+    /* Not cached: read it straight into buf, leaving the cache alone
+     * (a transaction reads every block once; caching them would only
+     * evict what the cache holds). */
+    ret = rb_check_off(q, rt_idx, rb_off);
+    return ret < 0 ? ret : image_pread(img, buf, q->cluster_size, rb_off);
 }
 
 static int grow_reftable(qimg_image *img, uint64_t min_entries);

@@ -30,6 +30,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,8 +46,11 @@ struct txn {
     qimg_image *img;
     struct qcow2 *q;
     uint64_t cs;
-    /* New refcount blocks by reftable index (NULL: unchanged). */
+    /* New refcount blocks by reftable index (NULL: unchanged), carved
+     * from 2 MiB chunks. */
     uint8_t **rb;
+    uint8_t **chunks;
+    size_t nb_chunks, chunk_used;
     uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
     uint64_t scan; /* allocation cursor, cluster index */
@@ -67,6 +71,34 @@ struct txn {
 };
 
 /* ---- New refcounts ------------------------------------------------------ */
+
+#define CHUNK (2u << 20) /* the largest cluster, and a huge page */
+
+/* Memory for one refcount block. A transaction on a big image copies
+ * thousands of them: from 2 MiB chunks the kernel may back with huge
+ * pages, they cost a few page faults instead of one per 4 KiB. */
+static uint8_t *blk_alloc(struct txn *t)
+{
+    uint8_t **c, *p;
+
+    if (!t->nb_chunks || t->chunk_used + t->cs > CHUNK) {
+        c = realloc(t->chunks, (t->nb_chunks + 1) * sizeof *c);
+        if (!c)
+            return NULL;
+        t->chunks = c;
+        p = aligned_alloc(CHUNK, CHUNK);
+        if (!p)
+            return NULL;
+#ifdef MADV_HUGEPAGE
+        madvise(p, CHUNK, MADV_HUGEPAGE); /* advice only */
+#endif
+        t->chunks[t->nb_chunks++] = p;
+        t->chunk_used = 0;
+    }
+    p = t->chunks[t->nb_chunks - 1] + t->chunk_used;
+    t->chunk_used += t->cs;
+    return p;
+}
 
 static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
 {
@@ -94,7 +126,7 @@ static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
         t->nb_rb = n;
     }
     if (!t->rb[rt_idx]) {
-        t->rb[rt_idx] = malloc(t->cs);
+        t->rb[rt_idx] = blk_alloc(t);
         if (!t->rb[rt_idx])
             return qimg_err(ENOMEM, "Out of memory");
         ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx], &exists);
@@ -535,24 +567,51 @@ static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
     return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
 }
 
-/* The L2 table at p for fixing: built in the write buffer's slot from its
- * runs if it is kept as runs (*slot true), else read into t->tmp. */
-static int table_for_fix(struct txn *t, uint64_t p, uint8_t **buf, bool *slot)
+/* Build in out the table runs stand for, with COPIED set where the new
+ * refcount is 1 (what fix_entries does, without reading the table).
+ * Returns 1 if that differs from the table on disk. */
+static int fix_runs(struct txn *t, const struct l2run *r, size_t n,
+                    uint8_t *out)
 {
-    const struct l2run *runs;
-    size_t n;
-    int ret;
+    const struct qcow2 *q = t->q;
+    const unsigned cbits = q->cluster_bits, rbits = q->rb_bits;
+    const unsigned order = q->refcount_order;
+    const uint64_t per = 1ull << rbits, cs = t->cs;
+    bool changed = false;
 
-    *slot = l2store_get(&t->l2s, p, &runs, &n);
-    if (!*slot) {
-        *buf = t->tmp;
-        /* Validated when its references were counted. */
-        return image_pread(t->img, t->tmp, t->cs, p);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t e = r[i].e & ~QCOW_OFLAG_COPIED, len = r[i].len, c;
+        bool had = r[i].e & QCOW_OFLAG_COPIED;
+        if (!(e & L2E_OFFSET_MASK)) {
+            for (uint64_t k = 0; k < len; k++, out += 8)
+                be64_store(out, e);
+            changed |= had;
+            continue;
+        }
+        for (c = e >> cbits; len; ) {
+            uint64_t j = c & (per - 1), cnt = MIN(len, per - j), ones = 0;
+            const uint8_t *rb = c >> rbits < t->nb_rb ? t->rb[c >> rbits]
+                                                      : NULL;
+            for (uint64_t k = 0; k < cnt; k++, out += 8, e += cs) {
+                uint64_t rc;
+                if (rb && order == 4) {
+                    rc = be16_load(rb + 2 * (j + k));
+                } else if (rb) {
+                    rc = refblock_get(rb, j + k, order);
+                } else {
+                    int ret = rc_get(t, c + k, &rc);
+                    if (ret < 0)
+                        return ret;
+                }
+                ones += rc == 1;
+                be64_store(out, e | (uint64_t)(rc == 1) << 63);
+            }
+            changed |= had ? ones != cnt : ones != 0;
+            c += cnt;
+            len -= cnt;
+        }
     }
-    ret = wb_slot(t, buf);
-    if (ret == 0)
-        l2runs_emit(runs, n, t->cs, *buf);
-    return ret;
+    return changed;
 }
 
 /* Create: every table the active L1 points at gains a reference, so every
@@ -564,60 +623,71 @@ static int clear_copied(struct txn *t, uint64_t p)
     struct qcow2 *q = t->q;
     const struct l2run *runs;
     uint64_t copy;
-    uint8_t *buf = t->tmp;
-    bool changed = false, slot = false;
+    bool changed = false;
     size_t n;
     int ret;
 
     if (u64map_get(&t->copies, p, &copy))
         return 0;
     if (l2store_get(&t->l2s, p, &runs, &n)) {
+        uint8_t *slot;
         for (size_t i = 0; i < n; i++)
             changed |= (runs[i].e & QCOW_OFLAG_COPIED) != 0;
         if (!changed)
             return 0;
-        ret = table_for_fix(t, p, &buf, &slot);
+        ret = wb_slot(t, &slot);
         if (ret < 0)
             return ret;
+        l2runs_emit(runs, n, t->cs, QCOW_OFLAG_COPIED, slot);
+        return write_copy(t, p, NULL);
     }
     if (!q->ext_l2) {
         /* Standard entries: clear bit 63 of every big-endian word. */
         uint64_t flag = htobe64(QCOW_OFLAG_COPIED), seen = 0, w;
         for (uint64_t j = 0; j < q->l2_entries; j++) {
-            memcpy(&w, buf + 8 * j, 8);
+            memcpy(&w, t->tmp + 8 * j, 8);
             seen |= w;
             w &= ~flag;
-            memcpy(buf + 8 * j, &w, 8);
+            memcpy(t->tmp + 8 * j, &w, 8);
         }
         changed = (seen & flag) != 0;
     }
     for (uint64_t j = 0; q->ext_l2 && j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, buf, j);
+        uint64_t e = l2_entry_get(q, t->tmp, j);
         if (e & QCOW_OFLAG_COPIED) {
-            l2_entry_set(q, buf, j, e & ~QCOW_OFLAG_COPIED,
-                         l2_bitmap_get(q, buf, j));
+            l2_entry_set(q, t->tmp, j, e & ~QCOW_OFLAG_COPIED,
+                         l2_bitmap_get(q, t->tmp, j));
             changed = true;
         }
     }
-    return changed ? write_copy(t, p, slot ? NULL : buf) : 0;
+    return changed ? write_copy(t, p, t->tmp) : 0;
 }
 
 /* The table at index i of the new active L1 may need new COPIED flags; if
- * so, write a copy (once per old table) and record it in t->copies. */
+ * so, write a copy (once per old table) and record it in t->copies. A
+ * table kept as runs is built in the write buffer's slot; any other is
+ * read again (it was validated when its references were counted). */
 static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
                          uint64_t i)
 {
     uint64_t p = l1_ptr(l1, size, i), copy;
-    uint8_t *buf;
-    bool slot;
+    const struct l2run *runs;
+    uint8_t *slot;
+    size_t n;
     int ret;
 
     if (!p || u64map_get(&t->copies, p, &copy))
         return 0;
-    ret = table_for_fix(t, p, &buf, &slot);
+    if (l2store_get(&t->l2s, p, &runs, &n)) {
+        ret = wb_slot(t, &slot);
+        if (ret == 0)
+            ret = fix_runs(t, runs, n, slot);
+        return ret <= 0 ? ret : write_copy(t, p, NULL);
+    }
+    ret = image_pread(t->img, t->tmp, t->cs, p);
     if (ret == 0)
-        ret = fix_entries(t, buf);
-    return ret <= 0 ? ret : write_copy(t, p, slot ? NULL : buf);
+        ret = fix_entries(t, t->tmp);
+    return ret <= 0 ? ret : write_copy(t, p, t->tmp);
 }
 
 /* Point every entry of a new L1 table at the copies made, moving the
@@ -732,13 +802,25 @@ static int place_refcounts(struct txn *t)
     return 0;
 }
 
+/* Blocks next to each other both in memory and in their new places go out
+ * in one write, straight from memory. */
 static int write_refcounts(struct txn *t)
 {
     int ret = 0;
 
-    for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++)
-        if (t->rb[i])
+    for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
+        uint64_t n = 1;
+        if (!t->rb[i])
+            continue;
+        while (i + n < t->nb_rb && t->rb[i + n] == t->rb[i] + n * t->cs &&
+               t->rb_loc[i + n] == t->rb_loc[i] + n * t->cs)
+            n++;
+        if (n == 1)
             ret = wb_write(t, t->rb[i], t->cs, t->rb_loc[i]);
+        else if ((ret = wb_flush(t)) == 0)
+            ret = image_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
+        i += n - 1;
+    }
     if (ret == 0)
         ret = wb_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
     return ret < 0 ? ret : wb_flush(t);
@@ -892,8 +974,9 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
 
 static void txn_free(struct txn *t)
 {
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        free(t->rb[i]);
+    for (size_t i = 0; i < t->nb_chunks; i++)
+        free(t->chunks[i]);
+    free(t->chunks);
     free(t->rb);
     free(t->rb_loc);
     free(t->tmp);

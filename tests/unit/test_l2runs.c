@@ -72,7 +72,7 @@ static void test_kept_table_comes_back_identical(void **state)
     assert_int_equal(r[4].e, 300 * 4096);
     assert_int_equal(r[4].len, 1);
     memset(out, 0xaa, sizeof out);
-    l2runs_emit(r, n, 4096, out);
+    l2runs_emit(r, n, 4096, 0, out);
     assert_memory_equal(out, l2, sizeof l2);
     assert_false(l2store_get(&s, 8 * CS, &r, &n));
     l2store_free(&s);
@@ -171,7 +171,7 @@ static void test_store_stops_at_its_budget(void **state)
     for (uint64_t k = 1; k < t; k += t / 7) {
         assert_true(l2store_get(&s, k * CS, &r, &n));
         memset(out, 0xaa, sizeof out);
-        l2runs_emit(r, n, CS, out);
+        l2runs_emit(r, n, CS, 0, out);
         assert_memory_equal(out, l2, CS);
     }
     l2store_free(&s);
