@@ -236,7 +236,9 @@ int qcow2_write_failed(qimg_image *img, int ret);
 /* -EIO (marking the image corrupt) if a write to host clusters
  * [off, off+len) would hit metadata. */
 int qcow2_overlap_check(qimg_image *img, uint64_t off, uint64_t len);
-int qcow2_meta_check_counted(qimg_image *img);
+int qcow2_meta_check_counted(qimg_image *img,
+                             int (*get)(void *, uint64_t, uint64_t *),
+                             void *ctx);
 int qcow2_meta_add(struct qcow2 *q, uint64_t off, uint64_t len);
 void qcow2_meta_del(struct qcow2 *q, uint64_t off, uint64_t len);
 /* Before the first guest write: clear unknown autoclear bits, mark bitmaps. */

@@ -576,7 +576,8 @@ static int meta_build(qimg_image *img)
 /* Before a snapshot operation writes anything: every cluster of live
  * metadata must be counted, or first-fit allocation of the operation's new
  * metadata could land on it. The lowest uncounted one is reported as
- * QEMU's overlap check reports a write there. */
+ * QEMU's overlap check reports a write there. Refcounts come from get
+ * (NULL: refcount_get), so a caller can load the blocks its own way. */
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -584,7 +585,9 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-int qcow2_meta_check_counted(qimg_image *img)
+int qcow2_meta_check_counted(qimg_image *img,
+                             int (*get)(void *, uint64_t, uint64_t *),
+                             void *ctx)
 {
     struct qcow2 *q = img->q;
     uint64_t low = UINT64_MAX, rc, *c;
@@ -602,7 +605,7 @@ int qcow2_meta_check_counted(qimg_image *img)
             c[n++] = q->meta.slots[i];
     qsort(c, n, sizeof *c, cmp_u64);
     for (size_t i = 0; ret == 0 && i < n && low == UINT64_MAX; i++) {
-        ret = refcount_get(img, c[i], &rc);
+        ret = get ? get(ctx, c[i], &rc) : refcount_get(img, c[i], &rc);
         if (ret == 0 && !rc)
             low = c[i];
     }

@@ -51,6 +51,12 @@ struct txn {
     uint8_t **rb;
     uint8_t **chunks;
     size_t nb_chunks, chunk_used;
+    /* Per block: changed by the operation (only those are written), and a
+     * bitmap of the clusters a decrement took to 0 (NULL: none). Those
+     * are the only clusters that can be counted in the old state and free
+     * in the new one: nothing needs the old block read back. */
+    bool *rb_dirty;
+    uint8_t **zhit;
     uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
     uint64_t scan; /* allocation cursor, cluster index */
@@ -97,7 +103,9 @@ static uint8_t *blk_alloc(struct txn *t)
     return p;
 }
 
-static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
+/* Refcount block rt_idx as the operation has it so far, loaded from disk
+ * the first time; modify: the caller is about to change it. */
+static int rb_get(struct txn *t, uint64_t rt_idx, bool modify, uint8_t **out)
 {
     uint64_t end = MAX(t->q->file_size, t->scan * t->cs);
     bool exists;
@@ -110,16 +118,21 @@ static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
                             " beyond end of file",
                             rt_idx);
     if (rt_idx >= t->nb_rb) {
-        uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2);
+        uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2), old = t->nb_rb;
         uint8_t **rb = realloc(t->rb, n * sizeof *rb);
         uint64_t *loc = rb ? realloc(t->rb_loc, n * sizeof *loc) : NULL;
-        if (rb)
-            t->rb = rb;
-        if (!rb || !loc)
+        bool *dirty = loc ? realloc(t->rb_dirty, n * sizeof *dirty) : NULL;
+        uint8_t **zhit = dirty ? realloc(t->zhit, n * sizeof *zhit) : NULL;
+        t->rb = rb ? rb : t->rb;
+        t->rb_loc = loc ? loc : t->rb_loc;
+        t->rb_dirty = dirty ? dirty : t->rb_dirty;
+        t->zhit = zhit ? zhit : t->zhit;
+        if (!zhit)
             return qimg_err(ENOMEM, "Out of memory");
-        t->rb_loc = loc;
-        memset(t->rb + t->nb_rb, 0, (n - t->nb_rb) * sizeof *rb);
-        memset(t->rb_loc + t->nb_rb, 0, (n - t->nb_rb) * sizeof *loc);
+        memset(t->rb + old, 0, (n - old) * sizeof *rb);
+        memset(t->rb_loc + old, 0, (n - old) * sizeof *loc);
+        memset(t->rb_dirty + old, 0, (n - old) * sizeof *dirty);
+        memset(t->zhit + old, 0, (n - old) * sizeof *zhit);
         t->nb_rb = n;
     }
     if (!t->rb[rt_idx]) {
@@ -130,8 +143,28 @@ static int rb_new(struct txn *t, uint64_t rt_idx, uint8_t **out)
         if (ret < 0)
             return ret;
     }
+    t->rb_dirty[rt_idx] |= modify;
     *out = t->rb[rt_idx];
     return 0;
+}
+
+/* A decrement took cluster i of block rt_idx to 0. */
+static int zero_hit(struct txn *t, uint64_t rt_idx, uint64_t i)
+{
+    uint8_t *z = t->zhit[rt_idx];
+
+    if (!z) {
+        z = t->zhit[rt_idx] = calloc(MAX((1ull << t->q->rb_bits) / 8, 1), 1);
+        if (!z)
+            return qimg_err(ENOMEM, "Out of memory");
+    }
+    z[i / 8] |= (uint8_t)(1u << (i % 8));
+    return 0;
+}
+
+static bool zero_hit_at(const uint8_t *z, uint64_t i)
+{
+    return z && (z[i / 8] >> (i % 8) & 1);
 }
 
 static int rc_get(struct txn *t, uint64_t idx, uint64_t *out)
@@ -163,7 +196,7 @@ static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
     struct qcow2 *q = t->q;
     uint64_t i = idx & ((1ull << q->rb_bits) - 1), v;
     uint8_t *rb = NULL;
-    int ret = rb_new(t, idx >> q->rb_bits, &rb);
+    int ret = rb_get(t, idx >> q->rb_bits, true, &rb);
 
     if (ret < 0)
         return ret;
@@ -172,7 +205,7 @@ static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
         (delta > 0 && q->refcount_max - v < (uint64_t)delta))
         return rc_out_of_range(t, idx, delta);
     refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
-    return 0;
+    return v + (uint64_t)delta == 0 ? zero_hit(t, idx >> q->rb_bits, i) : 0;
 }
 
 /* Add delta to n consecutive clusters from idx (checked, all or nothing
@@ -184,9 +217,9 @@ static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
     unsigned order = q->refcount_order;
 
     while (n > 0) {
-        uint64_t i = idx & (per - 1), cnt = MIN(n, per - i);
+        uint64_t i = idx & (per - 1), cnt = MIN(n, per - i), blk = idx / per;
         uint8_t *rb = NULL;
-        int ret = rb_new(t, idx >> q->rb_bits, &rb);
+        int ret = rb_get(t, blk, true, &rb);
         if (ret < 0)
             return ret;
         if (order == 4) {
@@ -196,6 +229,8 @@ static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
                 if ((uint64_t)v > 0xffff)
                     return rc_out_of_range(t, (idx - i) + k, delta);
                 be16_store(rb + 2 * k, (uint16_t)v);
+                if (!v && (ret = zero_hit(t, blk, k)) < 0)
+                    return ret;
             }
         } else {
             for (uint64_t k = i; k < i + cnt; k++) {
@@ -204,6 +239,8 @@ static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
                     (delta > 0 && max - v < (uint64_t)delta))
                     return rc_out_of_range(t, (idx - i) + k, delta);
                 refblock_set(rb, k, order, v + (uint64_t)delta);
+                if (v + (uint64_t)delta == 0 && (ret = zero_hit(t, blk, k)) < 0)
+                    return ret;
             }
         }
         idx += cnt;
@@ -361,23 +398,31 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
 
     while (run < n) {
         uint64_t rt_idx = idx / per, i = idx % per;
-        uint8_t *nb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
+        const uint8_t *rb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
+        const uint8_t *z = rb ? t->zhit[rt_idx] : NULL;
+        bool exists = true;
 
-        ret = old_block(t, rt_idx);
-        if (ret < 0)
-            return ret;
-        if (run == 0 && t->old_exists) {
-            /* Skip straight to the next cluster free on disk. */
-            uint64_t z = first_zero(t->old_rb, i, per, q->refcount_order);
-            idx += z - i;
-            i = z;
+        /* A block the operation holds: a cluster is free in both states
+         * if it is 0 now and no decrement took it there. Any other block
+         * is as on disk. */
+        if (!rb) {
+            ret = old_block(t, rt_idx);
+            if (ret < 0)
+                return ret;
+            rb = t->old_rb;
+            exists = t->old_exists;
+        }
+        if (run == 0 && exists) {
+            /* Skip straight to the next cluster at 0. */
+            uint64_t zi = first_zero(rb, i, per, q->refcount_order);
+            idx += zi - i;
+            i = zi;
             if (i == per)
                 continue;
         }
         for (; i < per && run < n; i++, idx++) {
-            bool used = (t->old_exists &&
-                         refblock_get(t->old_rb, i, q->refcount_order)) ||
-                        (nb && refblock_get(nb, i, q->refcount_order));
+            bool used = (exists && refblock_get(rb, i, q->refcount_order)) ||
+                        zero_hit_at(z, i);
             run = used || idx == 0 ? 0 : run + 1;
         }
     }
@@ -763,7 +808,7 @@ static int place_refcounts(struct txn *t)
         uint64_t need = q->rt_entries;
         again = false;
         for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
-            if (!t->rb[i] || t->rb_loc[i])
+            if (!t->rb_dirty[i] || t->rb_loc[i])
                 continue;
             ret = txn_alloc(t, 1, &t->rb_loc[i]);
             if (ret == 0 && rt_old_loc(t, i))
@@ -773,7 +818,7 @@ static int place_refcounts(struct txn *t)
             again = true;
         }
         for (uint64_t i = 0; i < t->nb_rb; i++)
-            if (t->rb[i])
+            if (t->rb_dirty[i])
                 need = MAX(need, i + 1);
         need = DIV_ROUND_UP(need, per_cl);
         if (ret == 0 && need > t->rt_clusters) {
@@ -794,7 +839,7 @@ static int place_refcounts(struct txn *t)
         return qimg_err(ENOMEM, "Out of memory");
     memcpy(t->rt, q->rt, q->rt_entries * 8);
     for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb[i])
+        if (t->rb_dirty[i])
             be64_store(t->rt + i * 8, t->rb_loc[i]);
     return 0;
 }
@@ -807,9 +852,10 @@ static int write_refcounts(struct txn *t)
 
     for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
         uint64_t n = 1;
-        if (!t->rb[i])
+        if (!t->rb_dirty[i])
             continue;
-        while (i + n < t->nb_rb && t->rb[i + n] == t->rb[i] + n * t->cs &&
+        while (i + n < t->nb_rb && t->rb_dirty[i + n] &&
+               t->rb[i + n] == t->rb[i] + n * t->cs &&
                t->rb_loc[i + n] == t->rb_loc[i] + n * t->cs)
             n++;
         if (n == 1)
@@ -885,24 +931,26 @@ static int add_freed(struct txn *t, uint64_t start, uint64_t len)
 }
 
 /* Before the commit: which clusters the new state frees (so nothing has
- * to be read once the header is switched). */
+ * to be read once the header is switched): those a decrement took to 0
+ * that are still 0. */
 static int find_freed(struct txn *t)
 {
     struct qcow2 *q = t->q;
+    const uint64_t per = 1ull << q->rb_bits;
     int ret = 0;
 
     for (uint64_t i = 0; i < t->nb_rb && ret == 0; i++) {
-        if (!t->rb[i])
+        const uint8_t *z = t->zhit[i];
+        if (!t->rb_dirty[i] || !z)
             continue;
-        ret = old_block(t, i);
-        /* Freed: zero now, not zero before. Visit the zeros only. */
-        for (uint64_t j = 0; ret == 0 && t->old_exists &&
-                             (j = first_zero(t->rb[i], j, 1ull << q->rb_bits,
-                                             q->refcount_order)) <
-                                 (1ull << q->rb_bits);
-             j++) {
-            if (refblock_get(t->old_rb, j, q->refcount_order))
-                ret = add_freed(t, (i << q->rb_bits) + j, 1);
+        for (uint64_t j = 0; ret == 0 && j < per; j++) {
+            if (!z[j / 8]) {
+                j |= 7; /* skip the byte */
+                continue;
+            }
+            if (zero_hit_at(z, j) &&
+                !refblock_get(t->rb[i], j, q->refcount_order))
+                ret = add_freed(t, i * per + j, 1);
         }
     }
     return ret;
@@ -974,6 +1022,10 @@ static void txn_free(struct txn *t)
     for (size_t i = 0; i < t->nb_chunks; i++)
         free(t->chunks[i]);
     free(t->chunks);
+    for (uint64_t i = 0; i < t->nb_rb; i++)
+        free(t->zhit[i]);
+    free(t->zhit);
+    free(t->rb_dirty);
     free(t->rb);
     free(t->rb_loc);
     free(t->tmp);
@@ -986,7 +1038,23 @@ static void txn_free(struct txn *t)
     l2store_free(&t->l2s);
 }
 
-static int txn_init(struct txn *t, qimg_image *img)
+/* Refcount of cluster idx from the operation's own copy of its block. */
+static int rc_loaded(void *ctx, uint64_t idx, uint64_t *rc)
+{
+    struct txn *t = ctx;
+    uint8_t *rb = NULL;
+    int ret = rb_get(t, idx >> t->q->rb_bits, false, &rb);
+
+    if (ret == 0)
+        *rc = refblock_get(rb, idx & ((1ull << t->q->rb_bits) - 1),
+                           t->q->refcount_order);
+    return ret;
+}
+
+/* preload: the operation will count most of the image (create, delete),
+ * so the live-metadata check loads the refcount blocks it reads into the
+ * operation's copies, and they are read once. */
+static int txn_init(struct txn *t, qimg_image *img, bool preload)
 {
     struct qcow2 *q = img->q;
     int ret;
@@ -999,7 +1067,7 @@ static int txn_init(struct txn *t, qimg_image *img)
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
     if (ret == 0)
-        ret = qcow2_meta_check_counted(img);
+        ret = qcow2_meta_check_counted(img, preload ? rc_loaded : NULL, t);
     if (ret < 0)
         return ret;
     t->tmp = malloc(t->cs);
@@ -1136,7 +1204,7 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
 static bool nothing_changed(const struct txn *t)
 {
     for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb[i])
+        if (t->rb_dirty[i])
             return false;
     return true;
 }
@@ -1242,7 +1310,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     struct txn t;
     int ret;
 
-    ret = txn_init(&t, img);
+    ret = txn_init(&t, img, true);
     if (ret == 0)
         ret = check_l1(&t, q->l1, q->l1_size);
     if (ret == 0)
@@ -1307,7 +1375,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     struct txn t;
     int ret;
 
-    ret = txn_init(&t, img);
+    ret = txn_init(&t, img, true);
     if (ret == 0)
         ret = check_l1(&t, q->l1, q->l1_size);
     if (ret == 0)
@@ -1389,7 +1457,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     n = MAX(MAX(q->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");
-    ret = txn_init(&t, img);
+    ret = txn_init(&t, img, false);
     if (ret == 0)
         ret = check_l1(&t, q->l1, q->l1_size);
     if (ret == 0)
