@@ -74,6 +74,7 @@ struct txn {
     uint64_t rt_off, rt_clusters;
     uint64_t *freed; /* (start, length) cluster runs freed by the commit */
     size_t nb_freed;
+    bool keep_meta; /* punch no freed metadata (see discard_freed) */
 };
 
 /* ---- New refcounts ------------------------------------------------------ */
@@ -957,21 +958,28 @@ static int find_freed(struct txn *t)
 }
 
 /* 3 of 3: the switch is durable; punch what only the old state used.
- * Discarding is advisory: a failure here cannot harm the new state. One
- * hole punch costs about as much as writing the cluster; when there are
- * more than a few dozen runs (a big image: one per L2 table), isolated
- * clusters of old metadata are left free for the next allocation to
- * reuse instead, and only data and long runs are punched. */
+ * Discarding is advisory: a failure here cannot harm the new state, and
+ * a punch lost in a crash only leaves free clusters allocated, so it
+ * needs no flush. One hole punch costs about as much as writing the
+ * cluster (~0.1 ms), so old metadata is left free for the next
+ * allocation to reuse instead when that is cheaper: always after a
+ * create (which frees nothing but metadata it has just replaced, at most
+ * the metadata's own size), and after a delete or apply when there are
+ * more than a few dozen runs (a big image: one per L2 table) for short
+ * runs. Data and long runs are punched. */
 static void discard_freed(struct txn *t)
 {
+    bool unsynced = t->img->unsynced;
+
     for (size_t i = 0; i < t->nb_freed; i++) {
         uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1];
-        bool meta = t->nb_freed > 64 && len < 16;
+        bool meta = t->keep_meta || (t->nb_freed > 64 && len < 16);
         for (uint64_t c = start; meta && c < start + len; c++)
             meta = idset_has(&t->meta_freed, c);
         if (!meta)
             image_discard_file(t->img, start * t->cs, len * t->cs);
     }
+    t->img->unsynced = unsynced;
     qimg_error_clear();
 }
 
@@ -1311,6 +1319,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     int ret;
 
     ret = txn_init(&t, img, true);
+    t.keep_meta = true;
     if (ret == 0)
         ret = check_l1(&t, q->l1, q->l1_size);
     if (ret == 0)
