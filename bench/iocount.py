@@ -332,7 +332,7 @@ def lower_bound(op, path):
 
 def measure(args, image, op):
     src = os.path.join(run.BENCH_DIR, "pristine", image + ".qcow2")
-    path = os.path.join(run.BENCH_DIR, "work", "io-%s.qcow2" % image)
+    path = os.path.join(run.BENCH_DIR, "copies", "io-%s.qcow2" % image)
     rows = []
     for tool in ("qimg", "qemu-img"):
         if os.path.exists(path):

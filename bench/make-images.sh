@@ -10,7 +10,7 @@
 #   QIMG_BENCH_ONLY  build only these (space-separated names, e.g. "A C")
 #
 # Layout:  $QIMG_BENCH_DIR/pristine/<name>.qcow2  (never modified)
-#          $QIMG_BENCH_DIR/work/                  (copies made by run.py
+#          $QIMG_BENCH_DIR/copies/                 (copies made by run.py
 #                                                  and iocount.py)
 #
 # Images (apparent size / real disk use, measured):
@@ -30,7 +30,7 @@ set -euo pipefail
 DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
 ONLY=${QIMG_BENCH_ONLY:-A A100 B C D}
 P=$DIR/pristine
-mkdir -p "$P" "$DIR/work"
+mkdir -p "$P" "$DIR/copies"
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 

@@ -16,7 +16,7 @@ prints ("Run completed in T seconds"), which leaves out open and close.
 
 Images come from make-images.sh (QIMG_BENCH_DIR, default
 build/bench-images in the source tree); working copies go to
-$QIMG_BENCH_DIR/work and are made
+$QIMG_BENCH_DIR/copies and are made
 with cp --sparse=always, again for every operation when they are small.
 
   bench/run.py                         # everything (about an hour)
@@ -455,7 +455,7 @@ def parse_args():
 def main():
     ctx = parse_args()
     ctx.pristine = os.path.join(BENCH_DIR, "pristine")
-    ctx.work = os.path.join(BENCH_DIR, "work")
+    ctx.work = os.path.join(BENCH_DIR, "copies")
     ctx.tools = {"qimg": ctx.qimg, "qemu": ctx.qemu_img}
     os.makedirs(ctx.work, exist_ok=True)
     ctx.spawn = spawn_helper(ctx.work)
