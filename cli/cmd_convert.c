@@ -16,8 +16,13 @@
  * before the sources are opened and a newline at the end, even after an
  * error, as qemu-img does. Several sources are concatenated.
  *
- * Differences: -t/-T cache modes, -m, -W and -r are checked and then
- * ignored (one synchronous copy); bitmaps (--bitmaps), --object,
+ * The target's data goes straight to the disk (O_DIRECT: no page cache to
+ * fill and write back, about twice as fast here) unless -t names a mode
+ * that uses the page cache (writeback, writethrough, unsafe); either way
+ * the target is flushed before qimg exits.
+ *
+ * Differences: -T, -m, -W and -r are checked and then ignored (one
+ * synchronous copy), -t unsafe still flushes; bitmaps (--bitmaps), --object,
  * --target-image-opts and --salvage are not offered. The library takes no
  * image locks yet, so converting onto one of the sources (or a backing
  * file of one) is refused here with qemu-img's lock message instead of
@@ -506,11 +511,19 @@ out:
     return ret;
 }
 
+/* Whether the -t cache mode (default: none) bypasses the page cache. */
+static bool direct_cache_mode(const char *m)
+{
+    return !m || !strcmp(m, "none") || !strcmp(m, "off") ||
+           !strcmp(m, "directsync");
+}
+
 static int open_target(const struct conv_args *a, struct conv_job *job)
 {
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
 
     o.read_write = true;
+    o.direct_data = direct_cache_mode(a->dst_cache);
     if (parse_format(a->out_fmt, &o.fmt) < 0) {
         cli_error("Could not open '%s': Unknown driver '%s'", a->dst,
                   a->out_fmt);

@@ -416,7 +416,9 @@ int conv_copy(struct conv_job *job)
 
     if (count_work(job, &work) < 0)
         return -1;
-    buf = malloc(MAX(job->buf_size, job->dst_cluster));
+    /* Page-aligned, so that the target can write it with O_DIRECT. */
+    buf = aligned_alloc(4096, (MAX(job->buf_size, job->dst_cluster) + 4095) /
+                                  4096 * 4096);
     if (!buf) {
         cli_error("Out of memory");
         return -1;

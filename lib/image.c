@@ -159,6 +159,8 @@ int qimg_image_open(qimg_image **out, const char *path,
                         path);
     if (ret < 0)
         return qimg_err_errno(-ret, "Could not open '%s'", path);
+    if (o->direct_data && o->read_write)
+        io_posix_direct_data(&io);
     return image_open_io(out, &io, path, o, 0);
 }
 

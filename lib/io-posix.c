@@ -12,6 +12,13 @@
  * itself work (the file system places every dirty block: about 20 ms per
  * 64 MiB here), so a helper thread does it while the caller goes on
  * writing; it only ever calls sync_file_range, a hint, on this fd.
+ *
+ * An image opened with direct_data (qimg convert's target) writes long,
+ * aligned runs with O_DIRECT instead: straight from the caller's buffer
+ * to the disk, no page cache to fill and write back, which here is about
+ * twice as fast for gigabytes of data. The flag is set on the descriptor
+ * around each such write only; everything else stays buffered, and a file
+ * system that refuses O_DIRECT just gets buffered writes.
  */
 #include "internal.h"
 
@@ -25,9 +32,14 @@
 
 /* Bytes written since write-back was last started. */
 #define WRITEBACK_KICK (64u << 20)
+/* Direct writes: at least this long, buffer, offset and length on this
+ * grid (a 4 KiB-sector disk's; 512-byte ones accept it too). */
+#define DIRECT_MIN (256u << 10)
+#define DIRECT_ALIGN 4096u
 
 struct posix_ctx {
     int fd;
+    bool direct; /* direct_data asked for and not refused yet */
     uint64_t unkicked;
 #ifdef SYNC_FILE_RANGE_WRITE
     pthread_mutex_t lock;
@@ -122,12 +134,9 @@ static int posix_pread(void *ctx, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-static int posix_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
+static int pwrite_buffered(struct posix_ctx *p, const uint8_t *b, size_t len,
+                           uint64_t off)
 {
-    struct posix_ctx *p = ctx;
-    const uint8_t *b = buf;
-
-    kick_writeback(p, len);
     while (len > 0) {
         ssize_t n = pwrite(p->fd, b, len, (off_t)off);
         if (n < 0) {
@@ -142,6 +151,79 @@ static int posix_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
         len -= (size_t)n;
     }
     return 0;
+}
+
+static bool direct_fits(const struct posix_ctx *p, const void *buf,
+                        size_t len, uint64_t off)
+{
+    return p->direct && len >= DIRECT_MIN &&
+           (((uintptr_t)buf | (uintptr_t)len | off) & (DIRECT_ALIGN - 1)) == 0;
+}
+
+/* Set or clear O_DIRECT on the descriptor; false if that failed. */
+static bool set_direct(struct posix_ctx *p, bool on)
+{
+    int fl = fcntl(p->fd, F_GETFL);
+
+    if (fl < 0)
+        return false;
+    fl = on ? fl | O_DIRECT : fl & ~O_DIRECT;
+    return fcntl(p->fd, F_SETFL, fl) == 0;
+}
+
+/* As much of buf as O_DIRECT takes: the bytes written, or -errno. A file
+ * system that does not take it (EINVAL) gets no more direct writes. */
+static ssize_t write_direct(struct posix_ctx *p, const uint8_t *b, size_t len,
+                            uint64_t off)
+{
+    size_t done = 0;
+    int err = 0;
+
+    if (!set_direct(p, true)) {
+        p->direct = false;
+        return 0;
+    }
+    while (done < len) {
+        ssize_t n = pwrite(p->fd, b + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EINVAL)
+            p->direct = false;
+        else if (n < 0)
+            err = -errno;
+        else if (n == 0)
+            err = -ENOSPC;
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+        if (done % DIRECT_ALIGN) /* a short write off the grid: rare */
+            break;
+    }
+    if (!set_direct(p, false)) {
+        p->direct = false;
+        if (!err)
+            err = -errno;
+    }
+    return err ? err : (ssize_t)done;
+}
+
+static int posix_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+    struct posix_ctx *p = ctx;
+    const uint8_t *b = buf;
+
+    if (direct_fits(p, buf, len, off)) {
+        ssize_t n = write_direct(p, b, len, off);
+        if (n < 0)
+            return (int)n;
+        b += n;
+        off += (uint64_t)n;
+        len -= (size_t)n;
+        if (len == 0)
+            return 0;
+    }
+    kick_writeback(p, len);
+    return pwrite_buffered(p, b, len, off);
 }
 
 static int posix_flush(void *ctx)
@@ -260,6 +342,12 @@ static const struct qimg_io_ops posix_ops = {
     .get_fd = posix_get_fd,
     .close = posix_close,
 };
+
+void io_posix_direct_data(struct qimg_io *io)
+{
+    if (io->ops == &posix_ops)
+        ((struct posix_ctx *)io->ctx)->direct = true;
+}
 
 int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
                   bool create)

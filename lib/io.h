@@ -41,6 +41,9 @@ struct qimg_io {
  * is set; the caller truncates it once it holds the lock). */
 int io_posix_open(struct qimg_io *out, const char *path, bool read_write,
                   bool create);
+/* From now on write long aligned runs with O_DIRECT (io-posix.c says
+ * when); a no-op on other backends. */
+void io_posix_direct_data(struct qimg_io *io);
 
 /* io-mem.c: a growable in-memory file, initially a copy of data[0..len). */
 int io_mem_open(struct qimg_io *out, const void *data, size_t len);

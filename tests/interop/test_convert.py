@@ -450,17 +450,67 @@ def test_snapshot_name_with_comma(tmp):
 
 
 def test_output_past_the_writeback_kick_is_complete(tmp_path):
-    """More than 64 MiB written to one file: the posix backend hands the
-    start of write-back to its helper thread (twice here) while writing
-    goes on. Both outputs hold exactly the source's data."""
+    """More than 64 MiB written to one file through the page cache (-t
+    writeback): the posix backend hands the start of write-back to its
+    helper thread (twice here) while writing goes on. Both outputs hold
+    exactly the source's data."""
     src = str(tmp_path / "big.qcow2")
     mk(src, "200M", "write -P 0x5a 0 150M", "write -P 0xa5 150M 40M")
     raw, q2 = str(tmp_path / "out.raw"), str(tmp_path / "out.qcow2")
-    r = subprocess.run([QIMG, "convert", "-O", "raw", src, raw])
+    r = subprocess.run([QIMG, "convert", "-t", "writeback", "-O", "raw", src,
+                        raw])
     assert r.returncode == 0
-    r = subprocess.run([QIMG, "convert", "-O", "qcow2", src, q2])
+    r = subprocess.run([QIMG, "convert", "-t", "writeback", "-O", "qcow2",
+                        src, q2])
     assert r.returncode == 0
     check_clean(q2)
     for out, fmt in ((raw, "raw"), (q2, "qcow2")):
         r = qemu_img("compare", "-f", "qcow2", "-F", fmt, src, out)
         assert r.rc == 0, r
+
+
+def cached_bytes(path):
+    """Bytes of the file in the page cache (util-linux fincore)."""
+    r = subprocess.run(["fincore", "--bytes", "--noheadings", "--output",
+                        "RES", path], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.split()[0])
+
+
+def direct_io_works(d):
+    """Whether the file system under d takes O_DIRECT writes."""
+    p = str(d / "probe")
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_DIRECT)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(p)
+    return True
+
+
+@pytest.mark.parametrize("out_fmt", ["raw", "qcow2"])
+def test_target_data_bypasses_the_page_cache(tmp_path, out_fmt):
+    """By default (and with -t none) the target's data is written with
+    O_DIRECT: the output is exact, including an unaligned tail and short
+    pieces written buffered in between, and (where the file system takes
+    O_DIRECT) leaves the page cache almost empty; -t writeback fills it."""
+    src = str(tmp_path / "src.qcow2")
+    mk(src, str(48 * 1024 * 1024 + 3 * 512), "write -P 0x5a 0 20M",
+       "write -P 0x33 20971520 3000", "write -P 0xa5 21M 27M",
+       "write -P 0x77 50331648 1536")
+    outs = {}
+    for cache in (None, "none", "writeback"):
+        out = str(tmp_path / ("%s.%s" % (cache, out_fmt)))
+        args = [QIMG, "convert", "-O", out_fmt] + \
+            (["-t", cache] if cache else []) + [src, out]
+        assert subprocess.run(args).returncode == 0
+        outs[cache] = cached_bytes(out)  # before anything reads it
+        if out_fmt == "qcow2":
+            check_clean(out)
+        r = qemu_img("compare", "-f", "qcow2", "-F", out_fmt, src, out)
+        assert r.rc == 0, r
+    if direct_io_works(tmp_path):
+        assert outs[None] < 4 << 20, outs
+        assert outs["none"] < 4 << 20, outs
+    assert outs["writeback"] > 40 << 20, outs
