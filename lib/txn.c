@@ -59,7 +59,11 @@ struct txn {
     uint8_t **zhit;
     uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
-    uint64_t scan; /* allocation cursor, cluster index */
+    uint64_t scan; /* end of the clusters allocated so far (index) */
+    uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
+    uint64_t backed_short; /* no backed free run of this length left */
+    uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
+    uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
     uint8_t *tmp;
     uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
     uint64_t old_idx;    /* UINT64_MAX: none cached */
@@ -74,7 +78,6 @@ struct txn {
     uint64_t rt_off, rt_clusters;
     uint64_t *freed; /* (start, length) cluster runs freed by the commit */
     size_t nb_freed;
-    bool keep_meta; /* punch no freed metadata (see discard_freed) */
 };
 
 /* ---- New refcounts ------------------------------------------------------ */
@@ -389,12 +392,42 @@ static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
     return 0;
 }
 
-/* n contiguous clusters free in both the old and the new state, counted
- * once in the new state. */
-static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
+/* Whether clusters [c, c+n) are backed by the file (written, not a hole),
+ * so that reusing them costs the file system no allocation; if not, *next
+ * is a cluster after c where looking on makes sense. A backend that
+ * cannot tell, or a failed query, says yes: this only steers a choice. */
+static int file_backed(struct txn *t, uint64_t c, uint64_t n, uint64_t *next)
+{
+    const struct qimg_io *io = &t->img->io;
+    uint64_t off = c * t->cs, end;
+    bool data;
+
+    /* Backed up to the start of the run's last cluster: a table written
+     * short (an 8-byte L1) has only its first block. */
+    if (off >= t->data_lo && off + (n - 1) * t->cs < t->data_hi)
+        return 1; /* inside the data run found last time */
+    if (!io->ops->seek_data ||
+        io->ops->seek_data(io->ctx, off, &data, &end) < 0)
+        return 1;
+    if (data) {
+        t->data_lo = off;
+        t->data_hi = end;
+    }
+    if (data && end > off + (n - 1) * t->cs)
+        return 1;
+    *next = MAX(c + 1, (end + (data ? t->cs - 1 : 0)) / t->cs);
+    return 0;
+}
+
+/* First fit from *cursor: n contiguous clusters free in both the old and
+ * the new state. backed: only clusters inside the file that it has
+ * blocks for; 1 if there are none. */
+static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
+                      uint64_t *start)
 {
     struct qcow2 *q = t->q;
-    uint64_t per = 1ull << q->rb_bits, idx = t->scan, run = 0;
+    uint64_t per = 1ull << q->rb_bits, idx = *cursor, run = 0, next;
+    uint64_t limit = q->file_size / t->cs;
     int ret;
 
     while (run < n) {
@@ -403,6 +436,8 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
         const uint8_t *z = rb ? t->zhit[rt_idx] : NULL;
         bool exists = true;
 
+        if (backed && idx - run + n > limit)
+            return 1;
         /* A block the operation holds: a cluster is free in both states
          * if it is 0 now and no decrement took it there. Any other block
          * is as on disk. */
@@ -426,10 +461,41 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
                         zero_hit_at(z, i);
             run = used || idx == 0 ? 0 : run + 1;
         }
+        if (run == n && backed && !file_backed(t, idx - n, n, &next)) {
+            run = 0;
+            idx = next;
+        }
     }
-    *off = (idx - n) * t->cs;
-    t->scan = idx;
-    for (uint64_t c = idx - n; c < idx; c++)
+    *start = idx - n;
+    *cursor = idx;
+    return 0;
+}
+
+/* n contiguous clusters free in both the old and the new state, counted
+ * once in the new state. Clusters the file has blocks for come first:
+ * metadata an earlier operation freed is left in place (discard_freed),
+ * and filling it again is cheaper than filling a hole; only when there
+ * is none does the search start again from the front, holes included. */
+static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
+{
+    uint64_t s = 0;
+    int ret = 1;
+
+    if (n < t->backed_short) {
+        ret = alloc_scan(t, n, true, &t->scan_backed, &s);
+        if (ret > 0)
+            t->backed_short = n; /* no backed run this long is left */
+        if (ret == 0)
+            t->nb_backed += n;
+    }
+    if (ret > 0)
+        ret = alloc_scan(t, n, false, &t->scan_any, &s);
+    if (ret < 0)
+        return ret;
+    t->nb_alloc += n;
+    *off = s * t->cs;
+    t->scan = MAX(t->scan, s + n);
+    for (uint64_t c = s; c < s + n; c++)
         if ((ret = rc_add(t, c, 1)) < 0)
             return ret;
     return 0;
@@ -960,23 +1026,28 @@ static int find_freed(struct txn *t)
 /* 3 of 3: the switch is durable; punch what only the old state used.
  * Discarding is advisory: a failure here cannot harm the new state, and
  * a punch lost in a crash only leaves free clusters allocated, so it
- * needs no flush. One hole punch costs about as much as writing the
- * cluster (~0.1 ms), so old metadata is left free for the next
- * allocation to reuse instead when that is cheaper: always after a
- * create (which frees nothing but metadata it has just replaced, at most
- * the metadata's own size), and after a delete or apply when there are
- * more than a few dozen runs (a big image: one per L2 table) for short
- * runs. Data and long runs are punched. */
+ * needs no flush. Data is punched. Old copies of metadata the operation
+ * replaced are partly left in place: punching costs about as much as
+ * writing (~0.1 ms a hole), and the next operation, which replaces the
+ * same tables, would only fill the holes again (filling a hole costs the
+ * file system an allocation too); txn_alloc takes such blocks first.
+ * How many stay is bounded: as many as this operation took from that
+ * pool (so it does not grow), or, when the pool ran dry, as many as it
+ * allocated. So free clusters left allocated never exceed what the
+ * largest operation allocated (about one copy of the metadata). */
 static void discard_freed(struct txn *t)
 {
     bool unsynced = t->img->unsynced;
+    uint64_t keep = t->backed_short == 1 ? t->nb_alloc : t->nb_backed;
 
     for (size_t i = 0; i < t->nb_freed; i++) {
         uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1];
-        bool meta = t->keep_meta || (t->nb_freed > 64 && len < 16);
+        bool meta = len <= keep;
         for (uint64_t c = start; meta && c < start + len; c++)
             meta = idset_has(&t->meta_freed, c);
-        if (!meta)
+        if (meta)
+            keep -= len;
+        else
             image_discard_file(t->img, start * t->cs, len * t->cs);
     }
     t->img->unsynced = unsynced;
@@ -1084,7 +1155,8 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     t->wbuf = malloc(WB_CAP);
     if (!t->tmp || !t->old_rb || !t->wbuf)
         return qimg_err(ENOMEM, "Out of memory");
-    t->scan = 1;
+    t->scan = t->scan_backed = t->scan_any = 1;
+    t->backed_short = UINT64_MAX;
     return 0;
 }
 
@@ -1319,7 +1391,6 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     int ret;
 
     ret = txn_init(&t, img, true);
-    t.keep_meta = true;
     if (ret == 0)
         ret = check_l1(&t, q->l1, q->l1_size);
     if (ret == 0)
