@@ -282,33 +282,33 @@ static int posix_get_allocated(void *ctx, uint64_t *out)
     return 0;
 }
 
+/* SEEK_HOLE first: one call answers for data, the usual case. */
 static int posix_seek_data(void *ctx, uint64_t off, bool *is_data,
                            uint64_t *end)
 {
     struct posix_ctx *p = ctx;
-    off_t d = lseek(p->fd, (off_t)off, SEEK_DATA), h;
+    off_t h = lseek(p->fd, (off_t)off, SEEK_HOLE), d;
+    struct stat st;
 
-    if (d < 0) {
-        if (errno == ENXIO) { /* a hole up to the end of the file */
-            struct stat st;
-            if (fstat(p->fd, &st) < 0)
-                return -errno;
-            *is_data = false;
-            *end = MAX((uint64_t)st.st_size, off);
-            return 0;
-        }
+    if (h < 0 && errno != ENXIO)
         return -errno;
+    if (h >= 0 && (uint64_t)h > off) {
+        *is_data = true;
+        *end = (uint64_t)h;
+        return 0;
     }
-    if ((uint64_t)d > off) {
-        *is_data = false;
+    *is_data = false;
+    d = h < 0 ? -1 : lseek(p->fd, (off_t)off, SEEK_DATA);
+    if (d >= 0) {
         *end = (uint64_t)d;
         return 0;
     }
-    h = lseek(p->fd, (off_t)off, SEEK_HOLE);
-    if (h < 0)
+    if (h >= 0 && errno != ENXIO)
         return -errno;
-    *is_data = true;
-    *end = (uint64_t)h;
+    /* A hole up to the end of the file (ENXIO: off is at or past it). */
+    if (fstat(p->fd, &st) < 0)
+        return -errno;
+    *end = MAX((uint64_t)st.st_size, off);
     return 0;
 }
 

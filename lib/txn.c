@@ -62,6 +62,7 @@ struct txn {
     uint64_t scan; /* end of the clusters allocated so far (index) */
     uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
     uint64_t backed_short; /* no backed free run of this length left */
+    uint64_t first_free; /* lowest cluster the backed search found at 0 */
     uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
     uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
     uint8_t *tmp;
@@ -456,11 +457,15 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
             if (i == per)
                 continue;
         }
+        if (backed && run == 0)
+            t->first_free = MIN(t->first_free, idx);
         for (; i < per && run < n; i++, idx++) {
             bool used = (exists && refblock_get(rb, i, q->refcount_order)) ||
                         zero_hit_at(z, i);
             run = used || idx == 0 ? 0 : run + 1;
         }
+        if (run == n && backed && idx > limit)
+            return 1;
         if (run == n && backed && !file_backed(t, idx - n, n, &next)) {
             run = 0;
             idx = next;
@@ -488,8 +493,13 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
         if (ret == 0)
             t->nb_backed += n;
     }
-    if (ret > 0)
+    if (ret > 0) {
+        /* Everything before the first free cluster the backed search
+         * saw was in use then, and still is. */
+        t->scan_any = MAX(t->scan_any,
+                          MIN(t->first_free, t->q->file_size / t->cs));
         ret = alloc_scan(t, n, false, &t->scan_any, &s);
+    }
     if (ret < 0)
         return ret;
     t->nb_alloc += n;
@@ -1156,7 +1166,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     if (!t->tmp || !t->old_rb || !t->wbuf)
         return qimg_err(ENOMEM, "Out of memory");
     t->scan = t->scan_backed = t->scan_any = 1;
-    t->backed_short = UINT64_MAX;
+    t->backed_short = t->first_free = UINT64_MAX;
     return 0;
 }
 
