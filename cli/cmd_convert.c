@@ -16,10 +16,11 @@
  * before the sources are opened and a newline at the end, even after an
  * error, as qemu-img does. Several sources are concatenated.
  *
- * The target's data goes straight to the disk (O_DIRECT: no page cache to
- * fill and write back, about twice as fast here) unless -t names a mode
- * that uses the page cache (writeback, writethrough, unsafe); either way
- * the target is flushed before qimg exits.
+ * Past its first GiB the target's data goes straight to the disk
+ * (O_DIRECT: no page cache to fill and write back, about twice as fast
+ * here for gigabytes) unless -t names a mode that uses the page cache
+ * (writeback, writethrough, unsafe); either way the target is flushed
+ * before qimg exits.
  *
  * Differences: -T, -m, -W and -r are checked and then ignored (one
  * synchronous copy), -t unsafe still flushes; bitmaps (--bitmaps), --object,

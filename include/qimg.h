@@ -67,10 +67,11 @@ struct qimg_open_opts {
      * (the snapshot table is read by the check, a dirty image is not
      * repaired on open, a corrupt image may be opened read-write). */
     bool for_check;
-    /* Write long runs of data that are aligned in memory and in the file
-     * straight to the disk (O_DIRECT), past the page cache: for bulk
-     * copies such as convert's target. Metadata and short writes stay
-     * buffered; durability still comes from the flush. */
+    /* Once a GiB has been written through the page cache, write long
+     * runs of data that are aligned in memory and in the file straight to
+     * the disk (O_DIRECT): for bulk copies such as convert's target.
+     * Metadata and short writes stay buffered; durability still comes
+     * from the flush. */
     bool direct_data;
 };
 #define QIMG_OPEN_OPTS_INIT                                                    \

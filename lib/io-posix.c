@@ -14,11 +14,15 @@
  * writing; it only ever calls sync_file_range, a hint, on this fd.
  *
  * An image opened with direct_data (qimg convert's target) writes long,
- * aligned runs with O_DIRECT instead: straight from the caller's buffer
- * to the disk, no page cache to fill and write back, which here is about
- * twice as fast for gigabytes of data. The flag is set on the descriptor
- * around each such write only; everything else stays buffered, and a file
- * system that refuses O_DIRECT just gets buffered writes.
+ * aligned runs with O_DIRECT once the first DIRECT_AFTER bytes have gone
+ * through the page cache: straight from the caller's buffer to the disk,
+ * no page cache to fill and write back, which here is about twice as
+ * fast for gigabytes of data. The first gigabyte stays buffered because
+ * the page cache takes it faster than the disk would and its write-back
+ * overlaps what follows (a 512 MiB copy: 260 ms buffered, 320 ms
+ * direct). The flag is set on the descriptor around each such write
+ * only; everything else stays buffered, and a file system that refuses
+ * O_DIRECT just gets buffered writes.
  */
 #include "internal.h"
 
@@ -35,11 +39,13 @@
 /* Direct writes: at least this long, buffer, offset and length on this
  * grid (a 4 KiB-sector disk's; 512-byte ones accept it too). */
 #define DIRECT_MIN (256u << 10)
+#define DIRECT_AFTER (1ull << 30)
 #define DIRECT_ALIGN 4096u
 
 struct posix_ctx {
     int fd;
     bool direct; /* direct_data asked for and not refused yet */
+    uint64_t buffered; /* bytes written through the page cache */
     uint64_t unkicked;
 #ifdef SYNC_FILE_RANGE_WRITE
     pthread_mutex_t lock;
@@ -156,7 +162,7 @@ static int pwrite_buffered(struct posix_ctx *p, const uint8_t *b, size_t len,
 static bool direct_fits(const struct posix_ctx *p, const void *buf,
                         size_t len, uint64_t off)
 {
-    return p->direct && len >= DIRECT_MIN &&
+    return p->direct && p->buffered >= DIRECT_AFTER && len >= DIRECT_MIN &&
            (((uintptr_t)buf | (uintptr_t)len | off) & (DIRECT_ALIGN - 1)) == 0;
 }
 
@@ -223,6 +229,7 @@ static int posix_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
             return 0;
     }
     kick_writeback(p, len);
+    p->buffered += len;
     return pwrite_buffered(p, b, len, off);
 }
 
