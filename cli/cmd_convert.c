@@ -24,10 +24,10 @@
  *
  * Differences: -T, -m, -W and -r are checked and then ignored (one
  * synchronous copy), -t unsafe still flushes; bitmaps (--bitmaps), --object,
- * --target-image-opts and --salvage are not offered. The library takes no
- * image locks yet, so converting onto one of the sources (or a backing
- * file of one) is refused here with qemu-img's lock message instead of
- * truncating the source.
+ * --target-image-opts and --salvage are not offered. Converting onto one
+ * of the sources (or a backing file of one) is refused before the target
+ * is created, with qemu-img's lock message, so the source is never
+ * truncated.
  */
 #include "cli.h"
 #include "convert.h"

@@ -163,7 +163,7 @@ static bool direct_fits(const struct posix_ctx *p, const void *buf,
                         size_t len, uint64_t off)
 {
     return p->direct && p->buffered >= DIRECT_AFTER && len >= DIRECT_MIN &&
-           (((uintptr_t)buf | (uintptr_t)len | off) & (DIRECT_ALIGN - 1)) == 0;
+           IS_ALIGNED((uintptr_t)buf | len | off, DIRECT_ALIGN);
 }
 
 /* Set or clear O_DIRECT on the descriptor; false if that failed. */

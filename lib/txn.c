@@ -393,6 +393,12 @@ static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Whole clusters in the file as the operation found it. */
+static uint64_t file_clusters(const struct txn *t)
+{
+    return t->q->file_size / t->cs;
+}
+
 /* Whether clusters [c, c+n) are backed by the file (written, not a hole),
  * so that reusing them costs the file system no allocation; if not, *next
  * is a cluster after c where looking on makes sense. A backend that
@@ -416,7 +422,7 @@ static int file_backed(struct txn *t, uint64_t c, uint64_t n, uint64_t *next)
     }
     if (data && end > off + (n - 1) * t->cs)
         return 1;
-    *next = MAX(c + 1, (end + (data ? t->cs - 1 : 0)) / t->cs);
+    *next = MAX(c + 1, data ? DIV_ROUND_UP(end, t->cs) : end / t->cs);
     return 0;
 }
 
@@ -428,7 +434,7 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
 {
     struct qcow2 *q = t->q;
     uint64_t per = 1ull << q->rb_bits, idx = *cursor, run = 0, next;
-    uint64_t limit = q->file_size / t->cs;
+    uint64_t limit = file_clusters(t);
     int ret;
 
     while (run < n) {
@@ -464,11 +470,13 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
                         zero_hit_at(z, i);
             run = used || idx == 0 ? 0 : run + 1;
         }
-        if (run == n && backed && idx > limit)
-            return 1;
-        if (run == n && backed && !file_backed(t, idx - n, n, &next)) {
-            run = 0;
-            idx = next;
+        if (run == n && backed) {
+            if (idx > limit)
+                return 1;
+            if (!file_backed(t, idx - n, n, &next)) {
+                run = 0;
+                idx = next;
+            }
         }
     }
     *start = idx - n;
@@ -496,8 +504,7 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
     if (ret > 0) {
         /* Everything before the first free cluster the backed search
          * saw was in use then, and still is. */
-        t->scan_any = MAX(t->scan_any,
-                          MIN(t->first_free, t->q->file_size / t->cs));
+        t->scan_any = MAX(t->scan_any, MIN(t->first_free, file_clusters(t)));
         ret = alloc_scan(t, n, false, &t->scan_any, &s);
     }
     if (ret < 0)
