@@ -62,9 +62,13 @@ struct txn {
     uint64_t scan; /* end of the clusters allocated so far (index) */
     uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
     uint64_t backed_short; /* no backed free run of this length left */
+    bool pool_dry;       /* a single cluster found no backed run */
     uint64_t first_free; /* lowest cluster the backed search found at 0 */
     uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
     uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
+    uint64_t run_k;       /* length of the free runs singles come from */
+    uint64_t ext_next;    /* where the next single may go (0: search) */
+    bool ext_backed;      /* ... found by the backed search */
     uint8_t *tmp;
     uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
     uint64_t old_idx;    /* UINT64_MAX: none cached */
@@ -468,6 +472,12 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
         for (; i < per && run < n; i++, idx++) {
             bool used = (exists && refblock_get(rb, i, q->refcount_order)) ||
                         zero_hit_at(z, i);
+            if (used && run) {
+                /* Too short: skip to the next cluster at 0 again. */
+                run = 0;
+                idx++;
+                break;
+            }
             run = used || idx == 0 ? 0 : run + 1;
         }
         if (run == n && backed) {
@@ -484,31 +494,96 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
     return 0;
 }
 
+/* Whether cluster c is free in both the old and the new state. */
+static int cluster_free(struct txn *t, uint64_t c)
+{
+    struct qcow2 *q = t->q;
+    uint64_t rt_idx = c >> q->rb_bits, i = c & ((1ull << q->rb_bits) - 1);
+    int ret;
+
+    if (rt_idx < t->nb_rb && t->rb[rt_idx])
+        return !refblock_get(t->rb[rt_idx], i, q->refcount_order) &&
+               !zero_hit_at(t->zhit[rt_idx], i);
+    if ((ret = old_block(t, rt_idx)) < 0)
+        return ret;
+    return !t->old_exists || !refblock_get(t->old_rb, i, q->refcount_order);
+}
+
+/* The cluster after the last single, if it is still free (and, when the
+ * run was found among backed clusters, backed): 0 if so, 1 if not. */
+static int ext_take(struct txn *t, uint64_t *s)
+{
+    uint64_t c = t->ext_next, next;
+    int ret = cluster_free(t, c);
+
+    if (ret > 0 && t->ext_backed)
+        ret = c < file_clusters(t) && file_backed(t, c, 1, &next);
+    if (ret <= 0) {
+        t->ext_next = 0;
+        return ret < 0 ? ret : 1;
+    }
+    *s = c;
+    return 0;
+}
+
+/* How long a free run must be for single clusters to be taken from it:
+ * long enough that the L2 copies and refcount blocks an operation may
+ * write (one cluster each) fit in about 8 runs, up to 1 MiB. They then
+ * go out in long writes rather than filling scattered free clusters one
+ * at a time (as qemu-img leaves the L2 tables of a preallocated image,
+ * one per 512 MiB, once they are copied), while a small operation still
+ * fills the few short runs an earlier one left. */
+static uint64_t single_run(const struct qcow2 *q)
+{
+    uint64_t n = 0, max = MAX(1, (1ull << 20) >> q->cluster_bits);
+
+    for (uint64_t i = 0; i < q->l1_size; i++)
+        n += (l1_entry_get(q->l1, i) & L1E_OFFSET_MASK) != 0;
+    for (uint64_t i = 0; i < q->rt_entries; i++)
+        n += (be64_load(q->rt + i * 8) & RT_OFFSET_MASK) != 0;
+    return MIN(max, MAX(1, n / 8));
+}
+
 /* n contiguous clusters free in both the old and the new state, counted
  * once in the new state. Clusters the file has blocks for come first:
  * metadata an earlier operation freed is left in place (discard_freed),
  * and filling it again is cheaper than filling a hole; only when there
- * is none does the search start again from the front, holes included. */
+ * is none does the search start again from the front, holes included.
+ * Single clusters are taken one after another from a run (single_run). */
 static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
 {
-    uint64_t s = 0;
+    uint64_t s = 0, k = n;
+    bool backed = false;
     int ret = 1;
 
-    if (n < t->backed_short) {
-        ret = alloc_scan(t, n, true, &t->scan_backed, &s);
-        if (ret > 0)
-            t->backed_short = n; /* no backed run this long is left */
-        if (ret == 0)
-            t->nb_backed += n;
+    if (n == 1 && t->ext_next) {
+        ret = ext_take(t, &s);
+        backed = t->ext_backed;
     }
+    if (ret > 0 && n == 1)
+        k = t->run_k;
+    if (ret > 0 && k < t->backed_short) {
+        ret = alloc_scan(t, k, true, &t->scan_backed, &s);
+        if (ret > 0)
+            t->backed_short = k; /* no backed run this long is left */
+        backed = ret == 0;
+    }
+    t->pool_dry |= ret > 0 && n == 1;
     if (ret > 0) {
         /* Everything before the first free cluster the backed search
          * saw was in use then, and still is. */
         t->scan_any = MAX(t->scan_any, MIN(t->first_free, file_clusters(t)));
-        ret = alloc_scan(t, n, false, &t->scan_any, &s);
+        ret = alloc_scan(t, k, false, &t->scan_any, &s);
+        backed = false;
     }
     if (ret < 0)
         return ret;
+    if (n == 1 && t->ext_next != s)
+        t->ext_backed = backed; /* a new run */
+    if (n == 1)
+        t->ext_next = s + 1;
+    if (backed)
+        t->nb_backed += n;
     t->nb_alloc += n;
     *off = s * t->cs;
     t->scan = MAX(t->scan, s + n);
@@ -1051,21 +1126,24 @@ static int find_freed(struct txn *t)
  * How many stay is bounded: as many as this operation took from that
  * pool (so it does not grow), or, when the pool ran dry, as many as it
  * allocated. So free clusters left allocated never exceed what the
- * largest operation allocated (about one copy of the metadata). */
+ * largest operation allocated (about one copy of the metadata). Runs
+ * too short for txn_alloc's single clusters are punched too (such as
+ * qemu-img's scattered L2 tables): it would pass them over. */
 static void discard_freed(struct txn *t)
 {
     bool unsynced = t->img->unsynced;
-    uint64_t keep = t->backed_short == 1 ? t->nb_alloc : t->nb_backed;
+    uint64_t keep = t->pool_dry ? t->nb_alloc : t->nb_backed;
 
     for (size_t i = 0; i < t->nb_freed; i++) {
-        uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1];
-        bool meta = len <= keep;
+        uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1], k;
+        bool meta = len >= t->run_k;
         for (uint64_t c = start; meta && c < start + len; c++)
             meta = idset_has(&t->meta_freed, c);
-        if (meta)
-            keep -= len;
-        else
-            image_discard_file(t->img, start * t->cs, len * t->cs);
+        k = meta ? MIN(len, keep) : 0;
+        keep -= k;
+        if (len > k)
+            image_discard_file(t->img, (start + k) * t->cs,
+                               (len - k) * t->cs);
     }
     t->img->unsynced = unsynced;
     qimg_error_clear();
@@ -1174,6 +1252,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return qimg_err(ENOMEM, "Out of memory");
     t->scan = t->scan_backed = t->scan_any = 1;
     t->backed_short = t->first_free = UINT64_MAX;
+    t->run_k = single_run(q);
     return 0;
 }
 
