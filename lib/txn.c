@@ -217,6 +217,39 @@ static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
     return v + (uint64_t)delta == 0 ? zero_hit(t, idx >> q->rb_bits, i) : 0;
 }
 
+#define LANES16 0x0001000100010001ull
+
+/* Whether a 16-bit lane of x is 0. */
+static bool zero_lane16(uint64_t x)
+{
+    return (x - LANES16) & ~x & (LANES16 << 15);
+}
+
+/* Add delta (+1 or -1) to the 16-bit refcounts [from, end) of block blk,
+ * four at a time, up to the first group where one would leave its range
+ * (the caller's loop then reports it) or the last whole group. Returns
+ * where it stopped, or UINT64_MAX if recording a refcount reaching 0
+ * failed. */
+static uint64_t add_one16(struct txn *t, uint8_t *rb, uint64_t blk,
+                          uint64_t from, uint64_t end, int64_t delta)
+{
+    uint64_t k = from;
+
+    for (; k + 4 <= end; k += 4) {
+        uint64_t v = be64_load(rb + 2 * k);
+        if (zero_lane16(delta > 0 ? ~v : v))
+            break; /* a 0xffff to raise or a 0 to lower */
+        v = delta > 0 ? v + LANES16 : v - LANES16;
+        be64_store(rb + 2 * k, v);
+        if (delta < 0 && zero_lane16(v))
+            for (unsigned j = 0; j < 4; j++)
+                if (!(v >> (48 - 16 * j) & 0xffff) &&
+                    zero_hit(t, blk, k + j) < 0)
+                    return UINT64_MAX;
+    }
+    return k;
+}
+
 /* Add delta to n consecutive clusters from idx (checked, all or nothing
  * per block: a failure leaves the transaction to be dropped anyway). */
 static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
@@ -233,7 +266,12 @@ static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
             return ret;
         if (order == 4) {
             /* The common case, kept tight: 16-bit refcounts. */
-            for (uint64_t k = i; k < i + cnt; k++) {
+            uint64_t k = i;
+            if (delta == 1 || delta == -1)
+                k = add_one16(t, rb, blk, i, i + cnt, delta);
+            if (k == UINT64_MAX)
+                return -ENOMEM;
+            for (; k < i + cnt; k++) {
                 int64_t v = (int64_t)be16_load(rb + 2 * k) + delta;
                 if ((uint64_t)v > 0xffff)
                     return rc_out_of_range(t, (idx - i) + k, delta);

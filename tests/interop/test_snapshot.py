@@ -551,6 +551,38 @@ def test_copies_stay_side_by_side(tmp):
     check_clean(img)
 
 
+def set_refcount(path, cluster, value):
+    """Set a 16-bit refcount in the first refcount block."""
+    h = header(path)
+    with open(path, "r+b") as f:
+        f.seek(h["rt_off"])
+        rb = be("Q", f.read(8), 0)
+        f.seek(rb + 2 * cluster)
+        f.write(struct.pack(">H", value))
+
+
+@pytest.mark.parametrize("op,value,msg", [
+    ("-c", 0xffff, "Refcount of cluster %d would exceed its maximum of 65535"),
+    ("-d", 0, "Refcount of cluster %d is lower than its references")])
+def test_refcount_out_of_range_named(tmp, op, value, msg):
+    """A refcount the operation would take out of its range, inside a run
+    of 16 data clusters (counted four at a time), is refused and named;
+    a refused create leaves the file as it was."""
+    img = tmp / "i.qcow2"
+    mk(img, "16M")
+    io(img, "write -P 1 0 1M")
+    if op == "-d":
+        qemu_img("snapshot", "-c", "s", img, check=True)
+    m = json.loads(qemu_img("map", "--output=json", img, check=True).out)
+    cluster = m[0]["offset"] // 65536 + 5
+    set_refcount(img, cluster, value)
+    before = sha(img)
+    r = qimg("snapshot", op, "s", img)
+    assert r.rc == 1 and msg % cluster in r.err, r
+    if op == "-c":
+        assert sha(img) == before
+
+
 def heavy(img, maker):
     """(No compressed writes: a host cluster holding several compressed
     clusters rightly keeps a refcount above 1.)"""
