@@ -374,20 +374,27 @@ static int wb_flush(struct txn *t)
     return ret;
 }
 
-#define WB_CAP (4u << 20)
+/* The write buffer: small enough that a small image's copies do not
+ * fault in fresh pages (each costs about 1 us here: C -c 2.32 -> 2.08 ms
+ * against 4 MiB), and large enough that the requests stay long (A and B
+ * unchanged); at least a cluster. */
+static size_t wb_cap(const struct txn *t)
+{
+    return MAX(256u << 10, t->cs);
+}
 
 /* Write new metadata, coalescing writes to consecutive clusters. */
 static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
 {
     int ret;
 
-    if (t->wlen && off == t->woff + t->wlen && t->wlen + len <= WB_CAP) {
+    if (t->wlen && off == t->woff + t->wlen && t->wlen + len <= wb_cap(t)) {
         memcpy(t->wbuf + t->wlen, data, len);
         t->wlen += len;
         return 0;
     }
     ret = wb_flush(t);
-    if (ret < 0 || len > WB_CAP / 2)
+    if (ret < 0 || len > wb_cap(t) / 2)
         return ret < 0 ? ret : image_pwrite(t->img, data, len, off);
     memcpy(t->wbuf, data, len);
     t->woff = off;
@@ -400,7 +407,7 @@ static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
  * the previous write. */
 static int wb_slot(struct txn *t, uint8_t **slot)
 {
-    int ret = t->wlen + t->cs > WB_CAP ? wb_flush(t) : 0;
+    int ret = t->wlen + t->cs > wb_cap(t) ? wb_flush(t) : 0;
 
     *slot = t->wbuf + t->wlen;
     return ret;
@@ -1285,7 +1292,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     t->tmp = malloc(t->cs);
     t->old_rb = malloc(t->cs);
     t->old_idx = UINT64_MAX;
-    t->wbuf = malloc(WB_CAP);
+    t->wbuf = malloc(wb_cap(t));
     if (!t->tmp || !t->old_rb || !t->wbuf)
         return qimg_err(ENOMEM, "Out of memory");
     t->scan = t->scan_backed = t->scan_any = 1;
