@@ -623,10 +623,10 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
     }
     if (ret < 0)
         return ret;
-    if (n == 1 && t->ext_next != s)
-        t->ext_backed = backed; /* a new run */
-    if (n == 1)
+    if (n == 1) {
         t->ext_next = s + 1;
+        t->ext_backed = backed; /* unchanged if s came from ext_take */
+    }
     if (backed)
         t->nb_backed += n;
     t->nb_alloc += n;
