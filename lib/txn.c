@@ -323,41 +323,45 @@ static int old_block(struct txn *t, uint64_t rt_idx)
     return ret;
 }
 
+/* Whether the 64 bytes at p hold a zero lane of type T, tested 16 bytes
+ * at a time with the compiler's vector types (SSE2 on x86-64, NEON on
+ * arm64). */
+#define ZERO_IN_64(name, T)                                                  \
+    static bool name(const uint8_t *p)                                       \
+    {                                                                        \
+        typedef T vec __attribute__((vector_size(16)));                      \
+        vec a, b, c, d;                                                      \
+        uint64_t w[2];                                                       \
+        memcpy(&a, p, 16);                                                   \
+        memcpy(&b, p + 16, 16);                                              \
+        memcpy(&c, p + 32, 16);                                              \
+        memcpy(&d, p + 48, 16);                                              \
+        __typeof__(a == 0) m = (a == 0) | (b == 0) | (c == 0) | (d == 0);    \
+        memcpy(w, &m, 16);                                                   \
+        return w[0] | w[1];                                                  \
+    }
+ZERO_IN_64(zero_in_64_8, uint8_t)
+ZERO_IN_64(zero_in_64_16, uint16_t)
+ZERO_IN_64(zero_in_64_32, uint32_t)
+ZERO_IN_64(zero_in_64_64, uint64_t)
+
 /* Index of the first zero entry of rb in [from, n), or n. Byte-wide and
- * wider entries are tested a 64-bit word at a time. */
+ * wider entries are tested 64 bytes at a time. */
 static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
                            unsigned order)
 {
-    uint64_t per_word, i = from;
+    bool (*zero_in_64)(const uint8_t *) =
+        order == 3 ? zero_in_64_8
+        : order == 4 ? zero_in_64_16
+        : order == 5 ? zero_in_64_32 : zero_in_64_64;
+    uint64_t per = order < 3 ? 0 : 512 >> order, i = from; /* in 64 bytes */
 
-    if (order < 3) {
-        for (; i < n; i++)
-            if (!refblock_get(rb, i, order))
-                return i;
-        return n;
-    }
-    per_word = 64 >> order;
-    for (; i < n && i % per_word; i++)
+    for (; i < n && (!per || i % per); i++)
         if (!refblock_get(rb, i, order))
             return i;
-    for (; i + per_word <= n; i += per_word) {
-        uint64_t w, ones, highs;
-        memcpy(&w, rb + (i << order) / 8, 8);
-        if (order == 6) {
-            if (!w)
-                break;
-            continue;
-        }
-        /* A zero lane: (w - 0x..01..01) & ~w & 0x..80..80 is non-zero
-         * (lanes are byte-swapped on little-endian hosts, which does not
-         * change whether one of them is zero). */
-        ones = order == 3 ? 0x0101010101010101ull
-               : order == 4 ? 0x0001000100010001ull
-                            : 0x0000000100000001ull;
-        highs = ones << ((8u << (order - 3)) - 1);
-        if ((w - ones) & ~w & highs)
+    for (; per && i + per <= n; i += per)
+        if (zero_in_64(rb + (i << order) / 8))
             break;
-    }
     for (; i < n; i++)
         if (!refblock_get(rb, i, order))
             return i;
@@ -515,15 +519,15 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
         if (backed && run == 0)
             t->first_free = MIN(t->first_free, idx);
         for (; i < per && run < n; i++, idx++) {
-            bool used = (exists && refblock_get(rb, i, q->refcount_order)) ||
-                        zero_hit_at(z, i);
-            if (used && run) {
-                /* Too short: skip to the next cluster at 0 again. */
+            if ((exists && refblock_get(rb, i, q->refcount_order)) ||
+                zero_hit_at(z, i) || idx == 0) {
+                /* In use (or too short a run): skip to the next cluster
+                 * at 0 again. */
                 run = 0;
                 idx++;
                 break;
             }
-            run = used || idx == 0 ? 0 : run + 1;
+            run++;
         }
         if (run == n && backed) {
             if (idx > limit)
