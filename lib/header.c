@@ -157,6 +157,27 @@ static int decode_one_ext(struct qcow2_header *h, uint32_t type,
     }
 }
 
+size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
+                       size_t n, size_t cs)
+{
+    uint64_t off = h->header_length;
+    uint64_t end = h->backing_file_offset ? h->backing_file_offset : cs;
+    uint64_t need = h->backing_file_offset
+                        ? h->backing_file_offset + h->backing_file_size
+                        : 0;
+
+    while (off < end) {
+        if (off + 8 > n)
+            return cs;
+        off += 8;
+        if (be32_load(buf + off - 8) == EXT_END)
+            break;
+        off += ALIGN_UP((uint64_t)be32_load(buf + off - 4), 8);
+    }
+    need = MAX(need, off);
+    return need <= n ? n : cs;
+}
+
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs)
 {
     uint64_t off = h->header_length;

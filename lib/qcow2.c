@@ -201,6 +201,7 @@ static int read_header(qimg_image *img, bool read_write)
     struct qcow2 *q = img->q;
     uint8_t fixed[HDR_V3_LEN];
     uint8_t *c0 = NULL;
+    size_t cs, n;
     int ret, unsupported;
 
     ret = image_pread(img, fixed, sizeof fixed, 0);
@@ -214,15 +215,23 @@ static int read_header(qimg_image *img, bool read_write)
     unsupported = check_fixed(img, read_write);
     if (unsupported < 0)
         return unsupported;
-    c0 = malloc(1u << q->hdr.cluster_bits);
+    /* The first 4 KiB hold the extensions and the backing file name in
+     * nearly every image: the rest of the cluster is read only if not. */
+    cs = 1u << q->hdr.cluster_bits;
+    n = MIN(cs, 4096);
+    c0 = malloc(cs);
     if (!c0)
         return qimg_err(ENOMEM, "Out of memory");
-    ret = image_pread(img, c0, 1u << q->hdr.cluster_bits, 0);
+    ret = image_pread(img, c0, n, 0);
+    if (ret == 0 && header_exts_len(&q->hdr, c0, n, cs) > n) {
+        ret = image_pread(img, c0 + n, cs - n, n);
+        n = cs;
+    }
     if (ret < 0) {
         ret = qimg_err_errno(-ret, "Could not read qcow2 header");
         goto out;
     }
-    ret = header_decode_exts(&q->hdr, c0, 1u << q->hdr.cluster_bits);
+    ret = header_decode_exts(&q->hdr, c0, n);
     if (unsupported) {
         ret = report_unsupported(&q->hdr, q->hdr.incompatible & ~INCOMPAT_MASK);
         goto out;

@@ -71,6 +71,24 @@ def snapshot_entries(path):
         return out
 
 
+def spread_header(path, ext_len):
+    """Insert an unknown header extension of ext_len bytes before the end
+    marker and move the backing file name behind the extensions."""
+    with open(path, "rb") as f:
+        c0 = bytearray(f.read(65536))
+    hlen, = struct.unpack_from(">I", c0, 100)
+    boff, bsize = struct.unpack_from(">QI", c0, 8)
+    name = bytes(c0[boff:boff + bsize])
+    off = hlen
+    while struct.unpack_from(">I", c0, off)[0]:  # up to the end marker
+        off += 8 + -(-struct.unpack_from(">I", c0, off + 4)[0] // 8) * 8
+    tail = struct.pack(">II", 0x12345678, ext_len) + bytes(-(-ext_len // 8) * 8)
+    tail += bytes(8)  # end marker
+    c0[off:off + len(tail) + bsize] = tail + name
+    struct.pack_into(">Q", c0, 8, off + len(tail))
+    patch(path, 0, bytes(c0))
+
+
 def patch_snapshot(path, index, **fields):
     entry = snapshot_entries(path)[index]
     for name, value in fields.items():
@@ -158,6 +176,12 @@ def make_backing(d, absdir):
     data = open(os.path.join(d, "nbf.qcow2"), "rb").read(65536)
     patch(os.path.join(d, "nbf.qcow2"), data.index(bytes.fromhex("e2792aca")),
           bytes.fromhex("12345678"))
+    # The backing file name past the first 4 KiB of cluster 0, behind an
+    # unknown 6000-byte header extension: qimg reads the rest of the
+    # cluster only when the first 4 KiB do not hold the header.
+    q(d, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+      "bigext.qcow2")
+    spread_header(os.path.join(d, "bigext.qcow2"), 6000)
     # A loop: la -> lb -> la.
     q(d, "create", "-q", "-f", "qcow2", "-u", "-b", "lb.qcow2", "-F", "qcow2",
       "la.qcow2", "1M")
@@ -282,6 +306,7 @@ IMAGES = [
     "data.qcow2", "compressed.qcow2", "v2data.qcow2",
     "base.qcow2", "ovq.qcow2", "ovr.qcow2", "top.qcow2", "ovabs.qcow2",
     "asraw.qcow2", "v2ov.qcow2", "sub/o.qcow2", "top2.qcow2", "nbf.qcow2",
+    "bigext.qcow2",
     "snap.qcow2", "snapv2.qcow2", "vm.qcow2",
     "corrupt.qcow2", "dirty.qcow2", "both.qcow2", "dirtylazy.qcow2",
     "dirtyov.qcow2", "unkc.qcow2",

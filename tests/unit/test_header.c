@@ -127,6 +127,51 @@ static void test_header_rejects_extension_past_cluster(void **state)
     header_free(&h);
 }
 
+/* What header_exts_len asks for with 64 KiB clusters when 4 KiB were
+ * read: those 4 KiB if they hold everything, else the whole cluster. */
+static size_t exts_len(uint8_t *c0)
+{
+    struct qcow2_header h;
+    size_t n;
+
+    assert_int_equal(header_decode_fixed(&h, c0, 65536), 0);
+    n = header_exts_len(&h, c0, 4096, 65536);
+    header_free(&h);
+    return n;
+}
+
+static void test_header_first_4k_when_enough(void **state)
+{
+    uint8_t *c0 = calloc(1, 65536);
+    struct qcow2_header h;
+
+    (void)state;
+    assert_non_null(c0);
+    memcpy(c0, qemu_overlay_hdr, sizeof qemu_overlay_hdr);
+    assert_int_equal(exts_len(c0), 4096);
+    /* The backing file name ends past 4 KiB. */
+    be64_store(c0 + HDR_BACKING_OFF, 4090);
+    memcpy(c0 + 4090, "base.qcow2", 10);
+    assert_int_equal(exts_len(c0), 65536);
+    decode_cluster0(&h, c0, 65536);
+    assert_string_equal(h.backing_file, "base.qcow2");
+    header_free(&h);
+    /* No backing file, and an extension running past 4 KiB. */
+    memset(c0 + 4090, 0, 10);
+    be64_store(c0 + HDR_BACKING_OFF, 0);
+    be32_store(c0 + HDR_BACKING_SIZE, 0);
+    be32_store(c0 + 112, 0x12345678);
+    be32_store(c0 + 116, 5000);
+    assert_int_equal(exts_len(c0), 65536);
+    /* ... or no room for the end marker within 4 KiB (it would follow
+     * the extension's 8-byte header and data at 120 + len). */
+    be32_store(c0 + 116, 4096 - 120);
+    assert_int_equal(exts_len(c0), 65536);
+    be32_store(c0 + 116, 4096 - 128);
+    assert_int_equal(exts_len(c0), 4096);
+    free(c0);
+}
+
 static void test_header_v2_implies_fields(void **state)
 {
     uint8_t c0[512] = {0};
@@ -151,6 +196,7 @@ int main(void)
         cmocka_unit_test(test_header_encode_is_byte_identical_to_qemu),
         cmocka_unit_test(test_header_keeps_unknown_fields_and_extensions),
         cmocka_unit_test(test_header_rejects_extension_past_cluster),
+        cmocka_unit_test(test_header_first_4k_when_enough),
         cmocka_unit_test(test_header_v2_implies_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
