@@ -115,12 +115,12 @@ struct qcow2_header {
  * (zero-padded by the caller if the file is shorter). */
 int header_decode_fixed(struct qcow2_header *h, const uint8_t *buf,
                         size_t len);
-/* Decode extensions and the backing name from cluster 0 (buf, cs bytes). */
 /* How many bytes of cluster 0 (cs bytes) header_decode_exts needs, judged
  * from its first n: n if they hold the extensions up to their end marker
  * and the backing file name, else cs. */
 size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
                        size_t n, size_t cs);
+/* Decode extensions and the backing name from cluster 0 (buf, cs bytes). */
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs);
 /* Encode cluster 0 (cs bytes) in QEMU's layout. -EINVAL if it won't fit. */
 int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs);
