@@ -148,8 +148,11 @@ static int rb_get(struct txn *t, uint64_t rt_idx, bool modify, uint8_t **out)
         t->rb[rt_idx] = blk_alloc(t);
         if (!t->rb[rt_idx])
             return qimg_err(ENOMEM, "Out of memory");
-        ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx], &exists);
-        if (ret < 0)
+        /* The free-cluster search may have read it already. */
+        if (t->old_idx == rt_idx)
+            memcpy(t->rb[rt_idx], t->old_rb, t->cs);
+        else if ((ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx],
+                                            &exists)) < 0)
             return ret;
     }
     t->rb_dirty[rt_idx] |= modify;
@@ -324,8 +327,7 @@ static int old_block(struct txn *t, uint64_t rt_idx)
 }
 
 /* Whether the 64 bytes at p hold a zero lane of type T, tested 16 bytes
- * at a time with the compiler's vector types (SSE2 on x86-64, NEON on
- * arm64). */
+ * at a time with the compiler's vector types (SSE2 on x86-64). */
 #define ZERO_IN_64(name, T)                                                  \
     static bool name(const uint8_t *p)                                       \
     {                                                                        \
@@ -1286,6 +1288,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     t->img = img;
     t->q = q;
     t->cs = q->cluster_size;
+    t->old_idx = UINT64_MAX; /* before rb_get runs (preload) */
     if (q->hdr.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY))
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
@@ -1295,7 +1298,6 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return ret;
     t->tmp = malloc(t->cs);
     t->old_rb = malloc(t->cs);
-    t->old_idx = UINT64_MAX;
     t->wbuf = malloc(wb_cap(t));
     if (!t->tmp || !t->old_rb || !t->wbuf)
         return qimg_err(ENOMEM, "Out of memory");
