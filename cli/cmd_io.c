@@ -34,22 +34,10 @@ struct open_req {
  * a qcow2. */
 static int load_geometry(struct io_state *s)
 {
-    struct qimg_info *info;
-    int ret;
-
     s->real_size = s->size = qimg_image_size(s->img);
-    if (qimg_image_format(s->img) != QIMG_FMT_QCOW2) {
-        if (s->size % 512 && s->size < UINT64_MAX - 511)
-            s->size += 512 - s->size % 512;
-        return 0;
-    }
-    ret = qimg_image_info(&info, s->img);
-    if (ret < 0)
-        return ret;
-    s->cluster_size = info->cluster_size;
-    s->extended_l2 = info->extended_l2;
-    s->version = info->version;
-    qimg_info_free(info);
+    if (qimg_image_format(s->img) != QIMG_FMT_QCOW2 && s->size % 512 &&
+        s->size < UINT64_MAX - 511)
+        s->size += 512 - s->size % 512;
     return 0;
 }
 

@@ -31,10 +31,6 @@ struct io_state {
      * image that also makes it unusable, every request then failing with
      * ENOMEDIUM like QEMU's drv-less node. */
     bool corrupt_reported, is_dead;
-    /* qcow2 geometry for `write -z -n` and `info`, from qimg_image_info */
-    uint32_t cluster_size;
-    bool extended_l2;
-    int version;
 };
 
 enum {

@@ -412,74 +412,6 @@ static int guard_block0(struct io_state *s, const uint8_t *buf, int64_t off,
     return probes_as_other_format(sec) ? -EPERM : 0;
 }
 
-/* [off, off+len) reads as zeros through the backing chain. */
-static int reads_zero(struct io_state *s, uint64_t off, uint64_t len, bool *out)
-{
-    *out = true;
-    while (len > 0) {
-        struct qimg_extent e;
-        int ret = qimg_image_map(s->img, off, len, &e);
-
-        if (ret < 0)
-            return ret;
-        if (!(e.flags & QIMG_BS_ZERO)) {
-            *out = false;
-            return 0;
-        }
-        off += e.len;
-        len -= e.len;
-    }
-    return 0;
-}
-
-/* Part of a write-zeroes request inside one zeroing unit [us, ue): QEMU
- * can only mark the unit zero if the rest of it already reads as zeros and
- * it holds no data. */
-static int zero_piece_ok(struct io_state *s, uint64_t off, uint64_t len,
-                         uint64_t g)
-{
-    uint64_t size = qimg_image_size(s->img);
-    uint64_t us = off - off % g, ue = us + g < size ? us + g : size;
-    uint64_t end = off + len;
-    struct qimg_extent e;
-    bool z1 = false, z2 = false;
-    int ret = reads_zero(s, us, off - us, &z1);
-
-    if (ret == 0)
-        ret = reads_zero(s, end, end < ue ? ue - end : 0, &z2);
-    if (ret == 0 && z1 && z2)
-        ret = qimg_image_block_status(s->img, us, ue - us, &e);
-    if (ret < 0)
-        return ret;
-    if (!z1 || !z2 || (e.flags & QIMG_BS_DATA))
-        return -ENOTSUP;
-    return 0;
-}
-
-/* write -z -n: -ENOTSUP where QEMU would have to fall back to writing
- * zeros, i.e. qcow2 v2, or unaligned ends whose unit is not already
- * zero. */
-static int zero_no_fallback(struct io_state *s, uint64_t off, uint64_t len)
-{
-    uint64_t size = qimg_image_size(s->img), end = off + len, g, a, b;
-    int ret = 0;
-
-    if (qimg_image_format(s->img) != QIMG_FMT_QCOW2 || len == 0)
-        return 0;
-    if (s->version < 3)
-        return -ENOTSUP;
-    g = s->extended_l2 ? s->cluster_size / 32 : s->cluster_size;
-    a = (off + g - 1) / g * g;
-    b = end == size ? end : end / g * g;
-    if (a >= b)
-        return zero_piece_ok(s, off, len, g);
-    if (off < a)
-        ret = zero_piece_ok(s, off, a - off, g);
-    if (ret == 0 && b < end)
-        ret = zero_piece_ok(s, b, end - b, g);
-    return ret;
-}
-
 struct write_args {
     bool is_machine, is_quiet, vmstate, compressed, fua, no_fallback;
     bool unmap, zero, has_pattern;
@@ -620,10 +552,10 @@ static int do_write(struct io_state *s, const struct write_args *a,
     if (ret < 0)
         return ret;
     if (a->zero) {
-        if (a->no_fallback && (ret = zero_no_fallback(s, off, len)) < 0)
-            return ret;
-        ret = qimg_image_write_zeroes(s->img, off, len,
-                                      a->unmap ? QIMG_ZERO_UNMAP : 0);
+        ret = qimg_image_write_zeroes(
+            s->img, off, len,
+            (a->unmap ? QIMG_ZERO_UNMAP : 0) |
+                (a->no_fallback ? QIMG_ZERO_NO_FALLBACK : 0));
     } else if (a->compressed) {
         ret = qimg_image_write_compressed(s->img, buf, (size_t)len, off);
     } else {

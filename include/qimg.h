@@ -133,6 +133,9 @@ QIMG_API int qimg_image_write_compressed(qimg_image *img, const void *buf,
                                          size_t len, uint64_t off);
 
 #define QIMG_ZERO_UNMAP 1u /* may deallocate instead of keeping space */
+/* Fail with -ENOTSUP, writing nothing, where zeroing would mean writing
+ * zeros rather than marking clusters zero (qemu-io's write -z -n). */
+#define QIMG_ZERO_NO_FALLBACK 2u
 QIMG_API int qimg_image_write_zeroes(qimg_image *img, uint64_t off,
                                      uint64_t len, unsigned flags);
 QIMG_API int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len);

@@ -1,18 +1,23 @@
 /*
- * backing.c - the backing chain: opening it read-only and reading through
- * it.
+ * backing.c - reading through the backing chain.
  *
  * qcow2-format.md §2 (backing file name, relative to the overlay's
  * directory) and §3.3 (unallocated ranges read from the backing image,
- * zeros past its end or without one).
+ * zeros past its end or without one). The chain is opened by open.c.
+ *
+ * The recursion: guest.c reads an unallocated range here, and this file
+ * reads the image below through guest.c again (or its file, if raw). It
+ * ends at the bottom of the chain, whose depth open.c bounds. This is the
+ * only call in lib/ that runs back up a layer.
  */
-#include "internal.h"
+#include "backing.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_CHAIN_DEPTH 256
+#include "file.h"
+#include "guest.h"
+#include "util.h"
 
 char *backing_full_path(const char *base, const char *name)
 {
@@ -31,49 +36,6 @@ char *backing_full_path(const char *base, const char *name)
     return p;
 }
 
-int backing_open(qimg_image *img, const struct qimg_open_opts *o, int depth)
-{
-    struct qimg_open_opts bo = QIMG_OPEN_OPTS_INIT;
-    const struct qcow2_header *h;
-    struct qimg_io io;
-    char *path;
-    int ret;
-
-    if (!img->q || !img->q->hdr.backing_file)
-        return 0;
-    h = &img->q->hdr;
-    if (depth >= MAX_CHAIN_DEPTH)
-        return qimg_err(ELOOP, "Backing chain too deep (a loop?)");
-    if (!h->backing_fmt)
-        bo.fmt = QIMG_FMT_AUTO;
-    else if (!strcmp(h->backing_fmt, "qcow2"))
-        bo.fmt = QIMG_FMT_QCOW2;
-    else if (!strcmp(h->backing_fmt, "raw"))
-        bo.fmt = QIMG_FMT_RAW;
-    else
-        return qimg_err(ENOTSUP, "Could not open backing file: Unknown "
-                                 "driver '%s'",
-                        h->backing_fmt);
-    bo.force_share = o->force_share;
-    bo.no_locking = o->no_locking;
-    path = backing_full_path(img->filename, h->backing_file);
-    if (!path)
-        return qimg_err(ENOMEM, "Out of memory");
-    ret = io_posix_open(&io, path, false, false);
-    if (ret < 0) {
-        ret = qimg_err_errno(-ret, "Could not open backing file: Could not "
-                                   "open '%s'",
-                             path);
-        free(path);
-        return ret;
-    }
-    ret = image_open_io(&img->backing, &io, path, &bo, depth + 1);
-    if (ret < 0 && !strstr(qimg_last_error()->message, "backing file"))
-        qimg_err_prefix("Could not open backing file: ");
-    free(path);
-    return ret;
-}
-
 int backing_read(qimg_image *img, void *buf, size_t len, uint64_t off)
 {
     qimg_image *b = img->backing;
@@ -82,10 +44,51 @@ int backing_read(qimg_image *img, void *buf, size_t len, uint64_t off)
 
     if (b && off < b->size) {
         n = (size_t)MIN(len, b->size - off);
-        ret = qimg_image_read(b, buf, n, off);
+        ret = b->q ? guest_read(b, buf, n, off) : file_pread(b, buf, n, off);
         if (ret < 0)
             return ret;
     }
     memset((uint8_t *)buf + n, 0, len - n);
     return 0;
+}
+
+int layer_block_status(qimg_image *img, uint64_t off, uint64_t len,
+                       struct qimg_extent *out)
+{
+    if (!img->q)
+        return file_block_status(img, off, len, out);
+    return guest_block_status(img, off, len, out);
+}
+
+int backing_map(qimg_image *img, uint64_t off, uint64_t len,
+                struct qimg_extent *out)
+{
+    qimg_image *layer = img;
+    int depth = 0, ret;
+
+    for (;;) {
+        ret = layer_block_status(layer, off, len, out);
+        if (ret < 0)
+            return ret;
+        out->depth = depth;
+        if ((out->flags & QIMG_BS_ALLOCATED) && layer->q &&
+            (out->flags & QIMG_BS_DATA) && (out->flags & QIMG_BS_OFFSET)) {
+            file_host_holes(layer, out);
+            return 0;
+        }
+        if (out->flags & QIMG_BS_ALLOCATED)
+            return 0;
+        if (!layer->backing) {
+            out->flags |= QIMG_BS_ZERO;
+            return 0;
+        }
+        if (off >= layer->backing->size) {
+            /* Past the backing image's end: zeros, told by this layer. */
+            out->flags |= QIMG_BS_ZERO;
+            return 0;
+        }
+        layer = layer->backing;
+        depth++;
+        len = MIN(out->len, layer->size - off);
+    }
 }

@@ -7,11 +7,16 @@
  * in_use (option (b) of §9: unusable but never wrong), as QEMU itself does
  * for bitmaps it cannot keep up to date.
  */
-#include "internal.h"
+#include "bitmap.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "util.h"
 
 /* §9 directory entry offsets */
 enum {
@@ -79,8 +84,8 @@ int bitmap_dir_load(qimg_image *img, struct bitmap_entry **out, size_t *n)
         return 0;
     if (h->bitmap_dir_size > MAX_BITMAP_DIR || h->nb_bitmaps > 65535)
         return qimg_err(EINVAL, "Bitmap directory is too large");
-    ret = qcow2_read_table(img, &d, h->bitmap_dir_offset,
-                           (size_t)h->bitmap_dir_size, "Bitmap directory");
+    ret = file_read_table(img, &d, h->bitmap_dir_offset,
+                          (size_t)h->bitmap_dir_size, "Bitmap directory");
     if (ret < 0)
         return ret;
     b = calloc(h->nb_bitmaps, sizeof *b);
@@ -105,8 +110,11 @@ int bitmap_mark_in_use(qimg_image *img)
     struct bitmap_entry *b;
     size_t n;
     bool wrote = false;
-    int ret = bitmap_dir_load(img, &b, &n);
+    int ret;
 
+    if (img->q->bitmaps_marked || !h->has_bitmaps_ext)
+        return 0;
+    ret = bitmap_dir_load(img, &b, &n);
     if (ret < 0)
         return ret;
     for (size_t i = 0; i < n && ret == 0; i++) {
@@ -115,13 +123,15 @@ int bitmap_mark_in_use(qimg_image *img)
             continue;
         /* One 4-byte write inside a sector: atomic on a power cut. */
         be32_store(f, b[i].flags | BME_FLAG_IN_USE);
-        ret = image_pwrite(img, f, 4,
+        ret = file_pwrite(img, f, 4,
                            h->bitmap_dir_offset + b[i].dir_pos + BME_FLAGS);
         wrote = true;
     }
     /* The flags are durable before any guest data changes. */
     if (ret == 0 && wrote)
-        ret = image_flush_file(img);
+        ret = file_flush(img);
     bitmap_dir_free(b, n);
+    if (ret == 0)
+        img->q->bitmaps_marked = true;
     return ret;
 }

@@ -4,17 +4,21 @@
  *
  * The cache only holds buffers; it never does I/O. Callers (l1l2.c,
  * refcount.c) load entries, mark them dirty and write them back in the
- * order qcow2-format.md §13 demands; qcow2_flush() drives that order.
+ * order qcow2-format.md §13 demands; the flush order (flush.c) drives it,
+ * reached through the make_room hook the opener installs.
  * Notes on the design:
  *  1. An entry returned by mcache_insert() or pinned by mcache_pin() is not
  *     evicted until mcache_unpin(); callers pin across calls that may load
  *     other clusters.
  *  2. Dirty entries are never evicted: when no clean unpinned slot is left
- *     the caller flushes all metadata and retries.
+ *     mcache_insert_room() calls the make_room hook (a flush of all
+ *     metadata) and retries.
  *  3. Buffers are allocated on first use, so a large cache costs memory
  *     only as it fills.
  */
-#include "internal.h"
+#include "cache.h"
+
+#include "error.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -121,6 +125,29 @@ struct mcache_entry *mcache_insert(struct mcache *c, uint64_t off)
     victim->hnext = c->hash[h];
     c->hash[h] = victim;
     return victim;
+}
+
+void mcache_set_hook(struct mcache *c, int (*make_room)(void *), void *ctx)
+{
+    c->make_room = make_room;
+    c->room_ctx = ctx;
+}
+
+int mcache_insert_room(struct mcache *c, uint64_t off,
+                       struct mcache_entry **out)
+{
+    int ret;
+
+    *out = mcache_insert(c, off);
+    if (*out)
+        return 0;
+    if (c->make_room) {
+        ret = c->make_room(c->room_ctx);
+        if (ret < 0)
+            return ret;
+        *out = mcache_insert(c, off);
+    }
+    return *out ? 0 : qimg_err(ENOMEM, "Out of memory");
 }
 
 void mcache_pin(struct mcache *c, struct mcache_entry *e)

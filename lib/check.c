@@ -39,13 +39,25 @@
  *     per-cluster bits the walk recorded instead of reading the active L2
  *     tables again.
  */
-#include "internal.h"
+#include "check.h"
 
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "bitmap.h"
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "idset.h"
+#include "l1l2.h"
+#include "rebuild.h"
+#include "refcount.h"
+#include "snaptable.h"
+#include "util.h"
 
 /* Where a reference was found; formatted only when reported. */
 enum loc_kind {
@@ -402,11 +414,11 @@ static int zero_l2_entry(struct chk *c, uint64_t l2_off, uint64_t j)
 
     bm = (bm | (bm << 32)) & L2_BITMAP_ALL_ZERO;
     l2_entry_set(q, c->l2buf, j, q->ext_l2 ? 0 : QCOW_OFLAG_ZERO, bm);
-    ret = image_pwrite(c->img, c->l2buf + j * q->l2_entry_size,
+    ret = file_pwrite(c->img, c->l2buf + j * q->l2_entry_size,
                        q->l2_entry_size, l2_off + j * q->l2_entry_size);
     if (ret == 0)
-        ret = image_flush_file(c->img);
-    mcache_drop(&q->l2c, l2_off);
+        ret = file_flush(c->img);
+    l2_cache_forget(c->img, l2_off);
     if (ret < 0) {
         c->res->check_errors++;
         qimg_error_clear();
@@ -560,7 +572,7 @@ static bool fast_l2(struct chk *c, uint64_t m, uint64_t ma)
 
 static int read_l2(struct chk *c, uint64_t l2_off)
 {
-    int ret = image_pread(c->img, c->l2buf, c->q->cluster_size, l2_off);
+    int ret = file_pread(c->img, c->l2buf, c->q->cluster_size, l2_off);
 
     if (ret < 0) {
         /* As QEMU, the check stops: a table not walked would make its
@@ -653,7 +665,7 @@ static int read_l1_for_check(struct chk *c, uint64_t l1_off, uint32_t l1_size,
         c->res->check_errors++;
         return qimg_err(ENOMEM, "Out of memory");
     }
-    if (image_pread(c->img, *out, bytes, l1_off) < 0) {
+    if (file_pread(c->img, *out, bytes, l1_off) < 0) {
         free(*out);
         *out = NULL;
         c->res->check_errors++;
@@ -767,7 +779,7 @@ static int check_bitmaps_refs(struct chk *c)
             ret = qimg_err(ENOMEM, "Out of memory");
             break;
         }
-        ret = image_pread(c->img, t, bytes, b[i].table_off);
+        ret = file_pread(c->img, t, bytes, b[i].table_off);
         c->loc.j = 0;
         for (uint32_t k = 0; k < b[i].table_size && ret == 0; k++) {
             uint64_t off = be64_load(t + k * 8) & L2E_OFFSET_MASK;
@@ -784,7 +796,7 @@ static int check_bitmaps_refs(struct chk *c)
 
 static uint64_t rt_raw(const struct chk *c, uint64_t i)
 {
-    return be64_load(c->q->rt + i * 8);
+    return be64_load(c->q->rc->rt + i * 8);
 }
 
 /* -r all and a refcount block past the end of the file: extend the file
@@ -796,9 +808,9 @@ static int grow_for_refblock(struct chk *c, uint64_t off)
     int ret = -EINVAL;
 
     if (off <= INT64_MAX - q->cluster_size)
-        ret = c->img->io.ops->truncate(c->img->io.ctx, end);
+        ret = file_truncate(c->img, end);
     if (ret == 0)
-        ret = image_flush_file(c->img);
+        ret = file_flush(c->img);
     if (ret < 0) {
         qimg_error_clear();
         c->rebuild = true;
@@ -806,7 +818,7 @@ static int grow_for_refblock(struct chk *c, uint64_t off)
                        "ERROR could not resize image: %s", strerror(-ret));
     }
     c->file_size = MAX(c->file_size, end);
-    q->file_size = MAX(q->file_size, end);
+    file_extend(c->img, end);
     c->nb_clusters = DIV_ROUND_UP(c->file_size, q->cluster_size);
     ret = ref_grow(c, c->nb_clusters);
     if (ret < 0)
@@ -867,7 +879,7 @@ static int check_refblocks(struct chk *c)
 {
     int ret = 0;
 
-    for (uint64_t i = 0; i < c->q->rt_entries && ret == 0; i++)
+    for (uint64_t i = 0; i < c->q->rc->rt_entries && ret == 0; i++)
         ret = check_refblock(c, i);
     return ret;
 }
@@ -945,7 +957,7 @@ static int calculate_once(struct chk *c)
         ret = inc_refs(c, c->snap_off, c->snap_size);
     c->loc = (struct loc){LOC_REFTABLE, -1, -1, -1};
     if (ret == 0)
-        ret = inc_refs(c, h->refcount_table_offset, q->rt_entries * 8);
+        ret = inc_refs(c, h->refcount_table_offset, q->rc->rt_entries * 8);
     c->loc = (struct loc){LOC_CRYPTO, -1, -1, -1};
     if (ret == 0 && h->has_crypto_ext)
         ret = inc_refs(c, h->crypto_offset, h->crypto_length);
@@ -1034,7 +1046,7 @@ static void signal_corruption(struct chk *c, uint64_t off, uint64_t rt_idx)
 static int disk_block(struct chk *c, uint64_t rt_idx)
 {
     struct qcow2 *q = c->q;
-    uint64_t off = rt_idx < q->rt_entries ? rt_raw(c, rt_idx) & RT_OFFSET_MASK
+    uint64_t off = rt_idx < q->rc->rt_entries ? rt_raw(c, rt_idx) & RT_OFFSET_MASK
                                           : 0;
 
     if (rt_idx == c->rb_idx)
@@ -1049,7 +1061,7 @@ static int disk_block(struct chk *c, uint64_t rt_idx)
         signal_corruption(c, off, rt_idx);
         return c->rb_state = -EIO;
     }
-    c->rb_state = image_pread(c->img, c->rbbuf, q->cluster_size, off) < 0
+    c->rb_state = file_pread(c->img, c->rbbuf, q->cluster_size, off) < 0
                       ? -EIO
                       : 1;
     if (c->rb_state < 0) {
@@ -1092,7 +1104,7 @@ static int repair_refcount(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2)
     int ret = refcount_update(c->img, i, 1, (int64_t)(r2 - r1));
 
     if (ret == 0 && r2 == 0)
-        ret = image_discard_file(c->img, i << c->q->cluster_bits,
+        ret = file_discard(c->img, i << c->q->cluster_bits,
                                  c->q->cluster_size);
     if (ret == 0)
         ret = refcount_flush(c->img);
@@ -1235,7 +1247,7 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
     struct qcow2 *q = c->q;
     int dirty = 0, ret;
 
-    ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
+    ret = file_pread(c->img, c->l2buf, q->cluster_size, l2_off);
     if (ret < 0) {
         c->res->check_errors++;
         return add_msg(c, "io", true, false,
@@ -1271,9 +1283,9 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
     }
     if (!dirty)
         return 0;
-    ret = image_pwrite(c->img, c->l2buf, q->cluster_size, l2_off);
+    ret = file_pwrite(c->img, c->l2buf, q->cluster_size, l2_off);
     if (ret == 0)
-        ret = image_flush_file(c->img);
+        ret = file_flush(c->img);
     if (ret < 0) {
         c->res->check_errors++;
         add_msg(c, "io", true, false, "ERROR: Could not write L2 table: %s",
@@ -1281,7 +1293,7 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
         return ret;
     }
     /* The cache may hold the old table. */
-    mcache_drop(&q->l2c, l2_off);
+    l2_cache_forget(c->img, l2_off);
     c->res->corruptions -= dirty;
     c->res->corruptions_fixed += dirty;
     return 0;
@@ -1349,8 +1361,8 @@ static int check_copied(struct chk *c)
                  c->res->corruptions == c->snap_corruptions;
     else
         repair = false;
-    for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
-        uint64_t e = l1_entry_get(q->l1, i), l2_off = e & L1E_OFFSET_MASK, rc;
+    for (uint32_t i = 0; i < q->l1s->l1_size && ret == 0; i++) {
+        uint64_t e = l1_entry_get(q->l1s->l1, i), l2_off = e & L1E_OFFSET_MASK, rc;
         if (!l2_off)
             continue;
         ret = copied_refcount(c, l2_off >> q->cluster_bits, &rc);
@@ -1368,7 +1380,7 @@ static int check_copied(struct chk *c)
                           "l1_entry=%" PRIx64 " refcount=%" PRIu64,
                           repair ? "Repairing" : "ERROR", i, e, rc);
             if (ret == 0 && repair)
-                ret = rebuild_write_l1_entry(c->img, i,
+                ret = l1_write_entry(c->img, i,
                                              rc == 1 ? e | QCOW_OFLAG_COPIED
                                                      : e & ~QCOW_OFLAG_COPIED);
             if (ret < 0) {
@@ -1499,7 +1511,7 @@ static int read_snapshot_table(struct chk *c)
 static int fix_snapshot_table(struct chk *c)
 {
     struct qcow2 *q = c->q;
-    bool had_table = q->nb_snaps > 0;
+    bool had_table = q->sn->nb_snaps > 0;
     int ret;
 
     if (!(c->fix & QIMG_CHECK_FIX_ERRORS) ||
@@ -1540,13 +1552,13 @@ static void drop_old_structures(struct chk *c)
 {
     struct qcow2 *q = c->q;
     uint64_t first = q->hdr.refcount_table_offset >> q->cluster_bits;
-    uint64_t last = (q->hdr.refcount_table_offset + q->rt_entries * 8 - 1) >>
+    uint64_t last = (q->hdr.refcount_table_offset + q->rc->rt_entries * 8 - 1) >>
                     q->cluster_bits;
 
-    for (uint64_t k = first; q->rt_entries && k <= last; k++)
+    for (uint64_t k = first; q->rc->rt_entries && k <= last; k++)
         if (ref_get(c, k))
             refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
-    for (uint64_t i = 0; i < q->rt_entries; i++) {
+    for (uint64_t i = 0; i < q->rc->rt_entries; i++) {
         uint64_t e = rt_raw(c, i), k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
         /* Only the blocks check_refblock() counted. */
         if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
@@ -1750,13 +1762,13 @@ static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
     c->res = res;
     if (fix && !img->read_write)
         return qimg_err(EACCES, "Image is read-only");
-    if (img->io.ops->get_size(img->io.ctx, &c->file_size) < 0) {
+    if (file_get_size(img, &c->file_size) < 0) {
         res->check_errors++;
         return qimg_err(EIO, "Could not get the image size");
     }
     /* Lengths count whole 512-byte sectors (QEMU measures files so). */
     c->file_size = ALIGN_UP(c->file_size, 512);
-    c->q->file_size = MAX(c->q->file_size, c->file_size);
+    file_extend(c->img, c->file_size);
     c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
     c->rb_idx = UINT64_MAX;
     c->l2buf = malloc(c->q->cluster_size);
@@ -1795,4 +1807,18 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
         ret = mark_clean(&c);
     chk_free(&c);
     return ret;
+}
+
+int check_repair_dirty(qimg_image *img)
+{
+    struct qimg_check_result *r = NULL;
+    int ret = qimg_image_check(&r, img, QIMG_CHECK_FIX_ERRORS);
+
+    if (ret == 0 && r->check_errors)
+        ret = -EIO;
+    qimg_check_result_free(r);
+    if (ret < 0)
+        return qimg_err(-ret, "Could not repair dirty image: %s",
+                        strerror(-ret));
+    return 0;
 }

@@ -5,7 +5,9 @@
  * out; trailing bytes (the start of the next stream) are ignored. This file
  * only converts buffers; guest.c places streams in the image.
  */
-#include "internal.h"
+#include "compress.h"
+
+#include "error.h"
 
 #include <errno.h>
 #include <zlib.h>

@@ -10,7 +10,7 @@
  * Every option is checked before the file is created or truncated: a
  * refused create leaves an existing file untouched.
  */
-#include "internal.h"
+#include "create.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +18,17 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "l1l2.h"
+#include "lock.h"
+#include "meta.h"
+#include "open.h"
+#include "refcount.h"
+#include "roots.h"
+#include "util.h"
 
 /* The checks QEMU 7.2's qcow2 create makes, in its order (the first
  * failing one is reported). */
@@ -156,30 +167,27 @@ static int create_l1(qimg_image *img, uint64_t size)
     uint8_t *l1;
     int ret;
 
-    img->size = size;
-    q->hdr.size = size;
-    if (n == 0)
-        return qcow2_write_header(img);
+    if (n == 0) {
+        roots_set_disk(img, size, q->hdr.l1_table_offset, 0);
+        return roots_write_header(img);
+    }
     ret = refcount_alloc(img, DIV_ROUND_UP(n * 8, q->cluster_size), &off);
     if (ret < 0)
         return ret;
     l1 = calloc(n, 8);
     if (!l1)
         return qimg_err(ENOMEM, "Out of memory");
-    ret = image_pwrite(img, l1, n * 8, off);
+    ret = file_pwrite(img, l1, n * 8, off);
     if (ret == 0)
         ret = qcow2_flush(img);
     if (ret < 0) {
         free(l1);
         return ret;
     }
-    free(q->l1);
-    q->l1 = l1;
-    q->l1_size = (uint32_t)n;
-    q->hdr.l1_size = (uint32_t)n;
-    q->hdr.l1_table_offset = off;
-    ret = qcow2_meta_add(q, off, n * 8);
-    return ret < 0 ? ret : qcow2_write_header(img);
+    l1_adopt(img, l1, (uint32_t)n);
+    roots_set_disk(img, size, off, (uint32_t)n);
+    ret = meta_add(img, off, n * 8);
+    return ret < 0 ? ret : roots_write_header(img);
 }
 
 static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
@@ -208,10 +216,10 @@ static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
 static int extend_file(qimg_image *img, uint64_t end)
 {
     uint64_t sz = 0;
-    int ret = img->io.ops->get_size(img->io.ctx, &sz);
+    int ret = file_get_size(img, &sz);
 
     if (ret == 0 && sz < end)
-        ret = img->io.ops->truncate(img->io.ctx, end);
+        ret = file_truncate(img, end);
     return ret < 0 ? qimg_err_errno(-ret, "Could not resize image") : 0;
 }
 
@@ -281,7 +289,7 @@ int qcow2_create(qimg_image **out, struct qimg_io *io, const char *filename,
     if (ret == 0)
         ret = qcow2_flush(img);
     if (ret < 0) {
-        qimg_image_close(img);
+        image_close(img);
         return ret;
     }
     *out = img;
@@ -358,5 +366,5 @@ int qimg_image_create(const char *path, const struct qimg_create_opts *o)
     ret = qcow2_create(&img, &io, path, o);
     if (ret < 0)
         return ret;
-    return qimg_image_close(img);
+    return image_close(img);
 }

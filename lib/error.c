@@ -5,7 +5,7 @@
  * negative errno. Only the first code to see a problem sets the message;
  * outer layers may prefix context with qimg_err_prefix().
  */
-#include "internal.h"
+#include "error.h"
 
 #include <errno.h>
 #include <stdarg.h>

@@ -9,7 +9,7 @@
  *
  * Notes on the design:
  *  1. Guest data is written before the L2 entry that names it is changed in
- *     the cache; qcow2_flush() syncs data and refcounts before any L2 table
+ *     the cache; the flush order (flush.c) syncs data and refcounts before any L2 table
  *     reaches the disk.
  *  2. A cluster whose L2 entry lacks COPIED is shared with a snapshot and is
  *     never written in place: a new cluster gets the old contents merged
@@ -19,11 +19,42 @@
  *     as zeros unless the rest already reads as zeros), so both tools leave
  *     the same allocation map.
  */
-#include "internal.h"
+#include "guest.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "backing.h"
+#include "bitmap.h"
+#include "compress.h"
+#include "error.h"
+#include "file.h"
+#include "l1l2.h"
+#include "meta.h"
+#include "metaset.h"
+#include "refcount.h"
+#include "roots.h"
+#include "util.h"
+
+/* Before the first guest write: the image may be written, the overlap
+ * check knows the metadata, unknown autoclear bits are cleared and auto
+ * bitmaps marked in use (both as QEMU does on a read-write open). */
+static int prepare_write(qimg_image *img)
+{
+    int ret;
+
+    if (!img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (roots_is_corrupt(img))
+        return qimg_err(EIO, "Image is corrupt; cannot be written");
+    ret = metaset_build(img);
+    if (ret == 0)
+        ret = roots_clear_autoclear(img);
+    if (ret == 0)
+        ret = bitmap_mark_in_use(img);
+    return ret;
+}
 
 /* A run of guest bytes sharing one mapping. */
 struct run {
@@ -76,8 +107,8 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
 
     memset(r, 0, sizeof *r);
     r->type = CL_UNALLOC;
-    l2_off = l1_idx < q->l1_size
-                 ? l1_entry_get(q->l1, l1_idx) & L1E_OFFSET_MASK
+    l2_off = l1_idx < q->l1s->l1_size
+                 ? l1_entry_get(q->l1s->l1, l1_idx) & L1E_OFFSET_MASK
                  : 0;
     if (!l2_off) {
         r->len = end - off;
@@ -140,7 +171,7 @@ static int read_compressed(qimg_image *img, uint64_t entry, uint8_t *out)
     src = malloc(clen);
     if (!src)
         return qimg_err(ENOMEM, "Out of memory");
-    ret = image_pread(img, src, clen, coff);
+    ret = file_pread(img, src, clen, coff);
     if (ret == 0)
         ret = compress_decode(q->hdr.compression_type, out, q->cluster_size,
                               src, clen);
@@ -169,7 +200,7 @@ int guest_read(qimg_image *img, void *buf, size_t len, uint64_t off)
             memset(b, 0, r.len);
             break;
         case CL_NORMAL:
-            ret = image_pread(img, b, r.len, r.host);
+            ret = file_pread(img, b, r.len, r.host);
             break;
         case CL_COMPRESSED:
             if (!tmp && !(tmp = malloc(q->cluster_size))) {
@@ -256,7 +287,7 @@ static int write_new_cluster(qimg_image *img, const uint8_t *data,
         return ret;
     if (*host >= img->zero_from)
         trim_zero_sectors(data, &lo, &hi);
-    ret = image_pwrite(img, data + (lo - in_off), hi - lo, *host + lo);
+    ret = file_pwrite(img, data + (lo - in_off), hi - lo, *host + lo);
     if (ret < 0)
         refcount_update(img, *host >> q->cluster_bits, 1, -1);
     return ret;
@@ -277,11 +308,11 @@ static int write_std(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     int ret;
 
     if (in_place) {
-        ret = qcow2_overlap_check(img, host, cs);
+        ret = meta_overlap_check(img, host, cs);
         if (ret < 0)
             return ret;
         if (t == CL_NORMAL)
-            return image_pwrite(img, buf, n, host + in_cl);
+            return file_pwrite(img, buf, n, host + in_cl);
     }
     if (n < cs) {
         if (in_place)
@@ -292,7 +323,7 @@ static int write_std(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     memcpy(tmp + in_cl, buf, n);
     if (in_place) {
         target = host;
-        ret = image_pwrite(img, tmp, cs, host);
+        ret = file_pwrite(img, tmp, cs, host);
     } else {
         ret = write_new_cluster(img, tmp, 0, cs, &target);
         if (ret == 0)
@@ -342,15 +373,15 @@ static int64_t write_std_run(qimg_image *img, struct mcache_entry *l2,
     if (k < 2)
         return 0;
     if (!alloc) {
-        ret = qcow2_overlap_check(img, first, k * cs);
+        ret = meta_overlap_check(img, first, k * cs);
         if (ret == 0)
-            ret = image_pwrite(img, buf, k * cs, first);
+            ret = file_pwrite(img, buf, k * cs, first);
         return ret < 0 ? ret : (int64_t)k;
     }
     ret = refcount_alloc(img, k, &host);
     if (ret < 0)
         return ret;
-    ret = image_pwrite(img, buf, k * cs, host);
+    ret = file_pwrite(img, buf, k * cs, host);
     if (ret < 0) {
         refcount_update(img, host >> q->cluster_bits, k, -1);
         return ret;
@@ -402,7 +433,7 @@ static int write_ext(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     }
     /* Shared: copy the whole cluster, allocated subclusters included. */
     if (host && !(entry & QCOW_OFLAG_COPIED)) {
-        ret = image_pread(img, tmp, cs, host);
+        ret = file_pread(img, tmp, cs, host);
         wlo = 0;
         whi = cs;
     }
@@ -416,9 +447,9 @@ static int write_ext(qimg_image *img, struct mcache_entry *l2, uint64_t idx,
     memcpy(tmp + in_cl, buf, n);
     if (host && (entry & QCOW_OFLAG_COPIED)) {
         target = host;
-        ret = qcow2_overlap_check(img, host, cs);
+        ret = meta_overlap_check(img, host, cs);
         if (ret == 0)
-            ret = image_pwrite(img, tmp + wlo, whi - wlo, host + wlo);
+            ret = file_pwrite(img, tmp + wlo, whi - wlo, host + wlo);
     } else {
         ret = write_new_cluster(img, tmp + wlo, wlo, whi - wlo, &target);
         if (ret == 0)
@@ -438,7 +469,7 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
     struct qcow2 *q = img->q;
     const uint8_t *b = buf;
     uint8_t *tmp;
-    int ret = qcow2_prepare_write(img);
+    int ret = prepare_write(img);
 
     if (ret < 0)
         return ret;
@@ -484,40 +515,6 @@ next:
 
 /* ---- Compressed writes -------------------------------------------------- */
 
-/* Place a compressed stream of len bytes, packing streams byte by byte as
- * QEMU does; each host cluster touched gains one reference. */
-static int alloc_bytes(qimg_image *img, uint64_t len, uint64_t *coff)
-{
-    struct qcow2 *q = img->q;
-    uint64_t cs = q->cluster_size, fbo = q->free_byte_off, newc, rc = 0;
-    int ret;
-
-    if (fbo && (ret = refcount_get(img, fbo >> q->cluster_bits, &rc)) < 0)
-        return ret;
-    if (fbo && rc >= q->refcount_max)
-        fbo = 0;
-    if (fbo && cs - (fbo & (cs - 1)) >= len) {
-        ret = refcount_update(img, fbo >> q->cluster_bits, 1, 1);
-        if (ret < 0)
-            return ret;
-        *coff = fbo;
-    } else {
-        ret = refcount_alloc(img, 1, &newc);
-        if (ret < 0)
-            return ret;
-        if (fbo && newc == ALIGN_UP(fbo, cs)) {
-            ret = refcount_update(img, fbo >> q->cluster_bits, 1, 1);
-            if (ret < 0)
-                return ret;
-            *coff = fbo;
-        } else {
-            *coff = newc;
-        }
-    }
-    q->free_byte_off = (*coff + len) & (cs - 1) ? *coff + len : 0;
-    return 0;
-}
-
 static int write_one_compressed(qimg_image *img, const uint8_t *data,
                                 uint64_t off, uint8_t *zbuf)
 {
@@ -540,13 +537,13 @@ static int write_one_compressed(qimg_image *img, const uint8_t *data,
         ret = qimg_err(EIO, "Compressed writes need unallocated clusters");
         goto out;
     }
-    ret = alloc_bytes(img, (uint64_t)zlen, &coff);
+    ret = refcount_alloc_bytes(img, (uint64_t)zlen, &coff);
     if (ret == 0)
-        ret = qcow2_overlap_check(img, ALIGN_DOWN(coff, cs),
+        ret = meta_overlap_check(img, ALIGN_DOWN(coff, cs),
                                   ALIGN_UP(coff + (uint64_t)zlen, cs) -
                                       ALIGN_DOWN(coff, cs));
     if (ret == 0)
-        ret = image_pwrite(img, zbuf, (size_t)zlen, coff);
+        ret = file_pwrite(img, zbuf, (size_t)zlen, coff);
     if (ret < 0)
         goto out;
     field = ((coff + (uint64_t)zlen - 1) >> 9) - (coff >> 9);
@@ -565,7 +562,7 @@ int guest_write_compressed(qimg_image *img, const void *buf, size_t len,
     uint64_t cs = q->cluster_size;
     const uint8_t *b = buf;
     uint8_t *data = NULL, *zbuf = NULL;
-    int ret = qcow2_prepare_write(img);
+    int ret = prepare_write(img);
 
     if (ret < 0)
         return ret;
@@ -600,7 +597,7 @@ static int reads_zero(qimg_image *img, uint64_t off, uint64_t len, bool *out)
     *out = true;
     while (len > 0 && off < img->size) {
         struct qimg_extent ext;
-        int ret = qimg_image_map(img, off, MIN(len, img->size - off), &ext);
+        int ret = backing_map(img, off, MIN(len, img->size - off), &ext);
         if (ret < 0)
             return ret;
         if (!(ext.flags & QIMG_BS_ZERO)) {
@@ -790,7 +787,7 @@ int guest_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
     struct qcow2 *q = img->q;
     uint64_t g = q->ext_l2 ? 1ull << q->sc_bits : q->cluster_size;
     uint64_t end = off + len, a, b;
-    int ret = qcow2_prepare_write(img);
+    int ret = prepare_write(img);
 
     if (ret < 0 || len == 0)
         return ret;
@@ -807,6 +804,51 @@ int guest_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
     return ret;
 }
 
+/* An unaligned piece [off, off+len) inside one unit g: QEMU can only mark
+ * the unit zero if the rest of it already reads as zeros and it holds no
+ * data. */
+static int no_fallback_piece(qimg_image *img, uint64_t off, uint64_t len,
+                             uint64_t g)
+{
+    uint64_t us = ALIGN_DOWN(off, g), ue = MIN(us + g, img->size);
+    uint64_t end = off + len;
+    struct qimg_extent ext;
+    bool z1 = false, z2 = false;
+    int ret = reads_zero(img, us, off - us, &z1);
+
+    if (ret == 0)
+        ret = reads_zero(img, end, end < ue ? ue - end : 0, &z2);
+    if (ret == 0 && z1 && z2)
+        ret = guest_block_status(img, us, ue - us, &ext);
+    if (ret < 0)
+        return ret;
+    if (!z1 || !z2 || (ext.flags & QIMG_BS_DATA))
+        return qimg_err(ENOTSUP, "Zeroing would need to write data");
+    return 0;
+}
+
+int guest_zero_no_fallback(qimg_image *img, uint64_t off, uint64_t len)
+{
+    struct qcow2 *q = img->q;
+    uint64_t g = q->ext_l2 ? 1ull << q->sc_bits : q->cluster_size;
+    uint64_t end = off + len, a, b;
+    int ret = 0;
+
+    if (len == 0)
+        return 0;
+    if (q->hdr.version < 3)
+        return qimg_err(ENOTSUP, "Zeroing would need to write data");
+    a = ALIGN_UP(off, g);
+    b = end == img->size ? end : ALIGN_DOWN(end, g);
+    if (a >= b)
+        return no_fallback_piece(img, off, len, g);
+    if (off < a)
+        ret = no_fallback_piece(img, off, a - off, g);
+    if (ret == 0 && b < end)
+        ret = no_fallback_piece(img, b, end - b, g);
+    return ret;
+}
+
 int guest_discard(qimg_image *img, uint64_t off, uint64_t len)
 {
     struct qcow2 *q = img->q;
@@ -820,7 +862,7 @@ int guest_discard(qimg_image *img, uint64_t off, uint64_t len)
     if (q->hdr.version < 3 && img->backing)
         return 0; /* v2 cannot say "zero" over a backing file: QEMU keeps
                    * the data (discard is only advisory) */
-    ret = qcow2_prepare_write(img);
+    ret = prepare_write(img);
     if (ret < 0)
         return ret;
     return set_clusters(img, a, b - a, SET_DISCARD);

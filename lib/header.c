@@ -7,7 +7,11 @@
  * fields and back. Unknown header fields and unknown extensions are kept
  * verbatim so a rewrite never loses them.
  */
-#include "internal.h"
+#include "header.h"
+
+#include "endian.h"
+#include "error.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -62,6 +62,11 @@ enum {
 #define EXT_CRYPTO 0x0537BE77u
 #define EXT_DATA_FILE 0x44415441u
 
+/* Limits QEMU enforces on the structures the header points at. */
+#define QCOW_MAX_SNAPSHOTS 65536
+#define QCOW_MAX_SNAPSHOT_EXTRA 1024
+#define QCOW_MAX_SNAPSHOTS_SIZE (1024ull * QCOW_MAX_SNAPSHOTS)
+#define QCOW_MAX_L1_SIZE (32ull * 1024 * 1024)
 #define MAX_BACKING_NAME 1023
 #define MAX_BACKING_FMT 15
 

@@ -5,7 +5,9 @@
  * clusters a transaction has already claimed. UINT64_MAX marks an empty
  * slot and cannot be stored.
  */
-#include "internal.h"
+#include "idset.h"
+
+#include "error.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -4,11 +4,18 @@
  * Reads only what the open image already decoded, plus the bitmap
  * directory and the host file's allocation.
  */
-#include "internal.h"
+#include "qimg.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "backing.h"
+#include "bitmap.h"
+#include "error.h"
+#include "file.h"
+#include "image.h"
+#include "util.h"
 
 void qimg_info_free(struct qimg_info *info)
 {
@@ -85,8 +92,7 @@ int qimg_image_info(struct qimg_info **out, qimg_image *img)
         return qimg_err(ENOMEM, "Out of memory");
     info->fmt = img->fmt;
     info->virtual_size = img->size;
-    if (img->io.ops->get_allocated &&
-        img->io.ops->get_allocated(img->io.ctx, &info->actual_size) < 0)
+    if (file_get_allocated(img, &info->actual_size) < 0)
         info->actual_size = 0;
     if (img->fmt == QIMG_FMT_QCOW2)
         ret = fill_qcow2(info, img);

@@ -3,7 +3,10 @@
  *
  * For unit tests and fuzzing: an image that never touches the disk.
  */
-#include "internal.h"
+#include "io.h"
+
+#include "error.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -9,22 +9,25 @@
  * (sync_file_range), so that the next flush finds little left to wait
  * for: a flush after copying gigabytes then costs what the disk needs,
  * not the whole write-back started from zero. Starting write-back is
- * itself work (the file system places every dirty block: about 20 ms per
- * 64 MiB here), so a helper thread does it while the caller goes on
+ * itself work (the file system places every dirty block; bench/RESULTS.md
+ * has the figure), so a helper thread does it while the caller goes on
  * writing; it only ever calls sync_file_range, a hint, on this fd.
  *
  * An image opened with direct_data (qimg convert's target) writes long,
  * aligned runs with O_DIRECT once the first DIRECT_AFTER bytes have gone
  * through the page cache: straight from the caller's buffer to the disk,
- * no page cache to fill and write back, which here is about twice as
- * fast for gigabytes of data. The first gigabyte stays buffered because
- * the page cache takes it faster than the disk would and its write-back
- * overlaps what follows (a 512 MiB copy here: ~250 ms buffered,
- * 320-440 ms direct). The flag is set on the descriptor around each such write
- * only; everything else stays buffered, and a file system that refuses
- * O_DIRECT just gets buffered writes.
+ * no page cache to fill and write back, which is faster for gigabytes of
+ * data. The first gigabyte stays buffered because the page cache takes it
+ * faster than the disk would and its write-back overlaps what follows
+ * (bench/RESULTS.md, "Figures from code comments"). The flag is set on the
+ * descriptor around each such write only; everything else stays
+ * buffered, and a file system that refuses O_DIRECT just gets buffered
+ * writes.
  */
-#include "internal.h"
+#include "io.h"
+
+#include "error.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -4,88 +4,162 @@
  * qcow2-format.md §3.1-§3.5 (lookup, entry formats) and §3.7 (COPIED).
  * Owns the in-memory active L1 and the L2 cache; guest.c decides what to
  * write into entries, refcount.c owns the counts. Snapshot L1 tables are
- * handled by txn.c and snapshot.c.
+ * handled by txn.c and qcow2.c (snapshot views).
  *
  * Notes on the design:
  *  1. A new L2 table is allocated (refcount +1), filled in the cache and
- *     written only by qcow2_flush(), after the refcount blocks are durable;
- *     the L1 entry naming it is written after the table is durable
- *     (§13 rule 2).
+ *     written only by the flush order (flush.c), after the refcount blocks
+ *     are durable; the L1 entry naming it is written after the table is
+ *     durable (§13 rule 2).
  *  2. An L2 table whose L1 entry lacks COPIED is shared with a snapshot:
  *     it is copied before any entry changes, and the old table loses one
  *     reference only once the new L1 entry is durable.
  */
-#include "internal.h"
+#include "l1l2.h"
+
+#include "error.h"
+#include "file.h"
+#include "meta.h"
+#include "refcount.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-int l1_load(qimg_image *img)
+int l1_init(qimg_image *img, bool lenient)
 {
     struct qcow2 *q = img->q;
+    struct l1_state *s = calloc(1, sizeof *s);
+    uint64_t cap = MIN((32ull << 20) / q->cluster_size,
+                       (uint64_t)q->hdr.l1_size + 1 + 4);
+    size_t n = (size_t)q->hdr.l1_size * 8;
+    int ret;
 
-    q->l1_size = q->hdr.l1_size;
-    if (!q->l1_size) {
-        q->l1 = calloc(1, 8);
-        return q->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
+    if (!s)
+        return qimg_err(ENOMEM, "Out of memory");
+    q->l1s = s;
+    s->l1_size = q->hdr.l1_size;
+    if (lenient) {
+        /* What QEMU would read: zeros past the end of the file. */
+        s->l1 = malloc(n ? n : 1);
+        ret = s->l1 ? file_pread(img, s->l1, n, q->hdr.l1_table_offset)
+                    : qimg_err(ENOMEM, "Out of memory");
+    } else if (!s->l1_size) {
+        s->l1 = calloc(1, 8);
+        ret = s->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
+    } else {
+        ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n,
+                              "Active L1 table");
     }
-    return qcow2_read_table(img, &q->l1, q->hdr.l1_table_offset,
-                            (size_t)q->l1_size * 8, "Active L1 table");
+    if (ret < 0)
+        return ret;
+    return mcache_init(&s->l2c, q->cluster_size, MAX(cap, 16));
+}
+
+void l1_free(qimg_image *img)
+{
+    struct l1_state *s = img->q->l1s;
+
+    if (!s)
+        return;
+    free(s->l1);
+    mcache_destroy(&s->l2c);
+    free(s);
+    img->q->l1s = NULL;
+}
+
+void l1_set_hook(qimg_image *img, int (*make_room)(void *))
+{
+    mcache_set_hook(&img->q->l1s->l2c, make_room, img);
+}
+
+void l1_adopt(qimg_image *img, uint8_t *l1, uint32_t size)
+{
+    struct l1_state *s = img->q->l1s;
+
+    if (l1) {
+        free(s->l1);
+        s->l1 = l1;
+        s->l1_size = size;
+        s->dirty_lo = s->dirty_hi = 0;
+    }
+    mcache_clear(&s->l2c);
+}
+
+int l1_write_entry(qimg_image *img, uint32_t i, uint64_t e)
+{
+    struct qcow2 *q = img->q;
+    uint8_t b[8];
+    int ret;
+
+    be64_store(b, e);
+    ret = file_pwrite(img, b, 8, q->hdr.l1_table_offset + (uint64_t)i * 8);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret == 0)
+        l1_entry_set(q->l1s->l1, i, e);
+    return ret;
+}
+
+bool l1_has_dirty(const qimg_image *img)
+{
+    return img->q->l1s->dirty_lo < img->q->l1s->dirty_hi;
+}
+
+bool l2_has_dirty(const qimg_image *img)
+{
+    return mcache_has_dirty(&img->q->l1s->l2c);
+}
+
+void l2_cache_forget(qimg_image *img, uint64_t off)
+{
+    mcache_drop(&img->q->l1s->l2c, off);
 }
 
 int l1_write_dirty(qimg_image *img)
 {
     struct qcow2 *q = img->q;
-    uint64_t lo = q->l1_dirty_lo, hi = q->l1_dirty_hi;
+    uint64_t lo = q->l1s->dirty_lo, hi = q->l1s->dirty_hi;
     int ret;
 
     if (lo >= hi)
         return 0;
-    ret = image_pwrite(img, q->l1 + lo * 8, (hi - lo) * 8,
+    ret = file_pwrite(img, q->l1s->l1 + lo * 8, (hi - lo) * 8,
                        q->hdr.l1_table_offset + lo * 8);
     if (ret < 0)
         return ret;
-    q->l1_dirty_lo = q->l1_dirty_hi = 0;
+    q->l1s->dirty_lo = q->l1s->dirty_hi = 0;
     return 0;
 }
 
 static void l1_mark_dirty(struct qcow2 *q, uint32_t idx)
 {
-    if (q->l1_dirty_lo >= q->l1_dirty_hi) {
-        q->l1_dirty_lo = idx;
-        q->l1_dirty_hi = idx + 1;
+    if (q->l1s->dirty_lo >= q->l1s->dirty_hi) {
+        q->l1s->dirty_lo = idx;
+        q->l1s->dirty_hi = idx + 1;
         return;
     }
-    q->l1_dirty_lo = MIN(q->l1_dirty_lo, idx);
-    q->l1_dirty_hi = MAX(q->l1_dirty_hi, idx + 1);
+    q->l1s->dirty_lo = MIN(q->l1s->dirty_lo, idx);
+    q->l1s->dirty_hi = MAX(q->l1s->dirty_hi, idx + 1);
 }
 
 static struct mcache_entry *l2c_insert(qimg_image *img, uint64_t off, int *ret)
 {
-    struct qcow2 *q = img->q;
-    struct mcache_entry *e = mcache_insert(&q->l2c, off);
+    struct mcache_entry *e;
 
-    *ret = 0;
-    if (e)
-        return e;
-    *ret = qcow2_flush(img);
-    if (*ret < 0)
-        return NULL;
-    e = mcache_insert(&q->l2c, off);
-    if (!e)
-        *ret = qimg_err(ENOMEM, "Out of memory");
-    return e;
+    *ret = mcache_insert_room(&img->q->l1s->l2c, off, &e);
+    return *ret < 0 ? NULL : e;
 }
 
 int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out)
 {
     struct qcow2 *q = img->q;
-    struct mcache_entry *e = mcache_find(&q->l2c, l2_off);
+    struct mcache_entry *e = mcache_find(&q->l1s->l2c, l2_off);
     int ret;
 
     if (e) {
-        mcache_pin(&q->l2c, e);
+        mcache_pin(&q->l1s->l2c, e);
         *out = e;
         return 0;
     }
@@ -96,10 +170,10 @@ int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out)
     e = l2c_insert(img, l2_off, &ret);
     if (!e)
         return ret;
-    ret = image_pread(img, e->buf, q->cluster_size, l2_off);
+    ret = file_pread(img, e->buf, q->cluster_size, l2_off);
     if (ret < 0) {
         mcache_unpin(e);
-        mcache_drop(&q->l2c, l2_off);
+        mcache_drop(&q->l1s->l2c, l2_off);
         return ret;
     }
     *out = e;
@@ -110,12 +184,12 @@ int l2_write_dirty(qimg_image *img)
 {
     struct qcow2 *q = img->q;
 
-    for (size_t i = 0; i < q->l2c.cap; i++) {
-        struct mcache_entry *e = &q->l2c.e[i];
+    for (size_t i = 0; i < q->l1s->l2c.cap; i++) {
+        struct mcache_entry *e = &q->l1s->l2c.e[i];
         int ret;
         if (e->off == UINT64_MAX || !e->dirty)
             continue;
-        ret = image_pwrite(img, e->buf, q->cluster_size, e->off);
+        ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
         if (ret < 0)
             return ret;
         e->dirty = false;
@@ -127,7 +201,7 @@ int l2_write_dirty(qimg_image *img)
 static int l1_l2_offset(qimg_image *img, uint64_t l1_idx, uint64_t *out)
 {
     struct qcow2 *q = img->q;
-    uint64_t off = l1_entry_get(q->l1, l1_idx) & L1E_OFFSET_MASK;
+    uint64_t off = l1_entry_get(q->l1s->l1, l1_idx) & L1E_OFFSET_MASK;
 
     *out = off;
     if (off && !IS_ALIGNED(off, q->cluster_size))
@@ -146,7 +220,7 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
     int ret;
 
     memset(out, 0, sizeof *out);
-    if (l1_idx >= q->l1_size)
+    if (l1_idx >= q->l1s->l1_size)
         return 0;
     ret = l1_l2_offset(img, l1_idx, &out->l2_off);
     if (ret < 0 || !out->l2_off)
@@ -170,9 +244,9 @@ int l2_get_writable(qimg_image *img, uint64_t guest_off,
     int ret;
 
     *idx = (guest_off >> q->cluster_bits) & (q->l2_entries - 1);
-    if (l1_idx >= q->l1_size)
+    if (l1_idx >= q->l1s->l1_size)
         return qimg_err(EINVAL, "Write beyond the L1 table");
-    l1e = l1_entry_get(q->l1, l1_idx);
+    l1e = l1_entry_get(q->l1s->l1, l1_idx);
     ret = l1_l2_offset(img, l1_idx, &old_off);
     if (ret < 0)
         return ret;
@@ -194,14 +268,14 @@ int l2_get_writable(qimg_image *img, uint64_t guest_off,
     else
         memset(e->buf, 0, q->cluster_size);
     e->dirty = true;
-    ret = qcow2_meta_add(q, new_off, q->cluster_size);
+    ret = meta_add(img, new_off, q->cluster_size);
     if (ret == 0 && old_off)
         ret = refcount_dec_later(img, old_off, q->cluster_size, false);
     if (ret < 0) {
         mcache_unpin(e);
         goto out;
     }
-    l1_entry_set(q->l1, l1_idx, new_off | QCOW_OFLAG_COPIED);
+    l1_entry_set(q->l1s->l1, l1_idx, new_off | QCOW_OFLAG_COPIED);
     l1_mark_dirty(q, (uint32_t)l1_idx);
     *out = e;
 out:

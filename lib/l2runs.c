@@ -15,7 +15,11 @@
  * more runs than an eighth of its own size, or one past the store's
  * budget, is validated but not kept, and its user reads it again.
  */
-#include "internal.h"
+#include "l2runs.h"
+
+#include "endian.h"
+#include "l1l2.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -96,7 +100,7 @@ static uint64_t scan_words_base(const uint8_t *buf, uint64_t n, uint64_t bad,
 
 /* x86-64 also gets AVX2 versions (four times the lanes), chosen on first
  * use. Not with target_clones: its resolver asks the CPU at every program
- * start, and each CPUID instruction costs this virtual machine ~8 us. */
+ * start, and a CPUID instruction is slow in a virtual machine. */
 __attribute__((target("avx2"))) static uint64_t
 scan_words_avx2(const uint8_t *buf, uint64_t n, uint64_t bad, uint64_t cs,
                 uint64_t *hi, uint64_t *breaks)

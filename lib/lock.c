@@ -13,7 +13,9 @@
  * The locks belong to the open file description, so they last exactly as
  * long as the image's file descriptor.
  */
-#include "internal.h"
+#include "lock.h"
+
+#include "error.h"
 
 #include <errno.h>
 #include <fcntl.h>

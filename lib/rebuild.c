@@ -1,17 +1,26 @@
 /*
  * rebuild.c - the writes a repair makes: a new refcount structure built
- * from counted references, a rewritten snapshot table, a fixed L1 entry,
- * cleared dirty/corrupt bits.
+ * from counted references, a rewritten snapshot table, cleared
+ * dirty/corrupt bits.
  *
  * qcow2-format.md §4 (refcount structures), §5.1 (snapshot table), §13
  * rules 5 and 7 (a new table is written and synced before the header points
  * at it). check.c decides what to repair; this file only writes.
  */
-#include "internal.h"
+#include "rebuild.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "meta.h"
+#include "refcount.h"
+#include "roots.h"
+#include "util.h"
 
 /* Does block rt_idx of the computed table have a non-zero entry? */
 static bool block_used(const struct qcow2 *q, const uint8_t *refs,
@@ -44,7 +53,7 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs)
     uint64_t cs = q->cluster_size, per_cl = cs / 8;
     uint64_t start = MAX(DIV_ROUND_UP(q->file_size, cs), nb_refs);
     uint64_t b = 1, t = 1, nb, tb, entries, pos;
-    uint8_t *blk = malloc(cs), *tbl = NULL, hdr[12];
+    uint8_t *blk = malloc(cs), *tbl = NULL;
     int ret = 0;
 
     if (!blk)
@@ -82,70 +91,34 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs)
             refblock_set(blk, k - base, q->refcount_order, v);
         }
         be64_store(tbl + i * 8, pos * cs);
-        ret = image_pwrite(img, blk, cs, pos * cs);
+        ret = file_pwrite(img, blk, cs, pos * cs);
         pos++;
     }
     if (ret == 0)
-        ret = image_pwrite(img, tbl, t * cs, (start + b) * cs);
+        ret = file_pwrite(img, tbl, t * cs, (start + b) * cs);
     /* 1 of 2: the new structure is durable before the header names it. */
     if (ret == 0)
-        ret = image_flush_file(img);
-    be64_store(hdr, (start + b) * cs);
-    be32_store(hdr + 8, (uint32_t)t);
+        ret = file_flush(img);
     /* 2 of 2: switch refcount_table_offset and _clusters in one write. */
     if (ret == 0)
-        ret = image_pwrite(img, hdr, sizeof hdr, HDR_RT_OFF);
-    if (ret == 0)
-        ret = image_flush_file(img);
+        ret = roots_switch_refcount_table(img, (start + b) * cs, (uint32_t)t);
     if (ret < 0)
         goto out;
-    free(q->rt);
-    q->rt = tbl;
+    refcount_adopt_table(img, tbl, t * per_cl);
     tbl = NULL;
-    q->rt_entries = t * per_cl;
-    q->hdr.refcount_table_offset = (start + b) * cs;
-    q->hdr.refcount_table_clusters = (uint32_t)t;
-    q->file_size = MAX(q->file_size, (start + b + t) * cs);
-    q->free_hint = 0;
-    q->free_byte_off = 0;
-    idset_free(&q->meta);
-    q->meta_ready = false;
-    mcache_clear(&q->rbc);
+    file_extend(img, (start + b + t) * cs);
+    meta_reset(img);
 out:
     free(blk);
     free(tbl);
     return ret;
 }
 
-int rebuild_write_l1_entry(qimg_image *img, uint32_t i, uint64_t e)
-{
-    struct qcow2 *q = img->q;
-    uint8_t b[8];
-    int ret;
-
-    be64_store(b, e);
-    ret = image_pwrite(img, b, 8, q->hdr.l1_table_offset + (uint64_t)i * 8);
-    if (ret == 0)
-        ret = image_flush_file(img);
-    if (ret == 0)
-        l1_entry_set(q->l1, i, e);
-    return ret;
-}
-
 int rebuild_set_incompat(qimg_image *img, uint64_t bits)
 {
-    struct qcow2 *q = img->q;
-    uint8_t b[8];
     int ret = qcow2_flush(img);
 
-    be64_store(b, bits);
-    if (ret == 0)
-        ret = image_pwrite(img, b, 8, HDR_INCOMPAT);
-    if (ret == 0)
-        ret = image_flush_file(img);
-    if (ret == 0)
-        q->hdr.incompatible = bits;
-    return ret;
+    return ret < 0 ? ret : roots_set_incompat(img, bits);
 }
 
 int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
@@ -153,9 +126,9 @@ int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
 {
     struct qcow2 *q = img->q;
     uint64_t len, off = 0, old_off = q->hdr.snapshots_offset;
-    uint64_t old_len = q->nb_snaps ? q->snap_table_size : 0;
+    uint64_t old_len = q->sn->nb_snaps ? q->sn->snap_table_size : 0;
     struct snap *copy = calloc(n ? n : 1, sizeof *copy);
-    uint8_t *buf = NULL, hdr[12];
+    uint8_t *buf = NULL;
     int ret = copy ? 0 : qimg_err(ENOMEM, "Out of memory");
 
     for (uint32_t i = 0; ret == 0 && i < n; i++)
@@ -165,16 +138,12 @@ int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
     if (ret == 0 && len)
         ret = refcount_alloc(img, DIV_ROUND_UP(len, q->cluster_size), &off);
     if (ret == 0 && len)
-        ret = image_pwrite(img, buf, len, off);
+        ret = file_pwrite(img, buf, len, off);
     /* 1 of 2: table and its refcounts durable before the header switch. */
     if (ret == 0)
         ret = qcow2_flush(img);
-    be32_store(hdr, n);
-    be64_store(hdr + 4, off);
     if (ret == 0)
-        ret = image_pwrite(img, hdr, sizeof hdr, HDR_NB_SNAPSHOTS);
-    if (ret == 0)
-        ret = image_flush_file(img);
+        ret = roots_switch_snapshot_table(img, n, off);
     /* 2 of 2: only now is the old table free. */
     if (ret == 0 && old_len && old_off)
         ret = refcount_dec_later(img, old_off, old_len, true);
@@ -187,13 +156,6 @@ int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
         free(copy);
         return ret;
     }
-    for (uint32_t i = 0; i < q->nb_snaps; i++)
-        snap_free(&q->snaps[i]);
-    free(q->snaps);
-    q->snaps = copy;
-    q->nb_snaps = n;
-    q->snap_table_size = len;
-    q->hdr.nb_snapshots = n;
-    q->hdr.snapshots_offset = off;
+    snaptable_adopt(img, copy, n, len);
     return 0;
 }

@@ -7,8 +7,9 @@
  * refcount structures instead and only read through here.
  *
  * Notes on the design:
- *  1. Increments are applied to cached blocks at once; qcow2_flush() writes
- *     the blocks and syncs before any L2/L1 entry that needs them is written.
+ *  1. Increments are applied to cached blocks at once; the flush order
+ *     (flush.c) writes the blocks and syncs before any L2/L1 entry that
+ *     needs them is written.
  *  2. Decrements are queued (refcount_dec_later) and applied only after the
  *     metadata that dropped the reference is durable, so a cluster is never
  *     reused while an on-disk table still points at it.
@@ -18,41 +19,88 @@
  *     everything the old table covers, syncs, then switches header bytes
  *     48-59 in one write, syncs, and only then frees the old table.
  */
-#include "internal.h"
+#include "refcount.h"
+
+#include "error.h"
+#include "file.h"
+#include "meta.h"
+#include "roots.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-int refcount_cache_init(qimg_image *img)
-{
-    struct qcow2 *q = img->q;
-    uint64_t blocks = q->rt_entries ? q->rt_entries : 1;
-    uint64_t cap = (8ull << 20) / q->cluster_size;
-
-    cap = MIN(cap, blocks + 8);
-    return mcache_init(&q->rbc, q->cluster_size, MAX(cap, 8));
-}
-
-int refcount_load_table(qimg_image *img)
+int refcount_init(qimg_image *img, bool lenient)
 {
     struct qcow2 *q = img->q;
     uint64_t n = (uint64_t)q->hdr.refcount_table_clusters * q->cluster_size;
+    uint64_t blocks, cap = (8ull << 20) / q->cluster_size;
+    struct rc_state *rc = calloc(1, sizeof *rc);
     int ret;
 
-    ret = qcow2_read_table(img, &q->rt, q->hdr.refcount_table_offset, n,
-                           "Reference count table");
+    if (!rc)
+        return qimg_err(ENOMEM, "Out of memory");
+    q->rc = rc;
+    if (lenient) {
+        /* What QEMU would read: zeros past the end of the file. */
+        rc->rt = malloc(n ? n : 1);
+        ret = rc->rt ? file_pread(img, rc->rt, n, q->hdr.refcount_table_offset)
+                     : qimg_err(ENOMEM, "Out of memory");
+    } else {
+        ret = file_read_table(img, &rc->rt, q->hdr.refcount_table_offset, n,
+                               "Reference count table");
+    }
     if (ret < 0)
         return ret;
-    q->rt_entries = n / 8;
-    return 0;
+    rc->rt_entries = n / 8;
+    blocks = rc->rt_entries ? rc->rt_entries : 1;
+    cap = MIN(cap, blocks + 8);
+    return mcache_init(&rc->rbc, q->cluster_size, MAX(cap, 8));
+}
+
+void refcount_free(qimg_image *img)
+{
+    struct rc_state *rc = img->q->rc;
+
+    if (!rc)
+        return;
+    free(rc->rt);
+    mcache_destroy(&rc->rbc);
+    free(rc->dec);
+    free(rc);
+    img->q->rc = NULL;
+}
+
+void refcount_set_hooks(qimg_image *img, int (*make_room)(void *),
+                        void (*on_free)(qimg_image *, uint64_t))
+{
+    mcache_set_hook(&img->q->rc->rbc, make_room, img);
+    img->q->rc->on_free = on_free;
+}
+
+void refcount_adopt_table(qimg_image *img, uint8_t *rt, uint64_t entries)
+{
+    struct rc_state *rc = img->q->rc;
+
+    free(rc->rt);
+    rc->rt = rt;
+    rc->rt_entries = entries;
+    rc->free_hint = 0;
+    rc->free_byte_off = 0;
+    mcache_clear(&rc->rbc);
+}
+
+bool refcount_has_pending(const qimg_image *img)
+{
+    return img->q->rc->nb_dec != 0;
 }
 
 static uint64_t rt_get(const struct qcow2 *q, uint64_t rt_idx)
 {
-    if (rt_idx >= q->rt_entries)
+    if (rt_idx >= q->rc->rt_entries)
         return 0;
-    return be64_load(q->rt + rt_idx * 8) & RT_OFFSET_MASK;
+    return be64_load(q->rc->rt + rt_idx * 8) & RT_OFFSET_MASK;
 }
 
 static int rb_check_off(const struct qcow2 *q, uint64_t rt_idx, uint64_t rb_off)
@@ -74,30 +122,24 @@ static int rb_load(qimg_image *img, uint64_t rt_idx, uint64_t rb_off,
                    struct mcache_entry **out)
 {
     struct qcow2 *q = img->q;
-    struct mcache_entry *e = mcache_find(&q->rbc, rb_off);
+    struct mcache_entry *e = mcache_find(&q->rc->rbc, rb_off);
     int ret;
 
     if (e) {
-        mcache_pin(&q->rbc, e);
+        mcache_pin(&q->rc->rbc, e);
         *out = e;
         return 0;
     }
     ret = rb_check_off(q, rt_idx, rb_off);
     if (ret < 0)
         return ret;
-    e = mcache_insert(&q->rbc, rb_off);
-    if (!e) {
-        ret = qcow2_flush(img);
-        if (ret < 0)
-            return ret;
-        e = mcache_insert(&q->rbc, rb_off);
-        if (!e)
-            return qimg_err(ENOMEM, "Out of memory");
-    }
-    ret = image_pread(img, e->buf, q->cluster_size, rb_off);
+    ret = mcache_insert_room(&q->rc->rbc, rb_off, &e);
+    if (ret < 0)
+        return ret;
+    ret = file_pread(img, e->buf, q->cluster_size, rb_off);
     if (ret < 0) {
         mcache_unpin(e);
-        mcache_drop(&q->rbc, rb_off);
+        mcache_drop(&q->rc->rbc, rb_off);
         return ret;
     }
     *out = e;
@@ -137,7 +179,7 @@ int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
         memset(buf, 0, q->cluster_size);
         return 0;
     }
-    e = mcache_find(&q->rbc, rb_off);
+    e = mcache_find(&q->rc->rbc, rb_off);
     if (e) {
         memcpy(buf, e->buf, q->cluster_size);
         return 0;
@@ -146,7 +188,7 @@ int refcount_read_block(qimg_image *img, uint64_t rt_idx, uint8_t *buf,
      * (a transaction reads every block once; caching them would only
      * evict what the cache holds). */
     ret = rb_check_off(q, rt_idx, rb_off);
-    return ret < 0 ? ret : image_pread(img, buf, q->cluster_size, rb_off);
+    return ret < 0 ? ret : file_pread(img, buf, q->cluster_size, rb_off);
 }
 
 static int grow_reftable(qimg_image *img, uint64_t min_entries);
@@ -164,7 +206,7 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
     uint8_t ent[8];
     int ret;
 
-    ret = qcow2_overlap_check(img, off, q->cluster_size);
+    ret = meta_overlap_check(img, off, q->cluster_size);
     if (ret < 0)
         return ret;
     if (!self) {
@@ -174,39 +216,33 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
         if (ret < 0)
             return ret;
     }
-    e = mcache_insert(&q->rbc, off);
-    if (!e) {
-        ret = qcow2_flush(img);
-        if (ret < 0)
-            return ret;
-        e = mcache_insert(&q->rbc, off);
-        if (!e)
-            return qimg_err(ENOMEM, "Out of memory");
-    }
+    ret = mcache_insert_room(&q->rc->rbc, off, &e);
+    if (ret < 0)
+        return ret;
     memset(e->buf, 0, q->cluster_size);
     if (self)
         refblock_set(e->buf, blk_idx - (rt_idx << q->rb_bits),
                      q->refcount_order, 1);
     /* 1 of 2: the block and its own count are durable ... */
-    ret = image_pwrite(img, e->buf, q->cluster_size, off);
+    ret = file_pwrite(img, e->buf, q->cluster_size, off);
     if (ret == 0)
-        ret = image_flush_file(img);
+        ret = file_flush(img);
     mcache_unpin(e);
     if (ret < 0) {
-        mcache_drop(&q->rbc, off);
+        mcache_drop(&q->rc->rbc, off);
         return ret;
     }
     /* 2 of 2: ... before the reftable names it. */
     be64_store(ent, off);
-    ret = image_pwrite(img, ent, 8, img->q->hdr.refcount_table_offset +
+    ret = file_pwrite(img, ent, 8, img->q->hdr.refcount_table_offset +
                                         rt_idx * 8);
     if (ret == 0)
-        ret = image_flush_file(img);
+        ret = file_flush(img);
     if (ret < 0)
         return ret;
-    memcpy(q->rt + rt_idx * 8, ent, 8);
-    q->file_size = MAX(q->file_size, off + q->cluster_size);
-    return qcow2_meta_add(q, off, q->cluster_size);
+    memcpy(q->rc->rt + rt_idx * 8, ent, 8);
+    file_extend(img, off + q->cluster_size);
+    return meta_add(img, off, q->cluster_size);
 }
 
 static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
@@ -224,7 +260,7 @@ static int ensure_refblock(qimg_image *img, uint64_t idx)
     uint64_t rt_idx = idx >> q->rb_bits, blk, unused, blk_rt;
     int ret;
 
-    if (rt_idx >= q->rt_entries) {
+    if (rt_idx >= q->rc->rt_entries) {
         ret = grow_reftable(img, rt_idx + 1);
         return ret < 0 ? ret : 1;
     }
@@ -234,7 +270,7 @@ static int ensure_refblock(qimg_image *img, uint64_t idx)
     if (ret < 0)
         return ret;
     blk_rt = blk >> q->rb_bits;
-    if (blk_rt >= q->rt_entries) {
+    if (blk_rt >= q->rc->rt_entries) {
         ret = grow_reftable(img, blk_rt + 1);
         return ret < 0 ? ret : 1;
     }
@@ -301,13 +337,13 @@ int refcount_update(qimg_image *img, uint64_t idx, uint64_t n, int64_t delta)
     return ret < 0 ? ret : update_range(img, idx, n, delta, true);
 }
 
-/* First run of n free clusters at or after q->free_hint; *first_free is
+/* First run of n free clusters at or after q->rc->free_hint; *first_free is
  * the first free cluster met (every cluster from the hint to it is used). */
 static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
                          uint64_t *first_free)
 {
     struct qcow2 *q = img->q;
-    uint64_t idx = q->free_hint, run = 0;
+    uint64_t idx = q->rc->free_hint, run = 0;
 
     *first_free = UINT64_MAX;
     uint64_t mask = (1ull << q->rb_bits) - 1;
@@ -368,7 +404,7 @@ int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
         if (!restart)
             break;
     }
-    ret = qcow2_overlap_check(img, start << q->cluster_bits,
+    ret = meta_overlap_check(img, start << q->cluster_bits,
                               n << q->cluster_bits);
     if (ret < 0)
         return ret;
@@ -377,24 +413,57 @@ int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off)
         return ret;
     /* Skip the used clusters just scanned, so that allocation does not
      * rescan them every time (it would be quadratic in the image size). */
-    q->free_hint = first_free >= start ? start + n : first_free;
+    q->rc->free_hint = first_free >= start ? start + n : first_free;
     *host_off = start << q->cluster_bits;
-    q->file_size = MAX(q->file_size, (start + n) << q->cluster_bits);
+    file_extend(img, (start + n) << q->cluster_bits);
+    return 0;
+}
+
+int refcount_alloc_bytes(qimg_image *img, uint64_t len, uint64_t *coff)
+{
+    struct qcow2 *q = img->q;
+    struct rc_state *rc = q->rc;
+    uint64_t cs = q->cluster_size, fbo = rc->free_byte_off, newc, v = 0;
+    int ret;
+
+    if (fbo && (ret = refcount_get(img, fbo >> q->cluster_bits, &v)) < 0)
+        return ret;
+    if (fbo && v >= q->refcount_max)
+        fbo = 0;
+    if (fbo && cs - (fbo & (cs - 1)) >= len) {
+        ret = refcount_update(img, fbo >> q->cluster_bits, 1, 1);
+        if (ret < 0)
+            return ret;
+        *coff = fbo;
+    } else {
+        ret = refcount_alloc(img, 1, &newc);
+        if (ret < 0)
+            return ret;
+        if (fbo && newc == ALIGN_UP(fbo, cs)) {
+            ret = refcount_update(img, fbo >> q->cluster_bits, 1, 1);
+            if (ret < 0)
+                return ret;
+            *coff = fbo;
+        } else {
+            *coff = newc;
+        }
+    }
+    rc->free_byte_off = (*coff + len) & (cs - 1) ? *coff + len : 0;
     return 0;
 }
 
 /* Append to the queue of decrements that wait for a flush. */
 static int dec_push(struct qcow2 *q, struct pending_dec d)
 {
-    if (q->nb_dec == q->cap_dec) {
-        size_t cap = q->cap_dec ? q->cap_dec * 2 : 64;
-        struct pending_dec *p = realloc(q->dec, cap * sizeof *p);
+    if (q->rc->nb_dec == q->rc->cap_dec) {
+        size_t cap = q->rc->cap_dec ? q->rc->cap_dec * 2 : 64;
+        struct pending_dec *p = realloc(q->rc->dec, cap * sizeof *p);
         if (!p)
             return qimg_err(ENOMEM, "Out of memory");
-        q->dec = p;
-        q->cap_dec = cap;
+        q->rc->dec = p;
+        q->rc->cap_dec = cap;
     }
-    q->dec[q->nb_dec++] = d;
+    q->rc->dec[q->rc->nb_dec++] = d;
     return 0;
 }
 
@@ -418,15 +487,16 @@ static int cluster_freed(qimg_image *img, uint64_t idx, bool do_discard)
     struct qcow2 *q = img->q;
     uint64_t off = idx << q->cluster_bits;
 
-    mcache_drop(&q->l2c, off);
-    qcow2_meta_del(q, off, q->cluster_size);
+    if (q->rc->on_free)
+        q->rc->on_free(img, off);
+    meta_del(img, off, q->cluster_size);
     /* Never pack another compressed stream into a cluster that is free. */
-    if (q->free_byte_off >> q->cluster_bits == idx)
-        q->free_byte_off = 0;
-    if (idx < q->free_hint)
-        q->free_hint = idx;
+    if (q->rc->free_byte_off >> q->cluster_bits == idx)
+        q->rc->free_byte_off = 0;
+    if (idx < q->rc->free_hint)
+        q->rc->free_hint = idx;
     if (do_discard)
-        return image_discard_file(img, off, q->cluster_size);
+        return file_discard(img, off, q->cluster_size);
     return 0;
 }
 
@@ -446,17 +516,17 @@ static int requeue(qimg_image *img, const struct pending_dec *d, size_t n)
 int refcount_apply_pending(qimg_image *img)
 {
     struct qcow2 *q = img->q;
-    struct pending_dec *d = q->dec;
-    size_t n = q->nb_dec, i;
+    struct pending_dec *d = q->rc->dec;
+    size_t n = q->rc->nb_dec, i;
     int ret = 0, r2;
 
     /* Loading a refcount block may flush the caches, which would apply
      * the queue again: take it out first. */
-    if (q->applying || !n)
+    if (q->rc->applying || !n)
         return 0;
-    q->applying = true;
-    q->dec = NULL;
-    q->nb_dec = q->cap_dec = 0;
+    q->rc->applying = true;
+    q->rc->dec = NULL;
+    q->rc->nb_dec = q->rc->cap_dec = 0;
     for (i = 0; i < n && ret == 0; i++) {
         uint64_t v;
         ret = refcount_update(img, d[i].idx, 1, -1);
@@ -468,7 +538,7 @@ int refcount_apply_pending(qimg_image *img)
     }
     r2 = requeue(img, d + i, n - i);
     free(d);
-    q->applying = false;
+    q->rc->applying = false;
     return ret < 0 ? ret : r2;
 }
 
@@ -476,12 +546,12 @@ int refcount_flush(qimg_image *img)
 {
     struct qcow2 *q = img->q;
 
-    for (size_t i = 0; i < q->rbc.cap; i++) {
-        struct mcache_entry *e = &q->rbc.e[i];
+    for (size_t i = 0; i < q->rc->rbc.cap; i++) {
+        struct mcache_entry *e = &q->rc->rbc.e[i];
         int ret;
         if (e->off == UINT64_MAX || !e->dirty)
             continue;
-        ret = image_pwrite(img, e->buf, q->cluster_size, e->off);
+        ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
         if (ret < 0)
             return ret;
         e->dirty = false;
@@ -496,7 +566,7 @@ static void plan_reftable(const struct qcow2 *q, uint64_t start,
 {
     uint64_t per_cl = q->cluster_size / 8, b = 0, t, e;
 
-    e = MAX(min_entries, q->rt_entries + q->rt_entries / 2);
+    e = MAX(min_entries, q->rc->rt_entries + q->rc->rt_entries / 2);
     for (;;) {
         uint64_t last_rt;
         t = DIV_ROUND_UP(e, per_cl);
@@ -522,10 +592,10 @@ static int grow_reftable(qimg_image *img, uint64_t min_entries)
     uint64_t cs = q->cluster_size;
     uint64_t start, b, t, entries, old_off = q->hdr.refcount_table_offset;
     uint32_t old_clusters = q->hdr.refcount_table_clusters;
-    uint8_t *tbl = NULL, *blk = NULL, hdr[12];
+    uint8_t *tbl = NULL, *blk = NULL;
     int ret;
 
-    start = MAX(DIV_ROUND_UP(q->file_size, cs), q->rt_entries << q->rb_bits);
+    start = MAX(DIV_ROUND_UP(q->file_size, cs), q->rc->rt_entries << q->rb_bits);
     plan_reftable(q, start, min_entries, &b, &t, &entries);
     if (t * cs > (8ull << 20))
         return qimg_err(EFBIG, "Reference count table too large");
@@ -535,7 +605,7 @@ static int grow_reftable(qimg_image *img, uint64_t min_entries)
         ret = qimg_err(ENOMEM, "Out of memory");
         goto out;
     }
-    memcpy(tbl, q->rt, q->rt_entries * 8);
+    memcpy(tbl, q->rc->rt, q->rc->rt_entries * 8);
     for (uint64_t k = 0; k < b; k++) {
         uint64_t rt_idx = (start >> q->rb_bits) + k;
         uint64_t base = rt_idx << q->rb_bits;
@@ -544,43 +614,37 @@ static int grow_reftable(qimg_image *img, uint64_t min_entries)
              c < MIN(base + (1ull << q->rb_bits), start + b + t); c++)
             refblock_set(blk, c - base, q->refcount_order, 1);
         be64_store(tbl + rt_idx * 8, (start + k) * cs);
-        ret = qcow2_overlap_check(img, (start + k) * cs, cs);
+        ret = meta_overlap_check(img, (start + k) * cs, cs);
         if (ret == 0)
-            ret = image_pwrite(img, blk, cs, (start + k) * cs);
+            ret = file_pwrite(img, blk, cs, (start + k) * cs);
         if (ret < 0)
             goto out;
     }
-    ret = qcow2_overlap_check(img, (start + b) * cs, t * cs);
+    ret = meta_overlap_check(img, (start + b) * cs, t * cs);
     if (ret == 0)
-        ret = image_pwrite(img, tbl, t * cs, (start + b) * cs);
+        ret = file_pwrite(img, tbl, t * cs, (start + b) * cs);
     /* 1 of 3: new blocks and table durable before the header names them. */
     if (ret == 0)
-        ret = image_flush_file(img);
+        ret = file_flush(img);
     if (ret < 0)
         goto out;
-    be64_store(hdr, (start + b) * cs);
-    be32_store(hdr + 8, (uint32_t)t);
     /* 2 of 3: switch refcount_table_offset + _clusters in one write. */
-    ret = image_pwrite(img, hdr, sizeof hdr, HDR_RT_OFF);
-    if (ret == 0)
-        ret = image_flush_file(img);
+    ret = roots_switch_refcount_table(img, (start + b) * cs, (uint32_t)t);
     if (ret < 0)
         goto out;
-    free(q->rt);
-    q->rt = tbl;
+    free(q->rc->rt);
+    q->rc->rt = tbl;
     tbl = NULL;
-    q->rt_entries = entries;
-    q->hdr.refcount_table_offset = (start + b) * cs;
-    q->hdr.refcount_table_clusters = (uint32_t)t;
-    q->file_size = MAX(q->file_size, (start + b + t) * cs);
-    ret = qcow2_meta_add(q, start * cs, (b + t) * cs);
+    q->rc->rt_entries = entries;
+    file_extend(img, (start + b + t) * cs);
+    ret = meta_add(img, start * cs, (b + t) * cs);
     if (ret < 0)
         goto out;
-    qcow2_meta_del(q, old_off, (uint64_t)old_clusters * cs);
+    meta_del(img, old_off, (uint64_t)old_clusters * cs);
     /* 3 of 3: only now may the old table's clusters be freed. */
     ret = refcount_update(img, old_off / cs, old_clusters, -1);
-    if (ret == 0 && old_off / cs < q->free_hint)
-        q->free_hint = old_off / cs;
+    if (ret == 0 && old_off / cs < q->rc->free_hint)
+        q->rc->free_hint = old_off / cs;
 out:
     free(tbl);
     free(blk);

@@ -26,13 +26,27 @@
  *  4. Everything the operation reads is validated before (a): a refused
  *     operation leaves the file byte for byte unchanged.
  */
-#include "internal.h"
+#include "txn.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "idset.h"
+#include "l1l2.h"
+#include "l2runs.h"
+#include "meta.h"
+#include "metaset.h"
+#include "refcount.h"
+#include "roots.h"
+#include "snaptable.h"
+#include "util.h"
 
 /* A new L1 table the transaction writes. */
 struct new_l1 {
@@ -375,7 +389,7 @@ static int wb_flush(struct txn *t)
     int ret = 0;
 
     if (t->wlen)
-        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
+        ret = file_pwrite(t->img, t->wbuf, t->wlen, t->woff);
     t->wlen = 0;
     return ret;
 }
@@ -401,7 +415,7 @@ static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
     }
     ret = wb_flush(t);
     if (ret < 0 || len > wb_cap(t) / 2)
-        return ret < 0 ? ret : image_pwrite(t->img, data, len, off);
+        return ret < 0 ? ret : file_pwrite(t->img, data, len, off);
     memcpy(t->wbuf, data, len);
     t->woff = off;
     t->wlen = len;
@@ -429,7 +443,7 @@ static int wb_put(struct txn *t, uint64_t off)
         return 0;
     }
     if (t->wlen) {
-        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
+        ret = file_pwrite(t->img, t->wbuf, t->wlen, t->woff);
         if (ret < 0)
             return ret;
         memmove(t->wbuf, t->wbuf + t->wlen, t->cs);
@@ -588,10 +602,10 @@ static uint64_t single_run(const struct qcow2 *q)
 {
     uint64_t n = 0, max = MAX(1, (1ull << 20) >> q->cluster_bits);
 
-    for (uint64_t i = 0; i < q->l1_size; i++)
-        n += (l1_entry_get(q->l1, i) & L1E_OFFSET_MASK) != 0;
-    for (uint64_t i = 0; i < q->rt_entries; i++)
-        n += (be64_load(q->rt + i * 8) & RT_OFFSET_MASK) != 0;
+    for (uint64_t i = 0; i < q->l1s->l1_size; i++)
+        n += (l1_entry_get(q->l1s->l1, i) & L1E_OFFSET_MASK) != 0;
+    for (uint64_t i = 0; i < q->rc->rt_entries; i++)
+        n += (be64_load(q->rc->rt + i * 8) & RT_OFFSET_MASK) != 0;
     return MIN(max, MAX(1, n / 8));
 }
 
@@ -664,7 +678,7 @@ static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
     int ret = check_l2_off(t, l2_off);
 
     if (ret == 0)
-        ret = image_pread(t->img, buf, t->cs, l2_off);
+        ret = file_pread(t->img, buf, t->cs, l2_off);
     if (ret == 0)
         ret = l2store_scan(&t->l2s, q, l2_off, buf);
     if (ret != 0)
@@ -936,7 +950,7 @@ static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
             ret = fix_runs(t, runs, n, slot);
         return ret <= 0 ? ret : write_copy(t, p, NULL);
     }
-    ret = image_pread(t->img, t->tmp, t->cs, p);
+    ret = file_pread(t->img, t->tmp, t->cs, p);
     if (ret == 0)
         ret = fix_entries(t, t->tmp);
     return ret <= 0 ? ret : write_copy(t, p, t->tmp);
@@ -995,9 +1009,9 @@ static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
 
 static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
 {
-    if (rt_idx >= t->q->rt_entries)
+    if (rt_idx >= t->q->rc->rt_entries)
         return 0;
-    return be64_load(t->q->rt + rt_idx * 8) & RT_OFFSET_MASK;
+    return be64_load(t->q->rc->rt + rt_idx * 8) & RT_OFFSET_MASK;
 }
 
 /* Give every changed refcount block a new home, then size and place the
@@ -1015,7 +1029,7 @@ static int place_refcounts(struct txn *t)
         ret = meta_freed(t, q->hdr.refcount_table_offset,
                          (uint64_t)q->hdr.refcount_table_clusters * t->cs);
     while (ret == 0 && again) {
-        uint64_t need = q->rt_entries;
+        uint64_t need = q->rc->rt_entries;
         again = false;
         for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
             if (!t->rb_dirty[i] || t->rb_loc[i])
@@ -1047,7 +1061,7 @@ static int place_refcounts(struct txn *t)
     t->rt = calloc(t->rt_clusters, t->cs);
     if (!t->rt)
         return qimg_err(ENOMEM, "Out of memory");
-    memcpy(t->rt, q->rt, q->rt_entries * 8);
+    memcpy(t->rt, q->rc->rt, q->rc->rt_entries * 8);
     for (uint64_t i = 0; i < t->nb_rb; i++)
         if (t->rb_dirty[i])
             be64_store(t->rt + i * 8, t->rb_loc[i]);
@@ -1071,7 +1085,7 @@ static int write_refcounts(struct txn *t)
         if (n == 1)
             ret = wb_write(t, t->rb[i], t->cs, t->rb_loc[i]);
         else if ((ret = wb_flush(t)) == 0)
-            ret = image_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
+            ret = file_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
         i += n - 1;
     }
     if (ret == 0)
@@ -1087,35 +1101,31 @@ struct roots {
     uint64_t snap_off;
 };
 
+/* The root pointers the operation switches to. */
+static struct qcow2_roots new_roots(const struct txn *t, const struct roots *r)
+{
+    struct qcow2_roots nr = {
+        .size = r->size,
+        .has_l1 = r->active != NULL,
+        .l1_off = r->active ? r->active->off : 0,
+        .l1_size = r->active ? r->active->size : 0,
+        .rt_off = t->rt_off,
+        .rt_clusters = (uint32_t)t->rt_clusters,
+        .nb_snaps = r->nb_snaps,
+        .snap_off = r->snap_off,
+    };
+
+    return nr;
+}
+
 static int commit_header(struct txn *t, const struct roots *r)
 {
-    struct qcow2 *q = t->q;
-    uint8_t s0[512];
-    int ret = image_pread(t->img, s0, sizeof s0, 0);
-
-    if (ret < 0)
-        return ret;
-    be64_store(s0 + HDR_SIZE, r->size);
-    if (r->active) {
-        be32_store(s0 + HDR_L1_SIZE, r->active->size);
-        be64_store(s0 + HDR_L1_OFF, r->active->off);
-    }
-    be64_store(s0 + HDR_RT_OFF, t->rt_off);
-    be32_store(s0 + HDR_RT_CLUSTERS, (uint32_t)t->rt_clusters);
-    be32_store(s0 + HDR_NB_SNAPSHOTS, r->nb_snaps);
-    be64_store(s0 + HDR_SNAPSHOTS_OFF, r->snap_off);
-    if (q->hdr.version >= 3)
-        be64_store(s0 + HDR_AUTOCLEAR, q->hdr.autoclear & AUTOCLEAR_MASK);
+    struct qcow2_roots nr = new_roots(t, r);
     /* 1 of 3: every new structure is durable ... */
-    ret = wb_flush(t);
-    if (ret == 0)
-        ret = image_flush_file(t->img);
+    int ret = wb_flush(t);
+
     /* 2 of 3: ... before one sector switches all roots at once ... */
-    if (ret == 0)
-        ret = image_pwrite(t->img, s0, sizeof s0, 0);
-    if (ret == 0)
-        ret = image_flush_file(t->img);
-    return ret;
+    return ret < 0 ? ret : roots_commit(t->img, &nr);
 }
 
 /* Record a run of clusters only the old state uses. */
@@ -1182,7 +1192,6 @@ static int find_freed(struct txn *t)
  * qemu-img's scattered L2 tables): it would pass them over. */
 static void discard_freed(struct txn *t)
 {
-    bool unsynced = t->img->unsynced;
     uint64_t keep = t->pool_dry ? t->nb_alloc : t->nb_backed;
 
     for (size_t i = 0; i < t->nb_freed; i++) {
@@ -1193,11 +1202,9 @@ static void discard_freed(struct txn *t)
         k = meta ? MIN(len, keep) : 0;
         keep -= k;
         if (len > k)
-            image_discard_file(t->img, (start + k) * t->cs,
+            file_discard_quiet(t->img, (start + k) * t->cs,
                                (len - k) * t->cs);
     }
-    t->img->unsynced = unsynced;
-    qimg_error_clear();
 }
 
 /* Adopt the committed state in memory; caches start empty. */
@@ -1205,41 +1212,20 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
                  uint64_t snap_size)
 {
     qimg_image *img = t->img;
-    struct qcow2 *q = t->q;
+    struct qcow2_roots nr = new_roots(t, r);
 
     if (r->active) {
-        free(q->l1);
-        q->l1 = r->active->buf;
+        l1_adopt(img, r->active->buf, r->active->size);
         r->active->buf = NULL;
-        q->l1_size = r->active->size;
-        q->hdr.l1_size = r->active->size;
-        q->hdr.l1_table_offset = r->active->off;
+    } else {
+        l1_adopt(img, NULL, 0);
     }
-    free(q->rt);
-    q->rt = t->rt;
+    refcount_adopt_table(img, t->rt, t->rt_clusters * t->cs / 8);
     t->rt = NULL;
-    q->rt_entries = t->rt_clusters * t->cs / 8;
-    q->hdr.refcount_table_offset = t->rt_off;
-    q->hdr.refcount_table_clusters = (uint32_t)t->rt_clusters;
-    for (uint32_t i = 0; i < q->nb_snaps; i++)
-        snap_free(&q->snaps[i]);
-    free(q->snaps);
-    q->snaps = snaps;
-    q->nb_snaps = r->nb_snaps;
-    q->snap_table_size = snap_size;
-    q->hdr.nb_snapshots = r->nb_snaps;
-    q->hdr.snapshots_offset = r->snap_off;
-    q->hdr.autoclear &= AUTOCLEAR_MASK;
-    q->hdr.size = r->size;
-    img->size = r->size;
-    q->file_size = MAX(q->file_size, t->scan * t->cs);
-    q->free_hint = 0;
-    q->free_byte_off = 0;
-    idset_free(&q->meta);
-    q->meta_ready = false;
-    /* Cannot fail: the header already says this is the image. */
-    mcache_clear(&q->l2c);
-    mcache_clear(&q->rbc);
+    snaptable_adopt(img, snaps, r->nb_snaps, snap_size);
+    roots_adopt(img, &nr);
+    file_extend(img, t->scan * t->cs);
+    meta_reset(img);
 }
 
 static void txn_free(struct txn *t)
@@ -1293,7 +1279,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
     if (ret == 0)
-        ret = qcow2_meta_check_counted(img, preload ? rc_loaded : NULL, t);
+        ret = metaset_check_counted(img, preload ? rc_loaded : NULL, t);
     if (ret < 0)
         return ret;
     t->tmp = malloc(t->cs);
@@ -1360,7 +1346,7 @@ static int check_snapshots(struct txn *t, const struct snap *snaps,
 
 static int read_snap_l1(struct txn *t, const struct snap *s, uint8_t **out)
 {
-    int ret = qcow2_read_table(t->img, out, s->l1_off,
+    int ret = file_read_table(t->img, out, s->l1_off,
                                s->l1_size ? (size_t)s->l1_size * 8 : 8,
                                "Snapshot L1 table");
 
@@ -1377,10 +1363,10 @@ static int write_snap_table(struct txn *t, struct snap *snaps, uint32_t n,
     uint8_t *buf = NULL;
     int ret = 0;
 
-    if (q->nb_snaps)
-        ret = rc_add_range(t, q->hdr.snapshots_offset, q->snap_table_size, -1);
-    if (ret == 0 && q->nb_snaps)
-        ret = meta_freed(t, q->hdr.snapshots_offset, q->snap_table_size);
+    if (q->sn->nb_snaps)
+        ret = rc_add_range(t, q->hdr.snapshots_offset, q->sn->snap_table_size, -1);
+    if (ret == 0 && q->sn->nb_snaps)
+        ret = meta_freed(t, q->hdr.snapshots_offset, q->sn->snap_table_size);
     if (ret == 0)
         ret = snap_table_encode(q, snaps, n, &buf, size);
     if (ret == 0 && *size > QCOW_MAX_SNAPSHOTS_SIZE)
@@ -1413,14 +1399,14 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
         ret = set_l1_flags(t, l1s[i]);
     if (ret < 0)
         return ret;
-    if (r->active && r->active->size == q->l1_size &&
-        !memcmp(r->active->buf, q->l1, (size_t)q->l1_size * 8))
+    if (r->active && r->active->size == q->l1s->l1_size &&
+        !memcmp(r->active->buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8))
         r->active = NULL; /* unchanged: stays where it is */
-    else if (r->active && q->l1_size)
+    else if (r->active && q->l1s->l1_size)
         ret = rc_add_range(t, q->hdr.l1_table_offset,
-                           (uint64_t)q->l1_size * 8, -1);
-    if (ret == 0 && r->active && q->l1_size)
-        ret = meta_freed(t, q->hdr.l1_table_offset, (uint64_t)q->l1_size * 8);
+                           (uint64_t)q->l1s->l1_size * 8, -1);
+    if (ret == 0 && r->active && q->l1s->l1_size)
+        ret = meta_freed(t, q->hdr.l1_table_offset, (uint64_t)q->l1s->l1_size * 8);
     for (size_t i = 0; ret == 0 && i < n; i++)
         if (i > 0 || r->active)
             ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
@@ -1464,8 +1450,8 @@ static int next_id(const struct qcow2 *q, char *buf, size_t n)
 {
     unsigned long max = 0;
 
-    for (uint32_t i = 0; i < q->nb_snaps; i++) {
-        unsigned long v = strtoul(q->snaps[i].id, NULL, 10);
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++) {
+        unsigned long v = strtoul(q->sn->snaps[i].id, NULL, 10);
         max = MAX(max, v);
     }
     snprintf(buf, n, "%lu", max + 1);
@@ -1510,17 +1496,17 @@ static void free_snaps(struct snap *snaps, uint32_t n)
 static int copy_snaps(const struct qcow2 *q, int skip, uint32_t extra,
                       struct snap **out)
 {
-    struct snap *snaps = calloc(q->nb_snaps + extra + 1, sizeof *snaps);
+    struct snap *snaps = calloc(q->sn->nb_snaps + extra + 1, sizeof *snaps);
     uint32_t j = 0;
     int ret = 0;
 
     if (!snaps)
         return qimg_err(ENOMEM, "Out of memory");
-    for (uint32_t i = 0; ret == 0 && i < q->nb_snaps; i++)
+    for (uint32_t i = 0; ret == 0 && i < q->sn->nb_snaps; i++)
         if ((int)i != skip)
-            ret = snap_copy(&snaps[j++], &q->snaps[i]);
+            ret = snap_copy(&snaps[j++], &q->sn->snaps[i]);
     if (ret < 0) {
-        free_snaps(snaps, q->nb_snaps + extra);
+        free_snaps(snaps, q->sn->nb_snaps + extra);
         return ret;
     }
     *out = snaps;
@@ -1533,35 +1519,35 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     struct new_l1 active = {0}, snap = {0}, *l1s[2] = {&active, &snap};
     struct snap *snaps = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->nb_snaps + 1, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0};
     struct txn t;
     int ret;
 
     ret = txn_init(&t, img, true);
     if (ret == 0)
-        ret = check_l1(&t, q->l1, q->l1_size);
+        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
-        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+        ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
         ret = copy_snaps(q, -1, 1, &snaps);
     if (ret == 0)
-        ret = new_snap_entry(&t, &snaps[q->nb_snaps], name);
+        ret = new_snap_entry(&t, &snaps[q->sn->nb_snaps], name);
     if (ret == 0)
-        ret = new_l1_alloc(&active, q->l1_size);
+        ret = new_l1_alloc(&active, q->l1s->l1_size);
     if (ret == 0)
-        ret = new_l1_alloc(&snap, q->l1_size);
+        ret = new_l1_alloc(&snap, q->l1s->l1_size);
     if (ret < 0)
         goto out;
-    memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
-    memcpy(snap.buf, q->l1, (size_t)q->l1_size * 8);
+    memcpy(active.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
+    memcpy(snap.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
     /* One more L1 points at every active L2 table (validates them too);
      * all of them lose their COPIED flags. Copies are written only after
      * every table has been validated, so the first loop writes nothing. */
-    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
-        if (l1_ptr(q->l1, q->l1_size, i))
-            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), t.tmp);
-    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++) {
-        uint64_t p = l1_ptr(q->l1, q->l1_size, i);
+    for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
+        if (l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
+            ret = read_l2(&t, l1_ptr(q->l1s->l1, q->l1s->l1_size, i), t.tmp);
+    for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
+        uint64_t p = l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         if (p)
             ret = pointer_change(&t, p, 1);
         if (ret == 0 && p)
@@ -1571,9 +1557,9 @@ int txn_snapshot_create(qimg_image *img, const char *name)
         ret = place_l1s(&t, &r, l1s, 2);
     if (ret < 0)
         goto out;
-    snaps[q->nb_snaps].l1_off = snap.off;
-    snaps[q->nb_snaps].l1_size = snap.size;
-    ret = write_snap_table(&t, snaps, q->nb_snaps + 1, &r.snap_off,
+    snaps[q->sn->nb_snaps].l1_off = snap.off;
+    snaps[q->sn->nb_snaps].l1_size = snap.size;
+    ret = write_snap_table(&t, snaps, q->sn->nb_snaps + 1, &r.snap_off,
                            &snap_size);
     if (ret == 0)
         ret = commit(&t, &r, snaps, snap_size);
@@ -1582,7 +1568,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
         ret = 0;
     }
 out:
-    free_snaps(snaps, q->nb_snaps + 1);
+    free_snaps(snaps, q->sn->nb_snaps + 1);
     free(active.buf);
     free(snap.buf);
     txn_free(&t);
@@ -1593,33 +1579,33 @@ int txn_snapshot_delete(qimg_image *img, int idx)
 {
     struct qcow2 *q = img->q;
     struct new_l1 active = {0}, *l1s[1] = {&active};
-    const struct snap *s = &q->snaps[idx];
-    uint32_t nb_old = q->nb_snaps;
+    const struct snap *s = &q->sn->snaps[idx];
+    uint32_t nb_old = q->sn->nb_snaps;
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->nb_snaps - 1, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0};
     struct txn t;
     int ret;
 
     ret = txn_init(&t, img, true);
     if (ret == 0)
-        ret = check_l1(&t, q->l1, q->l1_size);
+        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
-        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+        ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
         ret = read_snap_l1(&t, s, &sl1);
     /* Validate the active tables a flag fix may rewrite, before writing. */
-    for (uint32_t i = 0; ret == 0 && i < q->l1_size; i++)
-        if (l1_ptr(sl1, s->l1_size, i) && l1_ptr(q->l1, q->l1_size, i))
-            ret = read_l2(&t, l1_ptr(q->l1, q->l1_size, i), t.tmp);
+    for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
+        if (l1_ptr(sl1, s->l1_size, i) && l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
+            ret = read_l2(&t, l1_ptr(q->l1s->l1, q->l1s->l1_size, i), t.tmp);
     if (ret == 0)
         ret = copy_snaps(q, idx, 0, &snaps);
     if (ret == 0)
-        ret = new_l1_alloc(&active, q->l1_size);
+        ret = new_l1_alloc(&active, q->l1s->l1_size);
     if (ret < 0)
         goto out;
-    memcpy(active.buf, q->l1, (size_t)q->l1_size * 8);
+    memcpy(active.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++)
         if (l1_ptr(sl1, s->l1_size, i))
             ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), -1);
@@ -1662,12 +1648,12 @@ int txn_snapshot_apply(qimg_image *img, int idx)
 {
     struct qcow2 *q = img->q;
     struct new_l1 active = {0}, *l1s[1] = {&active};
-    const struct snap *s = &q->snaps[idx];
-    uint32_t nb = q->nb_snaps;
+    const struct snap *s = &q->sn->snaps[idx];
+    uint32_t nb = q->sn->nb_snaps;
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t n;
-    struct roots r = {s->disk_size, &active, q->nb_snaps,
+    struct roots r = {s->disk_size, &active, q->sn->nb_snaps,
                       q->hdr.snapshots_offset};
     struct txn t;
     int ret;
@@ -1681,14 +1667,14 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     ret = snap_check_l1(img, s);
     if (ret < 0)
         return ret;
-    n = MAX(MAX(q->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
+    n = MAX(MAX(q->l1s->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");
     ret = txn_init(&t, img, false);
     if (ret == 0)
-        ret = check_l1(&t, q->l1, q->l1_size);
+        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
-        ret = check_snapshots(&t, q->snaps, q->nb_snaps);
+        ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
         ret = read_snap_l1(&t, s, &sl1);
     if (ret == 0)
@@ -1700,7 +1686,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     memcpy(active.buf, sl1, (size_t)s->l1_size * 8);
     /* Only pointers that differ change any count. */
     for (uint32_t i = 0; ret == 0 && i < n; i++) {
-        uint64_t o = l1_ptr(q->l1, q->l1_size, i);
+        uint64_t o = l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         uint64_t p = l1_ptr(sl1, s->l1_size, i);
         if (o == p)
             continue;
@@ -1710,13 +1696,13 @@ int txn_snapshot_apply(qimg_image *img, int idx)
             ret = pointer_change(&t, p, 1);
     }
     for (uint32_t i = 0; ret == 0 && i < n; i++)
-        if (l1_ptr(q->l1, q->l1_size, i) != l1_ptr(sl1, s->l1_size, i))
+        if (l1_ptr(q->l1s->l1, q->l1s->l1_size, i) != l1_ptr(sl1, s->l1_size, i))
             ret = inspect_table(&t, active.buf, active.size, i);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0) {
         r.snap_off = q->hdr.snapshots_offset;
-        ret = commit(&t, &r, snaps, q->snap_table_size);
+        ret = commit(&t, &r, snaps, q->sn->snap_table_size);
     }
     if (ret >= 0) {
         if (ret == 0)

@@ -401,11 +401,11 @@ static int write_copied_clusters(qimg_image *img, uint8_t *buf)
     int ret = l2 ? 0 : -ENOMEM;
 
     memset(buf, 0xee, q->cluster_size);
-    for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
-        uint64_t l2_off = l1_entry_get(q->l1, i) & L1E_OFFSET_MASK;
+    for (uint32_t i = 0; i < q->l1s->l1_size && ret == 0; i++) {
+        uint64_t l2_off = l1_entry_get(q->l1s->l1, i) & L1E_OFFSET_MASK;
         if (!l2_off)
             continue;
-        ret = image_pread(img, l2, q->cluster_size, l2_off);
+        ret = file_pread(img, l2, q->cluster_size, l2_off);
         for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
             uint64_t e = l2_entry_get(q, l2, j);
             uint64_t g = (((uint64_t)i << q->l2_bits) + j) << q->cluster_bits;
@@ -717,7 +717,7 @@ static void setup_leaky(qimg_image *img)
      * They are written, so the file covers them (neither tool counts
      * leaks past its end). */
     if (refcount_alloc(img, 2, &off) < 0 ||
-        image_pwrite(img, op_buf, 2 * img->q->cluster_size, off) < 0 ||
+        file_pwrite(img, op_buf, 2 * img->q->cluster_size, off) < 0 ||
         qcow2_flush(img) < 0)
         abort();
 }
@@ -820,14 +820,14 @@ static void setup_resized(qimg_image *img)
 {
     setup_snaps(img);
     /* Snapshot 1 claims a bigger disk: applying it grows the image. */
-    img->q->snaps[0].disk_size = 12 << 20;
+    img->q->sn->snaps[0].disk_size = 12 << 20;
     {
         uint8_t *buf;
         uint64_t len, off;
         struct qcow2 *q = img->q;
-        if (snap_table_encode(q, q->snaps, q->nb_snaps, &buf, &len) < 0 ||
-            image_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
-            image_flush_file(img) < 0)
+        if (snap_table_encode(q, q->sn->snaps, q->sn->nb_snaps, &buf, &len) < 0 ||
+            file_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
+            file_flush(img) < 0)
             abort();
         (void)off;
         free(buf);

@@ -1,7 +1,7 @@
 /*
  * fuzz_snapshot.c - libFuzzer target: the internal snapshot table.
  *
- * Lists the snapshots of a read-only open (snapshot.c's table decoding and
+ * Lists the snapshots of a read-only open (snaptable.c's table decoding and
  * validation), then opens each of the first FUZZ_MAX_SNAPSHOTS as a
  * read-only view, by ID and by name (snap_lookup, the snapshot L1 table
  * checks). Asserted: a view has the virtual size the list gave for the

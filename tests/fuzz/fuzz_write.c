@@ -74,9 +74,9 @@ static bool no_refcounts_past_eof(qimg_image *img)
     const struct qcow2 *q = img->q;
     uint64_t size, idx, end, v;
 
-    if (img->io.ops->get_size(img->io.ctx, &size) < 0)
+    if (file_get_size(img, &size) < 0)
         return false;
-    end = MIN(q->rt_entries << q->rb_bits, FUZZ_MAX_FILE / q->cluster_size);
+    end = MIN(q->rc->rt_entries << q->rb_bits, FUZZ_MAX_FILE / q->cluster_size);
     for (idx = DIV_ROUND_UP(size, q->cluster_size); idx < end; idx++) {
         if (refcount_get(img, idx, &v) < 0 || v)
             return false;
@@ -125,9 +125,9 @@ static void check_snapshot_l1(qimg_image *img)
     uint64_t a0 = q_cluster_of(q, q->hdr.l1_table_offset), a1, b0, b1;
     size_t count = 0;
 
-    if (q->l1_size == 0 || qimg_snapshot_list(&list, &count, img) < 0)
+    if (q->l1s->l1_size == 0 || qimg_snapshot_list(&list, &count, img) < 0)
         return;
-    a1 = q_cluster_of(q, q->hdr.l1_table_offset + q->l1_size * 8ull - 1);
+    a1 = q_cluster_of(q, q->hdr.l1_table_offset + q->l1s->l1_size * 8ull - 1);
     for (size_t i = 0; i < count; i++) {
         if (strcmp(list[i].name, SNAP_NAME) || list[i].l1_size == 0)
             continue;

@@ -107,8 +107,8 @@ static void test_refcount_alloc_grows_blocks_and_table(void **state)
     assert_int_equal(rc, 1);
     assert_int_equal(qcow2_flush(img), 0);
     /* Every reftable entry names a block whose own refcount is 1. */
-    for (uint64_t i = 0; i < img->q->rt_entries; i++) {
-        uint64_t b = be64_load(img->q->rt + i * 8) & RT_OFFSET_MASK;
+    for (uint64_t i = 0; i < img->q->rc->rt_entries; i++) {
+        uint64_t b = be64_load(img->q->rc->rt + i * 8) & RT_OFFSET_MASK;
         if (!b)
             continue;
         assert_int_equal(refcount_get(img, b / 512, &rc), 0);
@@ -156,12 +156,12 @@ static void test_refblock_offset_near_2_64_is_corruption(void **state)
     uint64_t rc;
 
     (void)state;
-    be64_store(img->q->rt + 8, 0xfffffffffffffe00ull);
+    be64_store(img->q->rc->rt + 8, 0xfffffffffffffe00ull);
     assert_int_equal(refcount_get(img, 256, &rc), -EIO);
     assert_non_null(strstr(qimg_last_error()->message,
                            "Refblock offset 0xfffffffffffffe00 beyond end "
                            "of file"));
-    be64_store(img->q->rt + 8, 0);
+    be64_store(img->q->rc->rt + 8, 0);
     qimg_image_close(img);
 }
 

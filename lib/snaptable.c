@@ -1,17 +1,22 @@
 /*
- * snapshot.c - the snapshot table: decode, encode, lookups, read-only
- * snapshot views, and the public snapshot API.
+ * snaptable.c - the snapshot table: decode, encode, the live table,
+ * lookups.
  *
  * qcow2-format.md §5.1-§5.3. Entries keep their unknown extra data byte
  * for byte. What create, apply and delete do to the image is txn.c's job;
- * this file validates the request and hands it over.
+ * the public snapshot API is snapapi.c.
  */
-#include "internal.h"
+#include "snaptable.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "util.h"
 
 /* §5.1 entry header offsets */
 enum {
@@ -142,7 +147,7 @@ static int grow_buf(qimg_image *img, uint64_t off, uint64_t avail,
         return qimg_err(ENOMEM, "Out of memory");
     *buf = nb;
     *len = n;
-    return image_pread(img, nb, n, off);
+    return file_pread(img, nb, n, off);
 }
 
 int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
@@ -176,7 +181,7 @@ int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
         ret = qimg_err(ENOMEM, "Out of memory");
         goto out;
     }
-    ret = image_pread(img, buf, len, off);
+    ret = file_pread(img, buf, len, off);
     while (ret == 0 && i < n) {
         ret = decode_entry(q, buf, len, &pos, i, &snaps[i], rd);
         if (ret == -EAGAIN) {
@@ -214,12 +219,47 @@ out:
     return 0;
 }
 
-int snap_table_load(qimg_image *img)
+int snaptable_init(qimg_image *img, bool load)
 {
     struct qcow2 *q = img->q;
 
+    q->sn = calloc(1, sizeof *q->sn);
+    if (!q->sn)
+        return qimg_err(ENOMEM, "Out of memory");
+    if (!load)
+        return 0;
     return snap_table_read(img, q->hdr.snapshots_offset, q->hdr.nb_snapshots,
-                           NULL, &q->snaps, &q->nb_snaps, &q->snap_table_size);
+                           NULL, &q->sn->snaps, &q->sn->nb_snaps,
+                           &q->sn->snap_table_size);
+}
+
+static void free_snaps(struct snap *snaps, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        snap_free(&snaps[i]);
+    free(snaps);
+}
+
+void snaptable_free(qimg_image *img)
+{
+    struct snap_state *sn = img->q->sn;
+
+    if (!sn)
+        return;
+    free_snaps(sn->snaps, sn->nb_snaps);
+    free(sn);
+    img->q->sn = NULL;
+}
+
+void snaptable_adopt(qimg_image *img, struct snap *snaps, uint32_t n,
+                     uint64_t size)
+{
+    struct snap_state *sn = img->q->sn;
+
+    free_snaps(sn->snaps, sn->nb_snaps);
+    sn->snaps = snaps;
+    sn->nb_snaps = n;
+    sn->snap_table_size = size;
 }
 
 uint64_t snap_table_size(const struct qcow2 *q, const struct snap *snaps,
@@ -281,16 +321,16 @@ int snap_table_encode(const struct qcow2 *q, const struct snap *snaps,
 
 int snap_find_by_id(const struct qcow2 *q, const char *id)
 {
-    for (uint32_t i = 0; i < q->nb_snaps; i++)
-        if (!strcmp(q->snaps[i].id, id))
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
+        if (!strcmp(q->sn->snaps[i].id, id))
             return (int)i;
     return -1;
 }
 
 int snap_find_by_name(const struct qcow2 *q, const char *name)
 {
-    for (uint32_t i = 0; i < q->nb_snaps; i++)
-        if (!strcmp(q->snaps[i].name, name))
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
+        if (!strcmp(q->sn->snaps[i].name, name))
             return (int)i;
     return -1;
 }
@@ -341,9 +381,9 @@ int snap_lookup(const struct qcow2 *q, const char *spec)
             return -1;
         }
     }
-    for (uint32_t i = 0; i < q->nb_snaps; i++)
-        if ((!has_id || !strcmp(q->snaps[i].id, id)) &&
-            (!has_name || !strcmp(q->snaps[i].name, name)))
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
+        if ((!has_id || !strcmp(q->sn->snaps[i].id, id)) &&
+            (!has_name || !strcmp(q->sn->snaps[i].name, name)))
             return (int)i;
     return -1;
 }
@@ -360,130 +400,4 @@ int snap_check_l1(qimg_image *img, const struct snap *s)
         (s->l1_size && s->l1_off == 0))
         return qimg_err(EINVAL, "Snapshot L1 table offset invalid");
     return 0;
-}
-
-int snap_open_view(qimg_image *img, const char *spec)
-{
-    struct qcow2 *q = img->q;
-    int idx = snap_lookup(q, spec);
-    const struct snap *s;
-    uint8_t *l1;
-    int ret;
-
-    if (idx < 0)
-        return qimg_err(ENOENT, "Can't find snapshot");
-    s = &q->snaps[idx];
-    ret = snap_check_l1(img, s);
-    if (ret < 0)
-        return ret;
-    ret = qcow2_read_table(img, &l1, s->l1_off,
-                           s->l1_size ? (size_t)s->l1_size * 8 : 8,
-                           "Snapshot L1 table");
-    if (ret < 0)
-        return ret;
-    free(q->l1);
-    q->l1 = l1;
-    q->l1_size = s->l1_size;
-    img->size = s->disk_size;
-    q->is_snapshot_view = true;
-    img->read_write = false;
-    return 0;
-}
-
-/* ---- Public API -------------------------------------------------------- */
-
-void qimg_snapshot_list_free(struct qimg_snapshot *list, size_t count)
-{
-    if (!list)
-        return;
-    for (size_t i = 0; i < count; i++) {
-        free(list[i].id);
-        free(list[i].name);
-    }
-    free(list);
-}
-
-int qimg_snapshot_list(struct qimg_snapshot **out, size_t *count,
-                       qimg_image *img)
-{
-    struct qcow2 *q = img->q;
-    struct qimg_snapshot *l;
-
-    *out = NULL;
-    *count = 0;
-    if (!q)
-        return 0;
-    l = calloc(q->nb_snaps ? q->nb_snaps : 1, sizeof *l);
-    if (!l)
-        return qimg_err(ENOMEM, "Out of memory");
-    for (uint32_t i = 0; i < q->nb_snaps; i++) {
-        const struct snap *s = &q->snaps[i];
-        l[i].id = strdup(s->id);
-        l[i].name = strdup(s->name);
-        if (!l[i].id || !l[i].name) {
-            qimg_snapshot_list_free(l, q->nb_snaps);
-            return qimg_err(ENOMEM, "Out of memory");
-        }
-        l[i].vm_state_size = s->vm_state_size;
-        l[i].date_sec = s->date_sec;
-        l[i].date_nsec = s->date_nsec;
-        l[i].vm_clock_nsec = s->vm_clock_nsec;
-        l[i].disk_size = s->disk_size;
-        l[i].icount = s->icount;
-        l[i].l1_table_offset = s->l1_off;
-        l[i].l1_size = s->l1_size;
-    }
-    *out = l;
-    *count = q->nb_snaps;
-    return 0;
-}
-
-static int check_snapshot_ok(qimg_image *img)
-{
-    if (img->fmt != QIMG_FMT_QCOW2)
-        return qimg_err(ENOTSUP, "This image format does not support "
-                                 "snapshots");
-    if (img->q->is_snapshot_view || !img->read_write)
-        return qimg_err(EACCES, "Image is read-only");
-    return 0;
-}
-
-int qimg_snapshot_create(qimg_image *img, const char *name)
-{
-    int ret = check_snapshot_ok(img);
-
-    if (ret < 0)
-        return ret;
-    if (img->q->nb_snaps >= QCOW_MAX_SNAPSHOTS)
-        return qimg_err(EFBIG, "Too many snapshots");
-    return qcow2_write_failed(img, txn_snapshot_create(img, name));
-}
-
-int qimg_snapshot_apply(qimg_image *img, const char *id_or_name)
-{
-    int ret = check_snapshot_ok(img), idx;
-
-    if (ret < 0)
-        return ret;
-    idx = snap_find_by_id(img->q, id_or_name);
-    if (idx < 0)
-        idx = snap_find_by_name(img->q, id_or_name);
-    if (idx < 0)
-        return qimg_err(ENOENT, "Failed to load snapshot: No such file or "
-                                "directory");
-    return qcow2_write_failed(img, txn_snapshot_apply(img, idx));
-}
-
-int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
-{
-    int ret = check_snapshot_ok(img), idx;
-
-    if (ret < 0)
-        return ret;
-    idx = snap_find_by_name(img->q, name_or_id);
-    if (idx < 0)
-        idx = snap_find_by_id(img->q, name_or_id);
-    if (idx < 0)
-        return qimg_err(ENOENT, "snapshot not found");
-    return qcow2_write_failed(img, txn_snapshot_delete(img, idx));
 }

@@ -1,0 +1,215 @@
+/*
+ * imageapi.c - the public image API: open and close, size and format, guest
+ * I/O and block status, dispatched to qcow2 (guest.c) or to the raw file
+ * (file.c).
+ *
+ * Checks each request (range, writability) and, for qcow2 writes, lets
+ * roots.c set the corrupt bit where QEMU would. Knows no on-disk
+ * structure.
+ */
+#include "qimg.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backing.h"
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "guest.h"
+#include "image.h"
+#include "open.h"
+#include "roots.h"
+#include "util.h"
+
+int qimg_image_open(qimg_image **out, const char *path,
+                    const struct qimg_open_opts *o)
+{
+    struct qimg_open_opts def = QIMG_OPEN_OPTS_INIT;
+    struct qimg_io io;
+    int ret;
+
+    *out = NULL;
+    if (!o)
+        o = &def;
+    ret = io_posix_open(&io, path, o->read_write && !o->snapshot, false);
+    if (ret == -EISDIR)
+        return qimg_err(EISDIR, "'file' driver requires '%s' to be a regular "
+                                "file",
+                        path);
+    if (ret < 0)
+        return qimg_err_errno(-ret, "Could not open '%s'", path);
+    if (o->direct_data && o->read_write)
+        io_posix_direct_data(&io);
+    return image_open_io(out, &io, path, o, 0);
+}
+
+int qimg_image_close(qimg_image *img)
+{
+    return image_close(img);
+}
+
+uint64_t qimg_image_size(const qimg_image *img)
+{
+    return img->size;
+}
+
+enum qimg_format qimg_image_format(const qimg_image *img)
+{
+    return img->fmt;
+}
+
+qimg_image *qimg_image_backing(qimg_image *img)
+{
+    return img->backing;
+}
+
+const char *qimg_image_filename(const qimg_image *img)
+{
+    return img->filename;
+}
+
+static int check_range(const qimg_image *img, uint64_t off, uint64_t len)
+{
+    if (off > img->size || len > img->size - off)
+        return qimg_err(EINVAL, "Request out of range: offset %" PRIu64
+                                " length %" PRIu64 " (disk size %" PRIu64 ")",
+                        off, len, img->size);
+    return 0;
+}
+
+static int check_writable(const qimg_image *img)
+{
+    if (!img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    return 0;
+}
+
+int qimg_image_read(qimg_image *img, void *buf, size_t len, uint64_t off)
+{
+    int ret = check_range(img, off, len);
+
+    if (ret < 0 || len == 0)
+        return ret;
+    if (img->fmt == QIMG_FMT_RAW)
+        return file_pread(img, buf, len, off);
+    return guest_read(img, buf, len, off);
+}
+
+int qimg_image_write(qimg_image *img, const void *buf, size_t len,
+                     uint64_t off)
+{
+    int ret = check_writable(img);
+
+    if (ret == 0)
+        ret = check_range(img, off, len);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (img->fmt == QIMG_FMT_RAW)
+        return file_pwrite(img, buf, len, off);
+    return roots_write_failed(img, guest_write(img, buf, len, off));
+}
+
+int qimg_image_write_compressed(qimg_image *img, const void *buf, size_t len,
+                                uint64_t off)
+{
+    int ret = check_writable(img);
+
+    if (ret == 0)
+        ret = check_range(img, off, len);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (img->fmt == QIMG_FMT_RAW)
+        return qimg_err(ENOTSUP, "Compression is not supported for this "
+                                 "image format");
+    return roots_write_failed(img,
+                              guest_write_compressed(img, buf, len, off));
+}
+
+/* Raw: punch a hole when unmapping is allowed and the file system can
+ * (a punched range reads as zeros); otherwise write zeros. */
+static int raw_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
+{
+    size_t chunk = (size_t)MIN(len, 1u << 20);
+    uint8_t *z;
+    int ret = 0;
+
+    if (unmap && off + len <= img->size && file_punch(img, off, len) == 0)
+        return 0;
+    z = calloc(1, chunk ? chunk : 1);
+    if (!z)
+        return qimg_err(ENOMEM, "Out of memory");
+    while (len > 0 && ret == 0) {
+        size_t n = (size_t)MIN(len, chunk);
+        ret = file_pwrite(img, z, n, off);
+        off += n;
+        len -= n;
+    }
+    free(z);
+    return ret;
+}
+
+int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
+                            unsigned flags)
+{
+    int ret = check_writable(img);
+
+    if (ret == 0)
+        ret = check_range(img, off, len);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (img->fmt == QIMG_FMT_RAW)
+        return raw_zero(img, off, len, flags & QIMG_ZERO_UNMAP);
+    if ((flags & QIMG_ZERO_NO_FALLBACK) &&
+        (ret = guest_zero_no_fallback(img, off, len)) < 0)
+        return ret;
+    return roots_write_failed(img,
+                              guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP));
+}
+
+int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len)
+{
+    int ret = check_writable(img);
+
+    if (ret == 0)
+        ret = check_range(img, off, len);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (img->fmt == QIMG_FMT_RAW)
+        return file_discard(img, off, len);
+    return roots_write_failed(img, guest_discard(img, off, len));
+}
+
+int qimg_image_flush(qimg_image *img)
+{
+    if (!img->read_write)
+        return 0;
+    if (img->fmt == QIMG_FMT_QCOW2)
+        return qcow2_flush(img);
+    return file_flush_always(img); /* a guest flush always reaches the disk */
+}
+
+int qimg_image_block_status(qimg_image *img, uint64_t off, uint64_t len,
+                            struct qimg_extent *out)
+{
+    int ret = check_range(img, off, len);
+
+    if (ret < 0)
+        return ret;
+    if (len == 0)
+        return qimg_err(EINVAL, "Empty block status request");
+    return layer_block_status(img, off, len, out);
+}
+
+int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
+                   struct qimg_extent *out)
+{
+    int ret = check_range(img, off, len);
+
+    if (ret < 0)
+        return ret;
+    if (len == 0)
+        return qimg_err(EINVAL, "Empty block status request");
+    return backing_map(img, off, len, out);
+}

@@ -1,0 +1,27 @@
+/*
+ * metaset.h - the census of live metadata (metaset.c): which clusters the
+ * header, the tables and the snapshot and bitmap directories occupy, for
+ * the overlap check (meta.h) and before a snapshot operation allocates.
+ */
+#ifndef QIMG_METASET_H
+#define QIMG_METASET_H
+
+#include <stdint.h>
+
+#include "image.h"
+
+/* Fill the overlap check's set, once (before the first write). */
+int metaset_build(qimg_image *img);
+/* Which structure metadata cluster idx belongs to, in QEMU's words (the
+ * overlap check's describe hook). */
+const char *metaset_describe(qimg_image *img, uint64_t idx);
+/* Before a snapshot operation writes anything: every cluster of live
+ * metadata must be counted, or first-fit allocation of the operation's new
+ * metadata could land on it. The lowest uncounted one is reported as
+ * QEMU's overlap check reports a write there. Refcounts come from get
+ * (NULL: refcount_get), so a caller can load the blocks its own way. */
+int metaset_check_counted(qimg_image *img,
+                          int (*get)(void *, uint64_t, uint64_t *),
+                          void *ctx);
+
+#endif

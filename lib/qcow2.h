@@ -1,0 +1,16 @@
+/*
+ * qcow2.h - opening and closing a qcow2 image (qcow2.c): validation,
+ * geometry, the tables' state, the hooks between the layers.
+ */
+#ifndef QIMG_QCOW2_H
+#define QIMG_QCOW2_H
+
+#include "image.h"
+
+int qcow2_open(qimg_image *img, const struct qimg_open_opts *o);
+void qcow2_close(qimg_image *img);
+/* Make img a read-only view of internal snapshot spec (an ID, a name or
+ * the snapshot.id=/snapshot.name= spellings). */
+int qcow2_open_view(qimg_image *img, const char *spec);
+
+#endif

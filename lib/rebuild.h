@@ -1,0 +1,21 @@
+/*
+ * rebuild.h - the writes a repair makes (rebuild.c); check decides what
+ * to repair.
+ */
+#ifndef QIMG_REBUILD_H
+#define QIMG_REBUILD_H
+
+#include <stdint.h>
+
+#include "image.h"
+#include "snaptable.h"
+
+/* New refcount structure from a computed table (refblock encoding, one
+ * entry per cluster), placed past the end of the file; one header write
+ * switches to it. */
+int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs);
+int rebuild_set_incompat(qimg_image *img, uint64_t bits);
+int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
+                           uint32_t n);
+
+#endif

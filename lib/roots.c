@@ -1,0 +1,351 @@
+/*
+ * roots.c - header cluster 0 of a live qcow2 image: reading and
+ * validating it, the in-memory copy, and every write to it.
+ *
+ * qcow2-format.md §1 (fields, feature bits, limits), §7 (dirty bit), §8
+ * (corrupt bit), §13 (a root pointer is switched only after what it names
+ * is durable). header.c turns bytes into fields and back; this file owns
+ * q->hdr and the file's cluster 0.
+ *
+ * Notes on the design:
+ *  1. Opening never writes. Header changes QEMU makes on a read-write open
+ *     (clearing unknown autoclear bits) are deferred to the first write, so
+ *     an operation refused after opening leaves the file untouched.
+ *  2. Every switch of root pointers is one write inside header sector 0,
+ *     which a power cut leaves old or new.
+ */
+#include "roots.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "endian.h"
+#include "error.h"
+#include "file.h"
+#include "util.h"
+
+/* QEMU's wording: the bits the image's feature table names, then one
+ * mask of all the others. */
+static int report_unsupported(const struct qcow2_header *h, uint64_t mask)
+{
+    char msg[512] = "Unsupported qcow2 feature(s): ";
+    size_t n = strlen(msg);
+    uint64_t unnamed = 0;
+    bool first = true;
+
+    for (int bit = 0; bit < 64 && n < sizeof msg; bit++) {
+        const char *name;
+        if (!(mask & (1ull << bit)))
+            continue;
+        name = header_feature_name(h, 0, bit);
+        if (!name) {
+            unnamed |= 1ull << bit;
+            continue;
+        }
+        n += (size_t)snprintf(msg + n, sizeof msg - n, "%s%s",
+                              first ? "" : ", ", name);
+        first = false;
+    }
+    if (unnamed && n < sizeof msg)
+        snprintf(msg + n, sizeof msg - n,
+                 "%sUnknown incompatible feature: %" PRIx64,
+                 first ? "" : ", ", unnamed);
+    return qimg_err(ENOTSUP, "%s", msg);
+}
+
+static int check_fixed(const struct qcow2_header *h, bool read_write)
+{
+    if (h->version < 2 || h->version > 3)
+        return qimg_err(ENOTSUP, "Unsupported qcow2 version %" PRIu32,
+                        h->version);
+    if (h->cluster_bits < 9 || h->cluster_bits > 21)
+        return qimg_err(EINVAL, "Unsupported cluster size: 2^%" PRIu32,
+                        h->cluster_bits);
+    if (h->version >= 3 && h->header_length < HDR_V3_MIN_LEN)
+        return qimg_err(EINVAL, "qcow2 header too short");
+    if (h->header_length > (1u << h->cluster_bits))
+        return qimg_err(EINVAL, "qcow2 header exceeds cluster size");
+    if (h->version >= 3 && h->header_length % 8)
+        return qimg_err(EINVAL, "qcow2 header length is not a multiple of 8");
+    if (h->backing_file_offset > (1u << h->cluster_bits))
+        return qimg_err(EINVAL, "Invalid backing file offset");
+    if (h->incompatible & ~INCOMPAT_MASK)
+        return 1; /* reported once the feature table is read */
+    if ((h->incompatible & INCOMPAT_CORRUPT) && read_write)
+        return qimg_err(EACCES,
+                        "qcow2: Image is corrupt; cannot be opened read/write");
+    if (h->refcount_order > 6)
+        return qimg_err(EINVAL, "Reference count entry width too large; may "
+                                "not exceed 64 bits");
+    return 0;
+}
+
+static int check_features(const struct qcow2_header *h)
+{
+    if (h->compression_type > 1)
+        return qimg_err(ENOTSUP, "qcow2: unknown compression type: %u",
+                        h->compression_type);
+    if (h->compression_type == 0 && (h->incompatible & INCOMPAT_COMPRESSION))
+        return qimg_err(EINVAL, "qcow2: Compression type incompatible "
+                                "feature bit must not be set");
+    if (h->compression_type != 0 && !(h->incompatible & INCOMPAT_COMPRESSION))
+        return qimg_err(EINVAL, "qcow2: Compression type incompatible "
+                                "feature bit must be set");
+    if ((h->incompatible & INCOMPAT_EXTL2) && h->cluster_bits < 14)
+        return qimg_err(EINVAL, "Extended L2 entries are only supported with "
+                                "cluster sizes of at least 16 KiB");
+    if (h->crypt_method > 2)
+        return qimg_err(EINVAL, "Unsupported encryption method %" PRIu32,
+                        h->crypt_method);
+    if (h->crypt_method)
+        return qimg_err(ENOTSUP, "Encrypted images are not supported");
+    if (h->incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "External data files are not supported");
+    return 0;
+}
+
+int roots_load(qimg_image *img, bool read_write)
+{
+    struct qcow2 *q = img->q;
+    uint8_t fixed[HDR_V3_LEN];
+    uint8_t *c0 = NULL;
+    size_t cs, n;
+    int ret, unsupported;
+
+    ret = file_pread(img, fixed, sizeof fixed, 0);
+    if (ret < 0)
+        return qimg_err_errno(-ret, "Could not read qcow2 header");
+    if (be32_load(fixed + HDR_MAGIC) != QCOW2_MAGIC)
+        return qimg_err(EINVAL, "Image is not in qcow2 format");
+    ret = header_decode_fixed(&q->hdr, fixed, sizeof fixed);
+    if (ret < 0)
+        return ret;
+    unsupported = check_fixed(&q->hdr, read_write);
+    if (unsupported < 0)
+        return unsupported;
+    /* The first 4 KiB hold the extensions and the backing file name in
+     * nearly every image: the rest of the cluster is read only if not. */
+    cs = 1u << q->hdr.cluster_bits;
+    n = MIN(cs, 4096);
+    c0 = malloc(cs);
+    if (!c0)
+        return qimg_err(ENOMEM, "Out of memory");
+    ret = file_pread(img, c0, n, 0);
+    if (ret == 0 && header_exts_len(&q->hdr, c0, n, cs) > n) {
+        ret = file_pread(img, c0 + n, cs - n, n);
+        n = cs;
+    }
+    if (ret < 0) {
+        ret = qimg_err_errno(-ret, "Could not read qcow2 header");
+        goto out;
+    }
+    ret = header_decode_exts(&q->hdr, c0, n);
+    if (unsupported) {
+        ret = report_unsupported(&q->hdr, q->hdr.incompatible & ~INCOMPAT_MASK);
+        goto out;
+    }
+    if (ret == 0)
+        ret = check_features(&q->hdr);
+out:
+    free(c0);
+    return ret;
+}
+
+void roots_set_size(qimg_image *img, uint64_t size)
+{
+    img->size = size;
+}
+
+int roots_write_header(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint8_t *buf = malloc(q->cluster_size);
+    int ret;
+
+    if (!buf)
+        return qimg_err(ENOMEM, "Out of memory");
+    ret = header_encode(&q->hdr, buf, q->cluster_size);
+    if (ret == 0)
+        ret = file_pwrite(img, buf, q->cluster_size, 0);
+    if (ret == 0)
+        ret = file_flush(img);
+    free(buf);
+    return ret;
+}
+
+void roots_set_disk(qimg_image *img, uint64_t size, uint64_t l1_off,
+                    uint32_t l1_size)
+{
+    struct qcow2 *q = img->q;
+
+    img->size = size;
+    q->hdr.size = size;
+    q->hdr.l1_table_offset = l1_off;
+    q->hdr.l1_size = l1_size;
+}
+
+int roots_commit(qimg_image *img, const struct qcow2_roots *r)
+{
+    struct qcow2 *q = img->q;
+    uint8_t s0[512];
+    int ret = file_pread(img, s0, sizeof s0, 0);
+
+    if (ret < 0)
+        return ret;
+    be64_store(s0 + HDR_SIZE, r->size);
+    if (r->has_l1) {
+        be32_store(s0 + HDR_L1_SIZE, r->l1_size);
+        be64_store(s0 + HDR_L1_OFF, r->l1_off);
+    }
+    be64_store(s0 + HDR_RT_OFF, r->rt_off);
+    be32_store(s0 + HDR_RT_CLUSTERS, r->rt_clusters);
+    be32_store(s0 + HDR_NB_SNAPSHOTS, r->nb_snaps);
+    be64_store(s0 + HDR_SNAPSHOTS_OFF, r->snap_off);
+    if (q->hdr.version >= 3)
+        be64_store(s0 + HDR_AUTOCLEAR, q->hdr.autoclear & AUTOCLEAR_MASK);
+    /* Every new structure is durable before one sector switches all
+     * roots at once. */
+    ret = file_flush(img);
+    if (ret == 0)
+        ret = file_pwrite(img, s0, sizeof s0, 0);
+    if (ret == 0)
+        ret = file_flush(img);
+    return ret;
+}
+
+void roots_adopt(qimg_image *img, const struct qcow2_roots *r)
+{
+    struct qcow2_header *h = &img->q->hdr;
+
+    if (r->has_l1) {
+        h->l1_size = r->l1_size;
+        h->l1_table_offset = r->l1_off;
+    }
+    h->refcount_table_offset = r->rt_off;
+    h->refcount_table_clusters = r->rt_clusters;
+    h->nb_snapshots = r->nb_snaps;
+    h->snapshots_offset = r->snap_off;
+    h->autoclear &= AUTOCLEAR_MASK;
+    h->size = r->size;
+    img->size = r->size;
+}
+
+int roots_switch_refcount_table(qimg_image *img, uint64_t off,
+                                uint32_t clusters)
+{
+    struct qcow2_header *h = &img->q->hdr;
+    uint8_t b[12];
+    int ret = file_flush(img);
+
+    be64_store(b, off);
+    be32_store(b + 8, clusters);
+    if (ret == 0)
+        ret = file_pwrite(img, b, sizeof b, HDR_RT_OFF);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret < 0)
+        return ret;
+    h->refcount_table_offset = off;
+    h->refcount_table_clusters = clusters;
+    return 0;
+}
+
+int roots_switch_snapshot_table(qimg_image *img, uint32_t n, uint64_t off)
+{
+    struct qcow2_header *h = &img->q->hdr;
+    uint8_t b[12];
+    int ret;
+
+    be32_store(b, n);
+    be64_store(b + 4, off);
+    ret = file_pwrite(img, b, sizeof b, HDR_NB_SNAPSHOTS);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret < 0)
+        return ret;
+    h->nb_snapshots = n;
+    h->snapshots_offset = off;
+    return 0;
+}
+
+int roots_set_incompat(qimg_image *img, uint64_t bits)
+{
+    uint8_t b[8];
+    int ret;
+
+    be64_store(b, bits);
+    ret = file_pwrite(img, b, 8, HDR_INCOMPAT);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret == 0)
+        img->q->hdr.incompatible = bits;
+    return ret;
+}
+
+int roots_clear_autoclear(qimg_image *img)
+{
+    struct qcow2_header *h = &img->q->hdr;
+
+    if (!(h->autoclear & ~AUTOCLEAR_MASK) &&
+        !(h->has_bitmaps_ext && !(h->autoclear & AUTOCLEAR_BITMAPS)))
+        return 0;
+    /* As QEMU on a read-write open: clear what we cannot maintain. */
+    h->autoclear &= AUTOCLEAR_MASK;
+    if (!(h->autoclear & AUTOCLEAR_BITMAPS))
+        h->has_bitmaps_ext = false;
+    return roots_write_header(img);
+}
+
+bool roots_is_corrupt(const qimg_image *img)
+{
+    return img->q->corrupt_signalled ||
+           (img->q->hdr.incompatible & INCOMPAT_CORRUPT);
+}
+
+/* Set the corrupt bit on disk (v3; v2 has no such field: in_memory_v2
+ * still sets it in the copy), suppress further events, and word the
+ * error as QEMU does. */
+static int mark_corrupt(qimg_image *img, const char *msg, bool in_memory_v2)
+{
+    struct qcow2 *q = img->q;
+    uint8_t b[8];
+
+    if (img->read_write && !(q->hdr.incompatible & INCOMPAT_CORRUPT) &&
+        (q->hdr.version >= 3 || in_memory_v2)) {
+        q->hdr.incompatible |= INCOMPAT_CORRUPT;
+        be64_store(b, q->hdr.incompatible);
+        if (q->hdr.version >= 3 && file_pwrite(img, b, 8, HDR_INCOMPAT) == 0)
+            file_flush(img);
+    }
+    q->corrupt_signalled = true;
+    return qimg_corrupt("qcow2: Marking image as corrupt: %s; further "
+                        "corruption events will be suppressed",
+                        msg);
+}
+
+int roots_signal_corruption(qimg_image *img, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return mark_corrupt(img, msg, true);
+}
+
+int roots_write_failed(qimg_image *img, int ret)
+{
+    const struct qimg_error *e = qimg_last_error();
+    char msg[sizeof e->message];
+
+    /* Only bad metadata met by a write, on an image we may write. */
+    if (ret != -EIO || !e->where[0] || !img->read_write || !img->q ||
+        !strncmp(e->message, "qcow2: ", 7))
+        return ret;
+    snprintf(msg, sizeof msg, "%s", e->message);
+    return mark_corrupt(img, msg, false);
+}

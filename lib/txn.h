@@ -1,0 +1,15 @@
+/*
+ * txn.h - atomic snapshot operations (txn.c and the txn_*.c it is split
+ * into): each builds the new image state beside the old and switches to it
+ * with one write of header sector 0.
+ */
+#ifndef QIMG_TXN_H
+#define QIMG_TXN_H
+
+#include "image.h"
+
+int txn_snapshot_create(qimg_image *img, const char *name);
+int txn_snapshot_apply(qimg_image *img, int snap_idx);
+int txn_snapshot_delete(qimg_image *img, int snap_idx);
+
+#endif
