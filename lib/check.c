@@ -39,7 +39,7 @@
  *     per-cluster bits the walk recorded instead of reading the active L2
  *     tables again.
  */
-#include "internal.h"
+#include "check_impl.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -47,95 +47,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Where a reference was found; formatted only when reported. */
-enum loc_kind {
-    LOC_NONE,
-    LOC_HEADER,
-    LOC_L1_TABLE,  /* an L1 table itself */
-    LOC_L1_ENTRY,  /* L1 entry i (an L2 table) */
-    LOC_L2_ENTRY,  /* L1 entry i, L2 entry j (data) */
-    LOC_SNAP_TABLE,
-    LOC_REFTABLE,
-    LOC_REFTABLE_ENTRY, /* refcount table entry i (a refcount block) */
-    LOC_BITMAP_DIR,
-    LOC_BITMAP,
-    LOC_CRYPTO,
-};
-
-struct loc {
-    enum loc_kind kind;
-    int snap; /* -1: active tree */
-    int64_t i, j;
-};
-
-struct disputed {
-    size_t msg;  /* index of the message it belongs to */
-    uint64_t cluster;
-};
-
-struct chk {
-    qimg_image *img;
-    struct qcow2 *q;
-    unsigned fix;
-    struct qimg_check_result *res;
-    uint64_t file_size, nb_clusters;
-    uint8_t *refs;
-    uint64_t nb_refs;
-    bool rebuild, quiet;
-    bool walk_fix; /* this walk may repair (first pass, -r all) */
-    struct snap *snaps;
-    uint32_t nb_snaps;
-    uint64_t snap_off, snap_size;
-    bool table_dirty; /* the snapshot table read needs rewriting */
-    int64_t snap_corruptions; /* fixed by rewriting the snapshot table */
-    struct loc loc;
-    uint8_t *l2buf, *rbbuf;
-    uint64_t rb_idx; /* refcount block in rbbuf (UINT64_MAX: none) */
-    int rb_state;    /* disk_block() result for rb_idx */
-    bool rb_unreadable; /* ... -EIO from a failed read, not a bad offset */
-    bool signaled;   /* the corruption notice was printed */
-    int64_t rc_errors; /* check errors from unusable refcount blocks */
-    /* pinpointing */
-    struct idset traced;
-    struct u64map where; /* cluster -> index into wheres */
-    char **wheres;
-    size_t nb_wheres;
-    struct disputed *disp;
-    size_t nb_disp, disp_cap;
-    size_t msg_cap; /* allocated entries of res->msgs */
-    /* fast paths (note 5) */
-    bool multi;         /* shared L2 tables are counted once, m times */
-    bool multi_used;    /* ... and some were, in this walk */
-    bool overflowed;    /* an overflow was reported in this walk */
-    struct u64map l2refs; /* L2 offset -> references (total << 32 | active) */
-    uint64_t *cop1, *cop0; /* clusters with active entries with/without
-                            * COPIED */
-    uint64_t cop_n;        /* clusters cop1 and cop0 cover */
-    bool cop_ok;        /* cop1/cop0 describe every active entry */
-    bool disk_equal;    /* the last comparison found nothing to report */
-};
-
-/* u64map values for L2 tables whose first walk is behind us. */
-#define L2_DONE UINT64_MAX /* counted for every reference at once */
-#define L2_SLOW (UINT64_MAX - 1) /* walked entry by entry at each */
+/* ==== Findings: messages, locations, referrers ============================ */
 
 /* Referrers are named for this many disputed clusters at most: the
  * pinpointing walk keeps a set and a string per cluster, and a wrecked
  * refcount structure on a large image disputes every cluster. */
 #define PINPOINT_MAX 65536
 
-/* ---- Findings ------------------------------------------------------------ */
-
 static void loc_format(const struct chk *c, const struct loc *l, char *buf,
                        size_t n)
 {
+    const struct snap *snaps = c->snaptab.snaps;
     char tree[300];
 
     if (l->snap < 0)
         snprintf(tree, sizeof tree, "active L1");
     else
         snprintf(tree, sizeof tree, "snapshot %.40s (%.200s) L1",
-                 c->snaps[l->snap].id, c->snaps[l->snap].name);
+                 snaps[l->snap].id, snaps[l->snap].name);
     switch (l->kind) {
     case LOC_HEADER:
         snprintf(buf, n, "image header");
@@ -174,32 +103,28 @@ static void loc_format(const struct chk *c, const struct loc *l, char *buf,
     }
 }
 
-static int add_msg(struct chk *c, const char *kind, bool is_error,
-                   bool with_loc, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static int add_msg(struct chk *c, const char *kind, bool is_error,
-                   bool with_loc, const char *fmt, ...)
+int findings_add(struct chk *c, const char *kind, bool is_error,
+                 const struct loc *at, const char *fmt, ...)
 {
     struct qimg_check_result *r = c->res;
     struct qimg_check_msg *m;
     char buf[1024], where[512] = "";
     va_list ap;
 
-    if (c->quiet)
+    if (c->find.quiet)
         return 0;
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (with_loc)
-        loc_format(c, &c->loc, where, sizeof where);
-    if (r->nb_msgs == c->msg_cap) {
-        size_t cap = MAX(c->msg_cap * 2, 16);
+    if (at)
+        loc_format(c, at, where, sizeof where);
+    if (r->nb_msgs == c->find.msg_cap) {
+        size_t cap = MAX(c->find.msg_cap * 2, 16);
         m = realloc(r->msgs, cap * sizeof *m);
         if (!m)
             return qimg_err(ENOMEM, "Out of memory");
         r->msgs = m;
-        c->msg_cap = cap;
+        c->find.msg_cap = cap;
     }
     m = &r->msgs[r->nb_msgs];
     memset(m, 0, sizeof *m);
@@ -219,86 +144,169 @@ static int add_msg(struct chk *c, const char *kind, bool is_error,
 
 /* Remember that the last message is about `cluster`, to name its
  * referrers once the pinpointing walk has run. */
-static int dispute(struct chk *c, uint64_t cluster)
+int findings_dispute(struct chk *c, uint64_t cluster)
 {
+    struct chk_findings *f = &c->find;
     struct disputed *d;
 
-    if (c->quiet || c->nb_disp >= PINPOINT_MAX)
+    if (f->quiet || f->nb_disp >= PINPOINT_MAX)
         return 0;
-    if (c->nb_disp == c->disp_cap) {
-        size_t cap = MAX(c->disp_cap * 2, 16);
-        d = realloc(c->disp, cap * sizeof *d);
+    if (f->nb_disp == f->disp_cap) {
+        size_t cap = MAX(f->disp_cap * 2, 16);
+        d = realloc(f->disp, cap * sizeof *d);
         if (!d)
             return qimg_err(ENOMEM, "Out of memory");
-        c->disp = d;
-        c->disp_cap = cap;
+        f->disp = d;
+        f->disp_cap = cap;
     }
-    d = &c->disp[c->nb_disp++];
+    d = &f->disp[f->nb_disp++];
     d->msg = c->res->nb_msgs - 1;
     d->cluster = cluster;
-    if (idset_add(&c->traced, cluster) < 0)
+    if (idset_add(&f->traced, cluster) < 0)
         return qimg_err(ENOMEM, "Out of memory");
     return 0;
 }
 
-/* Pinpointing walk: append the current location to a disputed cluster. */
-static int note_referrer(struct chk *c, uint64_t k)
+/* Pinpointing walk: append location `at` to disputed cluster k. */
+int findings_referrer(struct chk *c, const struct loc *at, uint64_t k)
 {
+    struct chk_findings *f = &c->find;
     char where[512];
     uint64_t idx;
     char *s;
 
-    loc_format(c, &c->loc, where, sizeof where);
-    if (!u64map_get(&c->where, k, &idx)) {
-        char **w = realloc(c->wheres, (c->nb_wheres + 1) * sizeof *w);
+    loc_format(c, at, where, sizeof where);
+    if (!u64map_get(&f->where, k, &idx)) {
+        char **w = realloc(f->wheres, (f->nb_wheres + 1) * sizeof *w);
         if (!w)
             return qimg_err(ENOMEM, "Out of memory");
-        c->wheres = w;
-        idx = c->nb_wheres++;
+        f->wheres = w;
+        idx = f->nb_wheres++;
         w[idx] = NULL;
-        if (u64map_put(&c->where, k, idx) < 0)
+        if (u64map_put(&f->where, k, idx) < 0)
             return qimg_err(ENOMEM, "Out of memory");
     }
-    s = c->wheres[idx];
+    s = f->wheres[idx];
     if (s && strlen(s) > 600)
         return 0; /* enough referrers named */
-    if (asprintf(&c->wheres[idx], "%s%s%s", s ? s : "referenced by ",
+    if (asprintf(&f->wheres[idx], "%s%s%s", s ? s : "referenced by ",
                  s ? "; " : "", where) < 0) {
-        c->wheres[idx] = s;
+        f->wheres[idx] = s;
         return qimg_err(ENOMEM, "Out of memory");
     }
     free(s);
     return 0;
 }
 
+/* The result and the disputes as they are now, to return to. */
+void findings_save(const struct chk *c, struct findings_mark *m)
+{
+    m->res = *c->res;
+    m->nb_disp = c->find.nb_disp;
+}
+
+/* Forget what was found since findings_save(): messages, disputes and
+ * counts. */
+void findings_rollback(struct chk *c, const struct findings_mark *m)
+{
+    struct qimg_check_result saved = m->res;
+
+    for (size_t i = saved.nb_msgs; i < c->res->nb_msgs; i++) {
+        free(c->res->msgs[i].text);
+        free(c->res->msgs[i].where);
+    }
+    saved.msgs = c->res->msgs;
+    *c->res = saved;
+    c->find.nb_disp = m->nb_disp;
+}
+
+/* Set the result's counts to those in `saved`, keeping every message. */
+void findings_restore_counts(struct chk *c,
+                             const struct qimg_check_result *saved)
+{
+    struct qimg_check_result keep = *saved;
+
+    keep.msgs = c->res->msgs;
+    keep.nb_msgs = c->res->nb_msgs;
+    *c->res = keep;
+}
+
+/* Name the referrers of every disputed cluster (a quiet second walk). A
+ * failure there is still an error of the check. */
+int findings_pinpoint(struct chk *c)
+{
+    struct chk_findings *f = &c->find;
+    struct qimg_check_result keep = *c->res;
+    uint64_t idx;
+    int ret;
+
+    if (!f->nb_disp)
+        return 0;
+    f->quiet = true;
+    ret = walk_calculate(c, false);
+    f->quiet = false;
+    findings_restore_counts(c, &keep);
+    if (ret < 0) {
+        c->res->check_errors++;
+        findings_add(c, "io", true, NULL, "ERROR naming referrers: %s",
+                     qimg_last_error()->message);
+        return ret;
+    }
+    for (size_t i = 0; i < f->nb_disp; i++) {
+        struct qimg_check_msg *m = &c->res->msgs[f->disp[i].msg];
+        if (m->where || !u64map_get(&f->where, f->disp[i].cluster, &idx))
+            continue;
+        m->where = strdup(f->wheres[idx]);
+    }
+    return 0;
+}
+
+void findings_free(struct chk *c)
+{
+    struct chk_findings *f = &c->find;
+
+    idset_free(&f->traced);
+    u64map_free(&f->where);
+    for (size_t i = 0; i < f->nb_wheres; i++)
+        free(f->wheres[i]);
+    free(f->wheres);
+    free(f->disp);
+}
+
+/* ==== Expected refcounts: walking the trees =============================== */
+
+/* u64map values for L2 tables whose first walk is behind us. */
+#define L2_DONE UINT64_MAX /* counted for every reference at once */
+#define L2_SLOW (UINT64_MAX - 1) /* walked entry by entry at each */
+
 /* ---- The in-memory reference table --------------------------------------- */
 
-static uint64_t ref_get(const struct chk *c, uint64_t idx)
+/* The file is (at least) size bytes long: the table covers it. */
+void walk_set_file_size(struct chk *c, uint64_t size)
 {
-    if (idx >= c->nb_refs)
-        return 0;
-    return refblock_get(c->refs, idx, c->q->refcount_order);
+    c->walk.file_size = MAX(c->walk.file_size, size);
+    c->walk.nb_clusters = DIV_ROUND_UP(c->walk.file_size, c->q->cluster_size);
 }
 
 static int ref_grow(struct chk *c, uint64_t n)
 {
     unsigned order = c->q->refcount_order;
-    uint64_t old_bytes = ALIGN_UP(DIV_ROUND_UP(c->nb_refs << order, 8), 8);
+    uint64_t old_bytes = ALIGN_UP(DIV_ROUND_UP(c->walk.nb_refs << order, 8), 8);
     uint64_t new_bytes = ALIGN_UP(DIV_ROUND_UP(n << order, 8), 8);
     uint8_t *p;
 
-    if (n <= c->nb_refs)
+    if (n <= c->walk.nb_refs)
         return 0;
     if (new_bytes > old_bytes) {
-        p = realloc(c->refs, new_bytes);
+        p = realloc(c->walk.refs, new_bytes);
         if (!p) {
             c->res->check_errors++;
             return qimg_err(ENOMEM, "Out of memory");
         }
         memset(p + old_bytes, 0, new_bytes - old_bytes);
-        c->refs = p;
+        c->walk.refs = p;
     }
-    c->nb_refs = n;
+    c->walk.nb_refs = n;
     return 0;
 }
 
@@ -310,50 +318,52 @@ static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
 
     if (len == 0)
         return 0;
-    if (off + len > c->file_size &&
-        off + len - c->file_size >= q->cluster_size) {
-        if (!c->quiet)
+    if (off + len > c->walk.file_size &&
+        off + len - c->walk.file_size >= q->cluster_size) {
+        if (!c->find.quiet)
             c->res->corruptions++;
-        return add_msg(c, "beyond-eof", true, true,
-                       "ERROR: counting reference for region exceeding the "
-                       "end of the file by one cluster or more: offset "
-                       "0x%" PRIx64 " size 0x%" PRIx64,
-                       off, len);
+        return findings_add(
+            c, "beyond-eof", true, &c->walk.loc,
+            "ERROR: counting reference for region exceeding the "
+            "end of the file by one cluster or more: offset "
+            "0x%" PRIx64 " size 0x%" PRIx64,
+            off, len);
     }
     for (uint64_t k = off >> q->cluster_bits;
          k <= (off + len - 1) >> q->cluster_bits; k++) {
         uint64_t v;
-        if (k >= c->nb_refs && (ret = ref_grow(c, k + 1)) < 0)
+        if (k >= c->walk.nb_refs && (ret = ref_grow(c, k + 1)) < 0)
             return ret;
-        if (c->quiet && idset_has(&c->traced, k) &&
-            (ret = note_referrer(c, k)) < 0)
+        if (c->find.quiet && idset_has(&c->find.traced, k) &&
+            (ret = findings_referrer(c, &c->walk.loc, k)) < 0)
             return ret;
-        v = ref_get(c, k);
+        v = walk_ref_get(c, k);
         if (v == q->refcount_max) {
-            c->overflowed = true;
-            if (!c->quiet)
+            c->walk.overflowed = true;
+            if (!c->find.quiet)
                 c->res->corruptions++;
-            ret = add_msg(c, "overflow", true, true,
-                          "ERROR: overflow cluster offset=0x%" PRIx64,
-                          k << q->cluster_bits);
+            ret = findings_add(c, "overflow", true, &c->walk.loc,
+                               "ERROR: overflow cluster offset=0x%" PRIx64,
+                               k << q->cluster_bits);
             if (ret == 0)
-                ret = add_msg(c, "overflow", false, false,
-                              "Use qemu-img amend to increase the refcount "
-                              "entry width or qemu-img convert to create a "
-                              "clean copy if the image cannot be opened for "
-                              "writing");
+                ret =
+                    findings_add(c, "overflow", false, NULL,
+                                 "Use qemu-img amend to increase the refcount "
+                                 "entry width or qemu-img convert to create a "
+                                 "clean copy if the image cannot be opened for "
+                                 "writing");
             if (ret < 0)
                 return ret;
             continue;
         }
-        refblock_set(c->refs, k, q->refcount_order, v + 1);
+        refblock_set(c->walk.refs, k, q->refcount_order, v + 1);
     }
     return 0;
 }
 
 static void corruption(struct chk *c)
 {
-    if (!c->quiet)
+    if (!c->find.quiet)
         c->res->corruptions++;
 }
 
@@ -368,23 +378,25 @@ static int check_compressed(struct chk *c, uint64_t e, uint64_t bm, int64_t j,
 
     if (e & QCOW_OFLAG_COPIED) {
         corruption(c);
-        ret = add_msg(c, "copied", true, true,
-                      "ERROR: coffset=0x%" PRIx64 ": copied flag must never "
-                      "be set for compressed clusters",
-                      e & q->coff_mask);
+        ret =
+            findings_add(c, "copied", true, &c->walk.loc,
+                         "ERROR: coffset=0x%" PRIx64 ": copied flag must never "
+                         "be set for compressed clusters",
+                         e & q->coff_mask);
         e &= ~QCOW_OFLAG_COPIED;
     }
     if (ret == 0 && bm) {
         corruption(c);
-        return add_msg(c, "l2-entry", true, true,
-                       "ERROR compressed cluster %" PRId64 " with non-zero "
-                       "subcluster allocation bitmap, entry=0x%" PRIx64,
-                       j, e);
+        return findings_add(
+            c, "l2-entry", true, &c->walk.loc,
+            "ERROR compressed cluster %" PRId64 " with non-zero "
+            "subcluster allocation bitmap, entry=0x%" PRIx64,
+            j, e);
     }
     l2_compressed_range(q, e, &coff, &clen);
     if (ret == 0)
         ret = inc_refs(c, coff, clen);
-    if (frag && !c->quiet) {
+    if (frag && !c->find.quiet) {
         c->res->allocated_clusters++;
         c->res->compressed_clusters++;
         c->res->fragmented_clusters++;
@@ -410,9 +422,9 @@ static int zero_l2_entry(struct chk *c, uint64_t l2_off, uint64_t j)
     if (ret < 0) {
         c->res->check_errors++;
         qimg_error_clear();
-        return add_msg(c, "io", true, false,
-                       "ERROR: Failed to overwrite L2 table entry: %s",
-                       strerror(-ret));
+        return findings_add(c, "io", true, NULL,
+                            "ERROR: Failed to overwrite L2 table entry: %s",
+                            strerror(-ret));
     }
     c->res->corruptions--;
     c->res->corruptions_fixed++;
@@ -429,19 +441,19 @@ static int check_unaligned(struct chk *c, uint64_t e, uint64_t bm,
                               : !(e & QCOW_OFLAG_ZERO);
     /* Not in a table read from an unaligned offset: the entry could lie
      * in the next cluster, perhaps guest data (QEMU writes it there). */
-    bool fix = c->walk_fix && !has_data && IS_ALIGNED(l2_off, q->cluster_size);
+    bool fix = c->walk.fix && !has_data && IS_ALIGNED(l2_off, q->cluster_size);
     int ret;
 
     corruption(c);
     if (has_data)
-        return add_msg(c, "l2-entry", true, true,
-                       "ERROR offset=%" PRIx64 ": Data cluster is not "
+        return findings_add(c, "l2-entry", true, &c->walk.loc,
+                            "ERROR offset=%" PRIx64 ": Data cluster is not "
+                            "properly aligned; L2 entry corrupted.",
+                            off);
+    ret = findings_add(c, "l2-entry", true, &c->walk.loc,
+                       "%s offset=%" PRIx64 ": Preallocated cluster is not "
                        "properly aligned; L2 entry corrupted.",
-                       off);
-    ret = add_msg(c, "l2-entry", true, true,
-                  "%s offset=%" PRIx64 ": Preallocated cluster is not "
-                  "properly aligned; L2 entry corrupted.",
-                  fix ? "Repairing" : "ERROR", off);
+                       fix ? "Repairing" : "ERROR", off);
     if (ret < 0 || !fix)
         return ret;
     return zero_l2_entry(c, l2_off, j);
@@ -457,17 +469,17 @@ static int check_allocated(struct chk *c, uint64_t e, uint64_t bm,
 
     if ((bm >> 32) & bm) {
         corruption(c);
-        ret = add_msg(c, "l2-entry", true, true,
-                      "ERROR offset=%" PRIx64 ": Allocated cluster has "
-                      "corrupted subcluster allocation bitmap",
-                      off);
+        ret = findings_add(c, "l2-entry", true, &c->walk.loc,
+                           "ERROR offset=%" PRIx64 ": Allocated cluster has "
+                           "corrupted subcluster allocation bitmap",
+                           off);
     }
     if (ret == 0 && !IS_ALIGNED(off, q->cluster_size)) {
         ret = check_unaligned(c, e, bm, l2_off, j);
         if (ret)
             return ret < 0 ? ret : 0;
     }
-    if (frag && !c->quiet) {
+    if (frag && !c->find.quiet) {
         c->res->allocated_clusters++;
         if (*next_contig && off != *next_contig)
             c->res->fragmented_clusters++;
@@ -486,8 +498,8 @@ static void fast_l2_undo(struct chk *c, uint64_t n, uint64_t m)
         uint64_t k = (l2_entry_get(q, c->l2buf, j) & L2E_OFFSET_MASK) >>
                      q->cluster_bits;
         if (k)
-            refblock_set(c->refs, k, q->refcount_order,
-                         refblock_get(c->refs, k, q->refcount_order) - m);
+            refblock_set(c->walk.refs, k, q->refcount_order,
+                         refblock_get(c->walk.refs, k, q->refcount_order) - m);
     }
 }
 
@@ -507,10 +519,10 @@ fast_l2_body(struct chk *c, uint64_t m, uint64_t ma, unsigned order,
     uint64_t cs = q->cluster_size, max = q->refcount_max, n = q->l2_entries;
     uint64_t next = 0, alloc = 0, frag = 0, j;
     /* Locals: stores through refs (bytes) could alias any field of c. */
-    uint8_t *refs = c->refs;
-    uint64_t *cop1 = c->cop1, *cop0 = c->cop0;
-    uint64_t file_size = c->file_size, nb_refs = c->nb_refs;
-    uint64_t cop_n = ma ? c->cop_n : 0;
+    uint8_t *refs = c->walk.refs;
+    uint64_t *cop1 = c->walk.cop1, *cop0 = c->walk.cop0;
+    uint64_t file_size = c->walk.file_size, nb_refs = c->walk.nb_refs;
+    uint64_t cop_n = ma ? c->walk.cop_n : 0;
     bool cop_ok = true;
 
     for (j = 0; j < n; j++) {
@@ -543,7 +555,7 @@ fast_l2_body(struct chk *c, uint64_t m, uint64_t ma, unsigned order,
         fast_l2_undo(c, j, m);
         return false;
     }
-    c->cop_ok &= cop_ok;
+    c->walk.cop_ok &= cop_ok;
     c->res->allocated_clusters += (int64_t)(ma * alloc);
     c->res->fragmented_clusters += (int64_t)(ma * frag);
     return true;
@@ -566,8 +578,8 @@ static int read_l2(struct chk *c, uint64_t l2_off)
         /* As QEMU, the check stops: a table not walked would make its
          * clusters look leaked, and a repair would free them. */
         c->res->check_errors++;
-        ret = add_msg(c, "io", true, false,
-                      "ERROR: I/O error in check_refcounts_l2");
+        ret = findings_add(c, "io", true, NULL,
+                           "ERROR: I/O error in check_refcounts_l2");
         return ret < 0 ? ret : -EIO;
     }
     return 0;
@@ -581,21 +593,21 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
     int ret = 0;
 
     if (frag)
-        c->cop_ok = false;
+        c->walk.cop_ok = false;
     for (uint64_t j = 0; j < q->l2_entries && ret == 0; j++) {
         uint64_t e = l2_entry_get(q, c->l2buf, j);
         uint64_t bm = l2_bitmap_get(q, c->l2buf, j);
         enum cl_type t = l2_cluster_type(q, e);
 
-        c->loc.kind = LOC_L2_ENTRY;
-        c->loc.j = (int64_t)j;
+        c->walk.loc.kind = LOC_L2_ENTRY;
+        c->walk.loc.j = (int64_t)j;
         /* As QEMU, bit 0 is not checked with extended L2 entries. */
         if (t != CL_COMPRESSED && (e & L2E_RESERVED_MASK)) {
             corruption(c);
-            ret = add_msg(c, "l2-entry", true, true,
-                          "ERROR found l2 entry with reserved bits set: "
-                          "%" PRIx64,
-                          e);
+            ret = findings_add(c, "l2-entry", true, &c->walk.loc,
+                               "ERROR found l2 entry with reserved bits set: "
+                               "%" PRIx64,
+                               e);
             if (ret < 0)
                 break;
         }
@@ -605,36 +617,38 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
             ret = check_allocated(c, e, bm, l2_off, j, frag, &next_contig);
         else if (t == CL_UNALLOC && (bm & L2_BITMAP_ALL_ALLOC)) {
             corruption(c);
-            ret = add_msg(c, "l2-entry", true, true,
-                          "ERROR: Unallocated cluster has non-zero subcluster "
-                          "allocation map");
+            ret = findings_add(
+                c, "l2-entry", true, &c->walk.loc,
+                "ERROR: Unallocated cluster has non-zero subcluster "
+                "allocation map");
         }
     }
     return ret;
 }
 
 /* Count the clusters an L2 table references, for one reference to it:
- * with c->multi, a clean table is counted for all its references at its
- * first one and skipped at the others. */
+ * with c->walk.multi, a clean table is counted for all its references at
+ * its first one and skipped at the others. */
 static int walk_l2(struct chk *c, uint64_t l2_off, bool frag)
 {
     uint64_t v = 0;
     int ret;
 
-    if (c->multi && u64map_get(&c->l2refs, l2_off, &v) && v == L2_DONE)
+    if (c->walk.multi && u64map_get(&c->walk.l2refs, l2_off, &v) &&
+        v == L2_DONE)
         return 0;
     ret = read_l2(c, l2_off);
     if (ret < 0)
         return ret;
-    if (c->multi && v && v != L2_SLOW) {
+    if (c->walk.multi && v && v != L2_SLOW) {
         uint64_t m = v >> 32, ma = v & 0xffffffffu;
         bool done = fast_l2(c, m, ma);
-        if (u64map_put(&c->l2refs, l2_off, done ? L2_DONE : L2_SLOW) < 0)
+        if (u64map_put(&c->walk.l2refs, l2_off, done ? L2_DONE : L2_SLOW) < 0)
             return qimg_err(ENOMEM, "Out of memory");
-        c->multi_used |= done && m > 1;
+        c->walk.multi_used |= done && m > 1;
         if (done)
             return 0;
-    } else if (!c->multi && !c->quiet && fast_l2(c, 1, frag)) {
+    } else if (!c->walk.multi && !c->find.quiet && fast_l2(c, 1, frag)) {
         return 0;
     }
     return check_l2(c, l2_off, frag);
@@ -657,8 +671,8 @@ static int read_l1_for_check(struct chk *c, uint64_t l1_off, uint32_t l1_size,
         free(*out);
         *out = NULL;
         c->res->check_errors++;
-        ret = add_msg(c, "io", true, false,
-                      "ERROR: I/O error in check_refcounts_l1");
+        ret = findings_add(c, "io", true, NULL,
+                           "ERROR: I/O error in check_refcounts_l1");
         return ret < 0 ? ret : -EIO;
     }
     return 0;
@@ -673,7 +687,7 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
     uint8_t *l1;
     int ret;
 
-    c->loc = (struct loc){LOC_L1_TABLE, snap, -1, -1};
+    c->walk.loc = (struct loc){LOC_L1_TABLE, snap, -1, -1};
     ret = inc_refs(c, l1_off, bytes);
     if (ret < 0 || !l1_size)
         return ret;
@@ -684,22 +698,23 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
         uint64_t e = l1_entry_get(l1, i), l2_off = e & L1E_OFFSET_MASK;
         if (!e)
             continue;
-        c->loc = (struct loc){LOC_L1_ENTRY, snap, i, -1};
+        c->walk.loc = (struct loc){LOC_L1_ENTRY, snap, i, -1};
         if (e & L1E_RESERVED_MASK) {
             corruption(c);
-            ret = add_msg(c, "l1-entry", true, true,
-                          "ERROR found L1 entry with reserved bits set: "
-                          "%" PRIx64,
-                          e);
+            ret = findings_add(c, "l1-entry", true, &c->walk.loc,
+                               "ERROR found L1 entry with reserved bits set: "
+                               "%" PRIx64,
+                               e);
         }
         if (ret == 0)
             ret = inc_refs(c, l2_off, q->cluster_size);
         if (ret == 0 && !IS_ALIGNED(l2_off, q->cluster_size)) {
             corruption(c);
-            ret = add_msg(c, "l1-entry", true, true,
-                          "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
-                          "aligned; L1 entry corrupted",
-                          l2_off);
+            ret = findings_add(
+                c, "l1-entry", true, &c->walk.loc,
+                "ERROR l2_offset=%" PRIx64 ": Table is not cluster "
+                "aligned; L1 entry corrupted",
+                l2_off);
         }
         if (ret == 0)
             ret = walk_l2(c, l2_off, frag);
@@ -712,25 +727,26 @@ static int check_snapshots_refs(struct chk *c)
 {
     int ret = 0;
 
-    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
-        const struct snap *s = &c->snaps[i];
-        c->loc = (struct loc){LOC_NONE, (int)i, -1, -1};
+    for (uint32_t i = 0; i < c->snaptab.nb_snaps && ret == 0; i++) {
+        const struct snap *s = &c->snaptab.snaps[i];
+        c->walk.loc = (struct loc){LOC_NONE, (int)i, -1, -1};
         if (!IS_ALIGNED(s->l1_off, c->q->cluster_size)) {
             corruption(c);
-            ret = add_msg(c, "snapshot", true, false,
-                          "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
-                          ": L1 table is not cluster aligned; snapshot table "
-                          "entry corrupted",
-                          s->id, s->name, s->l1_off);
+            ret = findings_add(
+                c, "snapshot", true, NULL,
+                "ERROR snapshot %s (%s) l1_offset=%#" PRIx64
+                ": L1 table is not cluster aligned; snapshot table "
+                "entry corrupted",
+                s->id, s->name, s->l1_off);
             continue;
         }
         if ((uint64_t)s->l1_size > QCOW_MAX_L1_SIZE / 8) {
             corruption(c);
-            ret = add_msg(c, "snapshot", true, false,
-                          "ERROR snapshot %s (%s) l1_size=%#" PRIx32
-                          ": L1 table is too large; snapshot table entry "
-                          "corrupted",
-                          s->id, s->name, s->l1_size);
+            ret = findings_add(c, "snapshot", true, NULL,
+                               "ERROR snapshot %s (%s) l1_size=%#" PRIx32
+                               ": L1 table is too large; snapshot table entry "
+                               "corrupted",
+                               s->id, s->name, s->l1_size);
             continue;
         }
         ret = check_l1(c, (int)i, s->l1_off, s->l1_size, false);
@@ -749,7 +765,7 @@ static int check_bitmaps_refs(struct chk *c)
 
     if (!h->has_bitmaps_ext || !(h->autoclear & AUTOCLEAR_BITMAPS))
         return 0;
-    c->loc = (struct loc){LOC_BITMAP_DIR, -1, -1, -1};
+    c->walk.loc = (struct loc){LOC_BITMAP_DIR, -1, -1, -1};
     ret = inc_refs(c, h->bitmap_dir_offset, h->bitmap_dir_size);
     if (ret == 0 && bitmap_dir_load(c->img, &b, &n) < 0) {
         qimg_error_clear();
@@ -758,9 +774,9 @@ static int check_bitmaps_refs(struct chk *c)
     for (size_t i = 0; i < n && ret == 0; i++) {
         uint64_t bytes = (uint64_t)b[i].table_size * 8;
         uint8_t *t;
-        c->loc = (struct loc){LOC_BITMAP, -1, (int64_t)i, -1};
+        c->walk.loc = (struct loc){LOC_BITMAP, -1, (int64_t)i, -1};
         ret = inc_refs(c, b[i].table_off, bytes);
-        if (ret < 0 || !bytes || b[i].table_off + bytes > c->file_size)
+        if (ret < 0 || !bytes || b[i].table_off + bytes > c->walk.file_size)
             continue;
         t = malloc(bytes);
         if (!t) {
@@ -768,7 +784,7 @@ static int check_bitmaps_refs(struct chk *c)
             break;
         }
         ret = image_pread(c->img, t, bytes, b[i].table_off);
-        c->loc.j = 0;
+        c->walk.loc.j = 0;
         for (uint32_t k = 0; k < b[i].table_size && ret == 0; k++) {
             uint64_t off = be64_load(t + k * 8) & L2E_OFFSET_MASK;
             if (off)
@@ -781,11 +797,6 @@ static int check_bitmaps_refs(struct chk *c)
 }
 
 /* ---- Refcount structures --------------------------------------------------- */
-
-static uint64_t rt_raw(const struct chk *c, uint64_t i)
-{
-    return be64_load(c->q->rt + i * 8);
-}
 
 /* -r all and a refcount block past the end of the file: extend the file
  * to cover it (as QEMU; it then reads as zeros and forces a rebuild). */
@@ -801,14 +812,13 @@ static int grow_for_refblock(struct chk *c, uint64_t off)
         ret = image_flush_file(c->img);
     if (ret < 0) {
         qimg_error_clear();
-        c->rebuild = true;
-        return add_msg(c, "reftable", true, false,
-                       "ERROR could not resize image: %s", strerror(-ret));
+        c->walk.need_rebuild = true;
+        return findings_add(c, "reftable", true, NULL,
+                            "ERROR could not resize image: %s", strerror(-ret));
     }
-    c->file_size = MAX(c->file_size, end);
+    walk_set_file_size(c, end);
     q->file_size = MAX(q->file_size, end);
-    c->nb_clusters = DIV_ROUND_UP(c->file_size, q->cluster_size);
-    ret = ref_grow(c, c->nb_clusters);
+    ret = ref_grow(c, c->walk.nb_clusters);
     if (ret < 0)
         return ret;
     c->res->corruptions--;
@@ -819,46 +829,46 @@ static int grow_for_refblock(struct chk *c, uint64_t off)
 static int check_refblock(struct chk *c, uint64_t i)
 {
     struct qcow2 *q = c->q;
-    uint64_t e = rt_raw(c, i), off = e & RT_OFFSET_MASK;
+    uint64_t e = chk_rt_raw(c, i), off = e & RT_OFFSET_MASK;
     uint64_t cl = off >> q->cluster_bits;
-    bool fix = c->walk_fix;
+    bool fix = c->walk.fix;
     int ret;
 
-    c->loc = (struct loc){LOC_REFTABLE_ENTRY, -1, (int64_t)i, -1};
+    c->walk.loc = (struct loc){LOC_REFTABLE_ENTRY, -1, (int64_t)i, -1};
     if (e & ~RT_OFFSET_MASK) {
         corruption(c);
-        c->rebuild = true;
-        return add_msg(c, "reftable", true, true,
-                       "ERROR refcount table entry %" PRIu64
-                       " has reserved bits set",
-                       i);
+        c->walk.need_rebuild = true;
+        return findings_add(c, "reftable", true, &c->walk.loc,
+                            "ERROR refcount table entry %" PRIu64
+                            " has reserved bits set",
+                            i);
     }
     if (!IS_ALIGNED(off, q->cluster_size)) {
         corruption(c);
-        c->rebuild = true;
-        return add_msg(c, "reftable", true, true,
-                       "ERROR refcount block %" PRIu64 " is not cluster "
-                       "aligned; refcount table entry corrupted",
-                       i);
+        c->walk.need_rebuild = true;
+        return findings_add(c, "reftable", true, &c->walk.loc,
+                            "ERROR refcount block %" PRIu64 " is not cluster "
+                            "aligned; refcount table entry corrupted",
+                            i);
     }
-    if (cl >= c->nb_refs) {
+    if (cl >= c->walk.nb_refs) {
         corruption(c);
-        ret = add_msg(c, "reftable", true, true,
-                      "%s refcount block %" PRIu64 " is outside image",
-                      fix ? "Repairing" : "ERROR", i);
+        ret = findings_add(c, "reftable", true, &c->walk.loc,
+                           "%s refcount block %" PRIu64 " is outside image",
+                           fix ? "Repairing" : "ERROR", i);
         return ret < 0 || !fix ? ret : grow_for_refblock(c, off);
     }
     if (!off)
         return 0;
     ret = inc_refs(c, off, q->cluster_size);
-    if (ret == 0 && ref_get(c, cl) != 1) {
+    if (ret == 0 && walk_ref_get(c, cl) != 1) {
         corruption(c);
-        c->rebuild = true;
-        ret = add_msg(c, "reftable", true, true,
-                      "ERROR refcount block %" PRIu64 " refcount=%" PRIu64, i,
-                      ref_get(c, cl));
+        c->walk.need_rebuild = true;
+        ret = findings_add(c, "reftable", true, &c->walk.loc,
+                           "ERROR refcount block %" PRIu64 " refcount=%" PRIu64,
+                           i, walk_ref_get(c, cl));
         if (ret == 0)
-            ret = dispute(c, cl);
+            ret = findings_dispute(c, cl);
     }
     return ret;
 }
@@ -872,7 +882,7 @@ static int check_refblocks(struct chk *c)
     return ret;
 }
 
-/* Add the references of one L1 table to c->l2refs. 1: counted; 0:
+/* Add the references of one L1 table to c->walk.l2refs. 1: counted; 0:
  * counts grow absurd (the shortcut is not taken); < 0: an error. */
 static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
                          bool active)
@@ -891,12 +901,12 @@ static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
         uint64_t l2_off = l1_entry_get(l1, i) & L1E_OFFSET_MASK;
         if (!l2_off || !IS_ALIGNED(l2_off, c->q->cluster_size))
             continue; /* walked at each reference */
-        if (!u64map_get(&c->l2refs, l2_off, &v))
+        if (!u64map_get(&c->walk.l2refs, l2_off, &v))
             v = 0;
         v += (1ull << 32) + active;
         if (v >> 63 || (v & 0xffffffffu) >= 0x80000000u)
             ret = 0;
-        else if (u64map_put(&c->l2refs, l2_off, v) < 0)
+        else if (u64map_put(&c->walk.l2refs, l2_off, v) < 0)
             ret = -ENOMEM;
     }
     free(l1);
@@ -913,8 +923,8 @@ static int count_l2_refs(struct chk *c)
     const struct qcow2_header *h = &c->q->hdr;
     int ret = count_l1_refs(c, h->l1_table_offset, h->l1_size, true);
 
-    for (uint32_t i = 0; ret == 1 && i < c->nb_snaps; i++) {
-        const struct snap *s = &c->snaps[i];
+    for (uint32_t i = 0; ret == 1 && i < c->snaptab.nb_snaps; i++) {
+        const struct snap *s = &c->snaptab.snaps[i];
         if (IS_ALIGNED(s->l1_off, c->q->cluster_size) &&
             (uint64_t)s->l1_size <= QCOW_MAX_L1_SIZE / 8)
             ret = count_l1_refs(c, s->l1_off, s->l1_size, false);
@@ -928,25 +938,26 @@ static int calculate_once(struct chk *c)
     const struct qcow2_header *h = &q->hdr;
     int ret;
 
-    if (c->refs)
-        memset(c->refs, 0,
-               ALIGN_UP(DIV_ROUND_UP(c->nb_refs << q->refcount_order, 8), 8));
-    ret = ref_grow(c, MAX(c->nb_clusters, 1));
+    if (c->walk.refs)
+        memset(
+            c->walk.refs, 0,
+            ALIGN_UP(DIV_ROUND_UP(c->walk.nb_refs << q->refcount_order, 8), 8));
+    ret = ref_grow(c, MAX(c->walk.nb_clusters, 1));
     if (ret < 0)
         return ret;
-    c->loc = (struct loc){LOC_HEADER, -1, -1, -1};
+    c->walk.loc = (struct loc){LOC_HEADER, -1, -1, -1};
     ret = inc_refs(c, 0, q->cluster_size);
     if (ret == 0)
         ret = check_l1(c, -1, h->l1_table_offset, h->l1_size, true);
     if (ret == 0)
         ret = check_snapshots_refs(c);
-    c->loc = (struct loc){LOC_SNAP_TABLE, -1, -1, -1};
+    c->walk.loc = (struct loc){LOC_SNAP_TABLE, -1, -1, -1};
     if (ret == 0)
-        ret = inc_refs(c, c->snap_off, c->snap_size);
-    c->loc = (struct loc){LOC_REFTABLE, -1, -1, -1};
+        ret = inc_refs(c, c->snaptab.off, c->snaptab.size);
+    c->walk.loc = (struct loc){LOC_REFTABLE, -1, -1, -1};
     if (ret == 0)
         ret = inc_refs(c, h->refcount_table_offset, q->rt_entries * 8);
-    c->loc = (struct loc){LOC_CRYPTO, -1, -1, -1};
+    c->walk.loc = (struct loc){LOC_CRYPTO, -1, -1, -1};
     if (ret == 0 && h->has_crypto_ext)
         ret = inc_refs(c, h->crypto_offset, h->crypto_length);
     if (ret == 0)
@@ -956,55 +967,124 @@ static int calculate_once(struct chk *c)
     return ret;
 }
 
-/* Set up the fast paths' state for a walk (note 5). */
+/* Set up the fast paths' state for a walk (check.c, note 5). */
 static int fast_init(struct chk *c, bool multi)
 {
-    uint64_t words = DIV_ROUND_UP(MAX(c->nb_refs, c->nb_clusters), 64);
+    struct chk_walk *w = &c->walk;
+    uint64_t words = DIV_ROUND_UP(MAX(w->nb_refs, w->nb_clusters), 64);
     int ret = 0;
 
-    u64map_free(&c->l2refs);
-    c->multi = false;
-    if (multi && !c->quiet && !c->walk_fix) {
+    u64map_free(&w->l2refs);
+    w->multi = false;
+    if (multi && !c->find.quiet && !w->fix) {
         ret = count_l2_refs(c);
-        c->multi = ret == 1;
+        w->multi = ret == 1;
     }
-    c->multi_used = c->overflowed = false;
-    free(c->cop1);
-    free(c->cop0);
-    c->cop1 = calloc(words, sizeof *c->cop1);
-    c->cop0 = calloc(words, sizeof *c->cop0);
-    c->cop_ok = c->cop1 && c->cop0; /* (without them: the slow check) */
-    c->cop_n = c->cop_ok ? words * 64 : 0;
+    w->multi_used = w->overflowed = false;
+    free(w->cop1);
+    free(w->cop0);
+    w->cop1 = calloc(words, sizeof *w->cop1);
+    w->cop0 = calloc(words, sizeof *w->cop0);
+    w->cop_ok = w->cop1 && w->cop0; /* (without them: the slow check) */
+    w->cop_n = w->cop_ok ? words * 64 : 0;
     return ret < 0 ? ret : 0;
 }
 
-/* Walk everything that references clusters into c->refs. */
+/* Walk everything that references clusters into c->walk.refs. */
 static int calculate(struct chk *c)
 {
-    struct qimg_check_result saved = *c->res;
-    size_t nb_disp = c->nb_disp;
-    bool rebuild = c->rebuild;
+    struct findings_mark mark;
     int ret;
 
+    findings_save(c, &mark);
+    c->walk.need_rebuild = false;
     ret = fast_init(c, true);
     if (ret < 0)
         return ret;
     ret = calculate_once(c);
-    if (!c->multi_used || !c->overflowed)
+    if (!c->walk.multi_used || !c->walk.overflowed)
         return ret;
     /* Counting shared tables at once moved the point where an overflow is
      * reported: walk again one reference at a time, as QEMU does. */
-    for (size_t i = saved.nb_msgs; i < c->res->nb_msgs; i++) {
-        free(c->res->msgs[i].text);
-        free(c->res->msgs[i].where);
-    }
-    saved.msgs = c->res->msgs;
-    *c->res = saved;
-    c->nb_disp = nb_disp;
-    c->rebuild = rebuild;
+    findings_rollback(c, &mark);
+    c->walk.need_rebuild = false;
     qimg_error_clear();
     ret = fast_init(c, false);
     return ret < 0 ? ret : calculate_once(c);
+}
+
+/* calculate(); with repair, the walk may repair what it meets (-r all, on
+ * the first pass). */
+int walk_calculate(struct chk *c, bool repair)
+{
+    int ret;
+
+    c->walk.fix = repair;
+    ret = calculate(c);
+    c->walk.fix = false;
+    return ret;
+}
+
+/* Subtract what the old refcount structures add to the computed table:
+ * after a rebuild they are no longer referenced. */
+void walk_drop_old_structures(struct chk *c)
+{
+    struct qcow2 *q = c->q;
+    uint64_t first = q->hdr.refcount_table_offset >> q->cluster_bits;
+    uint64_t last = (q->hdr.refcount_table_offset + q->rt_entries * 8 - 1) >>
+                    q->cluster_bits;
+
+    for (uint64_t k = first; q->rt_entries && k <= last; k++)
+        if (walk_ref_get(c, k))
+            refblock_set(c->walk.refs, k, q->refcount_order,
+                         walk_ref_get(c, k) - 1);
+    for (uint64_t i = 0; i < q->rt_entries; i++) {
+        uint64_t e = chk_rt_raw(c, i),
+                 k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
+        /* Only the blocks check_refblock() counted. */
+        if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
+            !IS_ALIGNED(e, q->cluster_size) || k >= c->walk.nb_refs ||
+            !walk_ref_get(c, k))
+            continue;
+        refblock_set(c->walk.refs, k, q->refcount_order,
+                     walk_ref_get(c, k) - 1);
+    }
+}
+
+void walk_free(struct chk *c)
+{
+    free(c->walk.refs);
+    u64map_free(&c->walk.l2refs);
+    free(c->walk.cop1);
+    free(c->walk.cop0);
+}
+
+/* ==== On-disk refcounts: compare, repair, rebuild ========================= */
+
+int disk_init(struct chk *c)
+{
+    c->disk.rb_idx = UINT64_MAX;
+    c->disk.rbbuf = malloc(c->q->cluster_size);
+    return c->disk.rbbuf ? 0 : -ENOMEM;
+}
+
+void disk_free(struct chk *c)
+{
+    free(c->disk.rbbuf);
+}
+
+/* Forget the refcount block in c->disk.rbbuf: its refcounts may have been
+ * repaired. */
+void disk_forget(struct chk *c)
+{
+    c->disk.rb_idx = UINT64_MAX;
+}
+
+/* The refcount structures must be rebuilt: the walk met a refcount block
+ * that needs it, or a comparison a referenced cluster with refcount 0. */
+static bool need_rebuild(const struct chk *c)
+{
+    return c->walk.need_rebuild || c->disk.rebuild;
 }
 
 /* QEMU's notice when it meets an unusable refcount block; printed once.
@@ -1014,76 +1094,46 @@ static void signal_corruption(struct chk *c, uint64_t off, uint64_t rt_idx)
 {
     bool fatal = c->img->read_write;
 
-    if (c->signaled || c->quiet)
+    if (c->disk.signaled || c->find.quiet)
         return;
-    c->signaled = true;
-    add_msg(c, "corrupt", true, false,
-            "qcow2: %s: Refblock offset %#" PRIx64 " unaligned (reftable "
-            "index: %#" PRIx64 "); further %scorruption events will be "
-            "suppressed",
-            fatal ? "Marking image as corrupt" : "Image is corrupt", off,
-            rt_idx, fatal ? "" : "non-fatal ");
+    c->disk.signaled = true;
+    findings_add(c, "corrupt", true, NULL,
+                 "qcow2: %s: Refblock offset %#" PRIx64 " unaligned (reftable "
+                 "index: %#" PRIx64 "); further %scorruption events will be "
+                 "suppressed",
+                 fatal ? "Marking image as corrupt" : "Image is corrupt", off,
+                 rt_idx, fatal ? "" : "non-fatal ");
     if (fatal && rebuild_set_incompat(c->img, c->q->hdr.incompatible |
                                                   INCOMPAT_CORRUPT) < 0)
         qimg_error_clear();
 }
 
-/* Load on-disk refcount block rt_idx into c->rbbuf (kept until
- * c->rb_idx is reset): 1 if there is one, 0 if none (all zero; so is
- * a block past the end of the file), -EIO if its offset is unusable. */
-static int disk_block(struct chk *c, uint64_t rt_idx)
+/* disk_block() for a block that is not the one in c->disk.rbbuf. */
+int disk_block_load(struct chk *c, uint64_t rt_idx)
 {
     struct qcow2 *q = c->q;
-    uint64_t off = rt_idx < q->rt_entries ? rt_raw(c, rt_idx) & RT_OFFSET_MASK
-                                          : 0;
+    struct chk_disk *d = &c->disk;
+    uint64_t off =
+        rt_idx < q->rt_entries ? chk_rt_raw(c, rt_idx) & RT_OFFSET_MASK : 0;
 
-    if (rt_idx == c->rb_idx)
-        return c->rb_state;
-    c->rb_idx = rt_idx;
-    c->rb_unreadable = false;
+    d->rb_idx = rt_idx;
+    d->rb_unreadable = false;
     if (!off) {
-        memset(c->rbbuf, 0, q->cluster_size);
-        return c->rb_state = 0;
+        memset(d->rbbuf, 0, q->cluster_size);
+        return d->rb_state = 0;
     }
     if (!IS_ALIGNED(off, q->cluster_size)) {
         signal_corruption(c, off, rt_idx);
-        return c->rb_state = -EIO;
+        return d->rb_state = -EIO;
     }
-    c->rb_state = image_pread(c->img, c->rbbuf, q->cluster_size, off) < 0
+    d->rb_state = image_pread(c->img, d->rbbuf, q->cluster_size, off) < 0
                       ? -EIO
                       : 1;
-    if (c->rb_state < 0) {
+    if (d->rb_state < 0) {
         qimg_error_clear();
-        c->rb_unreadable = true;
+        d->rb_unreadable = true;
     }
-    return c->rb_state;
-}
-
-/* The on-disk refcount of cluster k, read as QEMU reads it. */
-static int disk_refcount(struct chk *c, uint64_t k, uint64_t *rc)
-{
-    struct qcow2 *q = c->q;
-
-    if (disk_block(c, k >> q->rb_bits) < 0)
-        return -EIO;
-    *rc = refblock_get(c->rbbuf, k & ((1ull << q->rb_bits) - 1),
-                       q->refcount_order);
-    return 0;
-}
-
-/* For the COPIED checks: 0 with the refcount, 1 to skip the entry. QEMU
- * skips silently when it cannot get a refcount (an unusable block); a
- * failed read is reported here, as a check error. */
-static int copied_refcount(struct chk *c, uint64_t k, uint64_t *rc)
-{
-    if (disk_refcount(c, k, rc) == 0)
-        return 0;
-    if (!c->rb_unreadable)
-        return 1;
-    c->res->check_errors++;
-    return add_msg(c, "io", true, false,
-                   "Can't get refcount for cluster %" PRIu64 ": %s", k,
-                   "Input/output error") < 0 ? -ENOMEM : 1;
+    return d->rb_state;
 }
 
 /* Set the on-disk refcount of cluster i from r1 to r2 (r1 > 0). */
@@ -1099,9 +1149,9 @@ static int repair_refcount(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2)
     if (ret < 0) {
         /* Counted as not repaired (as QEMU), and as an error: I/O. */
         c->res->check_errors++;
-        ret = add_msg(c, "io", true, false,
-                      "ERROR could not repair cluster %" PRIu64 ": %s", i,
-                      qimg_last_error()->message);
+        ret = findings_add(c, "io", true, NULL,
+                           "ERROR could not repair cluster %" PRIu64 ": %s", i,
+                           qimg_last_error()->message);
         return ret < 0 ? ret : 1;
     }
     return 0;
@@ -1116,18 +1166,18 @@ static int mismatch(struct chk *c, uint64_t i, uint64_t r1, uint64_t r2,
     int ret;
 
     if (r1 == 0)
-        c->rebuild = true;
+        c->disk.rebuild = true;
     else if (r1 > r2 && (fix & QIMG_CHECK_FIX_LEAKS))
         fixed = &c->res->leaks_fixed;
     else if (r1 < r2 && (fix & QIMG_CHECK_FIX_ERRORS))
         fixed = &c->res->corruptions_fixed;
-    ret = add_msg(c, r1 < r2 ? "refcount" : "leak", r1 < r2, false,
-                  "%s cluster %" PRIu64 " refcount=%" PRIu64
-                  " reference=%" PRIu64,
-                  fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i, r1,
-                  r2);
+    ret = findings_add(c, r1 < r2 ? "refcount" : "leak", r1 < r2, NULL,
+                       "%s cluster %" PRIu64 " refcount=%" PRIu64
+                       " reference=%" PRIu64,
+                       fixed ? "Repairing" : r1 < r2 ? "ERROR" : "Leaked", i,
+                       r1, r2);
     if (ret == 0)
-        ret = dispute(c, i);
+        ret = findings_dispute(c, i);
     if (ret == 0 && fixed)
         ret = repair_refcount(c, i, r1, r2);
     if (ret < 0)
@@ -1150,12 +1200,12 @@ static uint64_t last_referenced(const struct chk *c, uint64_t start,
     uint64_t b = (end << order) / 8, b0 = (start << order) / 8;
 
     for (uint64_t i = end; i > start && (i << order) % 8; i--)
-        if (ref_get(c, i - 1))
+        if (walk_ref_get(c, i - 1))
             return i - 1;
-    while (b > b0 && !c->refs[b - 1])
+    while (b > b0 && !c->walk.refs[b - 1])
         b--;
     for (uint64_t i = MIN(end, (b * 8) >> order); i > start; i--)
-        if (ref_get(c, i - 1))
+        if (walk_ref_get(c, i - 1))
             return i - 1;
     return UINT64_MAX;
 }
@@ -1171,11 +1221,11 @@ static bool block_equal(struct chk *c, uint64_t rt_idx, uint64_t start,
     uint64_t last;
 
     if (disk_block(c, rt_idx) < 0 ||
-        memcmp(c->refs + first, c->rbbuf, n))
+        memcmp(c->walk.refs + first, c->disk.rbbuf, n))
         return false;
     for (uint64_t i = start + ((n * 8) >> order); i < end; i++) {
-        uint64_t r1 = refblock_get(c->rbbuf, i - start, order);
-        if (r1 != ref_get(c, i))
+        uint64_t r1 = refblock_get(c->disk.rbbuf, i - start, order);
+        if (r1 != walk_ref_get(c, i))
             return false;
     }
     last = last_referenced(c, start, end);
@@ -1194,27 +1244,27 @@ static int compare(struct chk *c, unsigned fix, uint64_t *highest)
     int ret = 0;
 
     *highest = 0;
-    c->rb_idx = UINT64_MAX;
+    c->disk.rb_idx = UINT64_MAX;
     /* As QEMU: references up to a cluster past the end of the file grew
      * the table, and are compared too. */
-    for (uint64_t i = 0; i < c->nb_refs && ret == 0; i++) {
+    for (uint64_t i = 0; i < c->walk.nb_refs && ret == 0; i++) {
         uint64_t r1, r2;
 
         if (i % per_block == 0) {
-            uint64_t end = MIN(i + per_block, c->nb_refs);
+            uint64_t end = MIN(i + per_block, c->walk.nb_refs);
             if (block_equal(c, i >> c->q->rb_bits, i, end, highest)) {
                 i = end - 1;
                 continue;
             }
         }
-        r2 = ref_get(c, i);
+        r2 = walk_ref_get(c, i);
 
         if (disk_refcount(c, i, &r1) < 0) {
             c->res->check_errors++;
-            c->rc_errors += !c->rb_unreadable;
-            ret = add_msg(c, "io", true, false,
-                          "Can't get refcount for cluster %" PRIu64 ": %s", i,
-                          "Input/output error");
+            c->disk.rc_errors += !c->disk.rb_unreadable;
+            ret = findings_add(c, "io", true, NULL,
+                               "Can't get refcount for cluster %" PRIu64 ": %s",
+                               i, "Input/output error");
             continue;
         }
         if (r1 || r2)
@@ -1222,25 +1272,146 @@ static int compare(struct chk *c, unsigned fix, uint64_t *highest)
         if (r1 != r2)
             ret = mismatch(c, i, r1, r2, fix);
     }
-    c->disk_equal = ret == 0 && c->res->nb_msgs == msgs &&
+    c->disk.equal = ret == 0 && c->res->nb_msgs == msgs &&
                     c->res->corruptions + c->res->leaks +
                             c->res->check_errors == before;
     return ret;
 }
 
-/* ---- COPIED flags of the active tables --------------------------------- */
+/* After a rebuild, compare against the new structure as QEMU does: with
+ * -r leaks, counting only leaks that could not be fixed ("fresh" ones);
+ * what else the comparison finds is printed but not counted (except, unlike
+ * QEMU, refcounts it could not read: an I/O error stays an error). */
+static int recheck_rebuilt(struct chk *c, uint64_t *highest, int64_t *fresh)
+{
+    struct qimg_check_result saved = *c->res, *r = c->res;
+    int ret;
+
+    r->corruptions = r->leaks = r->check_errors = 0;
+    r->corruptions_fixed = r->leaks_fixed = 0;
+    ret = compare(c, QIMG_CHECK_FIX_LEAKS, highest);
+    if (ret == 0 && need_rebuild(c))
+        ret = findings_add(c, "rebuild", true, NULL,
+                           "ERROR rebuilt refcount structure is still broken");
+    *fresh = r->leaks;
+    saved.check_errors += r->check_errors;
+    findings_restore_counts(c, &saved);
+    return ret;
+}
+
+/* Replace the refcount structures by ones built from the computed table,
+ * then recount (as QEMU does, reporting what the walk finds again). */
+static int rebuild(struct chk *c, uint64_t *highest)
+{
+    struct qimg_check_result *r = c->res;
+    /* Snapshot table findings are counted apart, as QEMU does: the recount
+     * does not see them, so they must not be mistaken for fixed. */
+    int64_t snap = c->snaptab.corruptions;
+    int64_t old_corruptions = r->corruptions - snap, old_leaks = r->leaks;
+    int64_t fresh = 0;
+    int ret;
+
+    ret = findings_add(c, "rebuild", false, NULL,
+                       "Rebuilding refcount structure");
+    if (ret < 0)
+        return ret;
+    walk_drop_old_structures(c);
+    ret = rebuild_refcounts(c->img, c->walk.refs, c->walk.nb_refs);
+    if (ret < 0) {
+        r->check_errors++;
+        findings_add(c, "rebuild-failed", true, NULL, "ERROR %s",
+                     qimg_last_error()->message);
+        return ret;
+    }
+    /* Unusable refcount blocks (bad offsets) are replaced: no longer an
+     * error. Failed reads stay errors. */
+    r->check_errors -= c->disk.rc_errors;
+    c->disk.rc_errors = 0;
+    r->corruptions = 0;
+    r->leaks = 0;
+    c->disk.rebuild = false;
+    walk_set_file_size(c, c->q->file_size);
+    ret = walk_calculate(c, false);
+    if (ret == 0)
+        ret = recheck_rebuilt(c, highest, &fresh);
+    if (ret < 0)
+        return ret;
+    if (r->corruptions < old_corruptions)
+        r->corruptions_fixed += old_corruptions - r->corruptions;
+    if (r->leaks < old_leaks)
+        r->leaks_fixed += old_leaks - r->leaks;
+    r->leaks += fresh;
+    r->corruptions += snap;
+    return 0;
+}
+
+/* Compare the on-disk refcounts with the walk's; repair them as c->fix
+ * allows. */
+int disk_check(struct chk *c)
+{
+    struct qimg_check_result pre;
+    uint64_t highest = 0;
+    int ret;
+
+    c->res->total_clusters =
+        (int64_t)DIV_ROUND_UP(c->img->size, c->q->cluster_size);
+    ret = walk_calculate(c, c->fix & QIMG_CHECK_FIX_ERRORS);
+    if (ret < 0)
+        return ret;
+    pre = *c->res;
+    ret = compare(c, 0, &highest);
+    if (ret < 0)
+        return ret;
+    if (need_rebuild(c) && (c->fix & QIMG_CHECK_FIX_ERRORS)) {
+        ret = rebuild(c, &highest);
+    } else if (c->fix) {
+        if (need_rebuild(c)) {
+            c->res->check_errors++;
+            findings_add(c, "rebuild", true, NULL,
+                         "ERROR need to rebuild refcount structures");
+            return -EIO;
+        }
+        if (c->res->leaks || c->res->corruptions) {
+            int64_t errors = c->res->check_errors;
+            findings_restore_counts(c, &pre);
+            ret = compare(c, c->fix, &highest);
+            /* A read that failed only the first time is still an error. */
+            c->res->check_errors = MAX(c->res->check_errors, errors);
+        }
+    }
+    c->res->image_end_offset = (int64_t)((highest + 1) * c->q->cluster_size);
+    return ret;
+}
+
+/* ==== COPIED flags of the active tables =================================== */
+
+/* For the COPIED checks: 0 with the refcount, 1 to skip the entry. QEMU
+ * skips silently when it cannot get a refcount (an unusable block); a
+ * failed read is reported here, as a check error. */
+static int copied_refcount(struct chk *c, uint64_t k, uint64_t *rc)
+{
+    if (disk_refcount(c, k, rc) == 0)
+        return 0;
+    if (!c->disk.rb_unreadable)
+        return 1;
+    c->res->check_errors++;
+    return findings_add(c, "io", true, NULL,
+                        "Can't get refcount for cluster %" PRIu64 ": %s", k,
+                        "Input/output error") < 0 ? -ENOMEM : 1;
+}
 
 static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
 {
     struct qcow2 *q = c->q;
+    struct loc at;
     int dirty = 0, ret;
 
     ret = image_pread(c->img, c->l2buf, q->cluster_size, l2_off);
     if (ret < 0) {
         c->res->check_errors++;
-        return add_msg(c, "io", true, false,
-                       "ERROR: Could not read L2 table: %s",
-                       "Input/output error") < 0 ? -ENOMEM : -EIO;
+        return findings_add(c, "io", true, NULL,
+                            "ERROR: Could not read L2 table: %s",
+                            "Input/output error") < 0 ? -ENOMEM : -EIO;
     }
     for (uint64_t j = 0; j < q->l2_entries; j++) {
         uint64_t e = l2_entry_get(q, c->l2buf, j), rc;
@@ -1256,11 +1427,11 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
         if ((rc == 1) == !!(e & QCOW_OFLAG_COPIED))
             continue;
         c->res->corruptions++;
-        c->loc = (struct loc){LOC_L2_ENTRY, -1, i, (int64_t)j};
-        ret = add_msg(c, "copied", true, true,
-                      "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
-                      " refcount=%" PRIu64,
-                      repair ? "Repairing" : "ERROR", e, rc);
+        at = (struct loc){LOC_L2_ENTRY, -1, i, (int64_t)j};
+        ret = findings_add(c, "copied", true, &at,
+                           "%s OFLAG_COPIED data cluster: l2_entry=%" PRIx64
+                           " refcount=%" PRIu64,
+                           repair ? "Repairing" : "ERROR", e, rc);
         if (ret < 0)
             return ret;
         if (repair) {
@@ -1276,8 +1447,8 @@ static int copied_l2(struct chk *c, uint32_t i, uint64_t l2_off, bool repair)
         ret = image_flush_file(c->img);
     if (ret < 0) {
         c->res->check_errors++;
-        add_msg(c, "io", true, false, "ERROR: Could not write L2 table: %s",
-                strerror(-ret));
+        findings_add(c, "io", true, NULL, "ERROR: Could not write L2 table: %s",
+                     strerror(-ret));
         return ret;
     }
     /* The cache may hold the old table. */
@@ -1300,18 +1471,23 @@ static const uint8_t be16_ones[128] = {BE16_ONE_32, BE16_ONE_32, BE16_ONE_32,
 static bool copied_flags_agree(const struct chk *c)
 {
     bool wide = c->q->refcount_order == 4;
+    /* Locals: fewer reloads through c around each memcmp() call. */
+    const uint64_t *cop1 = c->walk.cop1, *cop0 = c->walk.cop0;
+    const uint8_t *refs = c->walk.refs;
+    uint64_t nb_refs = c->walk.nb_refs, nb_words = c->walk.cop_n / 64;
 
-    for (uint64_t w = 0; w < c->cop_n / 64; w++) {
-        uint64_t m1 = c->cop1[w], m0 = c->cop0[w];
-        if (wide && m1 == UINT64_MAX && !m0 && (w + 1) * 64 <= c->nb_refs) {
+    for (uint64_t w = 0; w < nb_words; w++) {
+        uint64_t m1 = cop1[w], m0 = cop0[w];
+        if (wide && m1 == UINT64_MAX && !m0 &&
+            (w + 1) * 64 <= nb_refs) {
             /* 64 COPIED clusters (the usual word): all counts are 1. */
-            if (memcmp(c->refs + w * 128, be16_ones, sizeof be16_ones))
+            if (memcmp(refs + w * 128, be16_ones, sizeof be16_ones))
                 return false;
             continue;
         }
-        if (wide && (m1 | m0) && (w + 1) * 64 <= c->nb_refs) {
+        if (wide && (m1 | m0) && (w + 1) * 64 <= nb_refs) {
             /* 16-bit counts (the default): all 64, without branches. */
-            const uint8_t *p = c->refs + w * 128;
+            const uint8_t *p = refs + w * 128;
             uint64_t bad = 0;
             for (unsigned b = 0; b < 64; b++) {
                 uint64_t one = be16_load(p + 2 * b) == 1;
@@ -1323,7 +1499,7 @@ static bool copied_flags_agree(const struct chk *c)
         }
         while (m1 | m0) {
             unsigned b = (unsigned)ctz64(m1 | m0);
-            uint64_t bit = 1ull << b, rc = ref_get(c, w * 64 + b);
+            uint64_t bit = 1ull << b, rc = walk_ref_get(c, w * 64 + b);
             if (((m1 & bit) && rc != 1) || ((m0 & bit) && rc == 1))
                 return false;
             m1 &= ~bit;
@@ -1333,20 +1509,21 @@ static bool copied_flags_agree(const struct chk *c)
     return true;
 }
 
-static int check_copied(struct chk *c)
+int copied_check(struct chk *c)
 {
     struct qcow2 *q = c->q;
+    struct loc at;
     bool repair, fast;
     int ret = 0;
 
-    c->rb_idx = UINT64_MAX; /* refcounts may have been repaired */
-    fast = c->disk_equal && c->cop_ok && copied_flags_agree(c);
+    disk_forget(c); /* refcounts may have been repaired */
+    fast = c->disk.equal && c->walk.cop_ok && copied_flags_agree(c);
     if (c->fix & QIMG_CHECK_FIX_ERRORS)
         repair = true;
     else if (c->fix & QIMG_CHECK_FIX_LEAKS)
         /* QEMU keeps the snapshot table's findings apart here. */
         repair = !c->res->check_errors && !c->res->leaks &&
-                 c->res->corruptions == c->snap_corruptions;
+                 c->res->corruptions == c->snaptab.corruptions;
     else
         repair = false;
     for (uint32_t i = 0; i < q->l1_size && ret == 0; i++) {
@@ -1362,11 +1539,11 @@ static int check_copied(struct chk *c)
         }
         if ((rc == 1) != !!(e & QCOW_OFLAG_COPIED)) {
             c->res->corruptions++;
-            c->loc = (struct loc){LOC_L1_ENTRY, -1, i, -1};
-            ret = add_msg(c, "copied", true, true,
-                          "%s OFLAG_COPIED L2 cluster: l1_index=%u "
-                          "l1_entry=%" PRIx64 " refcount=%" PRIu64,
-                          repair ? "Repairing" : "ERROR", i, e, rc);
+            at = (struct loc){LOC_L1_ENTRY, -1, i, -1};
+            ret = findings_add(c, "copied", true, &at,
+                               "%s OFLAG_COPIED L2 cluster: l1_index=%u "
+                               "l1_entry=%" PRIx64 " refcount=%" PRIu64,
+                               repair ? "Repairing" : "ERROR", i, e, rc);
             if (ret == 0 && repair)
                 ret = rebuild_write_l1_entry(c->img, i,
                                              rc == 1 ? e | QCOW_OFLAG_COPIED
@@ -1389,7 +1566,7 @@ static int check_copied(struct chk *c)
     return ret;
 }
 
-/* ---- The snapshot table ----------------------------------------------- */
+/* ==== The snapshot table ================================================== */
 
 /* Table size and offset as QEMU validates them; nonzero if unusable. */
 static int validate_snapshot_table(struct chk *c, uint32_t n, uint64_t off)
@@ -1405,13 +1582,13 @@ static int validate_snapshot_table(struct chk *c, uint32_t n, uint64_t off)
     if (!why)
         return 0;
     c->res->check_errors++;
-    ret = add_msg(c, "snapshot-table-unreadable", true, false, "ERROR %s",
-                  why);
+    ret = findings_add(c, "snapshot-table-unreadable", true, NULL, "ERROR %s",
+                       why);
     if (ret == 0 && n > QCOW_MAX_SNAPSHOTS)
-        ret = add_msg(c, "snapshot-table", false, false,
-                      "You can force-remove all %u overhanging snapshots "
-                      "with qemu-img check -r all",
-                      n - QCOW_MAX_SNAPSHOTS);
+        ret = findings_add(c, "snapshot-table", false, NULL,
+                           "You can force-remove all %u overhanging snapshots "
+                           "with qemu-img check -r all",
+                           n - QCOW_MAX_SNAPSHOTS);
     return ret < 0 ? ret : n > QCOW_MAX_SNAPSHOTS ? -EFBIG : -EINVAL;
 }
 
@@ -1421,54 +1598,57 @@ static int snapshot_table_unreadable(struct chk *c, int err)
     int ret;
 
     c->res->check_errors++;
-    ret = add_msg(c, "snapshot-table-unreadable", true, false,
-                  "ERROR failed to read the snapshot table: %s", msg);
+    ret = findings_add(c, "snapshot-table-unreadable", true, NULL,
+                       "ERROR failed to read the snapshot table: %s", msg);
     if (ret == 0 && !strncmp(msg, "Too much extra metadata", 23))
-        ret = add_msg(c, "snapshot-table", false, false,
-                      "You can force-remove this extra metadata with "
-                      "qemu-img check -r all");
+        ret = findings_add(c, "snapshot-table", false, NULL,
+                           "You can force-remove this extra metadata with "
+                           "qemu-img check -r all");
     return ret < 0 ? ret : err;
 }
 
 /* What reading the table found (and, with -r all, dropped). */
 static int snapshot_read_findings(struct chk *c, const struct snap_read *rd)
 {
+    struct chk_snaptable *t = &c->snaptab;
     int ret = 0;
 
     for (size_t i = 0; i < rd->nb_drop && ret == 0; i++) {
         /* As QEMU, the overlong extra data is cut to the known fields. */
-        c->snaps[rd->drop_idx[i]].extra_size = 24;
-        ret = add_msg(c, "snapshot-table", false, false,
-                      "Discarding too much extra metadata in snapshot table "
-                      "entry %u (%u > %u)",
-                      rd->drop_idx[i], rd->drop_size[i],
-                      QCOW_MAX_SNAPSHOT_EXTRA);
+        t->snaps[rd->drop_idx[i]].extra_size = 24;
+        ret = findings_add(
+            c, "snapshot-table", false, NULL,
+            "Discarding too much extra metadata in snapshot table "
+            "entry %u (%u > %u)",
+            rd->drop_idx[i], rd->drop_size[i], QCOW_MAX_SNAPSHOT_EXTRA);
     }
     if (ret == 0 && rd->overhang)
-        ret = add_msg(c, "snapshot-table", false, false,
-                      "Discarding %u overhanging snapshots (snapshot table is "
-                      "too big)",
-                      rd->overhang);
+        ret = findings_add(
+            c, "snapshot-table", false, NULL,
+            "Discarding %u overhanging snapshots (snapshot table is "
+            "too big)",
+            rd->overhang);
     /* The discarded snapshots count as fixed at once (QEMU writes the
      * header then); the rest is fixed by rewriting the table. */
     c->res->corruptions_fixed += rd->overhang;
-    c->snap_corruptions = (int64_t)rd->nb_drop;
-    for (uint32_t i = 0; i < c->nb_snaps && ret == 0; i++) {
-        if (c->q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
+    t->corruptions = (int64_t)rd->nb_drop;
+    for (uint32_t i = 0; i < t->nb_snaps && ret == 0; i++) {
+        if (c->q->hdr.version < 3 || t->snaps[i].extra_size >= 16)
             continue;
-        c->snap_corruptions++;
-        ret = add_msg(c, "snapshot-table", true, false,
-                      "%s snapshot table entry %u is incomplete",
-                      c->fix & QIMG_CHECK_FIX_ERRORS ? "Repairing" : "ERROR",
-                      i);
+        t->corruptions++;
+        ret = findings_add(
+            c, "snapshot-table", true, NULL,
+            "%s snapshot table entry %u is incomplete",
+            c->fix & QIMG_CHECK_FIX_ERRORS ? "Repairing" : "ERROR", i);
     }
-    c->res->corruptions += c->snap_corruptions;
+    c->res->corruptions += t->corruptions;
     return ret;
 }
 
-static int read_snapshot_table(struct chk *c)
+int snaptable_read(struct chk *c)
 {
     struct qcow2 *q = c->q;
+    struct chk_snaptable *t = &c->snaptab;
     struct snap_read rd = {0};
     uint32_t n = q->hdr.nb_snapshots;
     uint64_t off = q->hdr.snapshots_offset;
@@ -1476,9 +1656,9 @@ static int read_snapshot_table(struct chk *c)
 
     rd.repair = c->fix & QIMG_CHECK_FIX_ERRORS;
     if (n > QCOW_MAX_SNAPSHOTS && rd.repair) {
-        ret = add_msg(c, "snapshot-table", false, false,
-                      "Discarding %u overhanging snapshots",
-                      n - QCOW_MAX_SNAPSHOTS);
+        ret = findings_add(c, "snapshot-table", false, NULL,
+                           "Discarding %u overhanging snapshots",
+                           n - QCOW_MAX_SNAPSHOTS);
         if (ret < 0)
             return ret;
         c->res->corruptions_fixed += n - QCOW_MAX_SNAPSHOTS;
@@ -1487,217 +1667,62 @@ static int read_snapshot_table(struct chk *c)
     ret = validate_snapshot_table(c, n, off);
     if (ret)
         return ret;
-    ret = snap_table_read(c->img, off, n, &rd, &c->snaps, &c->nb_snaps,
-                          &c->snap_size);
+    ret = snap_table_read(c->img, off, n, &rd, &t->snaps, &t->nb_snaps,
+                          &t->size);
     if (ret < 0)
         return snapshot_table_unreadable(c, ret);
-    c->snap_off = c->nb_snaps ? off : 0;
-    c->table_dirty = rd.overhang || n != q->hdr.nb_snapshots;
+    t->off = t->nb_snaps ? off : 0;
+    t->dirty = rd.overhang || n != q->hdr.nb_snapshots;
     return snapshot_read_findings(c, &rd);
 }
 
-static int fix_snapshot_table(struct chk *c)
+int snaptable_fix(struct chk *c)
 {
     struct qcow2 *q = c->q;
+    struct chk_snaptable *t = &c->snaptab;
     bool had_table = q->nb_snaps > 0;
     int ret;
 
-    if (!(c->fix & QIMG_CHECK_FIX_ERRORS) ||
-        (!c->snap_corruptions && !c->table_dirty))
+    if (!(c->fix & QIMG_CHECK_FIX_ERRORS) || (!t->corruptions && !t->dirty))
         return 0;
-    for (uint32_t i = 0; i < c->nb_snaps; i++) {
-        if (q->hdr.version < 3 || c->snaps[i].extra_size >= 16)
+    for (uint32_t i = 0; i < t->nb_snaps; i++) {
+        if (q->hdr.version < 3 || t->snaps[i].extra_size >= 16)
             continue;
         /* As QEMU: the known fields, with this disk's size. */
-        c->snaps[i].disk_size = c->img->size;
-        c->snaps[i].icount = UINT64_MAX;
+        t->snaps[i].disk_size = c->img->size;
+        t->snaps[i].icount = UINT64_MAX;
     }
-    ret = rebuild_snapshot_table(c->img, c->snaps, c->nb_snaps);
+    ret = rebuild_snapshot_table(c->img, t->snaps, t->nb_snaps);
     /* Opened for check, the library had not loaded the old table, so it
      * is freed here, once the header no longer points at it. */
-    if (ret == 0 && !had_table && c->snap_size && c->snap_off)
-        ret = refcount_dec_later(c->img, c->snap_off, c->snap_size, true);
+    if (ret == 0 && !had_table && t->size && t->off)
+        ret = refcount_dec_later(c->img, t->off, t->size, true);
     if (ret == 0 && !had_table)
         ret = qcow2_flush(c->img);
     if (ret < 0) {
         c->res->check_errors++;
         qimg_error_clear();
-        add_msg(c, "snapshot-table", true, false,
-                "ERROR failed to update snapshot table: %s", strerror(-ret));
+        findings_add(c, "snapshot-table", true, NULL,
+                     "ERROR failed to update snapshot table: %s",
+                     strerror(-ret));
         return ret;
     }
-    c->res->corruptions -= c->snap_corruptions;
-    c->res->corruptions_fixed += c->snap_corruptions;
-    c->snap_corruptions = 0;
+    c->res->corruptions -= t->corruptions;
+    c->res->corruptions_fixed += t->corruptions;
+    t->corruptions = 0;
     return 0;
 }
 
-/* ---- Refcounts: calculate, compare, repair ------------------------------- */
-
-/* Subtract what the old refcount structures add to the computed table:
- * after a rebuild they are no longer referenced. */
-static void drop_old_structures(struct chk *c)
+void snaptable_free(struct chk *c)
 {
-    struct qcow2 *q = c->q;
-    uint64_t first = q->hdr.refcount_table_offset >> q->cluster_bits;
-    uint64_t last = (q->hdr.refcount_table_offset + q->rt_entries * 8 - 1) >>
-                    q->cluster_bits;
+    struct chk_snaptable *t = &c->snaptab;
 
-    for (uint64_t k = first; q->rt_entries && k <= last; k++)
-        if (ref_get(c, k))
-            refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
-    for (uint64_t i = 0; i < q->rt_entries; i++) {
-        uint64_t e = rt_raw(c, i), k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
-        /* Only the blocks check_refblock() counted. */
-        if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
-            !IS_ALIGNED(e, q->cluster_size) || k >= c->nb_refs ||
-            !ref_get(c, k))
-            continue;
-        refblock_set(c->refs, k, q->refcount_order, ref_get(c, k) - 1);
-    }
+    for (uint32_t i = 0; i < t->nb_snaps; i++)
+        snap_free(&t->snaps[i]);
+    free(t->snaps);
 }
 
-/* After a rebuild, compare against the new structure as QEMU does: with
- * -r leaks, counting only leaks that could not be fixed ("fresh" ones);
- * what else the comparison finds is printed but not counted (except, unlike
- * QEMU, refcounts it could not read: an I/O error stays an error). */
-static int recheck_rebuilt(struct chk *c, uint64_t *highest, int64_t *fresh)
-{
-    struct qimg_check_result saved = *c->res, *r = c->res;
-    int ret;
-
-    r->corruptions = r->leaks = r->check_errors = 0;
-    r->corruptions_fixed = r->leaks_fixed = 0;
-    ret = compare(c, QIMG_CHECK_FIX_LEAKS, highest);
-    if (ret == 0 && c->rebuild)
-        ret = add_msg(c, "rebuild", true, false,
-                      "ERROR rebuilt refcount structure is still broken");
-    *fresh = r->leaks;
-    saved.check_errors += r->check_errors;
-    saved.msgs = r->msgs;
-    saved.nb_msgs = r->nb_msgs;
-    *r = saved;
-    return ret;
-}
-
-/* Replace the refcount structures by ones built from the computed table,
- * then recount (as QEMU does, reporting what the walk finds again). */
-static int rebuild(struct chk *c, uint64_t *highest)
-{
-    struct qimg_check_result *r = c->res;
-    /* Snapshot table findings are counted apart, as QEMU does: the recount
-     * does not see them, so they must not be mistaken for fixed. */
-    int64_t snap = c->snap_corruptions;
-    int64_t old_corruptions = r->corruptions - snap, old_leaks = r->leaks;
-    int64_t fresh = 0;
-    int ret;
-
-    ret = add_msg(c, "rebuild", false, false, "Rebuilding refcount structure");
-    if (ret < 0)
-        return ret;
-    drop_old_structures(c);
-    ret = rebuild_refcounts(c->img, c->refs, c->nb_refs);
-    if (ret < 0) {
-        r->check_errors++;
-        add_msg(c, "rebuild-failed", true, false, "ERROR %s",
-                qimg_last_error()->message);
-        return ret;
-    }
-    /* Unusable refcount blocks (bad offsets) are replaced: no longer an
-     * error. Failed reads stay errors. */
-    r->check_errors -= c->rc_errors;
-    c->rc_errors = 0;
-    r->corruptions = 0;
-    r->leaks = 0;
-    c->rebuild = false;
-    c->file_size = MAX(c->file_size, c->q->file_size);
-    c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
-    ret = calculate(c);
-    if (ret == 0)
-        ret = recheck_rebuilt(c, highest, &fresh);
-    if (ret < 0)
-        return ret;
-    if (r->corruptions < old_corruptions)
-        r->corruptions_fixed += old_corruptions - r->corruptions;
-    if (r->leaks < old_leaks)
-        r->leaks_fixed += old_leaks - r->leaks;
-    r->leaks += fresh;
-    r->corruptions += snap;
-    return 0;
-}
-
-static int check_refcounts(struct chk *c)
-{
-    struct qimg_check_result pre;
-    uint64_t highest = 0;
-    int ret;
-
-    c->res->total_clusters =
-        (int64_t)DIV_ROUND_UP(c->img->size, c->q->cluster_size);
-    c->walk_fix = c->fix & QIMG_CHECK_FIX_ERRORS;
-    ret = calculate(c);
-    c->walk_fix = false;
-    if (ret < 0)
-        return ret;
-    pre = *c->res;
-    ret = compare(c, 0, &highest);
-    if (ret < 0)
-        return ret;
-    if (c->rebuild && (c->fix & QIMG_CHECK_FIX_ERRORS)) {
-        ret = rebuild(c, &highest);
-    } else if (c->fix) {
-        if (c->rebuild) {
-            c->res->check_errors++;
-            add_msg(c, "rebuild", true, false,
-                    "ERROR need to rebuild refcount structures");
-            return -EIO;
-        }
-        if (c->res->leaks || c->res->corruptions) {
-            int64_t errors = c->res->check_errors;
-            pre.msgs = c->res->msgs;
-            pre.nb_msgs = c->res->nb_msgs;
-            *c->res = pre;
-            ret = compare(c, c->fix, &highest);
-            /* A read that failed only the first time is still an error. */
-            c->res->check_errors = MAX(c->res->check_errors, errors);
-        }
-    }
-    if (ret == 0)
-        ret = check_copied(c);
-    c->res->image_end_offset = (int64_t)((highest + 1) * c->q->cluster_size);
-    return ret;
-}
-
-/* Name the referrers of every disputed cluster (a quiet second walk). A
- * failure there is still an error of the check. */
-static int pinpoint(struct chk *c)
-{
-    struct qimg_check_result keep = *c->res;
-    uint64_t idx;
-    int ret;
-
-    if (!c->nb_disp)
-        return 0;
-    c->quiet = true;
-    ret = calculate(c);
-    c->quiet = false;
-    keep.msgs = c->res->msgs;
-    keep.nb_msgs = c->res->nb_msgs;
-    *c->res = keep;
-    if (ret < 0) {
-        c->res->check_errors++;
-        add_msg(c, "io", true, false, "ERROR naming referrers: %s",
-                qimg_last_error()->message);
-        return ret;
-    }
-    for (size_t i = 0; i < c->nb_disp; i++) {
-        struct qimg_check_msg *m = &c->res->msgs[c->disp[i].msg];
-        if (m->where || !u64map_get(&c->where, c->disp[i].cluster, &idx))
-            continue;
-        m->where = strdup(c->wheres[idx]);
-    }
-    return 0;
-}
+/* ==== Entry point ========================================================= */
 
 static int mark_clean(struct chk *c)
 {
@@ -1711,21 +1736,11 @@ static int mark_clean(struct chk *c)
 
 static void chk_free(struct chk *c)
 {
-    for (uint32_t i = 0; i < c->nb_snaps; i++)
-        snap_free(&c->snaps[i]);
-    free(c->snaps);
-    free(c->refs);
+    snaptable_free(c);
+    walk_free(c);
     free(c->l2buf);
-    free(c->rbbuf);
-    idset_free(&c->traced);
-    u64map_free(&c->where);
-    for (size_t i = 0; i < c->nb_wheres; i++)
-        free(c->wheres[i]);
-    free(c->wheres);
-    free(c->disp);
-    u64map_free(&c->l2refs);
-    free(c->cop1);
-    free(c->cop0);
+    disk_free(c);
+    findings_free(c);
 }
 
 void qimg_check_result_free(struct qimg_check_result *r)
@@ -1743,6 +1758,8 @@ void qimg_check_result_free(struct qimg_check_result *r)
 static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
                     struct qimg_check_result *res)
 {
+    uint64_t file_size;
+
     memset(c, 0, sizeof *c);
     c->img = img;
     c->q = img->q;
@@ -1750,18 +1767,16 @@ static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
     c->res = res;
     if (fix && !img->read_write)
         return qimg_err(EACCES, "Image is read-only");
-    if (img->io.ops->get_size(img->io.ctx, &c->file_size) < 0) {
+    if (img->io.ops->get_size(img->io.ctx, &file_size) < 0) {
         res->check_errors++;
         return qimg_err(EIO, "Could not get the image size");
     }
     /* Lengths count whole 512-byte sectors (QEMU measures files so). */
-    c->file_size = ALIGN_UP(c->file_size, 512);
-    c->q->file_size = MAX(c->q->file_size, c->file_size);
-    c->nb_clusters = DIV_ROUND_UP(c->file_size, c->q->cluster_size);
-    c->rb_idx = UINT64_MAX;
+    file_size = ALIGN_UP(file_size, 512);
+    c->q->file_size = MAX(c->q->file_size, file_size);
+    walk_set_file_size(c, file_size);
     c->l2buf = malloc(c->q->cluster_size);
-    c->rbbuf = malloc(c->q->cluster_size);
-    if (!c->l2buf || !c->rbbuf)
+    if (disk_init(c) < 0 || !c->l2buf)
         return qimg_err(ENOMEM, "Out of memory");
     if (fix)
         return qcow2_flush(img);
@@ -1784,13 +1799,15 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
         fix |= QIMG_CHECK_FIX_LEAKS;
     ret = chk_init(&c, img, fix, res);
     if (ret == 0)
-        ret = read_snapshot_table(&c);
+        ret = snaptable_read(&c);
     if (ret == 0)
-        ret = check_refcounts(&c);
+        ret = disk_check(&c);
     if (ret == 0)
-        ret = fix_snapshot_table(&c);
+        ret = copied_check(&c);
     if (ret == 0)
-        ret = pinpoint(&c);
+        ret = snaptable_fix(&c);
+    if (ret == 0)
+        ret = findings_pinpoint(&c);
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)
         ret = mark_clean(&c);
     chk_free(&c);
