@@ -91,7 +91,7 @@ struct txn {
 
 /* Memory for one refcount block. (Not huge pages: in a virtual machine
  * that hands freed memory back to its host, a fresh 2 MiB page can cost
- * milliseconds to back, measured here at 2-15x its 512 small faults.) */
+ * several times as much to back as its 512 small faults.) */
 static uint8_t *blk_alloc(struct txn *t)
 {
     uint8_t **c, *p;
@@ -381,9 +381,9 @@ static int wb_flush(struct txn *t)
 }
 
 /* The write buffer: small enough that a small image's copies do not
- * fault in fresh pages (each costs about 1 us here: C -c 2.32 -> 2.08 ms
- * against 4 MiB), and large enough that the requests stay long (A and B
- * unchanged); at least a cluster. */
+ * fault in fresh pages (their cost shows in C's -c against 4 MiB), and
+ * large enough that the requests stay long (A and B unchanged); at least
+ * a cluster. */
 static size_t wb_cap(const struct txn *t)
 {
     return MAX(256u << 10, t->cs);
@@ -1171,9 +1171,9 @@ static int find_freed(struct txn *t)
  * a punch lost in a crash only leaves free clusters allocated, so it
  * needs no flush. Data is punched. Old copies of metadata the operation
  * replaced are partly left in place: punching costs about as much as
- * writing (~0.1 ms a hole), and the next operation, which replaces the
- * same tables, would only fill the holes again (filling a hole costs the
- * file system an allocation too); txn_alloc takes such blocks first.
+ * writing, and the next operation, which replaces the same tables,
+ * would only fill the holes again (filling a hole costs the file system
+ * an allocation too); txn_alloc takes such blocks first.
  * How many stay is bounded: as many as this operation took from that
  * pool (so it does not grow), or, when the pool ran dry, as many as it
  * allocated. So free clusters left allocated never exceed what the
