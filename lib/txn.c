@@ -27,6 +27,7 @@
  *     operation leaves the file byte for byte unchanged.
  */
 #include "internal.h"
+#include "txn_impl.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -39,50 +40,6 @@ struct new_l1 {
     uint8_t *buf; /* disk order */
     uint32_t size;
     uint64_t off; /* where it is written */
-};
-
-struct txn {
-    qimg_image *img;
-    struct qcow2 *q;
-    uint64_t cs;
-    /* New refcount blocks by reftable index (NULL: unchanged), carved
-     * from 2 MiB chunks in reftable order, so neighbours are written in
-     * one request. */
-    uint8_t **rb;
-    uint8_t **chunks;
-    size_t nb_chunks, chunk_used;
-    /* Per block: changed by the operation (only those are written), and a
-     * bitmap of the clusters a decrement took to 0 (NULL: none). Those
-     * are the only clusters that can be counted in the old state and free
-     * in the new one: nothing needs the old block read back. */
-    bool *rb_dirty;
-    uint8_t **zhit;
-    uint64_t *rb_loc; /* their new locations, 0 until placed */
-    uint64_t nb_rb;
-    uint64_t scan; /* end of the clusters allocated so far (index) */
-    uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
-    uint64_t backed_short; /* no backed free run of this length left */
-    bool pool_dry;       /* a single cluster found no backed run */
-    uint64_t first_free; /* lowest cluster the backed search found at 0 */
-    uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
-    uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
-    uint64_t run_k;       /* length of the free runs singles come from */
-    uint64_t ext_next;    /* where the next single may go (0: search) */
-    bool ext_backed;      /* ... found by the backed search */
-    uint8_t *tmp;
-    uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
-    uint64_t old_idx;    /* UINT64_MAX: none cached */
-    bool old_exists;
-    uint8_t *wbuf;       /* contiguous new metadata, written in one go */
-    uint64_t woff;
-    size_t wlen;
-    struct idset meta_freed; /* old metadata clusters the op replaces */
-    struct u64map copies; /* old L2 table offset -> its new copy */
-    struct l2store l2s;   /* L2 tables read so far, kept as runs */
-    uint8_t *rt;          /* the new refcount table */
-    uint64_t rt_off, rt_clusters;
-    uint64_t *freed; /* (start, length) cluster runs freed by the commit */
-    size_t nb_freed;
 };
 
 /* ---- New refcounts ------------------------------------------------------ */
@@ -368,75 +325,6 @@ static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
         if (!refblock_get(rb, i, order))
             return i;
     return n;
-}
-
-static int wb_flush(struct txn *t)
-{
-    int ret = 0;
-
-    if (t->wlen)
-        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
-    t->wlen = 0;
-    return ret;
-}
-
-/* The write buffer: small enough that a small image's copies do not
- * fault in fresh pages (their cost shows in C's -c against 4 MiB), and
- * large enough that the requests stay long (A and B unchanged); at least
- * a cluster. */
-static size_t wb_cap(const struct txn *t)
-{
-    return MAX(256u << 10, t->cs);
-}
-
-/* Write new metadata, coalescing writes to consecutive clusters. */
-static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
-{
-    int ret;
-
-    if (t->wlen && off == t->woff + t->wlen && t->wlen + len <= wb_cap(t)) {
-        memcpy(t->wbuf + t->wlen, data, len);
-        t->wlen += len;
-        return 0;
-    }
-    ret = wb_flush(t);
-    if (ret < 0 || len > wb_cap(t) / 2)
-        return ret < 0 ? ret : image_pwrite(t->img, data, len, off);
-    memcpy(t->wbuf, data, len);
-    t->woff = off;
-    t->wlen = len;
-    return 0;
-}
-
-/* A cluster-sized area at the end of the write buffer to build a table
- * in; wb_put then writes it without copying it if it lands right after
- * the previous write. */
-static int wb_slot(struct txn *t, uint8_t **slot)
-{
-    int ret = t->wlen + t->cs > wb_cap(t) ? wb_flush(t) : 0;
-
-    *slot = t->wbuf + t->wlen;
-    return ret;
-}
-
-/* Write the cluster built in the slot at off. */
-static int wb_put(struct txn *t, uint64_t off)
-{
-    int ret;
-
-    if (t->wlen && off == t->woff + t->wlen) {
-        t->wlen += t->cs;
-        return 0;
-    }
-    if (t->wlen) {
-        ret = image_pwrite(t->img, t->wbuf, t->wlen, t->woff);
-        if (ret < 0)
-            return ret;
-        memmove(t->wbuf, t->wbuf + t->wlen, t->cs);
-    }
-    t->woff = off;
-    t->wlen = t->cs;
-    return 0;
 }
 
 /* Remember an old metadata cluster range this operation replaces. */
@@ -811,7 +699,7 @@ static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
     int ret = txn_alloc(t, 1, &copy);
 
     if (ret == 0)
-        ret = buf ? wb_write(t, buf, t->cs, copy) : wb_put(t, copy);
+        ret = buf ? txn_wbuf_write(t, buf, t->cs, copy) : txn_wbuf_put(t, copy);
     if (ret == 0)
         ret = meta_freed(t, p, t->cs);
     if (ret == 0)
@@ -887,7 +775,7 @@ static int clear_copied(struct txn *t, uint64_t p)
             changed |= (runs[i].e & QCOW_OFLAG_COPIED) != 0;
         if (!changed)
             return 0;
-        ret = wb_slot(t, &slot);
+        ret = txn_wbuf_slot(t, &slot);
         if (ret < 0)
             return ret;
         l2runs_emit(runs, n, t->cs, QCOW_OFLAG_COPIED, slot);
@@ -931,7 +819,7 @@ static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
     if (!p || u64map_get(&t->copies, p, &copy))
         return 0;
     if (l2store_get(&t->l2s, p, &runs, &n)) {
-        ret = wb_slot(t, &slot);
+        ret = txn_wbuf_slot(t, &slot);
         if (ret == 0)
             ret = fix_runs(t, runs, n, slot);
         return ret <= 0 ? ret : write_copy(t, p, NULL);
@@ -990,7 +878,7 @@ static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
         return 0;
     }
     ret = txn_alloc(t, DIV_ROUND_UP(len, t->cs), off);
-    return ret < 0 ? ret : wb_write(t, buf, len, *off);
+    return ret < 0 ? ret : txn_wbuf_write(t, buf, len, *off);
 }
 
 static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
@@ -1069,14 +957,14 @@ static int write_refcounts(struct txn *t)
                t->rb_loc[i + n] == t->rb_loc[i] + n * t->cs)
             n++;
         if (n == 1)
-            ret = wb_write(t, t->rb[i], t->cs, t->rb_loc[i]);
-        else if ((ret = wb_flush(t)) == 0)
+            ret = txn_wbuf_write(t, t->rb[i], t->cs, t->rb_loc[i]);
+        else if ((ret = txn_wbuf_flush(t)) == 0)
             ret = image_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
         i += n - 1;
     }
     if (ret == 0)
-        ret = wb_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
-    return ret < 0 ? ret : wb_flush(t);
+        ret = txn_wbuf_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
+    return ret < 0 ? ret : txn_wbuf_flush(t);
 }
 
 /* The new root pointers, all in header sector 0. */
@@ -1107,7 +995,7 @@ static int commit_header(struct txn *t, const struct roots *r)
     if (q->hdr.version >= 3)
         be64_store(s0 + HDR_AUTOCLEAR, q->hdr.autoclear & AUTOCLEAR_MASK);
     /* 1 of 3: every new structure is durable ... */
-    ret = wb_flush(t);
+    ret = txn_wbuf_flush(t);
     if (ret == 0)
         ret = image_flush_file(t->img);
     /* 2 of 3: ... before one sector switches all roots at once ... */
@@ -1255,7 +1143,7 @@ static void txn_free(struct txn *t)
     free(t->rb_loc);
     free(t->tmp);
     free(t->old_rb);
-    free(t->wbuf);
+    txn_wbuf_free(t);
     idset_free(&t->meta_freed);
     free(t->rt);
     free(t->freed);
@@ -1298,9 +1186,11 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return ret;
     t->tmp = malloc(t->cs);
     t->old_rb = malloc(t->cs);
-    t->wbuf = malloc(wb_cap(t));
-    if (!t->tmp || !t->old_rb || !t->wbuf)
+    if (!t->tmp || !t->old_rb)
         return qimg_err(ENOMEM, "Out of memory");
+    ret = txn_wbuf_init(t);
+    if (ret < 0)
+        return ret;
     t->scan = t->scan_backed = t->scan_any = 1;
     t->backed_short = t->first_free = UINT64_MAX;
     t->run_k = single_run(q);
