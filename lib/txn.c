@@ -42,233 +42,6 @@ struct new_l1 {
     uint64_t off; /* where it is written */
 };
 
-/* ---- New refcounts ------------------------------------------------------ */
-
-#define CHUNK (2u << 20) /* the largest cluster size */
-
-/* Memory for one refcount block. (Not huge pages: in a virtual machine
- * that hands freed memory back to its host, a fresh 2 MiB page can cost
- * several times as much to back as its 512 small faults.) */
-static uint8_t *blk_alloc(struct txn *t)
-{
-    uint8_t **c, *p;
-
-    if (!t->nb_chunks || t->chunk_used + t->cs > CHUNK) {
-        c = realloc(t->chunks, (t->nb_chunks + 1) * sizeof *c);
-        if (!c)
-            return NULL;
-        t->chunks = c;
-        p = malloc(CHUNK);
-        if (!p)
-            return NULL;
-        t->chunks[t->nb_chunks++] = p;
-        t->chunk_used = 0;
-    }
-    p = t->chunks[t->nb_chunks - 1] + t->chunk_used;
-    t->chunk_used += t->cs;
-    return p;
-}
-
-/* Refcount block rt_idx as the operation has it so far, loaded from disk
- * the first time; modify: the caller is about to change it. */
-static int rb_get(struct txn *t, uint64_t rt_idx, bool modify, uint8_t **out)
-{
-    uint64_t end = MAX(t->q->file_size, t->scan * t->cs);
-    bool exists;
-    int ret;
-
-    /* Every cluster counted lies in the file or was just allocated past
-     * its end: anything else is a bad offset that escaped validation. */
-    if (rt_idx > (end >> t->q->cluster_bits >> t->q->rb_bits) + 1)
-        return qimg_corrupt("Refcount block index %#" PRIx64
-                            " beyond end of file",
-                            rt_idx);
-    if (rt_idx >= t->nb_rb) {
-        uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2), old = t->nb_rb;
-        uint8_t **rb = realloc(t->rb, n * sizeof *rb);
-        uint64_t *loc = rb ? realloc(t->rb_loc, n * sizeof *loc) : NULL;
-        bool *dirty = loc ? realloc(t->rb_dirty, n * sizeof *dirty) : NULL;
-        uint8_t **zhit = dirty ? realloc(t->zhit, n * sizeof *zhit) : NULL;
-        t->rb = rb ? rb : t->rb;
-        t->rb_loc = loc ? loc : t->rb_loc;
-        t->rb_dirty = dirty ? dirty : t->rb_dirty;
-        t->zhit = zhit ? zhit : t->zhit;
-        if (!zhit)
-            return qimg_err(ENOMEM, "Out of memory");
-        memset(t->rb + old, 0, (n - old) * sizeof *rb);
-        memset(t->rb_loc + old, 0, (n - old) * sizeof *loc);
-        memset(t->rb_dirty + old, 0, (n - old) * sizeof *dirty);
-        memset(t->zhit + old, 0, (n - old) * sizeof *zhit);
-        t->nb_rb = n;
-    }
-    if (!t->rb[rt_idx]) {
-        t->rb[rt_idx] = blk_alloc(t);
-        if (!t->rb[rt_idx])
-            return qimg_err(ENOMEM, "Out of memory");
-        /* The free-cluster search may have read it already. */
-        if (t->old_idx == rt_idx)
-            memcpy(t->rb[rt_idx], t->old_rb, t->cs);
-        else if ((ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx],
-                                            &exists)) < 0)
-            return ret;
-    }
-    t->rb_dirty[rt_idx] |= modify;
-    *out = t->rb[rt_idx];
-    return 0;
-}
-
-/* A decrement took cluster i of block rt_idx to 0. */
-static int zero_hit(struct txn *t, uint64_t rt_idx, uint64_t i)
-{
-    uint8_t *z = t->zhit[rt_idx];
-
-    if (!z) {
-        z = t->zhit[rt_idx] = calloc(MAX((1ull << t->q->rb_bits) / 8, 1), 1);
-        if (!z)
-            return qimg_err(ENOMEM, "Out of memory");
-    }
-    z[i / 8] |= (uint8_t)(1u << (i % 8));
-    return 0;
-}
-
-static bool zero_hit_at(const uint8_t *z, uint64_t i)
-{
-    return z && (z[i / 8] >> (i % 8) & 1);
-}
-
-static int rc_get(struct txn *t, uint64_t idx, uint64_t *out)
-{
-    uint64_t rt_idx = idx >> t->q->rb_bits;
-
-    if (rt_idx < t->nb_rb && t->rb[rt_idx]) {
-        *out = refblock_get(t->rb[rt_idx], idx & ((1ull << t->q->rb_bits) - 1),
-                            t->q->refcount_order);
-        return 0;
-    }
-    return refcount_get(t->img, idx, out);
-}
-
-/* Adding delta to the refcount of cluster idx leaves its range. */
-static int rc_out_of_range(const struct txn *t, uint64_t idx, int64_t delta)
-{
-    if (delta < 0)
-        return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
-                            "its references",
-                            idx);
-    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
-                            " would exceed its maximum of %" PRIu64,
-                    idx, t->q->refcount_max);
-}
-
-static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
-{
-    struct qcow2 *q = t->q;
-    uint64_t i = idx & ((1ull << q->rb_bits) - 1), v;
-    uint8_t *rb = NULL;
-    int ret = rb_get(t, idx >> q->rb_bits, true, &rb);
-
-    if (ret < 0)
-        return ret;
-    v = refblock_get(rb, i, q->refcount_order);
-    if ((delta < 0 && v < (uint64_t)-delta) ||
-        (delta > 0 && q->refcount_max - v < (uint64_t)delta))
-        return rc_out_of_range(t, idx, delta);
-    refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
-    return v + (uint64_t)delta == 0 ? zero_hit(t, idx >> q->rb_bits, i) : 0;
-}
-
-#define LANES16 0x0001000100010001ull
-
-/* Whether a 16-bit lane of x is 0. */
-static bool zero_lane16(uint64_t x)
-{
-    return (x - LANES16) & ~x & (LANES16 << 15);
-}
-
-/* Add delta (+1 or -1) to the 16-bit refcounts [from, end) of block blk,
- * four at a time, up to the first group where one would leave its range
- * (the caller's loop then reports it) or the last whole group. Returns
- * where it stopped, or UINT64_MAX if recording a refcount reaching 0
- * failed. */
-static uint64_t add_one16(struct txn *t, uint8_t *rb, uint64_t blk,
-                          uint64_t from, uint64_t end, int64_t delta)
-{
-    uint64_t k = from;
-
-    for (; k + 4 <= end; k += 4) {
-        uint64_t v = be64_load(rb + 2 * k);
-        if (zero_lane16(delta > 0 ? ~v : v))
-            break; /* a 0xffff to raise or a 0 to lower */
-        v = delta > 0 ? v + LANES16 : v - LANES16;
-        be64_store(rb + 2 * k, v);
-        if (delta < 0 && zero_lane16(v))
-            for (unsigned j = 0; j < 4; j++)
-                if (!(v >> (48 - 16 * j) & 0xffff) &&
-                    zero_hit(t, blk, k + j) < 0)
-                    return UINT64_MAX;
-    }
-    return k;
-}
-
-/* Add delta to n consecutive clusters from idx (checked, all or nothing
- * per block: a failure leaves the transaction to be dropped anyway). */
-static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per = 1ull << q->rb_bits, max = q->refcount_max;
-    unsigned order = q->refcount_order;
-
-    while (n > 0) {
-        uint64_t i = idx & (per - 1), cnt = MIN(n, per - i), blk = idx / per;
-        uint8_t *rb = NULL;
-        int ret = rb_get(t, blk, true, &rb);
-        if (ret < 0)
-            return ret;
-        if (order == 4) {
-            /* The common case, kept tight: 16-bit refcounts. */
-            uint64_t k = i;
-            if (delta == 1 || delta == -1)
-                k = add_one16(t, rb, blk, i, i + cnt, delta);
-            if (k == UINT64_MAX)
-                return -ENOMEM;
-            for (; k < i + cnt; k++) {
-                int64_t v = (int64_t)be16_load(rb + 2 * k) + delta;
-                if ((uint64_t)v > 0xffff)
-                    return rc_out_of_range(t, (idx - i) + k, delta);
-                be16_store(rb + 2 * k, (uint16_t)v);
-                if (!v && (ret = zero_hit(t, blk, k)) < 0)
-                    return ret;
-            }
-        } else {
-            for (uint64_t k = i; k < i + cnt; k++) {
-                uint64_t v = refblock_get(rb, k, order);
-                if ((delta < 0 && v < (uint64_t)-delta) ||
-                    (delta > 0 && max - v < (uint64_t)delta))
-                    return rc_out_of_range(t, (idx - i) + k, delta);
-                refblock_set(rb, k, order, v + (uint64_t)delta);
-                if (v + (uint64_t)delta == 0 && (ret = zero_hit(t, blk, k)) < 0)
-                    return ret;
-            }
-        }
-        idx += cnt;
-        n -= cnt;
-    }
-    return 0;
-}
-
-static int rc_add_range(struct txn *t, uint64_t off, uint64_t len,
-                        int64_t delta)
-{
-    int ret = 0;
-
-    if (!len)
-        return 0;
-    for (uint64_t c = off / t->cs; ret == 0 && c <= (off + len - 1) / t->cs;
-         c++)
-        ret = rc_add(t, c, delta);
-    return ret;
-}
-
 /* The on-disk refcount block rt_idx, cached in t->old_rb. */
 static int old_block(struct txn *t, uint64_t rt_idx)
 {
@@ -328,7 +101,7 @@ static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
 }
 
 /* Remember an old metadata cluster range this operation replaces. */
-static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
+int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len)
 {
     for (uint64_t c = off / t->cs; len && c <= (off + len - 1) / t->cs; c++)
         if (idset_add(&t->meta_freed, c) < 0)
@@ -382,8 +155,8 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
 
     while (run < n) {
         uint64_t rt_idx = idx / per, i = idx % per;
-        const uint8_t *rb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
-        const uint8_t *z = rb ? t->zhit[rt_idx] : NULL;
+        const uint8_t *rb = txn_refs_block(t, rt_idx);
+        const uint8_t *z = rb ? txn_refs_zhit(t, rt_idx) : NULL;
         bool exists = true;
 
         if (backed && idx - run + n > limit)
@@ -410,7 +183,7 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
             t->first_free = MIN(t->first_free, idx);
         for (; i < per && run < n; i++, idx++) {
             if ((exists && refblock_get(rb, i, q->refcount_order)) ||
-                zero_hit_at(z, i) || idx == 0) {
+                txn_refs_zero_hit_at(z, i) || idx == 0) {
                 /* In use (or too short a run): skip to the next cluster
                  * at 0 again. */
                 run = 0;
@@ -438,11 +211,12 @@ static int cluster_free(struct txn *t, uint64_t c)
 {
     struct qcow2 *q = t->q;
     uint64_t rt_idx = c >> q->rb_bits, i = c & ((1ull << q->rb_bits) - 1);
+    const uint8_t *rb = txn_refs_block(t, rt_idx);
     int ret;
 
-    if (rt_idx < t->nb_rb && t->rb[rt_idx])
-        return !refblock_get(t->rb[rt_idx], i, q->refcount_order) &&
-               !zero_hit_at(t->zhit[rt_idx], i);
+    if (rb)
+        return !refblock_get(rb, i, q->refcount_order) &&
+               !txn_refs_zero_hit_at(txn_refs_zhit(t, rt_idx), i);
     if ((ret = old_block(t, rt_idx)) < 0)
         return ret;
     return !t->old_exists || !refblock_get(t->old_rb, i, q->refcount_order);
@@ -489,7 +263,7 @@ static uint64_t single_run(const struct qcow2 *q)
  * and filling it again is cheaper than filling a hole; only when there
  * is none does the search start again from the front, holes included.
  * Single clusters are taken one after another from a run (single_run). */
-static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
+int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off)
 {
     uint64_t s = 0, k = n;
     bool backed = false;
@@ -527,7 +301,7 @@ static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
     *off = s * t->cs;
     t->scan = MAX(t->scan, s + n);
     for (uint64_t c = s; c < s + n; c++)
-        if ((ret = rc_add(t, c, 1)) < 0)
+        if ((ret = txn_refs_add(t, c, 1)) < 0)
             return ret;
     return 0;
 }
@@ -575,10 +349,11 @@ static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
 
     if (e & QCOW_OFLAG_COMPRESSED) {
         l2_compressed_range(q, e, &coff, &clen);
-        return rc_add_range(t, coff & ~511ull, clen + (coff & 511), delta);
+        return txn_refs_add_range(t, coff & ~511ull, clen + (coff & 511),
+                                  delta);
     }
     if (e & L2E_OFFSET_MASK)
-        return rc_add(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, delta);
+        return txn_refs_add(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, delta);
     return 0;
 }
 
@@ -600,14 +375,15 @@ static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
     if (!l2store_get(&t->l2s, l2_off, &runs, &nr))
         ret = read_l2(t, l2_off, t->tmp);
     if (ret == 0)
-        ret = rc_add(t, l2_off >> cbits, delta);
+        ret = txn_refs_add(t, l2_off >> cbits, delta);
     if (ret == 0 && delta < 0)
-        ret = meta_freed(t, l2_off, t->cs);
+        ret = txn_space_meta_freed(t, l2_off, t->cs);
     if (ret == 0 && l2store_get(&t->l2s, l2_off, &runs, &nr)) {
         for (size_t i = 0; ret == 0 && i < nr; i++)
             if (runs[i].e & L2E_OFFSET_MASK)
-                ret = rc_add_run(t, (runs[i].e & L2E_OFFSET_MASK) >> cbits,
-                                 runs[i].len, delta);
+                ret = txn_refs_add_run(t,
+                                       (runs[i].e & L2E_OFFSET_MASK) >> cbits,
+                                       runs[i].len, delta);
         return ret;
     }
     for (uint64_t j = 0; ret == 0 && j < n; j++) {
@@ -622,12 +398,12 @@ static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
             continue;
         }
         if (run_len)
-            ret = rc_add_run(t, run_start, run_len, delta);
+            ret = txn_refs_add_run(t, run_start, run_len, delta);
         run_start = c;
         run_len = 1;
     }
     if (ret == 0 && run_len)
-        ret = rc_add_run(t, run_start, run_len, delta);
+        ret = txn_refs_add_run(t, run_start, run_len, delta);
     return ret;
 }
 
@@ -671,13 +447,13 @@ static int fix_entries(struct txn *t, uint8_t *buf)
             c = (e & L2E_OFFSET_MASK) >> cbits;
             if (c >> rbits != cur) {
                 cur = c >> rbits;
-                rb = cur < t->nb_rb ? t->rb[cur] : NULL;
+                rb = txn_refs_block(t, cur);
             }
             if (rb) {
                 rc = order == 4 ? be16_load(rb + 2 * (c & mask))
                                 : refblock_get(rb, c & mask, order);
             } else {
-                int ret = rc_get(t, c, &rc);
+                int ret = txn_refs_get(t, c, &rc);
                 if (ret < 0)
                     return ret;
             }
@@ -696,14 +472,14 @@ static int fix_entries(struct txn *t, uint8_t *buf)
 static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
 {
     uint64_t copy;
-    int ret = txn_alloc(t, 1, &copy);
+    int ret = txn_space_alloc(t, 1, &copy);
 
     if (ret == 0)
         ret = buf ? txn_wbuf_write(t, buf, t->cs, copy) : txn_wbuf_put(t, copy);
     if (ret == 0)
-        ret = meta_freed(t, p, t->cs);
+        ret = txn_space_meta_freed(t, p, t->cs);
     if (ret == 0)
-        ret = rc_add(t, copy / t->cs, -1); /* counted per pointer later */
+        ret = txn_refs_add(t, copy / t->cs, -1); /* counted per pointer later */
     return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
 }
 
@@ -730,8 +506,7 @@ static int fix_runs(struct txn *t, const struct l2run *r, size_t n,
         }
         for (c = e >> cbits; len; ) {
             uint64_t j = c & (per - 1), cnt = MIN(len, per - j), ones = 0;
-            const uint8_t *rb = c >> rbits < t->nb_rb ? t->rb[c >> rbits]
-                                                      : NULL;
+            const uint8_t *rb = txn_refs_block(t, c >> rbits);
             for (uint64_t k = 0; k < cnt; k++, out += 8, e += cs) {
                 uint64_t rc;
                 if (rb && order == 4) {
@@ -739,7 +514,7 @@ static int fix_runs(struct txn *t, const struct l2run *r, size_t n,
                 } else if (rb) {
                     rc = refblock_get(rb, j + k, order);
                 } else {
-                    int ret = rc_get(t, c + k, &rc);
+                    int ret = txn_refs_get(t, c + k, &rc);
                     if (ret < 0)
                         return ret;
                 }
@@ -840,9 +615,9 @@ static int redirect(struct txn *t, struct new_l1 *l1)
     for (uint32_t i = 0; ret == 0 && i < l1->size; i++) {
         uint64_t p = l1_ptr(l1->buf, l1->size, i), copy;
         if (p && u64map_get(&t->copies, p, &copy)) {
-            ret = rc_add(t, p / t->cs, -1);
+            ret = txn_refs_add(t, p / t->cs, -1);
             if (ret == 0)
-                ret = rc_add(t, copy / t->cs, 1);
+                ret = txn_refs_add(t, copy / t->cs, 1);
             l1_entry_set(l1->buf, i, copy);
         }
     }
@@ -858,7 +633,7 @@ static int set_l1_flags(struct txn *t, struct new_l1 *l1)
             l1_entry_set(l1->buf, i, 0);
             continue;
         }
-        ret = rc_get(t, p / t->cs, &rc);
+        ret = txn_refs_get(t, p / t->cs, &rc);
         if (ret < 0)
             return ret;
         l1_entry_set(l1->buf, i, p | (rc == 1 ? QCOW_OFLAG_COPIED : 0));
@@ -877,94 +652,8 @@ static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
         *off = 0;
         return 0;
     }
-    ret = txn_alloc(t, DIV_ROUND_UP(len, t->cs), off);
+    ret = txn_space_alloc(t, DIV_ROUND_UP(len, t->cs), off);
     return ret < 0 ? ret : txn_wbuf_write(t, buf, len, *off);
-}
-
-static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
-{
-    if (rt_idx >= t->q->rt_entries)
-        return 0;
-    return be64_load(t->q->rt + rt_idx * 8) & RT_OFFSET_MASK;
-}
-
-/* Give every changed refcount block a new home, then size and place the
- * refcount table; repeat until placing things changes no more blocks. */
-static int place_refcounts(struct txn *t)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per_cl = t->cs / 8;
-    bool again = true;
-    int ret;
-
-    ret = rc_add_range(t, q->hdr.refcount_table_offset,
-                       (uint64_t)q->hdr.refcount_table_clusters * t->cs, -1);
-    if (ret == 0)
-        ret = meta_freed(t, q->hdr.refcount_table_offset,
-                         (uint64_t)q->hdr.refcount_table_clusters * t->cs);
-    while (ret == 0 && again) {
-        uint64_t need = q->rt_entries;
-        again = false;
-        for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
-            if (!t->rb_dirty[i] || t->rb_loc[i])
-                continue;
-            ret = txn_alloc(t, 1, &t->rb_loc[i]);
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = rc_add(t, rt_old_loc(t, i) / t->cs, -1);
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = meta_freed(t, rt_old_loc(t, i), t->cs);
-            again = true;
-        }
-        for (uint64_t i = 0; i < t->nb_rb; i++)
-            if (t->rb_dirty[i])
-                need = MAX(need, i + 1);
-        need = DIV_ROUND_UP(need, per_cl);
-        if (ret == 0 && need > t->rt_clusters) {
-            if (t->rt_clusters)
-                ret = rc_add_range(t, t->rt_off, t->rt_clusters * t->cs, -1);
-            if (ret == 0)
-                ret = txn_alloc(t, need, &t->rt_off);
-            t->rt_clusters = need;
-            again = true;
-        }
-    }
-    if (ret < 0)
-        return ret;
-    if (t->rt_clusters * t->cs > (8ull << 20))
-        return qimg_err(EFBIG, "Reference count table too large");
-    t->rt = calloc(t->rt_clusters, t->cs);
-    if (!t->rt)
-        return qimg_err(ENOMEM, "Out of memory");
-    memcpy(t->rt, q->rt, q->rt_entries * 8);
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb_dirty[i])
-            be64_store(t->rt + i * 8, t->rb_loc[i]);
-    return 0;
-}
-
-/* Blocks next to each other both in memory and in their new places go out
- * in one write, straight from memory. */
-static int write_refcounts(struct txn *t)
-{
-    int ret = 0;
-
-    for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
-        uint64_t n = 1;
-        if (!t->rb_dirty[i])
-            continue;
-        while (i + n < t->nb_rb && t->rb_dirty[i + n] &&
-               t->rb[i + n] == t->rb[i] + n * t->cs &&
-               t->rb_loc[i + n] == t->rb_loc[i] + n * t->cs)
-            n++;
-        if (n == 1)
-            ret = txn_wbuf_write(t, t->rb[i], t->cs, t->rb_loc[i]);
-        else if ((ret = txn_wbuf_flush(t)) == 0)
-            ret = image_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
-        i += n - 1;
-    }
-    if (ret == 0)
-        ret = txn_wbuf_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
-    return ret < 0 ? ret : txn_wbuf_flush(t);
 }
 
 /* The new root pointers, all in header sector 0. */
@@ -988,8 +677,8 @@ static int commit_header(struct txn *t, const struct roots *r)
         be32_store(s0 + HDR_L1_SIZE, r->active->size);
         be64_store(s0 + HDR_L1_OFF, r->active->off);
     }
-    be64_store(s0 + HDR_RT_OFF, t->rt_off);
-    be32_store(s0 + HDR_RT_CLUSTERS, (uint32_t)t->rt_clusters);
+    be64_store(s0 + HDR_RT_OFF, t->refs.rt_off);
+    be32_store(s0 + HDR_RT_CLUSTERS, (uint32_t)t->refs.rt_clusters);
     be32_store(s0 + HDR_NB_SNAPSHOTS, r->nb_snaps);
     be64_store(s0 + HDR_SNAPSHOTS_OFF, r->snap_off);
     if (q->hdr.version >= 3)
@@ -1037,17 +726,17 @@ static int find_freed(struct txn *t)
     const uint64_t per = 1ull << q->rb_bits;
     int ret = 0;
 
-    for (uint64_t i = 0; i < t->nb_rb && ret == 0; i++) {
-        const uint8_t *z = t->zhit[i];
-        if (!t->rb_dirty[i] || !z)
+    for (uint64_t i = 0; i < txn_refs_nb(t) && ret == 0; i++) {
+        const uint8_t *z = txn_refs_zhit(t, i), *rb = txn_refs_block(t, i);
+        if (!txn_refs_dirty(t, i) || !z)
             continue;
         for (uint64_t j = 0; ret == 0 && j < per; j++) {
             if (!z[j / 8]) {
                 j |= 7; /* skip the byte */
                 continue;
             }
-            if (zero_hit_at(z, j) &&
-                !refblock_get(t->rb[i], j, q->refcount_order))
+            if (txn_refs_zero_hit_at(z, j) &&
+                !refblock_get(rb, j, q->refcount_order))
                 ret = add_freed(t, i * per + j, 1);
         }
     }
@@ -1104,11 +793,11 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
         q->hdr.l1_table_offset = r->active->off;
     }
     free(q->rt);
-    q->rt = t->rt;
-    t->rt = NULL;
-    q->rt_entries = t->rt_clusters * t->cs / 8;
-    q->hdr.refcount_table_offset = t->rt_off;
-    q->hdr.refcount_table_clusters = (uint32_t)t->rt_clusters;
+    q->rt = t->refs.rt;
+    t->refs.rt = NULL;
+    q->rt_entries = t->refs.rt_clusters * t->cs / 8;
+    q->hdr.refcount_table_offset = t->refs.rt_off;
+    q->hdr.refcount_table_clusters = (uint32_t)t->refs.rt_clusters;
     for (uint32_t i = 0; i < q->nb_snaps; i++)
         snap_free(&q->snaps[i]);
     free(q->snaps);
@@ -1132,36 +821,14 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
 
 static void txn_free(struct txn *t)
 {
-    for (size_t i = 0; i < t->nb_chunks; i++)
-        free(t->chunks[i]);
-    free(t->chunks);
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        free(t->zhit[i]);
-    free(t->zhit);
-    free(t->rb_dirty);
-    free(t->rb);
-    free(t->rb_loc);
+    txn_refs_free(t);
     free(t->tmp);
     free(t->old_rb);
     txn_wbuf_free(t);
     idset_free(&t->meta_freed);
-    free(t->rt);
     free(t->freed);
     u64map_free(&t->copies);
     l2store_free(&t->l2s);
-}
-
-/* Refcount of cluster idx from the operation's own copy of its block. */
-static int rc_loaded(void *ctx, uint64_t idx, uint64_t *rc)
-{
-    struct txn *t = ctx;
-    uint8_t *rb = NULL;
-    int ret = rb_get(t, idx >> t->q->rb_bits, false, &rb);
-
-    if (ret == 0)
-        *rc = refblock_get(rb, idx & ((1ull << t->q->rb_bits) - 1),
-                           t->q->refcount_order);
-    return ret;
 }
 
 /* preload: the operation will count most of the image (create, delete),
@@ -1181,7 +848,8 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
     if (ret == 0)
-        ret = qcow2_meta_check_counted(img, preload ? rc_loaded : NULL, t);
+        ret = qcow2_meta_check_counted(img, preload ? txn_refs_loaded : NULL,
+                                       t);
     if (ret < 0)
         return ret;
     t->tmp = malloc(t->cs);
@@ -1268,9 +936,11 @@ static int write_snap_table(struct txn *t, struct snap *snaps, uint32_t n,
     int ret = 0;
 
     if (q->nb_snaps)
-        ret = rc_add_range(t, q->hdr.snapshots_offset, q->snap_table_size, -1);
+        ret = txn_refs_add_range(t, q->hdr.snapshots_offset,
+                                 q->snap_table_size, -1);
     if (ret == 0 && q->nb_snaps)
-        ret = meta_freed(t, q->hdr.snapshots_offset, q->snap_table_size);
+        ret = txn_space_meta_freed(t, q->hdr.snapshots_offset,
+                                   q->snap_table_size);
     if (ret == 0)
         ret = snap_table_encode(q, snaps, n, &buf, size);
     if (ret == 0 && *size > QCOW_MAX_SNAPSHOTS_SIZE)
@@ -1307,23 +977,16 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
         !memcmp(r->active->buf, q->l1, (size_t)q->l1_size * 8))
         r->active = NULL; /* unchanged: stays where it is */
     else if (r->active && q->l1_size)
-        ret = rc_add_range(t, q->hdr.l1_table_offset,
-                           (uint64_t)q->l1_size * 8, -1);
+        ret = txn_refs_add_range(t, q->hdr.l1_table_offset,
+                                 (uint64_t)q->l1_size * 8, -1);
     if (ret == 0 && r->active && q->l1_size)
-        ret = meta_freed(t, q->hdr.l1_table_offset, (uint64_t)q->l1_size * 8);
+        ret = txn_space_meta_freed(t, q->hdr.l1_table_offset,
+                                   (uint64_t)q->l1_size * 8);
     for (size_t i = 0; ret == 0 && i < n; i++)
         if (i > 0 || r->active)
             ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
                               &l1s[i]->off);
     return ret;
-}
-
-static bool nothing_changed(const struct txn *t)
-{
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb_dirty[i])
-            return false;
-    return true;
 }
 
 /* Place the refcount structures, write them, switch the header, tidy up. */
@@ -1332,11 +995,11 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
 {
     int ret;
 
-    if (nothing_changed(t) && r->size == t->img->size)
+    if (txn_refs_unchanged(t) && r->size == t->img->size)
         return 1; /* e.g. applying the snapshot the disk already equals */
-    ret = place_refcounts(t);
+    ret = txn_refs_place(t);
     if (ret == 0)
-        ret = write_refcounts(t);
+        ret = txn_refs_write(t);
     if (ret == 0)
         ret = find_freed(t);
     if (ret == 0)
@@ -1514,9 +1177,9 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         if (l1_ptr(sl1, s->l1_size, i))
             ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), -1);
     if (ret == 0 && s->l1_size)
-        ret = rc_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
+        ret = txn_refs_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
     if (ret == 0 && s->l1_size)
-        ret = meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
+        ret = txn_space_meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < active.size; i++)
         if (l1_ptr(sl1, s->l1_size, i))
             ret = inspect_table(&t, active.buf, active.size, i);

@@ -4,9 +4,13 @@
  * internal.h; the notes on the design are at the top of txn.c.
  *
  * struct txn holds one part per concept, each written only by the file
- * that owns it; other files read a part's fields, or change it through
- * its file's functions below:
+ * that owns it; other files read a part through the inline accessors
+ * below (which the hot loops need: there is no LTO), or change it through
+ * its file's functions:
  *
+ *   refs    txn_refs.c    the new refcounts: copies of the changed
+ *                         refcount blocks, the clusters a decrement took
+ *                         to 0, where the new blocks and table go
  *   wb      txn_wbuf.c    new metadata coalesced into long writes
  *
  * txn_init zeroes the whole struct: all zeros is every part's empty state.
@@ -16,16 +20,7 @@
 
 #include "internal.h"
 
-struct txn_wbuf {
-    uint8_t *buf; /* contiguous new metadata, written in one go */
-    uint64_t off;
-    size_t len;
-};
-
-struct txn {
-    qimg_image *img;
-    struct qcow2 *q;
-    uint64_t cs;
+struct txn_refs {
     /* New refcount blocks by reftable index (NULL: unchanged), carved
      * from 2 MiB chunks in reftable order, so neighbours are written in
      * one request. */
@@ -40,6 +35,21 @@ struct txn {
     uint8_t **zhit;
     uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
+    uint8_t *rt; /* the new refcount table */
+    uint64_t rt_off, rt_clusters;
+};
+
+struct txn_wbuf {
+    uint8_t *buf; /* contiguous new metadata, written in one go */
+    uint64_t off;
+    size_t len;
+};
+
+struct txn {
+    qimg_image *img; /* these three are set by txn_init, then read-only */
+    struct qcow2 *q;
+    uint64_t cs;
+    struct txn_refs refs; /* txn_refs.c */
     uint64_t scan; /* end of the clusters allocated so far (index) */
     uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
     uint64_t backed_short; /* no backed free run of this length left */
@@ -58,11 +68,93 @@ struct txn {
     struct idset meta_freed; /* old metadata clusters the op replaces */
     struct u64map copies; /* old L2 table offset -> its new copy */
     struct l2store l2s;   /* L2 tables read so far, kept as runs */
-    uint8_t *rt;          /* the new refcount table */
-    uint64_t rt_off, rt_clusters;
     uint64_t *freed; /* (start, length) cluster runs freed by the commit */
     size_t nb_freed;
 };
+
+/* ---- txn_refs.c: the new refcounts --------------------------------------- */
+/* Add delta to the refcount of cluster idx, of n clusters from idx, or
+ * of the clusters bytes [off, off + len) touch; checked. */
+int txn_refs_add(struct txn *t, uint64_t idx, int64_t delta);
+int txn_refs_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta);
+int txn_refs_add_range(struct txn *t, uint64_t off, uint64_t len,
+                       int64_t delta);
+/* For qcow2_meta_check_counted: loads the blocks it reads. */
+int txn_refs_loaded(void *ctx, uint64_t idx, uint64_t *rc);
+/* No refcount changed. */
+bool txn_refs_unchanged(const struct txn *t);
+/* Place the changed blocks and the new table (refs.rt, rt_off,
+ * rt_clusters), then write them all and flush the write buffer. */
+int txn_refs_place(struct txn *t);
+int txn_refs_write(struct txn *t);
+void txn_refs_free(struct txn *t);
+
+/* The operation's copy of refcount block rt_idx, NULL if it has none
+ * (the block is as on disk). */
+static inline const uint8_t *txn_refs_block(const struct txn *t,
+                                            uint64_t rt_idx)
+{
+    return rt_idx < t->refs.nb_rb ? t->refs.rb[rt_idx] : NULL;
+}
+
+/* Bitmap of the clusters of block rt_idx a decrement took to 0, NULL if
+ * none. */
+static inline const uint8_t *txn_refs_zhit(const struct txn *t,
+                                           uint64_t rt_idx)
+{
+    return rt_idx < t->refs.nb_rb ? t->refs.zhit[rt_idx] : NULL;
+}
+
+static inline bool txn_refs_zero_hit_at(const uint8_t *z, uint64_t i)
+{
+    return z && (z[i / 8] >> (i % 8) & 1);
+}
+
+/* Whether the operation changed block rt_idx; blocks past txn_refs_nb
+ * are unchanged. */
+static inline bool txn_refs_dirty(const struct txn *t, uint64_t rt_idx)
+{
+    return rt_idx < t->refs.nb_rb && t->refs.rb_dirty[rt_idx];
+}
+
+static inline uint64_t txn_refs_nb(const struct txn *t)
+{
+    return t->refs.nb_rb;
+}
+
+/* The new refcount of cluster idx. */
+static inline int txn_refs_get(struct txn *t, uint64_t idx, uint64_t *out)
+{
+    const uint8_t *rb = txn_refs_block(t, idx >> t->q->rb_bits);
+
+    if (rb) {
+        *out = refblock_get(rb, idx & ((1ull << t->q->rb_bits) - 1),
+                            t->q->refcount_order);
+        return 0;
+    }
+    return refcount_get(t->img, idx, out);
+}
+
+/* ---- txn_space.c: free clusters ------------------------------------------ */
+/* n contiguous clusters free in both the old and the new state, counted
+ * once in the new state. */
+int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off);
+/* Remember an old metadata cluster range this operation replaces. */
+int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len);
+
+/* End of the clusters allocated so far (index). */
+static inline uint64_t txn_space_end(const struct txn *t)
+{
+    return t->scan;
+}
+
+/* On-disk refcount block rt_idx if the free-cluster search has it cached,
+ * else NULL. */
+static inline const uint8_t *txn_space_cached(const struct txn *t,
+                                              uint64_t rt_idx)
+{
+    return t->old_idx == rt_idx ? t->old_rb : NULL;
+}
 
 /* ---- txn_wbuf.c: the write buffer ---------------------------------------- */
 int txn_wbuf_init(struct txn *t);
