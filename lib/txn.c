@@ -42,270 +42,6 @@ struct new_l1 {
     uint64_t off; /* where it is written */
 };
 
-/* The on-disk refcount block rt_idx, cached in t->old_rb. */
-static int old_block(struct txn *t, uint64_t rt_idx)
-{
-    int ret;
-
-    if (t->old_idx == rt_idx)
-        return 0;
-    t->old_idx = UINT64_MAX;
-    ret = refcount_read_block(t->img, rt_idx, t->old_rb, &t->old_exists);
-    if (ret == 0)
-        t->old_idx = rt_idx;
-    return ret;
-}
-
-/* Whether the 64 bytes at p hold a zero lane of type T, tested 16 bytes
- * at a time with the compiler's vector types (SSE2 on x86-64). */
-#define ZERO_IN_64(name, T)                                                  \
-    static bool name(const uint8_t *p)                                       \
-    {                                                                        \
-        typedef T vec __attribute__((vector_size(16)));                      \
-        vec a, b, c, d;                                                      \
-        uint64_t w[2];                                                       \
-        memcpy(&a, p, 16);                                                   \
-        memcpy(&b, p + 16, 16);                                              \
-        memcpy(&c, p + 32, 16);                                              \
-        memcpy(&d, p + 48, 16);                                              \
-        __typeof__(a == 0) m = (a == 0) | (b == 0) | (c == 0) | (d == 0);    \
-        memcpy(w, &m, 16);                                                   \
-        return w[0] | w[1];                                                  \
-    }
-ZERO_IN_64(zero_in_64_8, uint8_t)
-ZERO_IN_64(zero_in_64_16, uint16_t)
-ZERO_IN_64(zero_in_64_32, uint32_t)
-ZERO_IN_64(zero_in_64_64, uint64_t)
-
-/* Index of the first zero entry of rb in [from, n), or n. Byte-wide and
- * wider entries are tested 64 bytes at a time. */
-static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
-                           unsigned order)
-{
-    bool (*zero_in_64)(const uint8_t *) =
-        order == 3 ? zero_in_64_8
-        : order == 4 ? zero_in_64_16
-        : order == 5 ? zero_in_64_32 : zero_in_64_64;
-    uint64_t per = order < 3 ? 0 : 512 >> order, i = from; /* in 64 bytes */
-
-    for (; i < n && (!per || i % per); i++)
-        if (!refblock_get(rb, i, order))
-            return i;
-    for (; per && i + per <= n; i += per)
-        if (zero_in_64(rb + (i << order) / 8))
-            break;
-    for (; i < n; i++)
-        if (!refblock_get(rb, i, order))
-            return i;
-    return n;
-}
-
-/* Remember an old metadata cluster range this operation replaces. */
-int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len)
-{
-    for (uint64_t c = off / t->cs; len && c <= (off + len - 1) / t->cs; c++)
-        if (idset_add(&t->meta_freed, c) < 0)
-            return -ENOMEM;
-    return 0;
-}
-
-/* Whole clusters in the file as the operation found it. */
-static uint64_t file_clusters(const struct txn *t)
-{
-    return t->q->file_size / t->cs;
-}
-
-/* Whether clusters [c, c+n) are backed by the file (written, not a hole),
- * so that reusing them costs the file system no allocation; if not, *next
- * is a cluster after c where looking on makes sense. A backend that
- * cannot tell, or a failed query, says yes: this only steers a choice. */
-static int file_backed(struct txn *t, uint64_t c, uint64_t n, uint64_t *next)
-{
-    const struct qimg_io *io = &t->img->io;
-    uint64_t off = c * t->cs, end;
-    bool data;
-
-    /* Backed up to the start of the run's last cluster: a table written
-     * short (an 8-byte L1) has only its first block. */
-    if (off >= t->data_lo && off + (n - 1) * t->cs < t->data_hi)
-        return 1; /* inside the data run found last time */
-    if (!io->ops->seek_data ||
-        io->ops->seek_data(io->ctx, off, &data, &end) < 0)
-        return 1;
-    if (data) {
-        t->data_lo = off;
-        t->data_hi = end;
-    }
-    if (data && end > off + (n - 1) * t->cs)
-        return 1;
-    *next = MAX(c + 1, data ? DIV_ROUND_UP(end, t->cs) : end / t->cs);
-    return 0;
-}
-
-/* First fit from *cursor: n contiguous clusters free in both the old and
- * the new state. backed: only clusters inside the file that it has
- * blocks for; 1 if there are none. */
-static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
-                      uint64_t *start)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per = 1ull << q->rb_bits, idx = *cursor, run = 0, next;
-    uint64_t limit = file_clusters(t);
-    int ret;
-
-    while (run < n) {
-        uint64_t rt_idx = idx / per, i = idx % per;
-        const uint8_t *rb = txn_refs_block(t, rt_idx);
-        const uint8_t *z = rb ? txn_refs_zhit(t, rt_idx) : NULL;
-        bool exists = true;
-
-        if (backed && idx - run + n > limit)
-            return 1;
-        /* A block the operation holds: a cluster is free in both states
-         * if it is 0 now and no decrement took it there. Any other block
-         * is as on disk. */
-        if (!rb) {
-            ret = old_block(t, rt_idx);
-            if (ret < 0)
-                return ret;
-            rb = t->old_rb;
-            exists = t->old_exists;
-        }
-        if (run == 0 && exists) {
-            /* Skip straight to the next cluster at 0. */
-            uint64_t zi = first_zero(rb, i, per, q->refcount_order);
-            idx += zi - i;
-            i = zi;
-            if (i == per)
-                continue;
-        }
-        if (backed && run == 0)
-            t->first_free = MIN(t->first_free, idx);
-        for (; i < per && run < n; i++, idx++) {
-            if ((exists && refblock_get(rb, i, q->refcount_order)) ||
-                txn_refs_zero_hit_at(z, i) || idx == 0) {
-                /* In use (or too short a run): skip to the next cluster
-                 * at 0 again. */
-                run = 0;
-                idx++;
-                break;
-            }
-            run++;
-        }
-        if (run == n && backed) {
-            if (idx > limit)
-                return 1;
-            if (!file_backed(t, idx - n, n, &next)) {
-                run = 0;
-                idx = next;
-            }
-        }
-    }
-    *start = idx - n;
-    *cursor = idx;
-    return 0;
-}
-
-/* Whether cluster c is free in both the old and the new state. */
-static int cluster_free(struct txn *t, uint64_t c)
-{
-    struct qcow2 *q = t->q;
-    uint64_t rt_idx = c >> q->rb_bits, i = c & ((1ull << q->rb_bits) - 1);
-    const uint8_t *rb = txn_refs_block(t, rt_idx);
-    int ret;
-
-    if (rb)
-        return !refblock_get(rb, i, q->refcount_order) &&
-               !txn_refs_zero_hit_at(txn_refs_zhit(t, rt_idx), i);
-    if ((ret = old_block(t, rt_idx)) < 0)
-        return ret;
-    return !t->old_exists || !refblock_get(t->old_rb, i, q->refcount_order);
-}
-
-/* The cluster after the last single, if it is still free (and, when the
- * run was found among backed clusters, backed): 0 if so, 1 if not. */
-static int ext_take(struct txn *t, uint64_t *s)
-{
-    uint64_t c = t->ext_next, next;
-    int ret = cluster_free(t, c);
-
-    if (ret > 0 && t->ext_backed)
-        ret = c < file_clusters(t) && file_backed(t, c, 1, &next);
-    if (ret <= 0) {
-        t->ext_next = 0;
-        return ret < 0 ? ret : 1;
-    }
-    *s = c;
-    return 0;
-}
-
-/* How long a free run must be for single clusters to be taken from it:
- * long enough that the L2 copies and refcount blocks an operation may
- * write (one cluster each) fit in about 8 runs, up to 1 MiB. They then
- * go out in long writes rather than filling scattered free clusters one
- * at a time (as qemu-img leaves the L2 tables of a preallocated image,
- * one per 512 MiB, once they are copied), while a small operation still
- * fills the few short runs an earlier one left. */
-static uint64_t single_run(const struct qcow2 *q)
-{
-    uint64_t n = 0, max = MAX(1, (1ull << 20) >> q->cluster_bits);
-
-    for (uint64_t i = 0; i < q->l1_size; i++)
-        n += (l1_entry_get(q->l1, i) & L1E_OFFSET_MASK) != 0;
-    for (uint64_t i = 0; i < q->rt_entries; i++)
-        n += (be64_load(q->rt + i * 8) & RT_OFFSET_MASK) != 0;
-    return MIN(max, MAX(1, n / 8));
-}
-
-/* n contiguous clusters free in both the old and the new state, counted
- * once in the new state. Clusters the file has blocks for come first:
- * metadata an earlier operation freed is left in place (discard_freed),
- * and filling it again is cheaper than filling a hole; only when there
- * is none does the search start again from the front, holes included.
- * Single clusters are taken one after another from a run (single_run). */
-int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off)
-{
-    uint64_t s = 0, k = n;
-    bool backed = false;
-    int ret = 1;
-
-    if (n == 1 && t->ext_next) {
-        ret = ext_take(t, &s);
-        backed = t->ext_backed;
-    }
-    if (ret > 0 && n == 1)
-        k = t->run_k;
-    if (ret > 0 && k < t->backed_short) {
-        ret = alloc_scan(t, k, true, &t->scan_backed, &s);
-        if (ret > 0)
-            t->backed_short = k; /* no backed run this long is left */
-        backed = ret == 0;
-    }
-    t->pool_dry |= ret > 0 && n == 1;
-    if (ret > 0) {
-        /* Everything before the first free cluster the backed search
-         * saw was in use then, and still is. */
-        t->scan_any = MAX(t->scan_any, MIN(t->first_free, file_clusters(t)));
-        ret = alloc_scan(t, k, false, &t->scan_any, &s);
-        backed = false;
-    }
-    if (ret < 0)
-        return ret;
-    if (n == 1) {
-        t->ext_next = s + 1;
-        t->ext_backed = backed; /* unchanged if s came from ext_take */
-    }
-    if (backed)
-        t->nb_backed += n;
-    t->nb_alloc += n;
-    *off = s * t->cs;
-    t->scan = MAX(t->scan, s + n);
-    for (uint64_t c = s; c < s + n; c++)
-        if ((ret = txn_refs_add(t, c, 1)) < 0)
-            return ret;
-    return 0;
-}
-
 /* ---- Reading and counting the trees ------------------------------------ */
 
 static int check_l2_off(struct txn *t, uint64_t l2_off)
@@ -695,88 +431,6 @@ static int commit_header(struct txn *t, const struct roots *r)
     return ret;
 }
 
-/* Record a run of clusters only the old state uses. */
-static int add_freed(struct txn *t, uint64_t start, uint64_t len)
-{
-    uint64_t *f;
-
-    if (!len)
-        return 0;
-    if (t->nb_freed && t->freed[2 * t->nb_freed - 2] +
-                               t->freed[2 * t->nb_freed - 1] == start) {
-        t->freed[2 * t->nb_freed - 1] += len;
-        return 0;
-    }
-    f = realloc(t->freed, (t->nb_freed + 1) * 2 * sizeof *f);
-    if (!f)
-        return qimg_err(ENOMEM, "Out of memory");
-    t->freed = f;
-    f[2 * t->nb_freed] = start;
-    f[2 * t->nb_freed + 1] = len;
-    t->nb_freed++;
-    return 0;
-}
-
-/* Before the commit: which clusters the new state frees (so nothing has
- * to be read once the header is switched): those a decrement took to 0
- * that are still 0. */
-static int find_freed(struct txn *t)
-{
-    struct qcow2 *q = t->q;
-    const uint64_t per = 1ull << q->rb_bits;
-    int ret = 0;
-
-    for (uint64_t i = 0; i < txn_refs_nb(t) && ret == 0; i++) {
-        const uint8_t *z = txn_refs_zhit(t, i), *rb = txn_refs_block(t, i);
-        if (!txn_refs_dirty(t, i) || !z)
-            continue;
-        for (uint64_t j = 0; ret == 0 && j < per; j++) {
-            if (!z[j / 8]) {
-                j |= 7; /* skip the byte */
-                continue;
-            }
-            if (txn_refs_zero_hit_at(z, j) &&
-                !refblock_get(rb, j, q->refcount_order))
-                ret = add_freed(t, i * per + j, 1);
-        }
-    }
-    return ret;
-}
-
-/* 3 of 3: the switch is durable; punch what only the old state used.
- * Discarding is advisory: a failure here cannot harm the new state, and
- * a punch lost in a crash only leaves free clusters allocated, so it
- * needs no flush. Data is punched. Old copies of metadata the operation
- * replaced are partly left in place: punching costs about as much as
- * writing, and the next operation, which replaces the same tables,
- * would only fill the holes again (filling a hole costs the file system
- * an allocation too); txn_alloc takes such blocks first.
- * How many stay is bounded: as many as this operation took from that
- * pool (so it does not grow), or, when the pool ran dry, as many as it
- * allocated. So free clusters left allocated never exceed what the
- * largest operation allocated (about one copy of the metadata). Runs
- * too short for txn_alloc's single clusters are punched too (such as
- * qemu-img's scattered L2 tables): it would pass them over. */
-static void discard_freed(struct txn *t)
-{
-    bool unsynced = t->img->unsynced;
-    uint64_t keep = t->pool_dry ? t->nb_alloc : t->nb_backed;
-
-    for (size_t i = 0; i < t->nb_freed; i++) {
-        uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1], k;
-        bool meta = len >= t->run_k;
-        for (uint64_t c = start; meta && c < start + len; c++)
-            meta = idset_has(&t->meta_freed, c);
-        k = meta ? MIN(len, keep) : 0;
-        keep -= k;
-        if (len > k)
-            image_discard_file(t->img, (start + k) * t->cs,
-                               (len - k) * t->cs);
-    }
-    t->img->unsynced = unsynced;
-    qimg_error_clear();
-}
-
 /* Adopt the committed state in memory; caches start empty. */
 static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
                  uint64_t snap_size)
@@ -809,7 +463,7 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     q->hdr.autoclear &= AUTOCLEAR_MASK;
     q->hdr.size = r->size;
     img->size = r->size;
-    q->file_size = MAX(q->file_size, t->scan * t->cs);
+    q->file_size = MAX(q->file_size, t->space.scan * t->cs);
     q->free_hint = 0;
     q->free_byte_off = 0;
     idset_free(&q->meta);
@@ -823,10 +477,8 @@ static void txn_free(struct txn *t)
 {
     txn_refs_free(t);
     free(t->tmp);
-    free(t->old_rb);
+    txn_space_free(t);
     txn_wbuf_free(t);
-    idset_free(&t->meta_freed);
-    free(t->freed);
     u64map_free(&t->copies);
     l2store_free(&t->l2s);
 }
@@ -843,7 +495,7 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     t->img = img;
     t->q = q;
     t->cs = q->cluster_size;
-    t->old_idx = UINT64_MAX; /* before rb_get runs (preload) */
+    txn_space_init(t); /* before rb_get runs (preload) */
     if (q->hdr.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY))
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
@@ -853,16 +505,12 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     if (ret < 0)
         return ret;
     t->tmp = malloc(t->cs);
-    t->old_rb = malloc(t->cs);
-    if (!t->tmp || !t->old_rb)
+    if (!t->tmp)
         return qimg_err(ENOMEM, "Out of memory");
-    ret = txn_wbuf_init(t);
-    if (ret < 0)
-        return ret;
-    t->scan = t->scan_backed = t->scan_any = 1;
-    t->backed_short = t->first_free = UINT64_MAX;
-    t->run_k = single_run(q);
-    return 0;
+    ret = txn_space_setup(t);
+    if (ret == 0)
+        ret = txn_wbuf_init(t);
+    return ret;
 }
 
 /* Validate every snapshot's L1 location and the tables they point at. */
@@ -1001,12 +649,12 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     if (ret == 0)
         ret = txn_refs_write(t);
     if (ret == 0)
-        ret = find_freed(t);
+        ret = txn_space_find_freed(t);
     if (ret == 0)
         ret = commit_header(t, r);
     if (ret < 0)
         return ret;
-    discard_freed(t);
+    txn_space_discard_freed(t);
     adopt(t, r, snaps, snap_size);
     return 0;
 }

@@ -11,6 +11,8 @@
  *   refs    txn_refs.c    the new refcounts: copies of the changed
  *                         refcount blocks, the clusters a decrement took
  *                         to 0, where the new blocks and table go
+ *   space   txn_space.c   which clusters the new metadata goes to, and
+ *                         which the commit frees
  *   wb      txn_wbuf.c    new metadata coalesced into long writes
  *
  * txn_init zeroes the whole struct: all zeros is every part's empty state.
@@ -39,6 +41,25 @@ struct txn_refs {
     uint64_t rt_off, rt_clusters;
 };
 
+struct txn_space {
+    uint64_t scan; /* end of the clusters allocated so far (index) */
+    uint64_t scan_backed, scan_any; /* txn_space_alloc's two cursors */
+    uint64_t backed_short; /* no backed free run of this length left */
+    bool pool_dry;       /* a single cluster found no backed run */
+    uint64_t first_free; /* lowest cluster the backed search found at 0 */
+    uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
+    uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
+    uint64_t run_k;       /* length of the free runs singles come from */
+    uint64_t ext_next;    /* where the next single may go (0: search) */
+    bool ext_backed;      /* ... found by the backed search */
+    uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
+    uint64_t old_idx;    /* UINT64_MAX: none cached */
+    bool old_exists;
+    struct idset meta_freed; /* old metadata clusters the op replaces */
+    uint64_t *freed; /* (start, length) cluster runs freed by the commit */
+    size_t nb_freed;
+};
+
 struct txn_wbuf {
     uint8_t *buf; /* contiguous new metadata, written in one go */
     uint64_t off;
@@ -49,27 +70,12 @@ struct txn {
     qimg_image *img; /* these three are set by txn_init, then read-only */
     struct qcow2 *q;
     uint64_t cs;
-    struct txn_refs refs; /* txn_refs.c */
-    uint64_t scan; /* end of the clusters allocated so far (index) */
-    uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
-    uint64_t backed_short; /* no backed free run of this length left */
-    bool pool_dry;       /* a single cluster found no backed run */
-    uint64_t first_free; /* lowest cluster the backed search found at 0 */
-    uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
-    uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
-    uint64_t run_k;       /* length of the free runs singles come from */
-    uint64_t ext_next;    /* where the next single may go (0: search) */
-    bool ext_backed;      /* ... found by the backed search */
+    struct txn_refs refs;   /* txn_refs.c */
+    struct txn_space space; /* txn_space.c */
+    struct txn_wbuf wb;     /* txn_wbuf.c */
     uint8_t *tmp;
-    uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
-    uint64_t old_idx;    /* UINT64_MAX: none cached */
-    bool old_exists;
-    struct txn_wbuf wb;      /* txn_wbuf.c */
-    struct idset meta_freed; /* old metadata clusters the op replaces */
     struct u64map copies; /* old L2 table offset -> its new copy */
     struct l2store l2s;   /* L2 tables read so far, kept as runs */
-    uint64_t *freed; /* (start, length) cluster runs freed by the commit */
-    size_t nb_freed;
 };
 
 /* ---- txn_refs.c: the new refcounts --------------------------------------- */
@@ -136,16 +142,23 @@ static inline int txn_refs_get(struct txn *t, uint64_t idx, uint64_t *out)
 }
 
 /* ---- txn_space.c: free clusters ------------------------------------------ */
+void txn_space_init(struct txn *t);
+int txn_space_setup(struct txn *t);
+void txn_space_free(struct txn *t);
 /* n contiguous clusters free in both the old and the new state, counted
  * once in the new state. */
 int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off);
 /* Remember an old metadata cluster range this operation replaces. */
 int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len);
+/* Before the commit: list the clusters it frees. After it: discard them
+ * (or some of them; see txn_space.c). */
+int txn_space_find_freed(struct txn *t);
+void txn_space_discard_freed(struct txn *t);
 
 /* End of the clusters allocated so far (index). */
 static inline uint64_t txn_space_end(const struct txn *t)
 {
-    return t->scan;
+    return t->space.scan;
 }
 
 /* On-disk refcount block rt_idx if the free-cluster search has it cached,
@@ -153,7 +166,7 @@ static inline uint64_t txn_space_end(const struct txn *t)
 static inline const uint8_t *txn_space_cached(const struct txn *t,
                                               uint64_t rt_idx)
 {
-    return t->old_idx == rt_idx ? t->old_rb : NULL;
+    return t->space.old_idx == rt_idx ? t->space.old_rb : NULL;
 }
 
 /* ---- txn_wbuf.c: the write buffer ---------------------------------------- */
