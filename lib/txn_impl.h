@@ -4,9 +4,13 @@
  * internal.h; the notes on the design are at the top of txn.c.
  *
  * struct txn holds one part per concept, each written only by the file
- * that owns it; other files read a part through the inline accessors
- * below (which the hot loops need: there is no LTO), or change it through
- * its file's functions:
+ * that owns it. Other files change a part only through its file's
+ * functions; they read it through the inline accessors below (the hot
+ * loops of another file must not pay a call per cluster: there is no LTO),
+ * except that the commit in txn.c reads the new refcount table's place
+ * (refs.rt_off, rt_clusters) and the end of the allocated clusters
+ * (space.scan), and adopt() takes the new table itself (refs.rt) into
+ * struct qcow2, the one write from outside a part's file.
  *
  *   refs    txn_refs.c    the new refcounts: copies of the changed
  *                         refcount blocks, the clusters a decrement took
@@ -14,13 +18,25 @@
  *   space   txn_space.c   which clusters the new metadata goes to, and
  *                         which the commit frees
  *   wb      txn_wbuf.c    new metadata coalesced into long writes
+ *   tables  txn_tables.c  L1/L2 tables read so far, counting their
+ *                         references, the copies made to fix COPIED
  *
- * txn_init zeroes the whole struct: all zeros is every part's empty state.
+ * txn_init (txn.c) zeroes the whole struct, all zeros being every part's
+ * empty state, so that txn_free can run after any failure; each file's
+ * init and free handle the rest of its part. img, q and cs are set by
+ * txn_init and read-only after it.
  */
 #ifndef QIMG_TXN_IMPL_H
 #define QIMG_TXN_IMPL_H
 
 #include "internal.h"
+
+/* A new L1 table the transaction writes. */
+struct new_l1 {
+    uint8_t *buf; /* disk order */
+    uint32_t size;
+    uint64_t off; /* where it is written */
+};
 
 struct txn_refs {
     /* New refcount blocks by reftable index (NULL: unchanged), carved
@@ -66,16 +82,20 @@ struct txn_wbuf {
     size_t len;
 };
 
-struct txn {
-    qimg_image *img; /* these three are set by txn_init, then read-only */
-    struct qcow2 *q;
-    uint64_t cs;
-    struct txn_refs refs;   /* txn_refs.c */
-    struct txn_space space; /* txn_space.c */
-    struct txn_wbuf wb;     /* txn_wbuf.c */
-    uint8_t *tmp;
+struct txn_tables {
+    uint8_t *tmp;         /* one L2 table, read or being fixed */
     struct u64map copies; /* old L2 table offset -> its new copy */
     struct l2store l2s;   /* L2 tables read so far, kept as runs */
+};
+
+struct txn {
+    qimg_image *img;
+    struct qcow2 *q;
+    uint64_t cs;
+    struct txn_refs refs;     /* txn_refs.c */
+    struct txn_space space;   /* txn_space.c */
+    struct txn_wbuf wb;       /* txn_wbuf.c */
+    struct txn_tables tables; /* txn_tables.c */
 };
 
 /* ---- txn_refs.c: the new refcounts --------------------------------------- */
@@ -176,5 +196,32 @@ int txn_wbuf_write(struct txn *t, const void *data, size_t len, uint64_t off);
 int txn_wbuf_flush(struct txn *t);
 int txn_wbuf_slot(struct txn *t, uint8_t **slot);
 int txn_wbuf_put(struct txn *t, uint64_t off);
+
+/* ---- txn_tables.c: L1 and L2 tables -------------------------------------- */
+int txn_tables_init(struct txn *t);
+void txn_tables_free(struct txn *t);
+/* Validate an L1 table's pointers, or read and validate one L2 table
+ * (into tables.tmp). */
+int txn_tables_check_l1(struct txn *t, const uint8_t *l1, uint32_t size);
+int txn_tables_read_l2(struct txn *t, uint64_t l2_off);
+/* One L1 pointer to l2_off appears (+1) or disappears (-1). */
+int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta);
+/* Copy the L2 table at p if its COPIED flags change: clear them all
+ * (create), or set them from the new refcounts (the table at index i of
+ * a new active L1). */
+int txn_tables_clear_copied(struct txn *t, uint64_t p);
+int txn_tables_inspect(struct txn *t, const uint8_t *l1, uint32_t size,
+                       uint64_t i);
+/* Point a new L1 table at the copies made; set its COPIED flags. */
+int txn_tables_redirect(struct txn *t, struct new_l1 *l1);
+int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1);
+
+/* The L2 table offset in entry i of an L1 table of size entries (0 past
+ * its end). */
+static inline uint64_t txn_l1_ptr(const uint8_t *l1, uint32_t size,
+                                  uint64_t i)
+{
+    return i < size ? l1_entry_get(l1, i) & L1E_OFFSET_MASK : 0;
+}
 
 #endif
