@@ -4,7 +4,7 @@
  * when it needs fixing (check.c, note 3; qcow2-format.md §5).
  *
  * Owns struct chk_snaptable: the snapshots read, where the table is, and
- * what rewriting it would fix. Decoding the table is snapshot.c's, writing
+ * what rewriting it would fix. Decoding the table is snaptable.c's, writing
  * the new one rebuild.c's; the snapshots' L1 trees are walked by
  * check_walk.c.
  */

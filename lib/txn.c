@@ -3,8 +3,16 @@
  *
  * qcow2-format.md §3.7 (COPIED), §4.1 (what is counted), §5.5 (what each
  * operation does to refcounts, and the shadow-metadata way to commit it).
- * snapshot.c validates requests and owns the table codec; this file builds
- * the new image state beside the old one and switches to it.
+ * snapapi.c validates requests and snaptable.c owns the table codec; this
+ * file (with txn_*.c) builds the new image state beside the old one and
+ * switches to it.
+ *
+ * The transaction is split by concept, each file owning one part of
+ * struct txn (lib/txn_impl.h): txn_refs.c the new refcounts, txn_space.c
+ * the free-space policy and what the commit frees, txn_tables.c reading
+ * and counting L1/L2 tables and their COPIED flags, txn_wbuf.c the write
+ * buffer. This file holds the three operations, the snapshot table and
+ * L1 tables they write, the commit, and the transaction's life cycle.
  *
  * Notes on the design:
  *  1. An operation replaces some L1 tables by others (create adds the
@@ -23,974 +31,20 @@
  *     l1_table_offset, refcount_table_offset/_clusters, nb_snapshots,
  *     snapshots_offset), (d) fdatasync, (e) discard clusters only the old
  *     state used. A power cut leaves exactly the old or the new image.
- *  4. Everything the operation reads is validated before (a): a refused
- *     operation leaves the file byte for byte unchanged.
+ *  4. What the operation reads is validated as it is counted, and most
+ *     refusals come before anything is written. Not all: a refusal found
+ *     late (a refcount overflow in a late L2 table) can follow L2 copies
+ *     that already left the write buffer. Those went only to clusters free
+ *     in the old state, so the image is unchanged, but the file's bytes
+ *     and size may not be (issue: damaged images).
  */
-#include "txn.h"
+#include "txn_impl.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "endian.h"
-#include "error.h"
-#include "file.h"
-#include "flush.h"
-#include "idset.h"
-#include "l1l2.h"
-#include "l2runs.h"
-#include "meta.h"
-#include "metaset.h"
-#include "refcount.h"
-#include "roots.h"
-#include "snaptable.h"
-#include "util.h"
-
-/* A new L1 table the transaction writes. */
-struct new_l1 {
-    uint8_t *buf; /* disk order */
-    uint32_t size;
-    uint64_t off; /* where it is written */
-};
-
-struct txn {
-    qimg_image *img;
-    struct qcow2 *q;
-    uint64_t cs;
-    /* New refcount blocks by reftable index (NULL: unchanged), carved
-     * from 2 MiB chunks in reftable order, so neighbours are written in
-     * one request. */
-    uint8_t **rb;
-    uint8_t **chunks;
-    size_t nb_chunks, chunk_used;
-    /* Per block: changed by the operation (only those are written), and a
-     * bitmap of the clusters a decrement took to 0 (NULL: none). Those
-     * are the only clusters that can be counted in the old state and free
-     * in the new one: nothing needs the old block read back. */
-    bool *rb_dirty;
-    uint8_t **zhit;
-    uint64_t *rb_loc; /* their new locations, 0 until placed */
-    uint64_t nb_rb;
-    uint64_t scan; /* end of the clusters allocated so far (index) */
-    uint64_t scan_backed, scan_any; /* txn_alloc's two cursors */
-    uint64_t backed_short; /* no backed free run of this length left */
-    bool pool_dry;       /* a single cluster found no backed run */
-    uint64_t first_free; /* lowest cluster the backed search found at 0 */
-    uint64_t data_lo, data_hi; /* bytes the file has blocks for (a run) */
-    uint64_t nb_alloc, nb_backed; /* clusters allocated, from file blocks */
-    uint64_t run_k;       /* length of the free runs singles come from */
-    uint64_t ext_next;    /* where the next single may go (0: search) */
-    bool ext_backed;      /* ... found by the backed search */
-    uint8_t *tmp;
-    uint8_t *old_rb;     /* on-disk refcount block old_idx (cached) */
-    uint64_t old_idx;    /* UINT64_MAX: none cached */
-    bool old_exists;
-    uint8_t *wbuf;       /* contiguous new metadata, written in one go */
-    uint64_t woff;
-    size_t wlen;
-    struct idset meta_freed; /* old metadata clusters the op replaces */
-    struct u64map copies; /* old L2 table offset -> its new copy */
-    struct l2store l2s;   /* L2 tables read so far, kept as runs */
-    uint8_t *rt;          /* the new refcount table */
-    uint64_t rt_off, rt_clusters;
-    uint64_t *freed; /* (start, length) cluster runs freed by the commit */
-    size_t nb_freed;
-};
-
-/* ---- New refcounts ------------------------------------------------------ */
-
-#define CHUNK (2u << 20) /* the largest cluster size */
-
-/* Memory for one refcount block. (Not huge pages: in a virtual machine
- * that hands freed memory back to its host, a fresh 2 MiB page can cost
- * milliseconds to back, measured here at 2-15x its 512 small faults.) */
-static uint8_t *blk_alloc(struct txn *t)
-{
-    uint8_t **c, *p;
-
-    if (!t->nb_chunks || t->chunk_used + t->cs > CHUNK) {
-        c = realloc(t->chunks, (t->nb_chunks + 1) * sizeof *c);
-        if (!c)
-            return NULL;
-        t->chunks = c;
-        p = malloc(CHUNK);
-        if (!p)
-            return NULL;
-        t->chunks[t->nb_chunks++] = p;
-        t->chunk_used = 0;
-    }
-    p = t->chunks[t->nb_chunks - 1] + t->chunk_used;
-    t->chunk_used += t->cs;
-    return p;
-}
-
-/* Refcount block rt_idx as the operation has it so far, loaded from disk
- * the first time; modify: the caller is about to change it. */
-static int rb_get(struct txn *t, uint64_t rt_idx, bool modify, uint8_t **out)
-{
-    uint64_t end = MAX(t->q->file_size, t->scan * t->cs);
-    bool exists;
-    int ret;
-
-    /* Every cluster counted lies in the file or was just allocated past
-     * its end: anything else is a bad offset that escaped validation. */
-    if (rt_idx > (end >> t->q->cluster_bits >> t->q->rb_bits) + 1)
-        return qimg_corrupt("Refcount block index %#" PRIx64
-                            " beyond end of file",
-                            rt_idx);
-    if (rt_idx >= t->nb_rb) {
-        uint64_t n = MAX(rt_idx + 1, t->nb_rb * 2), old = t->nb_rb;
-        uint8_t **rb = realloc(t->rb, n * sizeof *rb);
-        uint64_t *loc = rb ? realloc(t->rb_loc, n * sizeof *loc) : NULL;
-        bool *dirty = loc ? realloc(t->rb_dirty, n * sizeof *dirty) : NULL;
-        uint8_t **zhit = dirty ? realloc(t->zhit, n * sizeof *zhit) : NULL;
-        t->rb = rb ? rb : t->rb;
-        t->rb_loc = loc ? loc : t->rb_loc;
-        t->rb_dirty = dirty ? dirty : t->rb_dirty;
-        t->zhit = zhit ? zhit : t->zhit;
-        if (!zhit)
-            return qimg_err(ENOMEM, "Out of memory");
-        memset(t->rb + old, 0, (n - old) * sizeof *rb);
-        memset(t->rb_loc + old, 0, (n - old) * sizeof *loc);
-        memset(t->rb_dirty + old, 0, (n - old) * sizeof *dirty);
-        memset(t->zhit + old, 0, (n - old) * sizeof *zhit);
-        t->nb_rb = n;
-    }
-    if (!t->rb[rt_idx]) {
-        t->rb[rt_idx] = blk_alloc(t);
-        if (!t->rb[rt_idx])
-            return qimg_err(ENOMEM, "Out of memory");
-        /* The free-cluster search may have read it already. */
-        if (t->old_idx == rt_idx)
-            memcpy(t->rb[rt_idx], t->old_rb, t->cs);
-        else if ((ret = refcount_read_block(t->img, rt_idx, t->rb[rt_idx],
-                                            &exists)) < 0)
-            return ret;
-    }
-    t->rb_dirty[rt_idx] |= modify;
-    *out = t->rb[rt_idx];
-    return 0;
-}
-
-/* A decrement took cluster i of block rt_idx to 0. */
-static int zero_hit(struct txn *t, uint64_t rt_idx, uint64_t i)
-{
-    uint8_t *z = t->zhit[rt_idx];
-
-    if (!z) {
-        z = t->zhit[rt_idx] = calloc(MAX((1ull << t->q->rb_bits) / 8, 1), 1);
-        if (!z)
-            return qimg_err(ENOMEM, "Out of memory");
-    }
-    z[i / 8] |= (uint8_t)(1u << (i % 8));
-    return 0;
-}
-
-static bool zero_hit_at(const uint8_t *z, uint64_t i)
-{
-    return z && (z[i / 8] >> (i % 8) & 1);
-}
-
-static int rc_get(struct txn *t, uint64_t idx, uint64_t *out)
-{
-    uint64_t rt_idx = idx >> t->q->rb_bits;
-
-    if (rt_idx < t->nb_rb && t->rb[rt_idx]) {
-        *out = refblock_get(t->rb[rt_idx], idx & ((1ull << t->q->rb_bits) - 1),
-                            t->q->refcount_order);
-        return 0;
-    }
-    return refcount_get(t->img, idx, out);
-}
-
-/* Adding delta to the refcount of cluster idx leaves its range. */
-static int rc_out_of_range(const struct txn *t, uint64_t idx, int64_t delta)
-{
-    if (delta < 0)
-        return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
-                            "its references",
-                            idx);
-    return qimg_err(EINVAL, "Refcount of cluster %" PRIu64
-                            " would exceed its maximum of %" PRIu64,
-                    idx, t->q->refcount_max);
-}
-
-static int rc_add(struct txn *t, uint64_t idx, int64_t delta)
-{
-    struct qcow2 *q = t->q;
-    uint64_t i = idx & ((1ull << q->rb_bits) - 1), v;
-    uint8_t *rb = NULL;
-    int ret = rb_get(t, idx >> q->rb_bits, true, &rb);
-
-    if (ret < 0)
-        return ret;
-    v = refblock_get(rb, i, q->refcount_order);
-    if ((delta < 0 && v < (uint64_t)-delta) ||
-        (delta > 0 && q->refcount_max - v < (uint64_t)delta))
-        return rc_out_of_range(t, idx, delta);
-    refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
-    return v + (uint64_t)delta == 0 ? zero_hit(t, idx >> q->rb_bits, i) : 0;
-}
-
-#define LANES16 0x0001000100010001ull
-
-/* Whether a 16-bit lane of x is 0. */
-static bool zero_lane16(uint64_t x)
-{
-    return (x - LANES16) & ~x & (LANES16 << 15);
-}
-
-/* Add delta (+1 or -1) to the 16-bit refcounts [from, end) of block blk,
- * four at a time, up to the first group where one would leave its range
- * (the caller's loop then reports it) or the last whole group. Returns
- * where it stopped, or UINT64_MAX if recording a refcount reaching 0
- * failed. */
-static uint64_t add_one16(struct txn *t, uint8_t *rb, uint64_t blk,
-                          uint64_t from, uint64_t end, int64_t delta)
-{
-    uint64_t k = from;
-
-    for (; k + 4 <= end; k += 4) {
-        uint64_t v = be64_load(rb + 2 * k);
-        if (zero_lane16(delta > 0 ? ~v : v))
-            break; /* a 0xffff to raise or a 0 to lower */
-        v = delta > 0 ? v + LANES16 : v - LANES16;
-        be64_store(rb + 2 * k, v);
-        if (delta < 0 && zero_lane16(v))
-            for (unsigned j = 0; j < 4; j++)
-                if (!(v >> (48 - 16 * j) & 0xffff) &&
-                    zero_hit(t, blk, k + j) < 0)
-                    return UINT64_MAX;
-    }
-    return k;
-}
-
-/* Add delta to n consecutive clusters from idx (checked, all or nothing
- * per block: a failure leaves the transaction to be dropped anyway). */
-static int rc_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per = 1ull << q->rb_bits, max = q->refcount_max;
-    unsigned order = q->refcount_order;
-
-    while (n > 0) {
-        uint64_t i = idx & (per - 1), cnt = MIN(n, per - i), blk = idx / per;
-        uint8_t *rb = NULL;
-        int ret = rb_get(t, blk, true, &rb);
-        if (ret < 0)
-            return ret;
-        if (order == 4) {
-            /* The common case, kept tight: 16-bit refcounts. */
-            uint64_t k = i;
-            if (delta == 1 || delta == -1)
-                k = add_one16(t, rb, blk, i, i + cnt, delta);
-            if (k == UINT64_MAX)
-                return -ENOMEM;
-            for (; k < i + cnt; k++) {
-                int64_t v = (int64_t)be16_load(rb + 2 * k) + delta;
-                if ((uint64_t)v > 0xffff)
-                    return rc_out_of_range(t, (idx - i) + k, delta);
-                be16_store(rb + 2 * k, (uint16_t)v);
-                if (!v && (ret = zero_hit(t, blk, k)) < 0)
-                    return ret;
-            }
-        } else {
-            for (uint64_t k = i; k < i + cnt; k++) {
-                uint64_t v = refblock_get(rb, k, order);
-                if ((delta < 0 && v < (uint64_t)-delta) ||
-                    (delta > 0 && max - v < (uint64_t)delta))
-                    return rc_out_of_range(t, (idx - i) + k, delta);
-                refblock_set(rb, k, order, v + (uint64_t)delta);
-                if (v + (uint64_t)delta == 0 && (ret = zero_hit(t, blk, k)) < 0)
-                    return ret;
-            }
-        }
-        idx += cnt;
-        n -= cnt;
-    }
-    return 0;
-}
-
-static int rc_add_range(struct txn *t, uint64_t off, uint64_t len,
-                        int64_t delta)
-{
-    int ret = 0;
-
-    if (!len)
-        return 0;
-    for (uint64_t c = off / t->cs; ret == 0 && c <= (off + len - 1) / t->cs;
-         c++)
-        ret = rc_add(t, c, delta);
-    return ret;
-}
-
-/* The on-disk refcount block rt_idx, cached in t->old_rb. */
-static int old_block(struct txn *t, uint64_t rt_idx)
-{
-    int ret;
-
-    if (t->old_idx == rt_idx)
-        return 0;
-    t->old_idx = UINT64_MAX;
-    ret = refcount_read_block(t->img, rt_idx, t->old_rb, &t->old_exists);
-    if (ret == 0)
-        t->old_idx = rt_idx;
-    return ret;
-}
-
-/* Whether the 64 bytes at p hold a zero lane of type T, tested 16 bytes
- * at a time with the compiler's vector types (SSE2 on x86-64). */
-#define ZERO_IN_64(name, T)                                                  \
-    static bool name(const uint8_t *p)                                       \
-    {                                                                        \
-        typedef T vec __attribute__((vector_size(16)));                      \
-        vec a, b, c, d;                                                      \
-        uint64_t w[2];                                                       \
-        memcpy(&a, p, 16);                                                   \
-        memcpy(&b, p + 16, 16);                                              \
-        memcpy(&c, p + 32, 16);                                              \
-        memcpy(&d, p + 48, 16);                                              \
-        __typeof__(a == 0) m = (a == 0) | (b == 0) | (c == 0) | (d == 0);    \
-        memcpy(w, &m, 16);                                                   \
-        return w[0] | w[1];                                                  \
-    }
-ZERO_IN_64(zero_in_64_8, uint8_t)
-ZERO_IN_64(zero_in_64_16, uint16_t)
-ZERO_IN_64(zero_in_64_32, uint32_t)
-ZERO_IN_64(zero_in_64_64, uint64_t)
-
-/* Index of the first zero entry of rb in [from, n), or n. Byte-wide and
- * wider entries are tested 64 bytes at a time. */
-static uint64_t first_zero(const uint8_t *rb, uint64_t from, uint64_t n,
-                           unsigned order)
-{
-    bool (*zero_in_64)(const uint8_t *) =
-        order == 3 ? zero_in_64_8
-        : order == 4 ? zero_in_64_16
-        : order == 5 ? zero_in_64_32 : zero_in_64_64;
-    uint64_t per = order < 3 ? 0 : 512 >> order, i = from; /* in 64 bytes */
-
-    for (; i < n && (!per || i % per); i++)
-        if (!refblock_get(rb, i, order))
-            return i;
-    for (; per && i + per <= n; i += per)
-        if (zero_in_64(rb + (i << order) / 8))
-            break;
-    for (; i < n; i++)
-        if (!refblock_get(rb, i, order))
-            return i;
-    return n;
-}
-
-static int wb_flush(struct txn *t)
-{
-    int ret = 0;
-
-    if (t->wlen)
-        ret = file_pwrite(t->img, t->wbuf, t->wlen, t->woff);
-    t->wlen = 0;
-    return ret;
-}
-
-/* The write buffer: small enough that a small image's copies do not
- * fault in fresh pages (each costs about 1 us here: C -c 2.32 -> 2.08 ms
- * against 4 MiB), and large enough that the requests stay long (A and B
- * unchanged); at least a cluster. */
-static size_t wb_cap(const struct txn *t)
-{
-    return MAX(256u << 10, t->cs);
-}
-
-/* Write new metadata, coalescing writes to consecutive clusters. */
-static int wb_write(struct txn *t, const void *data, size_t len, uint64_t off)
-{
-    int ret;
-
-    if (t->wlen && off == t->woff + t->wlen && t->wlen + len <= wb_cap(t)) {
-        memcpy(t->wbuf + t->wlen, data, len);
-        t->wlen += len;
-        return 0;
-    }
-    ret = wb_flush(t);
-    if (ret < 0 || len > wb_cap(t) / 2)
-        return ret < 0 ? ret : file_pwrite(t->img, data, len, off);
-    memcpy(t->wbuf, data, len);
-    t->woff = off;
-    t->wlen = len;
-    return 0;
-}
-
-/* A cluster-sized area at the end of the write buffer to build a table
- * in; wb_put then writes it without copying it if it lands right after
- * the previous write. */
-static int wb_slot(struct txn *t, uint8_t **slot)
-{
-    int ret = t->wlen + t->cs > wb_cap(t) ? wb_flush(t) : 0;
-
-    *slot = t->wbuf + t->wlen;
-    return ret;
-}
-
-/* Write the cluster built in the slot at off. */
-static int wb_put(struct txn *t, uint64_t off)
-{
-    int ret;
-
-    if (t->wlen && off == t->woff + t->wlen) {
-        t->wlen += t->cs;
-        return 0;
-    }
-    if (t->wlen) {
-        ret = file_pwrite(t->img, t->wbuf, t->wlen, t->woff);
-        if (ret < 0)
-            return ret;
-        memmove(t->wbuf, t->wbuf + t->wlen, t->cs);
-    }
-    t->woff = off;
-    t->wlen = t->cs;
-    return 0;
-}
-
-/* Remember an old metadata cluster range this operation replaces. */
-static int meta_freed(struct txn *t, uint64_t off, uint64_t len)
-{
-    for (uint64_t c = off / t->cs; len && c <= (off + len - 1) / t->cs; c++)
-        if (idset_add(&t->meta_freed, c) < 0)
-            return -ENOMEM;
-    return 0;
-}
-
-/* Whole clusters in the file as the operation found it. */
-static uint64_t file_clusters(const struct txn *t)
-{
-    return t->q->file_size / t->cs;
-}
-
-/* Whether clusters [c, c+n) are backed by the file (written, not a hole),
- * so that reusing them costs the file system no allocation; if not, *next
- * is a cluster after c where looking on makes sense. A backend that
- * cannot tell, or a failed query, says yes: this only steers a choice. */
-static int file_backed(struct txn *t, uint64_t c, uint64_t n, uint64_t *next)
-{
-    const struct qimg_io *io = &t->img->io;
-    uint64_t off = c * t->cs, end;
-    bool data;
-
-    /* Backed up to the start of the run's last cluster: a table written
-     * short (an 8-byte L1) has only its first block. */
-    if (off >= t->data_lo && off + (n - 1) * t->cs < t->data_hi)
-        return 1; /* inside the data run found last time */
-    if (!io->ops->seek_data ||
-        io->ops->seek_data(io->ctx, off, &data, &end) < 0)
-        return 1;
-    if (data) {
-        t->data_lo = off;
-        t->data_hi = end;
-    }
-    if (data && end > off + (n - 1) * t->cs)
-        return 1;
-    *next = MAX(c + 1, data ? DIV_ROUND_UP(end, t->cs) : end / t->cs);
-    return 0;
-}
-
-/* First fit from *cursor: n contiguous clusters free in both the old and
- * the new state. backed: only clusters inside the file that it has
- * blocks for; 1 if there are none. */
-static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
-                      uint64_t *start)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per = 1ull << q->rb_bits, idx = *cursor, run = 0, next;
-    uint64_t limit = file_clusters(t);
-    int ret;
-
-    while (run < n) {
-        uint64_t rt_idx = idx / per, i = idx % per;
-        const uint8_t *rb = rt_idx < t->nb_rb ? t->rb[rt_idx] : NULL;
-        const uint8_t *z = rb ? t->zhit[rt_idx] : NULL;
-        bool exists = true;
-
-        if (backed && idx - run + n > limit)
-            return 1;
-        /* A block the operation holds: a cluster is free in both states
-         * if it is 0 now and no decrement took it there. Any other block
-         * is as on disk. */
-        if (!rb) {
-            ret = old_block(t, rt_idx);
-            if (ret < 0)
-                return ret;
-            rb = t->old_rb;
-            exists = t->old_exists;
-        }
-        if (run == 0 && exists) {
-            /* Skip straight to the next cluster at 0. */
-            uint64_t zi = first_zero(rb, i, per, q->refcount_order);
-            idx += zi - i;
-            i = zi;
-            if (i == per)
-                continue;
-        }
-        if (backed && run == 0)
-            t->first_free = MIN(t->first_free, idx);
-        for (; i < per && run < n; i++, idx++) {
-            if ((exists && refblock_get(rb, i, q->refcount_order)) ||
-                zero_hit_at(z, i) || idx == 0) {
-                /* In use (or too short a run): skip to the next cluster
-                 * at 0 again. */
-                run = 0;
-                idx++;
-                break;
-            }
-            run++;
-        }
-        if (run == n && backed) {
-            if (idx > limit)
-                return 1;
-            if (!file_backed(t, idx - n, n, &next)) {
-                run = 0;
-                idx = next;
-            }
-        }
-    }
-    *start = idx - n;
-    *cursor = idx;
-    return 0;
-}
-
-/* Whether cluster c is free in both the old and the new state. */
-static int cluster_free(struct txn *t, uint64_t c)
-{
-    struct qcow2 *q = t->q;
-    uint64_t rt_idx = c >> q->rb_bits, i = c & ((1ull << q->rb_bits) - 1);
-    int ret;
-
-    if (rt_idx < t->nb_rb && t->rb[rt_idx])
-        return !refblock_get(t->rb[rt_idx], i, q->refcount_order) &&
-               !zero_hit_at(t->zhit[rt_idx], i);
-    if ((ret = old_block(t, rt_idx)) < 0)
-        return ret;
-    return !t->old_exists || !refblock_get(t->old_rb, i, q->refcount_order);
-}
-
-/* The cluster after the last single, if it is still free (and, when the
- * run was found among backed clusters, backed): 0 if so, 1 if not. */
-static int ext_take(struct txn *t, uint64_t *s)
-{
-    uint64_t c = t->ext_next, next;
-    int ret = cluster_free(t, c);
-
-    if (ret > 0 && t->ext_backed)
-        ret = c < file_clusters(t) && file_backed(t, c, 1, &next);
-    if (ret <= 0) {
-        t->ext_next = 0;
-        return ret < 0 ? ret : 1;
-    }
-    *s = c;
-    return 0;
-}
-
-/* How long a free run must be for single clusters to be taken from it:
- * long enough that the L2 copies and refcount blocks an operation may
- * write (one cluster each) fit in about 8 runs, up to 1 MiB. They then
- * go out in long writes rather than filling scattered free clusters one
- * at a time (as qemu-img leaves the L2 tables of a preallocated image,
- * one per 512 MiB, once they are copied), while a small operation still
- * fills the few short runs an earlier one left. */
-static uint64_t single_run(const struct qcow2 *q)
-{
-    uint64_t n = 0, max = MAX(1, (1ull << 20) >> q->cluster_bits);
-
-    for (uint64_t i = 0; i < q->l1s->l1_size; i++)
-        n += (l1_entry_get(q->l1s->l1, i) & L1E_OFFSET_MASK) != 0;
-    for (uint64_t i = 0; i < q->rc->rt_entries; i++)
-        n += (be64_load(q->rc->rt + i * 8) & RT_OFFSET_MASK) != 0;
-    return MIN(max, MAX(1, n / 8));
-}
-
-/* n contiguous clusters free in both the old and the new state, counted
- * once in the new state. Clusters the file has blocks for come first:
- * metadata an earlier operation freed is left in place (discard_freed),
- * and filling it again is cheaper than filling a hole; only when there
- * is none does the search start again from the front, holes included.
- * Single clusters are taken one after another from a run (single_run). */
-static int txn_alloc(struct txn *t, uint64_t n, uint64_t *off)
-{
-    uint64_t s = 0, k = n;
-    bool backed = false;
-    int ret = 1;
-
-    if (n == 1 && t->ext_next) {
-        ret = ext_take(t, &s);
-        backed = t->ext_backed;
-    }
-    if (ret > 0 && n == 1)
-        k = t->run_k;
-    if (ret > 0 && k < t->backed_short) {
-        ret = alloc_scan(t, k, true, &t->scan_backed, &s);
-        if (ret > 0)
-            t->backed_short = k; /* no backed run this long is left */
-        backed = ret == 0;
-    }
-    t->pool_dry |= ret > 0 && n == 1;
-    if (ret > 0) {
-        /* Everything before the first free cluster the backed search
-         * saw was in use then, and still is. */
-        t->scan_any = MAX(t->scan_any, MIN(t->first_free, file_clusters(t)));
-        ret = alloc_scan(t, k, false, &t->scan_any, &s);
-        backed = false;
-    }
-    if (ret < 0)
-        return ret;
-    if (n == 1) {
-        t->ext_next = s + 1;
-        t->ext_backed = backed; /* unchanged if s came from ext_take */
-    }
-    if (backed)
-        t->nb_backed += n;
-    t->nb_alloc += n;
-    *off = s * t->cs;
-    t->scan = MAX(t->scan, s + n);
-    for (uint64_t c = s; c < s + n; c++)
-        if ((ret = rc_add(t, c, 1)) < 0)
-            return ret;
-    return 0;
-}
-
-/* ---- Reading and counting the trees ------------------------------------ */
-
-static int check_l2_off(struct txn *t, uint64_t l2_off)
-{
-    if (!IS_ALIGNED(l2_off, t->cs) || l2_off + t->cs > t->q->file_size)
-        return qimg_corrupt("L2 table offset %#" PRIx64 " invalid", l2_off);
-    return 0;
-}
-
-/* Read and validate the L2 table at l2_off into buf. A plain table
- * (offsets and COPIED only, aligned, inside the file) is validated in one
- * pass and kept as runs in t->l2s if it fits; anything else gets the full
- * check entry by entry. */
-static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
-{
-    struct qcow2 *q = t->q;
-    uint64_t plain = L2E_OFFSET_MASK | QCOW_OFLAG_COPIED;
-    int ret = check_l2_off(t, l2_off);
-
-    if (ret == 0)
-        ret = file_pread(t->img, buf, t->cs, l2_off);
-    if (ret == 0)
-        ret = l2store_scan(&t->l2s, q, l2_off, buf);
-    if (ret != 0)
-        return ret < 0 ? ret : 0; /* 1: plain, validated */
-    for (uint64_t j = 0; ret == 0 && j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, buf, j);
-        if (!q->ext_l2 && !(e & ~plain) && IS_ALIGNED(e, t->cs) &&
-            (e & L2E_OFFSET_MASK) < q->file_size)
-            continue;
-        ret = l2_entry_check(t->img, e, l2_bitmap_get(q, buf, j), l2_off, j);
-    }
-    return ret;
-}
-
-/* Host clusters one L2 entry references, each changed by delta. */
-static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
-{
-    struct qcow2 *q = t->q;
-    uint64_t coff, clen;
-
-    if (e & QCOW_OFLAG_COMPRESSED) {
-        l2_compressed_range(q, e, &coff, &clen);
-        return rc_add_range(t, coff & ~511ull, clen + (coff & 511), delta);
-    }
-    if (e & L2E_OFFSET_MASK)
-        return rc_add(t, (e & L2E_OFFSET_MASK) >> q->cluster_bits, delta);
-    return 0;
-}
-
-/* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
- * the table's references, counted in runs of consecutive clusters. A table
- * kept as runs is counted from them without reading it; otherwise it is
- * read into t->tmp. */
-static int pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
-{
-    const struct qcow2 *q = t->q;
-    const uint8_t *buf = t->tmp;
-    const uint64_t n = q->l2_entries, step = q->l2_entry_size;
-    const unsigned cbits = q->cluster_bits;
-    const struct l2run *runs;
-    uint64_t run_start = 0, run_len = 0;
-    size_t nr;
-    int ret = 0;
-
-    if (!l2store_get(&t->l2s, l2_off, &runs, &nr))
-        ret = read_l2(t, l2_off, t->tmp);
-    if (ret == 0)
-        ret = rc_add(t, l2_off >> cbits, delta);
-    if (ret == 0 && delta < 0)
-        ret = meta_freed(t, l2_off, t->cs);
-    if (ret == 0 && l2store_get(&t->l2s, l2_off, &runs, &nr)) {
-        for (size_t i = 0; ret == 0 && i < nr; i++)
-            if (runs[i].e & L2E_OFFSET_MASK)
-                ret = rc_add_run(t, (runs[i].e & L2E_OFFSET_MASK) >> cbits,
-                                 runs[i].len, delta);
-        return ret;
-    }
-    for (uint64_t j = 0; ret == 0 && j < n; j++) {
-        uint64_t e = be64_load(buf + j * step), c;
-        if ((e & QCOW_OFLAG_COMPRESSED) || !(e & L2E_OFFSET_MASK)) {
-            ret = entry_refs(t, e, delta);
-            continue;
-        }
-        c = (e & L2E_OFFSET_MASK) >> cbits;
-        if (run_len && c == run_start + run_len) {
-            run_len++;
-            continue;
-        }
-        if (run_len)
-            ret = rc_add_run(t, run_start, run_len, delta);
-        run_start = c;
-        run_len = 1;
-    }
-    if (ret == 0 && run_len)
-        ret = rc_add_run(t, run_start, run_len, delta);
-    return ret;
-}
-
-static uint64_t l1_ptr(const uint8_t *l1, uint32_t size, uint64_t i)
-{
-    return i < size ? l1_entry_get(l1, i) & L1E_OFFSET_MASK : 0;
-}
-
-/* Validate an L1 table's pointers without counting anything. */
-static int check_l1(struct txn *t, const uint8_t *l1, uint32_t size)
-{
-    int ret = 0;
-
-    for (uint32_t i = 0; ret == 0 && i < size; i++) {
-        uint64_t p = l1_ptr(l1, size, i);
-        if (p)
-            ret = check_l2_off(t, p);
-    }
-    return ret;
-}
-
-/* ---- COPIED flags of the new active tree --------------------------------- */
-
-/* Rewrite the entries of the L2 table in buf so COPIED says "refcount 1"
- * under the new refcounts. Returns 1 if anything changed. */
-static int fix_entries(struct txn *t, uint8_t *buf)
-{
-    /* Locals: stores through buf could alias anything reached through t. */
-    const struct qcow2 *q = t->q;
-    const uint64_t n = q->l2_entries, step = q->l2_entry_size;
-    const unsigned cbits = q->cluster_bits, rbits = q->rb_bits;
-    const unsigned order = q->refcount_order;
-    const uint64_t mask = (1ull << rbits) - 1;
-    uint64_t cur = UINT64_MAX;
-    const uint8_t *rb = NULL;
-    bool changed = false;
-
-    for (uint64_t j = 0; j < n; j++) {
-        uint64_t e = be64_load(buf + j * step), want = 0, rc, c;
-        if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_OFFSET_MASK)) {
-            c = (e & L2E_OFFSET_MASK) >> cbits;
-            if (c >> rbits != cur) {
-                cur = c >> rbits;
-                rb = cur < t->nb_rb ? t->rb[cur] : NULL;
-            }
-            if (rb) {
-                rc = order == 4 ? be16_load(rb + 2 * (c & mask))
-                                : refblock_get(rb, c & mask, order);
-            } else {
-                int ret = rc_get(t, c, &rc);
-                if (ret < 0)
-                    return ret;
-            }
-            want = rc == 1 ? QCOW_OFLAG_COPIED : 0;
-        }
-        if ((e & QCOW_OFLAG_COPIED) != want) {
-            be64_store(buf + j * step, e ^ QCOW_OFLAG_COPIED);
-            changed = true;
-        }
-    }
-    return changed;
-}
-
-/* Write the fixed table in buf (NULL: the write buffer's slot) as the
- * copy of old table p. */
-static int write_copy(struct txn *t, uint64_t p, const uint8_t *buf)
-{
-    uint64_t copy;
-    int ret = txn_alloc(t, 1, &copy);
-
-    if (ret == 0)
-        ret = buf ? wb_write(t, buf, t->cs, copy) : wb_put(t, copy);
-    if (ret == 0)
-        ret = meta_freed(t, p, t->cs);
-    if (ret == 0)
-        ret = rc_add(t, copy / t->cs, -1); /* counted per pointer later */
-    return ret < 0 ? ret : u64map_put(&t->copies, p, copy);
-}
-
-/* Build in out the table runs stand for, with COPIED set where the new
- * refcount is 1 (what fix_entries does, without reading the table).
- * Returns 1 if that differs from the table on disk. */
-static int fix_runs(struct txn *t, const struct l2run *r, size_t n,
-                    uint8_t *out)
-{
-    const struct qcow2 *q = t->q;
-    const unsigned cbits = q->cluster_bits, rbits = q->rb_bits;
-    const unsigned order = q->refcount_order;
-    const uint64_t per = 1ull << rbits, cs = t->cs;
-    bool changed = false;
-
-    for (size_t i = 0; i < n; i++) {
-        uint64_t e = r[i].e & ~QCOW_OFLAG_COPIED, len = r[i].len, c;
-        bool had = r[i].e & QCOW_OFLAG_COPIED;
-        if (!(e & L2E_OFFSET_MASK)) {
-            for (uint64_t k = 0; k < len; k++, out += 8)
-                be64_store(out, e);
-            changed |= had;
-            continue;
-        }
-        for (c = e >> cbits; len; ) {
-            uint64_t j = c & (per - 1), cnt = MIN(len, per - j), ones = 0;
-            const uint8_t *rb = c >> rbits < t->nb_rb ? t->rb[c >> rbits]
-                                                      : NULL;
-            for (uint64_t k = 0; k < cnt; k++, out += 8, e += cs) {
-                uint64_t rc;
-                if (rb && order == 4) {
-                    rc = be16_load(rb + 2 * (j + k));
-                } else if (rb) {
-                    rc = refblock_get(rb, j + k, order);
-                } else {
-                    int ret = rc_get(t, c + k, &rc);
-                    if (ret < 0)
-                        return ret;
-                }
-                ones += rc == 1;
-                be64_store(out, e | (uint64_t)(rc == 1) << 63);
-            }
-            changed |= had ? ones != cnt : ones != 0;
-            c += cnt;
-            len -= cnt;
-        }
-    }
-    return changed;
-}
-
-/* Create: every table the active L1 points at gains a reference, so every
- * cluster they map ends with a refcount of 2 or more and no COPIED flag
- * may stay. Called right after the table's references were counted, so a
- * table not kept as runs is still in t->tmp. */
-static int clear_copied(struct txn *t, uint64_t p)
-{
-    struct qcow2 *q = t->q;
-    const struct l2run *runs;
-    uint64_t copy;
-    bool changed = false;
-    size_t n;
-    int ret;
-
-    if (u64map_get(&t->copies, p, &copy))
-        return 0;
-    if (l2store_get(&t->l2s, p, &runs, &n)) {
-        uint8_t *slot;
-        for (size_t i = 0; i < n; i++)
-            changed |= (runs[i].e & QCOW_OFLAG_COPIED) != 0;
-        if (!changed)
-            return 0;
-        ret = wb_slot(t, &slot);
-        if (ret < 0)
-            return ret;
-        l2runs_emit(runs, n, t->cs, QCOW_OFLAG_COPIED, slot);
-        return write_copy(t, p, NULL);
-    }
-    if (!q->ext_l2) {
-        /* Standard entries: clear bit 63 of every big-endian word. */
-        uint64_t flag = htobe64(QCOW_OFLAG_COPIED), seen = 0, w;
-        for (uint64_t j = 0; j < q->l2_entries; j++) {
-            memcpy(&w, t->tmp + 8 * j, 8);
-            seen |= w;
-            w &= ~flag;
-            memcpy(t->tmp + 8 * j, &w, 8);
-        }
-        changed = (seen & flag) != 0;
-    }
-    for (uint64_t j = 0; q->ext_l2 && j < q->l2_entries; j++) {
-        uint64_t e = l2_entry_get(q, t->tmp, j);
-        if (e & QCOW_OFLAG_COPIED) {
-            l2_entry_set(q, t->tmp, j, e & ~QCOW_OFLAG_COPIED,
-                         l2_bitmap_get(q, t->tmp, j));
-            changed = true;
-        }
-    }
-    return changed ? write_copy(t, p, t->tmp) : 0;
-}
-
-/* The table at index i of the new active L1 may need new COPIED flags; if
- * so, write a copy (once per old table) and record it in t->copies. A
- * table kept as runs is built in the write buffer's slot; any other is
- * read again (it was validated when its references were counted). */
-static int inspect_table(struct txn *t, const uint8_t *l1, uint32_t size,
-                         uint64_t i)
-{
-    uint64_t p = l1_ptr(l1, size, i), copy;
-    const struct l2run *runs;
-    uint8_t *slot;
-    size_t n;
-    int ret;
-
-    if (!p || u64map_get(&t->copies, p, &copy))
-        return 0;
-    if (l2store_get(&t->l2s, p, &runs, &n)) {
-        ret = wb_slot(t, &slot);
-        if (ret == 0)
-            ret = fix_runs(t, runs, n, slot);
-        return ret <= 0 ? ret : write_copy(t, p, NULL);
-    }
-    ret = file_pread(t->img, t->tmp, t->cs, p);
-    if (ret == 0)
-        ret = fix_entries(t, t->tmp);
-    return ret <= 0 ? ret : write_copy(t, p, t->tmp);
-}
-
-/* Point every entry of a new L1 table at the copies made, moving the
- * references; then set COPIED on L1 entries from the new refcounts (only
- * meaningful for the active table). */
-static int redirect(struct txn *t, struct new_l1 *l1)
-{
-    int ret = 0;
-
-    for (uint32_t i = 0; ret == 0 && i < l1->size; i++) {
-        uint64_t p = l1_ptr(l1->buf, l1->size, i), copy;
-        if (p && u64map_get(&t->copies, p, &copy)) {
-            ret = rc_add(t, p / t->cs, -1);
-            if (ret == 0)
-                ret = rc_add(t, copy / t->cs, 1);
-            l1_entry_set(l1->buf, i, copy);
-        }
-    }
-    return ret;
-}
-
-static int set_l1_flags(struct txn *t, struct new_l1 *l1)
-{
-    for (uint32_t i = 0; i < l1->size; i++) {
-        uint64_t p = l1_ptr(l1->buf, l1->size, i), rc;
-        int ret;
-        if (!p) {
-            l1_entry_set(l1->buf, i, 0);
-            continue;
-        }
-        ret = rc_get(t, p / t->cs, &rc);
-        if (ret < 0)
-            return ret;
-        l1_entry_set(l1->buf, i, p | (rc == 1 ? QCOW_OFLAG_COPIED : 0));
-    }
-    return 0;
-}
 
 /* ---- Placing and writing the new metadata ------------------------------ */
 
@@ -1003,94 +57,8 @@ static int write_table(struct txn *t, const uint8_t *buf, uint64_t len,
         *off = 0;
         return 0;
     }
-    ret = txn_alloc(t, DIV_ROUND_UP(len, t->cs), off);
-    return ret < 0 ? ret : wb_write(t, buf, len, *off);
-}
-
-static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
-{
-    if (rt_idx >= t->q->rc->rt_entries)
-        return 0;
-    return be64_load(t->q->rc->rt + rt_idx * 8) & RT_OFFSET_MASK;
-}
-
-/* Give every changed refcount block a new home, then size and place the
- * refcount table; repeat until placing things changes no more blocks. */
-static int place_refcounts(struct txn *t)
-{
-    struct qcow2 *q = t->q;
-    uint64_t per_cl = t->cs / 8;
-    bool again = true;
-    int ret;
-
-    ret = rc_add_range(t, q->hdr.refcount_table_offset,
-                       (uint64_t)q->hdr.refcount_table_clusters * t->cs, -1);
-    if (ret == 0)
-        ret = meta_freed(t, q->hdr.refcount_table_offset,
-                         (uint64_t)q->hdr.refcount_table_clusters * t->cs);
-    while (ret == 0 && again) {
-        uint64_t need = q->rc->rt_entries;
-        again = false;
-        for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
-            if (!t->rb_dirty[i] || t->rb_loc[i])
-                continue;
-            ret = txn_alloc(t, 1, &t->rb_loc[i]);
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = rc_add(t, rt_old_loc(t, i) / t->cs, -1);
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = meta_freed(t, rt_old_loc(t, i), t->cs);
-            again = true;
-        }
-        for (uint64_t i = 0; i < t->nb_rb; i++)
-            if (t->rb_dirty[i])
-                need = MAX(need, i + 1);
-        need = DIV_ROUND_UP(need, per_cl);
-        if (ret == 0 && need > t->rt_clusters) {
-            if (t->rt_clusters)
-                ret = rc_add_range(t, t->rt_off, t->rt_clusters * t->cs, -1);
-            if (ret == 0)
-                ret = txn_alloc(t, need, &t->rt_off);
-            t->rt_clusters = need;
-            again = true;
-        }
-    }
-    if (ret < 0)
-        return ret;
-    if (t->rt_clusters * t->cs > (8ull << 20))
-        return qimg_err(EFBIG, "Reference count table too large");
-    t->rt = calloc(t->rt_clusters, t->cs);
-    if (!t->rt)
-        return qimg_err(ENOMEM, "Out of memory");
-    memcpy(t->rt, q->rc->rt, q->rc->rt_entries * 8);
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb_dirty[i])
-            be64_store(t->rt + i * 8, t->rb_loc[i]);
-    return 0;
-}
-
-/* Blocks next to each other both in memory and in their new places go out
- * in one write, straight from memory. */
-static int write_refcounts(struct txn *t)
-{
-    int ret = 0;
-
-    for (uint64_t i = 0; ret == 0 && i < t->nb_rb; i++) {
-        uint64_t n = 1;
-        if (!t->rb_dirty[i])
-            continue;
-        while (i + n < t->nb_rb && t->rb_dirty[i + n] &&
-               t->rb[i + n] == t->rb[i] + n * t->cs &&
-               t->rb_loc[i + n] == t->rb_loc[i] + n * t->cs)
-            n++;
-        if (n == 1)
-            ret = wb_write(t, t->rb[i], t->cs, t->rb_loc[i]);
-        else if ((ret = wb_flush(t)) == 0)
-            ret = file_pwrite(t->img, t->rb[i], n * t->cs, t->rb_loc[i]);
-        i += n - 1;
-    }
-    if (ret == 0)
-        ret = wb_write(t, t->rt, t->rt_clusters * t->cs, t->rt_off);
-    return ret < 0 ? ret : wb_flush(t);
+    ret = txn_space_alloc(t, DIV_ROUND_UP(len, t->cs), off);
+    return ret < 0 ? ret : txn_wbuf_write(t, buf, len, *off);
 }
 
 /* The new root pointers, all in header sector 0. */
@@ -1109,8 +77,8 @@ static struct qcow2_roots new_roots(const struct txn *t, const struct roots *r)
         .has_l1 = r->active != NULL,
         .l1_off = r->active ? r->active->off : 0,
         .l1_size = r->active ? r->active->size : 0,
-        .rt_off = t->rt_off,
-        .rt_clusters = (uint32_t)t->rt_clusters,
+        .rt_off = t->refs.rt_off,
+        .rt_clusters = (uint32_t)t->refs.rt_clusters,
         .nb_snaps = r->nb_snaps,
         .snap_off = r->snap_off,
     };
@@ -1122,97 +90,20 @@ static int commit_header(struct txn *t, const struct roots *r)
 {
     struct qcow2_roots nr = new_roots(t, r);
     /* 1 of 3: every new structure is durable ... */
-    int ret = wb_flush(t);
+    int ret = txn_wbuf_flush(t);
 
     /* 2 of 3: ... before one sector switches all roots at once ... */
     return ret < 0 ? ret : roots_commit(t->img, &nr);
 }
 
-/* Record a run of clusters only the old state uses. */
-static int add_freed(struct txn *t, uint64_t start, uint64_t len)
-{
-    uint64_t *f;
-
-    if (!len)
-        return 0;
-    if (t->nb_freed && t->freed[2 * t->nb_freed - 2] +
-                               t->freed[2 * t->nb_freed - 1] == start) {
-        t->freed[2 * t->nb_freed - 1] += len;
-        return 0;
-    }
-    f = realloc(t->freed, (t->nb_freed + 1) * 2 * sizeof *f);
-    if (!f)
-        return qimg_err(ENOMEM, "Out of memory");
-    t->freed = f;
-    f[2 * t->nb_freed] = start;
-    f[2 * t->nb_freed + 1] = len;
-    t->nb_freed++;
-    return 0;
-}
-
-/* Before the commit: which clusters the new state frees (so nothing has
- * to be read once the header is switched): those a decrement took to 0
- * that are still 0. */
-static int find_freed(struct txn *t)
-{
-    struct qcow2 *q = t->q;
-    const uint64_t per = 1ull << q->rb_bits;
-    int ret = 0;
-
-    for (uint64_t i = 0; i < t->nb_rb && ret == 0; i++) {
-        const uint8_t *z = t->zhit[i];
-        if (!t->rb_dirty[i] || !z)
-            continue;
-        for (uint64_t j = 0; ret == 0 && j < per; j++) {
-            if (!z[j / 8]) {
-                j |= 7; /* skip the byte */
-                continue;
-            }
-            if (zero_hit_at(z, j) &&
-                !refblock_get(t->rb[i], j, q->refcount_order))
-                ret = add_freed(t, i * per + j, 1);
-        }
-    }
-    return ret;
-}
-
-/* 3 of 3: the switch is durable; punch what only the old state used.
- * Discarding is advisory: a failure here cannot harm the new state, and
- * a punch lost in a crash only leaves free clusters allocated, so it
- * needs no flush. Data is punched. Old copies of metadata the operation
- * replaced are partly left in place: punching costs about as much as
- * writing (~0.1 ms a hole), and the next operation, which replaces the
- * same tables, would only fill the holes again (filling a hole costs the
- * file system an allocation too); txn_alloc takes such blocks first.
- * How many stay is bounded: as many as this operation took from that
- * pool (so it does not grow), or, when the pool ran dry, as many as it
- * allocated. So free clusters left allocated never exceed what the
- * largest operation allocated (about one copy of the metadata). Runs
- * too short for txn_alloc's single clusters are punched too (such as
- * qemu-img's scattered L2 tables): it would pass them over. */
-static void discard_freed(struct txn *t)
-{
-    uint64_t keep = t->pool_dry ? t->nb_alloc : t->nb_backed;
-
-    for (size_t i = 0; i < t->nb_freed; i++) {
-        uint64_t start = t->freed[2 * i], len = t->freed[2 * i + 1], k;
-        bool meta = len >= t->run_k;
-        for (uint64_t c = start; meta && c < start + len; c++)
-            meta = idset_has(&t->meta_freed, c);
-        k = meta ? MIN(len, keep) : 0;
-        keep -= k;
-        if (len > k)
-            file_discard_quiet(t->img, (start + k) * t->cs,
-                               (len - k) * t->cs);
-    }
-}
-
-/* Adopt the committed state in memory; caches start empty. */
+/* Hand the committed state to the modules that own it; their caches
+ * start empty. Cannot fail: the header already says this is the image. */
 static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
                  uint64_t snap_size)
 {
     qimg_image *img = t->img;
     struct qcow2_roots nr = new_roots(t, r);
+    uint64_t rt_entries = t->refs.rt_clusters * t->cs / 8;
 
     if (r->active) {
         l1_adopt(img, r->active->buf, r->active->size);
@@ -1220,46 +111,19 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     } else {
         l1_adopt(img, NULL, 0);
     }
-    refcount_adopt_table(img, t->rt, t->rt_clusters * t->cs / 8);
-    t->rt = NULL;
+    refcount_adopt_table(img, txn_refs_take_table(t), rt_entries);
     snaptable_adopt(img, snaps, r->nb_snaps, snap_size);
     roots_adopt(img, &nr);
-    file_extend(img, t->scan * t->cs);
+    file_extend(img, t->space.scan * t->cs);
     meta_reset(img);
 }
 
 static void txn_free(struct txn *t)
 {
-    for (size_t i = 0; i < t->nb_chunks; i++)
-        free(t->chunks[i]);
-    free(t->chunks);
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        free(t->zhit[i]);
-    free(t->zhit);
-    free(t->rb_dirty);
-    free(t->rb);
-    free(t->rb_loc);
-    free(t->tmp);
-    free(t->old_rb);
-    free(t->wbuf);
-    idset_free(&t->meta_freed);
-    free(t->rt);
-    free(t->freed);
-    u64map_free(&t->copies);
-    l2store_free(&t->l2s);
-}
-
-/* Refcount of cluster idx from the operation's own copy of its block. */
-static int rc_loaded(void *ctx, uint64_t idx, uint64_t *rc)
-{
-    struct txn *t = ctx;
-    uint8_t *rb = NULL;
-    int ret = rb_get(t, idx >> t->q->rb_bits, false, &rb);
-
-    if (ret == 0)
-        *rc = refblock_get(rb, idx & ((1ull << t->q->rb_bits) - 1),
-                           t->q->refcount_order);
-    return ret;
+    txn_refs_free(t);
+    txn_space_free(t);
+    txn_wbuf_free(t);
+    txn_tables_free(t);
 }
 
 /* preload: the operation will count most of the image (create, delete),
@@ -1274,23 +138,21 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
     t->img = img;
     t->q = q;
     t->cs = q->cluster_size;
-    t->old_idx = UINT64_MAX; /* before rb_get runs (preload) */
+    txn_space_init(t); /* before rb_get runs (preload) */
     if (q->hdr.incompatible & (INCOMPAT_CORRUPT | INCOMPAT_DIRTY))
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
     if (ret == 0)
-        ret = metaset_check_counted(img, preload ? rc_loaded : NULL, t);
+        ret = metaset_check_counted(img, preload ? txn_refs_loaded : NULL,
+                                       t);
     if (ret < 0)
         return ret;
-    t->tmp = malloc(t->cs);
-    t->old_rb = malloc(t->cs);
-    t->wbuf = malloc(wb_cap(t));
-    if (!t->tmp || !t->old_rb || !t->wbuf)
-        return qimg_err(ENOMEM, "Out of memory");
-    t->scan = t->scan_backed = t->scan_any = 1;
-    t->backed_short = t->first_free = UINT64_MAX;
-    t->run_k = single_run(q);
-    return 0;
+    ret = txn_tables_init(t);
+    if (ret == 0)
+        ret = txn_space_setup(t);
+    if (ret == 0)
+        ret = txn_wbuf_init(t);
+    return ret;
 }
 
 /* Validate every snapshot's L1 location and the tables they point at. */
@@ -1352,7 +214,7 @@ static int read_snap_l1(struct txn *t, const struct snap *s, uint8_t **out)
 
     if (ret == 0 && !s->l1_size)
         memset(*out, 0, 8);
-    return ret == 0 ? check_l1(t, *out, s->l1_size) : ret;
+    return ret == 0 ? txn_tables_check_l1(t, *out, s->l1_size) : ret;
 }
 
 /* Write the new snapshot table; the old one is released. */
@@ -1364,9 +226,11 @@ static int write_snap_table(struct txn *t, struct snap *snaps, uint32_t n,
     int ret = 0;
 
     if (q->sn->nb_snaps)
-        ret = rc_add_range(t, q->hdr.snapshots_offset, q->sn->snap_table_size, -1);
+        ret = txn_refs_add_range(t, q->hdr.snapshots_offset,
+                                 q->sn->snap_table_size, -1);
     if (ret == 0 && q->sn->nb_snaps)
-        ret = meta_freed(t, q->hdr.snapshots_offset, q->sn->snap_table_size);
+        ret = txn_space_meta_freed(t, q->hdr.snapshots_offset,
+                                   q->sn->snap_table_size);
     if (ret == 0)
         ret = snap_table_encode(q, snaps, n, &buf, size);
     if (ret == 0 && *size > QCOW_MAX_SNAPSHOTS_SIZE)
@@ -1394,32 +258,25 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
     int ret = 0;
 
     for (size_t i = 0; ret == 0 && i < n; i++)
-        ret = redirect(t, l1s[i]);
+        ret = txn_tables_redirect(t, l1s[i]);
     for (size_t i = 0; ret == 0 && i < n; i++)
-        ret = set_l1_flags(t, l1s[i]);
+        ret = txn_tables_set_l1_flags(t, l1s[i]);
     if (ret < 0)
         return ret;
     if (r->active && r->active->size == q->l1s->l1_size &&
         !memcmp(r->active->buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8))
         r->active = NULL; /* unchanged: stays where it is */
     else if (r->active && q->l1s->l1_size)
-        ret = rc_add_range(t, q->hdr.l1_table_offset,
-                           (uint64_t)q->l1s->l1_size * 8, -1);
+        ret = txn_refs_add_range(t, q->hdr.l1_table_offset,
+                                 (uint64_t)q->l1s->l1_size * 8, -1);
     if (ret == 0 && r->active && q->l1s->l1_size)
-        ret = meta_freed(t, q->hdr.l1_table_offset, (uint64_t)q->l1s->l1_size * 8);
+        ret = txn_space_meta_freed(t, q->hdr.l1_table_offset,
+                                   (uint64_t)q->l1s->l1_size * 8);
     for (size_t i = 0; ret == 0 && i < n; i++)
         if (i > 0 || r->active)
             ret = write_table(t, l1s[i]->buf, (uint64_t)l1s[i]->size * 8,
                               &l1s[i]->off);
     return ret;
-}
-
-static bool nothing_changed(const struct txn *t)
-{
-    for (uint64_t i = 0; i < t->nb_rb; i++)
-        if (t->rb_dirty[i])
-            return false;
-    return true;
 }
 
 /* Place the refcount structures, write them, switch the header, tidy up. */
@@ -1428,18 +285,18 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
 {
     int ret;
 
-    if (nothing_changed(t) && r->size == t->img->size)
+    if (txn_refs_unchanged(t) && r->size == t->img->size)
         return 1; /* e.g. applying the snapshot the disk already equals */
-    ret = place_refcounts(t);
+    ret = txn_refs_place(t);
     if (ret == 0)
-        ret = write_refcounts(t);
+        ret = txn_refs_write(t);
     if (ret == 0)
-        ret = find_freed(t);
+        ret = txn_space_find_freed(t);
     if (ret == 0)
         ret = commit_header(t, r);
     if (ret < 0)
         return ret;
-    discard_freed(t);
+    txn_space_discard_freed(t);
     adopt(t, r, snaps, snap_size);
     return 0;
 }
@@ -1525,7 +382,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
 
     ret = txn_init(&t, img, true);
     if (ret == 0)
-        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
+        ret = txn_tables_check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
         ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
@@ -1544,14 +401,14 @@ int txn_snapshot_create(qimg_image *img, const char *name)
      * all of them lose their COPIED flags. Copies are written only after
      * every table has been validated, so the first loop writes nothing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
-        if (l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
-            ret = read_l2(&t, l1_ptr(q->l1s->l1, q->l1s->l1_size, i), t.tmp);
+        if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
+            ret = txn_tables_read_l2(&t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
-        uint64_t p = l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
+        uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         if (p)
-            ret = pointer_change(&t, p, 1);
+            ret = txn_tables_pointer_change(&t, p, 1);
         if (ret == 0 && p)
-            ret = clear_copied(&t, p);
+            ret = txn_tables_clear_copied(&t, p);
     }
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 2);
@@ -1590,15 +447,15 @@ int txn_snapshot_delete(qimg_image *img, int idx)
 
     ret = txn_init(&t, img, true);
     if (ret == 0)
-        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
+        ret = txn_tables_check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
         ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
         ret = read_snap_l1(&t, s, &sl1);
     /* Validate the active tables a flag fix may rewrite, before writing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
-        if (l1_ptr(sl1, s->l1_size, i) && l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
-            ret = read_l2(&t, l1_ptr(q->l1s->l1, q->l1s->l1_size, i), t.tmp);
+        if (txn_l1_ptr(sl1, s->l1_size, i) && txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
+            ret = txn_tables_read_l2(&t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
     if (ret == 0)
         ret = copy_snaps(q, idx, 0, &snaps);
     if (ret == 0)
@@ -1607,15 +464,16 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         goto out;
     memcpy(active.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++)
-        if (l1_ptr(sl1, s->l1_size, i))
-            ret = pointer_change(&t, l1_ptr(sl1, s->l1_size, i), -1);
+        if (txn_l1_ptr(sl1, s->l1_size, i))
+            ret = txn_tables_pointer_change(&t, txn_l1_ptr(sl1, s->l1_size, i),
+                                            -1);
     if (ret == 0 && s->l1_size)
-        ret = rc_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
+        ret = txn_refs_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
     if (ret == 0 && s->l1_size)
-        ret = meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
+        ret = txn_space_meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
     for (uint32_t i = 0; ret == 0 && i < active.size; i++)
-        if (l1_ptr(sl1, s->l1_size, i))
-            ret = inspect_table(&t, active.buf, active.size, i);
+        if (txn_l1_ptr(sl1, s->l1_size, i))
+            ret = txn_tables_inspect(&t, active.buf, active.size, i);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0)
@@ -1672,7 +530,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         return qimg_err(EFBIG, "Active L1 table too large");
     ret = txn_init(&t, img, false);
     if (ret == 0)
-        ret = check_l1(&t, q->l1s->l1, q->l1s->l1_size);
+        ret = txn_tables_check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
         ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0)
@@ -1686,18 +544,18 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     memcpy(active.buf, sl1, (size_t)s->l1_size * 8);
     /* Only pointers that differ change any count. */
     for (uint32_t i = 0; ret == 0 && i < n; i++) {
-        uint64_t o = l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
-        uint64_t p = l1_ptr(sl1, s->l1_size, i);
+        uint64_t o = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
+        uint64_t p = txn_l1_ptr(sl1, s->l1_size, i);
         if (o == p)
             continue;
         if (o)
-            ret = pointer_change(&t, o, -1);
+            ret = txn_tables_pointer_change(&t, o, -1);
         if (ret == 0 && p)
-            ret = pointer_change(&t, p, 1);
+            ret = txn_tables_pointer_change(&t, p, 1);
     }
     for (uint32_t i = 0; ret == 0 && i < n; i++)
-        if (l1_ptr(q->l1s->l1, q->l1s->l1_size, i) != l1_ptr(sl1, s->l1_size, i))
-            ret = inspect_table(&t, active.buf, active.size, i);
+        if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) != txn_l1_ptr(sl1, s->l1_size, i))
+            ret = txn_tables_inspect(&t, active.buf, active.size, i);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0) {
