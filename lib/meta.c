@@ -1,9 +1,14 @@
 /*
  * meta.c - the set of metadata clusters and the overlap check.
  *
- * Every allocation and in-place write of a host cluster is checked
- * against the set of known metadata clusters; a hit sets the corrupt bit
- * (QEMU's only permitted write on a damaged image) and fails the request.
+ * What is checked against the set of known metadata clusters today: guest
+ * data written in place (guest.c), every cluster refcount_alloc() hands
+ * out, and the new refcount blocks and tables refcount.c writes. A hit
+ * sets the corrupt bit (QEMU's only permitted write on a damaged image)
+ * and fails the request. Not yet checked: writes of L1 entries, L2 tables
+ * and refcount blocks that are already metadata, of the bitmap directory,
+ * and of a repair (rebuild.c) or a snapshot transaction (which places
+ * its metadata in clusters it has counted free instead).
  * The set is filled by metaset.c and kept current by the table modules as
  * they allocate and free metadata.
  */
