@@ -152,7 +152,7 @@ int file_read_table(qimg_image *img, uint8_t **out, uint64_t off, size_t n,
     int ret;
 
     *out = NULL;
-    if (off + n > img->q->file_size || off + n < off)
+    if (what && (off + n > img->q->file_size || off + n < off))
         return qimg_err(EINVAL, "%s exceeds the end of the file", what);
     buf = malloc(n ? n : 1);
     if (!buf)

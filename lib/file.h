@@ -44,7 +44,8 @@ int file_size_init(qimg_image *img);
 void file_extend(qimg_image *img, uint64_t end);
 
 /* Read a table of n bytes at off into a new buffer, checking it lies
- * within the file ("<what> exceeds the end of the file"). */
+ * within the file ("<what> exceeds the end of the file"); what NULL reads
+ * it as check must, as QEMU would: zeros past the end of the file. */
 int file_read_table(qimg_image *img, uint8_t **out, uint64_t off, size_t n,
                     const char *what);
 

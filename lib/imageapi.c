@@ -79,11 +79,12 @@ static int check_range(const qimg_image *img, uint64_t off, uint64_t len)
     return 0;
 }
 
-static int check_writable(const qimg_image *img)
+/* A write request: a writable image, a range inside the disk. */
+static int check_write(const qimg_image *img, uint64_t off, uint64_t len)
 {
     if (!img->read_write)
         return qimg_err(EACCES, "Image is read-only");
-    return 0;
+    return check_range(img, off, len);
 }
 
 int qimg_image_read(qimg_image *img, void *buf, size_t len, uint64_t off)
@@ -100,10 +101,8 @@ int qimg_image_read(qimg_image *img, void *buf, size_t len, uint64_t off)
 int qimg_image_write(qimg_image *img, const void *buf, size_t len,
                      uint64_t off)
 {
-    int ret = check_writable(img);
+    int ret = check_write(img, off, len);
 
-    if (ret == 0)
-        ret = check_range(img, off, len);
     if (ret < 0 || len == 0)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
@@ -114,10 +113,8 @@ int qimg_image_write(qimg_image *img, const void *buf, size_t len,
 int qimg_image_write_compressed(qimg_image *img, const void *buf, size_t len,
                                 uint64_t off)
 {
-    int ret = check_writable(img);
+    int ret = check_write(img, off, len);
 
-    if (ret == 0)
-        ret = check_range(img, off, len);
     if (ret < 0 || len == 0)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
@@ -153,10 +150,8 @@ static int raw_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
 int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
                             unsigned flags)
 {
-    int ret = check_writable(img);
+    int ret = check_write(img, off, len);
 
-    if (ret == 0)
-        ret = check_range(img, off, len);
     if (ret < 0 || len == 0)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)
@@ -170,10 +165,8 @@ int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
 
 int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len)
 {
-    int ret = check_writable(img);
+    int ret = check_write(img, off, len);
 
-    if (ret == 0)
-        ret = check_range(img, off, len);
     if (ret < 0 || len == 0)
         return ret;
     if (img->fmt == QIMG_FMT_RAW)

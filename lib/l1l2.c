@@ -40,17 +40,12 @@ int l1_init(qimg_image *img, bool lenient)
         return qimg_err(ENOMEM, "Out of memory");
     q->l1s = s;
     s->l1_size = q->hdr.l1_size;
-    if (lenient) {
-        /* What QEMU would read: zeros past the end of the file. */
-        s->l1 = malloc(n ? n : 1);
-        ret = s->l1 ? file_pread(img, s->l1, n, q->hdr.l1_table_offset)
-                    : qimg_err(ENOMEM, "Out of memory");
-    } else if (!s->l1_size) {
+    if (!s->l1_size && !lenient) {
         s->l1 = calloc(1, 8);
         ret = s->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
     } else {
         ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n,
-                              "Active L1 table");
+                              lenient ? NULL : "Active L1 table");
     }
     if (ret < 0)
         return ret;
