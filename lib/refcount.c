@@ -42,15 +42,8 @@ int refcount_init(qimg_image *img, bool lenient)
     if (!rc)
         return qimg_err(ENOMEM, "Out of memory");
     q->rc = rc;
-    if (lenient) {
-        /* What QEMU would read: zeros past the end of the file. */
-        rc->rt = malloc(n ? n : 1);
-        ret = rc->rt ? file_pread(img, rc->rt, n, q->hdr.refcount_table_offset)
-                     : qimg_err(ENOMEM, "Out of memory");
-    } else {
-        ret = file_read_table(img, &rc->rt, q->hdr.refcount_table_offset, n,
-                               "Reference count table");
-    }
+    ret = file_read_table(img, &rc->rt, q->hdr.refcount_table_offset, n,
+                          lenient ? NULL : "Reference count table");
     if (ret < 0)
         return ret;
     rc->rt_entries = n / 8;
