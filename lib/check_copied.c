@@ -154,7 +154,8 @@ int copied_check(struct chk *c)
     else
         repair = false;
     for (uint32_t i = 0; i < q->l1s->l1_size && ret == 0; i++) {
-        uint64_t e = l1_entry_get(q->l1s->l1, i), l2_off = e & L1E_OFFSET_MASK, rc;
+        uint64_t e = l1_entry_get(q->l1s->l1, i), l2_off = e & L1E_OFFSET_MASK,
+                 rc;
         if (!l2_off)
             continue;
         ret = copied_refcount(c, l2_off >> q->cluster_bits, &rc);

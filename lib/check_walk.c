@@ -108,7 +108,7 @@ static void corruption(struct chk *c)
         c->res->corruptions++;
 }
 
-/* ---- Walking the trees ---------------------------------------------------- */
+/* ---- Walking the trees --------------------------------------------------- */
 
 static int check_compressed(struct chk *c, uint64_t e, uint64_t bm, int64_t j,
                             bool frag)
@@ -495,7 +495,7 @@ static int check_snapshots_refs(struct chk *c)
     return ret;
 }
 
-/* ---- Bitmaps --------------------------------------------------------------- */
+/* ---- Bitmaps ------------------------------------------------------------- */
 
 static int check_bitmaps_refs(struct chk *c)
 {
@@ -537,7 +537,7 @@ static int check_bitmaps_refs(struct chk *c)
     return ret;
 }
 
-/* ---- Refcount structures --------------------------------------------------- */
+/* ---- Refcount structures ------------------------------------------------- */
 
 /* -r all and a refcount block past the end of the file: extend the file
  * to cover it (as QEMU; it then reads as zeros and forces a rebuild). */
@@ -772,8 +772,9 @@ void walk_drop_old_structures(struct chk *c)
 {
     struct qcow2 *q = c->q;
     uint64_t first = q->hdr.refcount_table_offset >> q->cluster_bits;
-    uint64_t last = (q->hdr.refcount_table_offset + q->rc->rt_entries * 8 - 1) >>
-                    q->cluster_bits;
+    uint64_t last =
+        (q->hdr.refcount_table_offset + q->rc->rt_entries * 8 - 1) >>
+        q->cluster_bits;
 
     for (uint64_t k = first; q->rc->rt_entries && k <= last; k++)
         if (walk_ref_get(c, k))

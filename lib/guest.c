@@ -9,8 +9,8 @@
  *
  * Notes on the design:
  *  1. Guest data is written before the L2 entry that names it is changed in
- *     the cache; the flush order (flush.c) syncs data and refcounts before any L2 table
- *     reaches the disk.
+ *     the cache; the flush order (flush.c) syncs data and refcounts before
+ *     any L2 table reaches the disk.
  *  2. A cluster whose L2 entry lacks COPIED is shared with a snapshot and is
  *     never written in place: a new cluster gets the old contents merged
  *     with the new bytes and the old one loses a reference later.
@@ -566,7 +566,8 @@ int guest_write_compressed(qimg_image *img, const void *buf, size_t len,
 
     if (ret < 0)
         return ret;
-    if (!IS_ALIGNED(off, cs) || (!IS_ALIGNED(len, cs) && off + len != img->size))
+    if (!IS_ALIGNED(off, cs) ||
+        (!IS_ALIGNED(len, cs) && off + len != img->size))
         return qimg_err(EINVAL, "Compressed writes must be cluster aligned");
     data = malloc(cs);
     zbuf = malloc(cs);

@@ -159,8 +159,8 @@ int qimg_image_write_zeroes(qimg_image *img, uint64_t off, uint64_t len,
     if ((flags & QIMG_ZERO_NO_FALLBACK) &&
         (ret = guest_zero_no_fallback(img, off, len)) < 0)
         return ret;
-    return roots_write_failed(img,
-                              guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP));
+    return roots_write_failed(
+        img, guest_zero(img, off, len, flags & QIMG_ZERO_UNMAP));
 }
 
 int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len)

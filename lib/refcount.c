@@ -588,7 +588,8 @@ static int grow_reftable(qimg_image *img, uint64_t min_entries)
     uint8_t *tbl = NULL, *blk = NULL;
     int ret;
 
-    start = MAX(DIV_ROUND_UP(q->file_size, cs), q->rc->rt_entries << q->rb_bits);
+    start =
+        MAX(DIV_ROUND_UP(q->file_size, cs), q->rc->rt_entries << q->rb_bits);
     plan_reftable(q, start, min_entries, &b, &t, &entries);
     if (t * cs > (8ull << 20))
         return qimg_err(EFBIG, "Reference count table too large");

@@ -402,7 +402,8 @@ int txn_snapshot_create(qimg_image *img, const char *name)
      * every table has been validated, so the first loop writes nothing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
         if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
-            ret = txn_tables_read_l2(&t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
+            ret = txn_tables_read_l2(
+                &t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
         uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         if (p)
@@ -454,8 +455,10 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         ret = read_snap_l1(&t, s, &sl1);
     /* Validate the active tables a flag fix may rewrite, before writing. */
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
-        if (txn_l1_ptr(sl1, s->l1_size, i) && txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
-            ret = txn_tables_read_l2(&t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
+        if (txn_l1_ptr(sl1, s->l1_size, i) &&
+            txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
+            ret = txn_tables_read_l2(
+                &t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
     if (ret == 0)
         ret = copy_snaps(q, idx, 0, &snaps);
     if (ret == 0)
@@ -525,7 +528,8 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     ret = snap_check_l1(img, s);
     if (ret < 0)
         return ret;
-    n = MAX(MAX(q->l1s->l1_size, s->l1_size), l1_entries_needed(q, s->disk_size));
+    n = MAX(MAX(q->l1s->l1_size, s->l1_size),
+            l1_entries_needed(q, s->disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");
     ret = txn_init(&t, img, false);
@@ -554,7 +558,8 @@ int txn_snapshot_apply(qimg_image *img, int idx)
             ret = txn_tables_pointer_change(&t, p, 1);
     }
     for (uint32_t i = 0; ret == 0 && i < n; i++)
-        if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) != txn_l1_ptr(sl1, s->l1_size, i))
+        if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) !=
+            txn_l1_ptr(sl1, s->l1_size, i))
             ret = txn_tables_inspect(&t, active.buf, active.size, i);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
