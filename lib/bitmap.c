@@ -16,6 +16,7 @@
 #include "endian.h"
 #include "error.h"
 #include "file.h"
+#include "meta.h"
 #include "util.h"
 
 /* §9 directory entry offsets */
@@ -117,6 +118,13 @@ int bitmap_mark_in_use(qimg_image *img)
     ret = bitmap_dir_load(img, &b, &n);
     if (ret < 0)
         return ret;
+    /* Every flag's place is checked before the first is written. */
+    for (size_t i = 0; i < n && ret == 0; i++)
+        if ((b[i].flags & BME_FLAG_AUTO) && !(b[i].flags & BME_FLAG_IN_USE))
+            ret = meta_check_write(img, META_BIT(META_BITMAP_DIR),
+                                   h->bitmap_dir_offset + b[i].dir_pos +
+                                       BME_FLAGS,
+                                   4);
     for (size_t i = 0; i < n && ret == 0; i++) {
         uint8_t f[4];
         if (!(b[i].flags & BME_FLAG_AUTO) || (b[i].flags & BME_FLAG_IN_USE))

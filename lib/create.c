@@ -186,7 +186,7 @@ static int create_l1(qimg_image *img, uint64_t size)
     }
     l1_adopt(img, l1, (uint32_t)n);
     roots_set_disk(img, size, off, (uint32_t)n);
-    ret = meta_add(img, off, n * 8);
+    ret = meta_add(img, META_ACTIVE_L1, off, n * 8);
     return ret < 0 ? ret : roots_write_header(img);
 }
 

@@ -89,7 +89,11 @@ int l1_write_entry(qimg_image *img, uint32_t i, uint64_t e)
     int ret;
 
     be64_store(b, e);
-    ret = file_pwrite(img, b, 8, q->hdr.l1_table_offset + (uint64_t)i * 8);
+    ret = meta_check_write(img, META_BIT(META_ACTIVE_L1),
+                           q->hdr.l1_table_offset + (uint64_t)i * 8, 8);
+    if (ret == 0)
+        ret = file_pwrite(img, b, 8,
+                          q->hdr.l1_table_offset + (uint64_t)i * 8);
     if (ret == 0)
         ret = file_flush(img);
     if (ret == 0)
@@ -120,8 +124,11 @@ int l1_write_dirty(qimg_image *img)
 
     if (lo >= hi)
         return 0;
-    ret = file_pwrite(img, q->l1s->l1 + lo * 8, (hi - lo) * 8,
-                       q->hdr.l1_table_offset + lo * 8);
+    ret = meta_check_write(img, META_BIT(META_ACTIVE_L1),
+                           q->hdr.l1_table_offset + lo * 8, (hi - lo) * 8);
+    if (ret == 0)
+        ret = file_pwrite(img, q->l1s->l1 + lo * 8, (hi - lo) * 8,
+                          q->hdr.l1_table_offset + lo * 8);
     if (ret < 0)
         return ret;
     q->l1s->dirty_lo = q->l1s->dirty_hi = 0;
@@ -184,7 +191,10 @@ int l2_write_dirty(qimg_image *img)
         int ret;
         if (e->off == UINT64_MAX || !e->dirty)
             continue;
-        ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
+        ret = meta_check_write(img, META_BIT(META_ACTIVE_L2), e->off,
+                               q->cluster_size);
+        if (ret == 0)
+            ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
         if (ret < 0)
             return ret;
         e->dirty = false;
@@ -245,8 +255,20 @@ int l2_get_writable(qimg_image *img, uint64_t guest_off,
     ret = l1_l2_offset(img, l1_idx, &old_off);
     if (ret < 0)
         return ret;
-    if (old_off && (l1e & QCOW_OFLAG_COPIED))
-        return l2_load(img, old_off, out);
+    /* A table written in place may only lie on itself (QEMU checks as it
+     * writes the table, within the request). */
+    if (old_off && (l1e & QCOW_OFLAG_COPIED)) {
+        ret = meta_check_write(img, META_BIT(META_ACTIVE_L2), old_off,
+                               q->cluster_size);
+        return ret < 0 ? ret : l2_load(img, old_off, out);
+    }
+    /* The L1 entry will change: refuse now, before anything is written,
+     * if it does not lie in the active L1 table alone (QEMU writes the
+     * entry at once and refuses there). */
+    ret = meta_check_write(img, META_BIT(META_ACTIVE_L1),
+                           q->hdr.l1_table_offset + l1_idx * 8, 8);
+    if (ret < 0)
+        return ret;
     if (old_off) {
         ret = l2_load(img, old_off, &old);
         if (ret < 0)
@@ -263,7 +285,11 @@ int l2_get_writable(qimg_image *img, uint64_t guest_off,
     else
         memset(e->buf, 0, q->cluster_size);
     e->dirty = true;
-    ret = meta_add(img, new_off, q->cluster_size);
+    ret = meta_add(img, META_ACTIVE_L2, new_off, q->cluster_size);
+    /* The old table is a snapshot's now (or freed, once durable). */
+    if (ret == 0 && old_off)
+        ret = meta_retag(img, old_off, q->cluster_size, META_ACTIVE_L2,
+                         META_INACTIVE_L2);
     if (ret == 0 && old_off)
         ret = refcount_dec_later(img, old_off, q->cluster_size, false);
     if (ret < 0) {

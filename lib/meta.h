@@ -1,8 +1,8 @@
 /*
- * meta.h - the set of clusters that hold metadata, and the overlap check
- * every write of a host cluster goes through (meta.c).
+ * meta.h - which clusters hold which metadata, and the overlap check every
+ * write of a host cluster goes through (meta.c).
  *
- * The set is built lazily, by metaset.c, before the first write; until
+ * The map is built lazily, by metaset.c, before the first write; until
  * then the check passes everything (opening never pays for it).
  */
 #ifndef QIMG_META_H
@@ -15,33 +15,56 @@
 #include "idset.h"
 #include "image.h"
 
+/* Kinds of metadata, in the order (and with the names) QEMU's overlap
+ * check reports them. */
+enum meta_kind {
+    META_HEADER,
+    META_ACTIVE_L1,
+    META_ACTIVE_L2,
+    META_REFCOUNT_TABLE,
+    META_REFCOUNT_BLOCK,
+    META_SNAPSHOT_TABLE,
+    META_INACTIVE_L1,
+    META_INACTIVE_L2,
+    META_BITMAP_DIR,
+    META_NB_KINDS
+};
+#define META_BIT(k) (1u << (k))
+
 struct meta_state {
-    struct idset set; /* metadata cluster indices */
+    struct idset any;                 /* every metadata cluster */
+    struct idset kind[META_NB_KINDS]; /* the clusters of each kind */
     bool ready;
-    /* Which structure cluster idx belongs to, in QEMU's words (installed
-     * by the opener: the answer needs the tables above this layer). */
-    const char *(*describe)(qimg_image *img, uint64_t idx);
 };
 
-int meta_init(qimg_image *img,
-              const char *(*describe)(qimg_image *, uint64_t));
+int meta_init(qimg_image *img);
 void meta_free(qimg_image *img);
 bool meta_ready(const qimg_image *img);
-/* Start an empty set that is kept up to date from now on. */
+/* Start an empty map that is kept up to date from now on. */
 void meta_start(qimg_image *img);
-/* Forget the set (the metadata moved); built again before the next
+/* Forget the map (the metadata moved); built again before the next
  * write. */
 void meta_reset(qimg_image *img);
-/* Record or forget host bytes [off, off+len) as metadata (no-op until the
- * set is started). */
-int meta_add(qimg_image *img, uint64_t off, uint64_t len);
+/* Record host bytes [off, off+len) as metadata of a kind (no-op until
+ * the map is started); -ENOMEM with no message. */
+int meta_add(qimg_image *img, enum meta_kind kind, uint64_t off,
+             uint64_t len);
+/* Forget [off, off+len) as metadata of any kind (it was freed). */
 void meta_del(qimg_image *img, uint64_t off, uint64_t len);
+/* [off, off+len) is no longer metadata of kind `from` but of kind `to`
+ * (an L2 table the active tree stopped using, still a snapshot's). */
+int meta_retag(qimg_image *img, uint64_t off, uint64_t len,
+               enum meta_kind from, enum meta_kind to);
 /* The metadata clusters in file order (malloc'd; *n of them). */
 int meta_list_sorted(const qimg_image *img, uint64_t **out, size_t *n);
-/* -EIO (marking the image corrupt) if a write to host clusters
- * [off, off+len) would hit metadata. */
+/* -EIO (marking the image corrupt, naming what it would hit) if a write
+ * to host clusters [off, off+len) would hit metadata of a kind not in
+ * `allowed` (a mask of META_BIT()s; 0 for guest data). */
+int meta_check_write(qimg_image *img, unsigned allowed, uint64_t off,
+                     uint64_t len);
+/* The same for guest data and new allocations: no metadata at all. */
 int meta_overlap_check(qimg_image *img, uint64_t off, uint64_t len);
 /* Signal the overlap QEMU reports for a write to metadata cluster idx. */
-int meta_signal_overlap(qimg_image *img, uint64_t idx);
+int meta_signal_overlap(qimg_image *img, uint64_t idx, unsigned allowed);
 
 #endif

@@ -3,8 +3,7 @@
  * overlap check knows (header, active L1 and L2 tables, refcount table
  * and blocks, snapshot table, snapshot L1 tables, bitmap directory).
  *
- * Sits above the table modules it reads; meta.c below keeps the set and
- * reaches back here only through the describe hook the opener installs.
+ * Sits above the table modules it reads; meta.c below keeps the map.
  */
 #include "metaset.h"
 
@@ -19,46 +18,6 @@
 #include "refcount.h"
 #include "snaptable.h"
 #include "util.h"
-
-static bool in_range(uint64_t c, unsigned bits, uint64_t off, uint64_t len)
-{
-    return len && c >= off >> bits && c <= (off + len - 1) >> bits;
-}
-
-const char *metaset_describe(qimg_image *img, uint64_t idx)
-{
-    const struct qcow2 *q = img->q;
-    const struct qcow2_header *h = &q->hdr;
-    const struct l1_state *l1 = q->l1s;
-    const struct rc_state *rc = q->rc;
-    const struct snap_state *sn = q->sn;
-    unsigned bits = q->cluster_bits;
-
-    if (idx == 0)
-        return "qcow2_header";
-    if (in_range(idx, bits, h->l1_table_offset, (uint64_t)l1->l1_size * 8))
-        return "active L1 table";
-    for (uint32_t i = 0; i < l1->l1_size; i++)
-        if ((l1_entry_get(l1->l1, i) & L1E_OFFSET_MASK) >> bits == idx)
-            return "active L2 table";
-    if (in_range(idx, bits, h->refcount_table_offset,
-                 (uint64_t)h->refcount_table_clusters << bits))
-        return "refcount table";
-    for (uint64_t i = 0; i < rc->rt_entries; i++)
-        if ((be64_load(rc->rt + i * 8) & RT_OFFSET_MASK) >> bits == idx)
-            return "refcount block";
-    if (sn->nb_snaps && in_range(idx, bits, h->snapshots_offset,
-                                 sn->snap_table_size))
-        return "snapshot table";
-    for (uint32_t i = 0; i < sn->nb_snaps; i++)
-        if (in_range(idx, bits, sn->snaps[i].l1_off,
-                     (uint64_t)sn->snaps[i].l1_size * 8))
-            return "inactive L1 table";
-    if (h->has_bitmaps_ext &&
-        in_range(idx, bits, h->bitmap_dir_offset, h->bitmap_dir_size))
-        return "bitmap directory";
-    return "metadata";
-}
 
 /* A snapshot's L1 table and the bitmap directory count only as far as
  * they lie inside the file, and a snapshot L1 table only if its size is
@@ -76,32 +35,35 @@ int metaset_build(qimg_image *img)
     if (meta_ready(img))
         return 0;
     meta_start(img);
-    ret = meta_add(img, 0, q->cluster_size);
+    ret = meta_add(img, META_HEADER, 0, q->cluster_size);
     if (ret == 0 && l1->l1_size)
-        ret = meta_add(img, h->l1_table_offset, (uint64_t)l1->l1_size * 8);
+        ret = meta_add(img, META_ACTIVE_L1, h->l1_table_offset,
+                       (uint64_t)l1->l1_size * 8);
     if (ret == 0)
-        ret = meta_add(img, h->refcount_table_offset,
+        ret = meta_add(img, META_REFCOUNT_TABLE, h->refcount_table_offset,
                        (uint64_t)h->refcount_table_clusters * q->cluster_size);
     for (uint64_t i = 0; ret == 0 && i < rc->rt_entries; i++) {
         uint64_t off = be64_load(rc->rt + i * 8) & RT_OFFSET_MASK;
         if (off)
-            ret = meta_add(img, off, q->cluster_size);
+            ret = meta_add(img, META_REFCOUNT_BLOCK, off, q->cluster_size);
     }
     for (uint32_t i = 0; ret == 0 && i < l1->l1_size; i++) {
         uint64_t off = l1_entry_get(l1->l1, i) & L1E_OFFSET_MASK;
         if (off)
-            ret = meta_add(img, off, q->cluster_size);
+            ret = meta_add(img, META_ACTIVE_L2, off, q->cluster_size);
     }
     if (ret == 0 && sn->nb_snaps)
-        ret = meta_add(img, h->snapshots_offset, sn->snap_table_size);
+        ret = meta_add(img, META_SNAPSHOT_TABLE, h->snapshots_offset,
+                       sn->snap_table_size);
     for (uint32_t i = 0; ret == 0 && i < sn->nb_snaps; i++) {
         uint64_t off = sn->snaps[i].l1_off;
         uint64_t len = (uint64_t)sn->snaps[i].l1_size * 8;
         if (off < q->file_size && len <= QCOW_MAX_L1_SIZE)
-            ret = meta_add(img, off, MIN(len, q->file_size - off));
+            ret = meta_add(img, META_INACTIVE_L1, off,
+                           MIN(len, q->file_size - off));
     }
     if (ret == 0 && h->has_bitmaps_ext && h->bitmap_dir_offset < q->file_size)
-        ret = meta_add(img, h->bitmap_dir_offset,
+        ret = meta_add(img, META_BITMAP_DIR, h->bitmap_dir_offset,
                        MIN(h->bitmap_dir_size,
                            q->file_size - h->bitmap_dir_offset));
     if (ret < 0) {
@@ -132,5 +94,5 @@ int metaset_check_counted(qimg_image *img,
     free(c);
     if (ret < 0 || low == UINT64_MAX)
         return ret;
-    return meta_signal_overlap(img, low);
+    return meta_signal_overlap(img, low, 0);
 }

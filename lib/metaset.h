@@ -12,9 +12,6 @@
 
 /* Fill the overlap check's set, once (before the first write). */
 int metaset_build(qimg_image *img);
-/* Which structure metadata cluster idx belongs to, in QEMU's words (the
- * overlap check's describe hook). */
-const char *metaset_describe(qimg_image *img, uint64_t idx);
 /* Before a snapshot operation writes anything: every cluster of live
  * metadata must be counted, or first-fit allocation of the operation's new
  * metadata could land on it. The lowest uncounted one is reported as

@@ -11,8 +11,7 @@
  *  1. Opening never writes (but the repair of a dirty image, as QEMU).
  *  2. The hooks: a full metadata cache writes dirty metadata back through
  *     the flush order (flush.c); a freed cluster leaves the L2 cache
- *     (l1l2.c) though refcount.c frees it; an overlap found by meta.c is
- *     described from the tables (metaset.c).
+ *     (l1l2.c) though refcount.c frees it.
  */
 #include "qcow2.h"
 
@@ -26,7 +25,6 @@
 #include "flush.h"
 #include "l1l2.h"
 #include "meta.h"
-#include "metaset.h"
 #include "refcount.h"
 #include "roots.h"
 #include "snaptable.h"
@@ -113,7 +111,7 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     if (ret < 0)
         return ret;
     roots_set_size(img, q->hdr.size);
-    ret = meta_init(img, metaset_describe);
+    ret = meta_init(img);
     if (ret == 0)
         ret = l1_init(img, o->for_check);
     if (ret == 0)

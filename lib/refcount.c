@@ -199,7 +199,11 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
     uint8_t ent[8];
     int ret;
 
-    ret = meta_overlap_check(img, off, q->cluster_size);
+    /* Both writes are checked before either is made. */
+    ret = meta_check_write(img, META_BIT(META_REFCOUNT_TABLE),
+                           q->hdr.refcount_table_offset + rt_idx * 8, 8);
+    if (ret == 0)
+        ret = meta_overlap_check(img, off, q->cluster_size);
     if (ret < 0)
         return ret;
     if (!self) {
@@ -235,7 +239,7 @@ static int create_refblock(qimg_image *img, uint64_t rt_idx, uint64_t blk_idx)
         return ret;
     memcpy(q->rc->rt + rt_idx * 8, ent, 8);
     file_extend(img, off + q->cluster_size);
-    return meta_add(img, off, q->cluster_size);
+    return meta_add(img, META_REFCOUNT_BLOCK, off, q->cluster_size);
 }
 
 static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
@@ -544,7 +548,10 @@ int refcount_flush(qimg_image *img)
         int ret;
         if (e->off == UINT64_MAX || !e->dirty)
             continue;
-        ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
+        ret = meta_check_write(img, META_BIT(META_REFCOUNT_BLOCK), e->off,
+                               q->cluster_size);
+        if (ret == 0)
+            ret = file_pwrite(img, e->buf, q->cluster_size, e->off);
         if (ret < 0)
             return ret;
         e->dirty = false;
@@ -631,7 +638,9 @@ static int grow_reftable(qimg_image *img, uint64_t min_entries)
     tbl = NULL;
     q->rc->rt_entries = entries;
     file_extend(img, (start + b + t) * cs);
-    ret = meta_add(img, start * cs, (b + t) * cs);
+    ret = meta_add(img, META_REFCOUNT_BLOCK, start * cs, b * cs);
+    if (ret == 0)
+        ret = meta_add(img, META_REFCOUNT_TABLE, (start + b) * cs, t * cs);
     if (ret < 0)
         goto out;
     meta_del(img, old_off, (uint64_t)old_clusters * cs);
