@@ -525,6 +525,12 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     if (s->disk_size != img->size && q->hdr.version < 3)
         return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
                                  "snapshots");
+    /* The size comes from the file: as QEMU's resize to it, refuse what
+     * no image can be before computing with it. */
+    if (s->disk_size > INT64_MAX)
+        return qimg_err(EINVAL, "Image size cannot be negative");
+    if (l1_entries_needed(q, s->disk_size) > QCOW_MAX_L1_SIZE / 8)
+        return qimg_err(EFBIG, "Failed to grow the L1 table: File too large");
     ret = snap_check_l1(img, s);
     if (ret < 0)
         return ret;

@@ -18,7 +18,7 @@ import struct
 
 import pytest
 
-from conftest import QIMG, qemu_img, qemu_io, run
+from conftest import QIMG, qemu_img, qemu_io, run, strip_prog
 
 INCOMPAT_CORRUPT = 2
 
@@ -155,3 +155,29 @@ def test_l1_entry_naming_offset_0_as_l2_table(tmp_path):
     assert a.get("leaks", 0) <= b.get("leaks", 0), (before, after)
     r = qemu_io("-c", "read -P 7 64k 4k", path)
     assert r.rc == 0 and "wrote" not in r.out, r
+
+
+@pytest.mark.parametrize("size", [(1 << 64) - 512, 1 << 63, 1 << 62, 1 << 56])
+def test_apply_snapshot_with_absurd_disk_size(tmp_path, size):
+    """A snapshot whose extra data claims a disk size no image can have:
+    qemu-img refuses to resize to it (negative as a signed size, or an L1
+    table past QEMU's limit) and changes nothing; so does qimg, with the
+    same words (it used to apply it and leave an image neither opens)."""
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "1G", check=True)
+    qemu_io("-c", "write -P 1 0 4k", base, check=True)
+    qemu_img("snapshot", "-c", "s", base, check=True)
+    with open(base, "r+b") as f:
+        f.seek(header(base)["snap"] + 40 + 8)  # extra data: disk_size
+        f.write(struct.pack(">Q", size))
+    q, m = tmp_path / "q.qcow2", tmp_path / "m.qcow2"
+    shutil.copy(base, q)
+    shutil.copy(base, m)
+    rq = qemu_img("snapshot", "-a", "s", q)
+    rm = run([QIMG, "snapshot", "-a", "s", str(m)])
+    assert rq.rc == 1, rq
+    assert rm.rc == rq.rc, (rq, rm)
+    assert (strip_prog(rm.err, "qimg") == strip_prog(rq.err, "qemu-img")), (
+        rq, rm)
+    assert m.read_bytes() == base.read_bytes()
+    assert qemu_img("info", m).rc == 0
