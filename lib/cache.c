@@ -39,6 +39,8 @@ int mcache_init(struct mcache *c, size_t cs, size_t cap)
     c->cs = cs;
     c->cap = cap;
     c->clock = 0;
+    c->make_room = NULL; /* mcache_set_hook() installs one */
+    c->room_ctx = NULL;
     while (hcap < cap * 2)
         hcap *= 2;
     c->hmask = hcap - 1;

@@ -64,7 +64,7 @@ int snap_copy(struct snap *dst, const struct snap *src);
 /* Index of the snapshot, or -1. */
 int snap_find_by_id(const struct qcow2 *q, const char *id);
 int snap_find_by_name(const struct qcow2 *q, const char *name);
-/* Parse qemu-nbd/qemu-img -l spellings into an index, or -ENOENT. */
+/* Parse qemu-nbd/qemu-img -l spellings into an index, or -1. */
 int snap_lookup(const struct qcow2 *q, const char *spec);
 /* Check a snapshot's L1 table location before anything reads it. */
 int snap_check_l1(qimg_image *img, const struct snap *s);
