@@ -69,10 +69,7 @@ static void fill_dirty(struct mcache *c)
 }
 
 /* A failure to report: an error set beforehand must be replaced. */
-static void set_sentinel_error(void)
-{
-    qimg_err(EINVAL, "sentinel");
-}
+static void set_sentinel_error(void) { qimg_err(EINVAL, "sentinel"); }
 
 static void test_mcache_insert_then_find(void **state)
 {
@@ -179,9 +176,9 @@ static void test_mcache_never_evicts_dirty_or_pinned(void **state)
 
     (void)state;
     assert_int_equal(mcache_init(&c, CS, 3), 0);
-    a = put(&c, 0, true);           /* oldest, dirty */
-    b = mcache_insert(&c, CS);      /* pinned */
-    cc = put(&c, 2 * CS, false);    /* newest, clean */
+    a = put(&c, 0, true);        /* oldest, dirty */
+    b = mcache_insert(&c, CS);   /* pinned */
+    cc = put(&c, 2 * CS, false); /* newest, clean */
     assert_non_null(b);
     /* The only candidate is the newest. */
     assert_ptr_equal(mcache_insert(&c, 5 * CS), cc);

@@ -144,8 +144,8 @@ static void test_idset_delete_then_readd(void **state)
  * other value is a key, 0 and UINT64_MAX - 1 included. */
 static void test_idset_extreme_keys(void **state)
 {
-    static const uint64_t keys[] = {0, 1, UINT64_MAX - 1, 1ull << 63,
-                                    UINT32_MAX, (uint64_t)UINT32_MAX + 1};
+    static const uint64_t keys[] = {
+        0, 1, UINT64_MAX - 1, 1ull << 63, UINT32_MAX, (uint64_t)UINT32_MAX + 1};
     const size_t nk = sizeof keys / sizeof keys[0];
     struct idset s = {0};
     struct u64map m = {0};
@@ -268,8 +268,8 @@ static void test_idset_delete_in_wrapped_chain(void **state)
         assert_int_equal(s.cap, 64);
         for (size_t step = 0; step < nk; step++) {
             /* order < nk: start at key `order`, then walk; else stride 7. */
-            size_t d = order < nk ? (order + step) % nk
-                                  : (order + step * 7) % nk;
+            size_t d =
+                order < nk ? (order + step) % nk : (order + step * 7) % nk;
             idset_del(&s, keys[d]);
             gone[d] = true;
             assert_int_equal(s.n, nk - step - 1);
