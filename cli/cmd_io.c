@@ -30,8 +30,7 @@ struct open_req {
     bool read_only, force_share;
 };
 
-/* Remember the size, and what `write -z -n` and `info` need to know about
- * a qcow2. */
+/* Remember the size as QEMU reports it (raw: whole 512-byte sectors). */
 static int load_geometry(struct io_state *s)
 {
     s->real_size = s->size = qimg_image_size(s->img);
