@@ -111,6 +111,16 @@ static int chk_init(struct chk *c, qimg_image *img, unsigned fix,
     return 0;
 }
 
+/* Name the referrers of every disputed cluster: a quiet second walk. */
+static int pinpoint(struct chk *c)
+{
+    struct qimg_check_result keep = *c->res;
+
+    if (!findings_start_quiet(c))
+        return 0;
+    return findings_name_referrers(c, &keep, walk_calculate(c, false));
+}
+
 int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
                      unsigned fix)
 {
@@ -135,7 +145,7 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
     if (ret == 0)
         ret = chk_snaptable_fix(&c);
     if (ret == 0)
-        ret = findings_pinpoint(&c);
+        ret = pinpoint(&c);
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)
         ret = mark_clean(&c);
     chk_free(&c);

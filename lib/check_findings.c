@@ -197,21 +197,22 @@ void findings_restore_counts(struct chk *c,
     *c->res = keep;
 }
 
-/* Name the referrers of every disputed cluster (a quiet second walk). A
- * failure there is still an error of the check. */
-int findings_pinpoint(struct chk *c)
+bool findings_start_quiet(struct chk *c)
+{
+    if (!c->find.nb_disp)
+        return false;
+    c->find.quiet = true;
+    return true;
+}
+
+int findings_name_referrers(struct chk *c,
+                            const struct qimg_check_result *keep, int ret)
 {
     struct chk_findings *f = &c->find;
-    struct qimg_check_result keep = *c->res;
     uint64_t idx;
-    int ret;
 
-    if (!f->nb_disp)
-        return 0;
-    f->quiet = true;
-    ret = walk_calculate(c, false);
     f->quiet = false;
-    findings_restore_counts(c, &keep);
+    findings_restore_counts(c, keep);
     if (ret < 0) {
         c->res->check_errors++;
         findings_add(c, "io", true, NULL, "ERROR naming referrers: %s",

@@ -176,7 +176,13 @@ void findings_save(const struct chk *c, struct findings_mark *m);
 void findings_rollback(struct chk *c, const struct findings_mark *m);
 void findings_restore_counts(struct chk *c,
                              const struct qimg_check_result *saved);
-int findings_pinpoint(struct chk *c);
+/* Naming the referrers of disputed clusters takes a quiet second walk
+ * (check.c drives it): start_quiet is false if nothing is disputed;
+ * name_referrers takes the counts from before the walk and its result (a
+ * failure there is still an error of the check). */
+bool findings_start_quiet(struct chk *c);
+int findings_name_referrers(struct chk *c,
+                            const struct qimg_check_result *keep, int ret);
 void findings_free(struct chk *c);
 
 /* ---- check_snaptable.c --------------------------------------------------- */

@@ -8,10 +8,10 @@
  * switches to it.
  *
  * The transaction is split by concept, each file owning one part of
- * struct txn (lib/txn_impl.h): txn_refs.c the new refcounts, txn_space.c
- * the free-space policy and what the commit frees, txn_tables.c reading
- * and counting L1/L2 tables and their COPIED flags, txn_wbuf.c the write
- * buffer. This file holds the three operations, the snapshot table and
+ * struct txn (lib/txn_impl.h): txn_refs.c the new refcounts, txn_place.c
+ * where the new refcount structures go, txn_space.c the free-space policy
+ * and what the commit frees, txn_tables.c reading and counting L1/L2
+ * tables and their COPIED flags, txn_wbuf.c the write buffer. This file holds the three operations, the snapshot table and
  * L1 tables they write, the commit, and the transaction's life cycle.
  *
  * Notes on the design:
@@ -77,8 +77,8 @@ static struct qcow2_roots new_roots(const struct txn *t, const struct roots *r)
         .has_l1 = r->active != NULL,
         .l1_off = r->active ? r->active->off : 0,
         .l1_size = r->active ? r->active->size : 0,
-        .rt_off = t->refs.rt_off,
-        .rt_clusters = (uint32_t)t->refs.rt_clusters,
+        .rt_off = t->place.rt_off,
+        .rt_clusters = (uint32_t)t->place.rt_clusters,
         .nb_snaps = r->nb_snaps,
         .snap_off = r->snap_off,
     };
@@ -103,7 +103,7 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
 {
     qimg_image *img = t->img;
     struct qcow2_roots nr = new_roots(t, r);
-    uint64_t rt_entries = t->refs.rt_clusters * t->cs / 8;
+    uint64_t rt_entries = t->place.rt_clusters * t->cs / 8;
 
     if (r->active) {
         l1_adopt(img, r->active->buf, r->active->size);
@@ -111,7 +111,7 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     } else {
         l1_adopt(img, NULL, 0);
     }
-    refcount_adopt_table(img, txn_refs_take_table(t), rt_entries);
+    refcount_adopt_table(img, txn_place_take_table(t), rt_entries);
     snaptable_adopt(img, snaps, r->nb_snaps, snap_size);
     roots_adopt(img, &nr);
     file_extend(img, t->space.scan * t->cs);
@@ -121,6 +121,7 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
 static void txn_free(struct txn *t)
 {
     txn_refs_free(t);
+    txn_place_free(t);
     txn_space_free(t);
     txn_wbuf_free(t);
     txn_tables_free(t);
@@ -287,9 +288,9 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
 
     if (txn_refs_unchanged(t) && r->size == t->img->size)
         return 1; /* e.g. applying the snapshot the disk already equals */
-    ret = txn_refs_place(t);
+    ret = txn_place_refcounts(t);
     if (ret == 0)
-        ret = txn_refs_write(t);
+        ret = txn_place_write(t);
     if (ret == 0)
         ret = txn_space_find_freed(t);
     if (ret == 0)

@@ -8,13 +8,18 @@
  * functions; they read it through the inline accessors below (the hot
  * loops of another file must not pay a call per cluster: there is no LTO),
  * except that the commit in txn.c reads the new refcount table's place
- * (refs.rt_off, rt_clusters) and the end of the allocated clusters
+ * (place.rt_off, rt_clusters) and the end of the allocated clusters
  * (space.scan); adopt() takes the new table itself with
- * txn_refs_take_table() and hands it to refcount.c.
+ * txn_place_take_table() and hands it to refcount.c.
+ *
+ * Calls between the files go one way: txn.c -> txn_tables.c and
+ * txn_place.c -> txn_space.c -> txn_refs.c, and to txn_wbuf.c.
  *
  *   refs    txn_refs.c    the new refcounts: copies of the changed
  *                         refcount blocks, the clusters a decrement took
- *                         to 0, where the new blocks and table go
+ *                         to 0
+ *   place   txn_place.c   where the changed blocks and the new refcount
+ *                         table go, and writing them there
  *   space   txn_space.c   which clusters the new metadata goes to, and
  *                         which the commit frees
  *   wb      txn_wbuf.c    new metadata coalesced into long writes
@@ -64,9 +69,14 @@ struct txn_refs {
      * in the new one: nothing needs the old block read back. */
     bool *rb_dirty;
     uint8_t **zhit;
-    uint64_t *rb_loc; /* their new locations, 0 until placed */
     uint64_t nb_rb;
-    uint8_t *rt; /* the new refcount table */
+};
+
+/* Where the changed refcount blocks and the new refcount table go. */
+struct txn_place {
+    uint64_t *rb_loc; /* new location of block i, 0 until placed */
+    uint64_t nb_loc;
+    uint8_t *rt;      /* the new refcount table */
     uint64_t rt_off, rt_clusters;
 };
 
@@ -106,6 +116,7 @@ struct txn {
     struct qcow2 *q;
     uint64_t cs;
     struct txn_refs refs;     /* txn_refs.c */
+    struct txn_place place;   /* txn_place.c */
     struct txn_space space;   /* txn_space.c */
     struct txn_wbuf wb;       /* txn_wbuf.c */
     struct txn_tables tables; /* txn_tables.c */
@@ -122,14 +133,17 @@ int txn_refs_add_range(struct txn *t, uint64_t off, uint64_t len,
 int txn_refs_loaded(void *ctx, uint64_t idx, uint64_t *rc);
 /* No refcount changed. */
 bool txn_refs_unchanged(const struct txn *t);
-/* Place the changed blocks and the new table (refs.rt, rt_off,
+void txn_refs_free(struct txn *t);
+
+/* ---- txn_place.c --------------------------------------------------------- */
+/* Place the changed blocks and the new table (place.rt, rt_off,
  * rt_clusters), then write them all and flush the write buffer. */
-int txn_refs_place(struct txn *t);
-int txn_refs_write(struct txn *t);
+int txn_place_refcounts(struct txn *t);
+int txn_place_write(struct txn *t);
 /* The new refcount table, to hand over once committed (ownership
  * passes). */
-uint8_t *txn_refs_take_table(struct txn *t);
-void txn_refs_free(struct txn *t);
+uint8_t *txn_place_take_table(struct txn *t);
+void txn_place_free(struct txn *t);
 
 /* The operation's copy of refcount block rt_idx, NULL if it has none
  * (the block is as on disk). */

@@ -1,14 +1,14 @@
 /*
  * txn_refs.c - the new refcounts of a snapshot transaction: copies of the
- * refcount blocks the operation changes, the clusters a decrement took to
- * 0, and the new places of the changed blocks and of the refcount table.
+ * refcount blocks the operation changes, and the clusters a decrement took
+ * to 0.
  *
  * qcow2-format.md §4.1 (what is counted), §5.5 (the shadow-metadata way to
- * commit). Blocks on disk are only read (through refcount.c): every
- * changed block and the new table go to clusters txn_space.c allocates,
- * through the write buffer (txn_wbuf.c). Which clusters are free, and
- * which the commit frees, is txn_space.c's question, answered from these
- * copies. State: struct txn_refs (txn_impl.h), written only here.
+ * commit). Blocks on disk are only read (through refcount.c). Which
+ * clusters are free, and which the commit frees, is txn_space.c's
+ * question, answered from these copies; where the changed blocks and the
+ * new table go is txn_place.c's. State: struct txn_refs (txn_impl.h),
+ * written only here.
  */
 #include "txn_impl.h"
 
@@ -63,17 +63,14 @@ static int rb_get(struct txn *t, uint64_t rt_idx, bool modify, uint8_t **out)
     if (rt_idx >= r->nb_rb) {
         uint64_t n = MAX(rt_idx + 1, r->nb_rb * 2), old = r->nb_rb;
         uint8_t **rb = realloc(r->rb, n * sizeof *rb);
-        uint64_t *loc = rb ? realloc(r->rb_loc, n * sizeof *loc) : NULL;
-        bool *dirty = loc ? realloc(r->rb_dirty, n * sizeof *dirty) : NULL;
+        bool *dirty = rb ? realloc(r->rb_dirty, n * sizeof *dirty) : NULL;
         uint8_t **zhit = dirty ? realloc(r->zhit, n * sizeof *zhit) : NULL;
         r->rb = rb ? rb : r->rb;
-        r->rb_loc = loc ? loc : r->rb_loc;
         r->rb_dirty = dirty ? dirty : r->rb_dirty;
         r->zhit = zhit ? zhit : r->zhit;
         if (!zhit)
             return qimg_err(ENOMEM, "Out of memory");
         memset(r->rb + old, 0, (n - old) * sizeof *rb);
-        memset(r->rb_loc + old, 0, (n - old) * sizeof *loc);
         memset(r->rb_dirty + old, 0, (n - old) * sizeof *dirty);
         memset(r->zhit + old, 0, (n - old) * sizeof *zhit);
         r->nb_rb = n;
@@ -252,111 +249,6 @@ bool txn_refs_unchanged(const struct txn *t)
     return true;
 }
 
-/* ---- Placing and writing the new refcount structures ------------------- */
-
-static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
-{
-    if (rt_idx >= t->q->rc->rt_entries)
-        return 0;
-    return be64_load(t->q->rc->rt + rt_idx * 8) & RT_OFFSET_MASK;
-}
-
-/* Give every changed refcount block a new home, then size and place the
- * refcount table; repeat until placing things changes no more blocks. */
-int txn_refs_place(struct txn *t)
-{
-    struct qcow2 *q = t->q;
-    struct txn_refs *r = &t->refs;
-    uint64_t per_cl = t->cs / 8;
-    bool again = true;
-    int ret;
-
-    ret = txn_refs_add_range(t, q->hdr.refcount_table_offset,
-                             (uint64_t)q->hdr.refcount_table_clusters * t->cs,
-                             -1);
-    if (ret == 0)
-        ret = txn_space_meta_freed(
-            t, q->hdr.refcount_table_offset,
-            (uint64_t)q->hdr.refcount_table_clusters * t->cs);
-    while (ret == 0 && again) {
-        uint64_t need = q->rc->rt_entries;
-        again = false;
-        for (uint64_t i = 0; ret == 0 && i < r->nb_rb; i++) {
-            uint64_t loc;
-            if (!r->rb_dirty[i] || r->rb_loc[i])
-                continue;
-            /* Into a local: counting the new block may grow rb_loc. */
-            ret = txn_space_alloc(t, 1, &loc);
-            if (ret == 0)
-                r->rb_loc[i] = loc;
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = txn_refs_add(t, rt_old_loc(t, i) / t->cs, -1);
-            if (ret == 0 && rt_old_loc(t, i))
-                ret = txn_space_meta_freed(t, rt_old_loc(t, i), t->cs);
-            again = true;
-        }
-        for (uint64_t i = 0; i < r->nb_rb; i++)
-            if (r->rb_dirty[i])
-                need = MAX(need, i + 1);
-        need = DIV_ROUND_UP(need, per_cl);
-        if (ret == 0 && need > r->rt_clusters) {
-            if (r->rt_clusters)
-                ret = txn_refs_add_range(t, r->rt_off, r->rt_clusters * t->cs,
-                                         -1);
-            if (ret == 0)
-                ret = txn_space_alloc(t, need, &r->rt_off);
-            r->rt_clusters = need;
-            again = true;
-        }
-    }
-    if (ret < 0)
-        return ret;
-    if (r->rt_clusters * t->cs > (8ull << 20))
-        return qimg_err(EFBIG, "Reference count table too large");
-    r->rt = calloc(r->rt_clusters, t->cs);
-    if (!r->rt)
-        return qimg_err(ENOMEM, "Out of memory");
-    memcpy(r->rt, q->rc->rt, q->rc->rt_entries * 8);
-    for (uint64_t i = 0; i < r->nb_rb; i++)
-        if (r->rb_dirty[i])
-            be64_store(r->rt + i * 8, r->rb_loc[i]);
-    return 0;
-}
-
-/* Blocks next to each other both in memory and in their new places go out
- * in one write, straight from memory. */
-int txn_refs_write(struct txn *t)
-{
-    const struct txn_refs *r = &t->refs;
-    int ret = 0;
-
-    for (uint64_t i = 0; ret == 0 && i < r->nb_rb; i++) {
-        uint64_t n = 1;
-        if (!r->rb_dirty[i])
-            continue;
-        while (i + n < r->nb_rb && r->rb_dirty[i + n] &&
-               r->rb[i + n] == r->rb[i] + n * t->cs &&
-               r->rb_loc[i + n] == r->rb_loc[i] + n * t->cs)
-            n++;
-        if (n == 1)
-            ret = txn_wbuf_write(t, r->rb[i], t->cs, r->rb_loc[i]);
-        else if ((ret = txn_wbuf_flush(t)) == 0)
-            ret = file_pwrite(t->img, r->rb[i], n * t->cs, r->rb_loc[i]);
-        i += n - 1;
-    }
-    if (ret == 0)
-        ret = txn_wbuf_write(t, r->rt, r->rt_clusters * t->cs, r->rt_off);
-    return ret < 0 ? ret : txn_wbuf_flush(t);
-}
-
-uint8_t *txn_refs_take_table(struct txn *t)
-{
-    uint8_t *rt = t->refs.rt;
-
-    t->refs.rt = NULL;
-    return rt;
-}
-
 void txn_refs_free(struct txn *t)
 {
     struct txn_refs *r = &t->refs;
@@ -369,6 +261,4 @@ void txn_refs_free(struct txn *t)
     free(r->zhit);
     free(r->rb_dirty);
     free(r->rb);
-    free(r->rb_loc);
-    free(r->rt);
 }

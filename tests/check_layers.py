@@ -6,13 +6,16 @@ finding) when
   - a file belongs to no layer below (a new module must be placed);
   - a lib file includes internal.h (the aggregate header is for tests);
   - a file includes the header of a module in a higher layer;
-  - the modules' includes form a circle, other than the one the backing
-    chain needs (guest <-> backing);
+  - the modules' includes, or the files' calls (a name one .c file
+    defines and another uses), form a circle, other than the one the
+    backing chain needs (guest <-> backing);
   - a file writes state another module owns: image.h's fields, or a
     table module's state behind q->rc, q->l1s, q->sn, q->meta.
 
-Calls follow includes: with -Werror a call needs the callee's prototype,
-which lives in its module's header, so an include check is a call check.
+Between modules, calls follow includes: with -Werror a call needs the
+callee's prototype, which lives in its module's header. Within a module
+split over several files (txn*, check*) the files share one private
+header, so their calls are read from the code itself.
 
   tests/check_layers.py [LIB_DIR]
   tests/check_layers.py --self-test   # each rule fires on a planted fault
@@ -78,6 +81,8 @@ for field, owner in (("rc", "refcount.c"), ("l1s", "l1l2.c"),
 OWNED = [(re.compile(p), f, w) for p, f, w in OWNED]
 
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+DEFINE = re.compile(r"^(?!static\b)[A-Za-z_][\w \t*]*?\b(\w+)\([^;]*?$", re.M)
+CALL = re.compile(r"\b(\w+)\s*\(")
 
 
 def module_of(name):
@@ -131,11 +136,31 @@ def check(lib):
                     problems.append("%s:%d: writes %s (owned by %s)"
                                     % (f, lineno, what, ", ".join(owners)))
     problems += circles(edges)
+    problems += circles(call_edges(lib, files), "files")
     return problems, len(files)
 
 
-def circles(edges):
-    """Strongly connected components with more than one module."""
+def call_edges(lib, files):
+    """.c file -> the .c files whose non-static functions it calls."""
+    sources = [f for f in files if f.endswith(".c")]
+    code = {f: strip_comments(open(os.path.join(lib, f),
+                                   encoding="utf-8").read())
+            for f in sources}
+    owner = {}
+    for f in sources:
+        for name in DEFINE.findall(code[f]):
+            owner.setdefault(name, f)
+    edges = {}
+    for f in sources:
+        for name in set(CALL.findall(code[f])):
+            g = owner.get(name)
+            if g and g != f:
+                edges.setdefault(f, set()).add(g)
+    return edges
+
+
+def circles(edges, what="modules"):
+    """Strongly connected components with more than one member."""
     index, low, stack, on, out, n = {}, {}, [], set(), [], [0]
 
     def visit(v):
@@ -157,8 +182,11 @@ def circles(edges):
                 comp.add(w)
                 if w == v:
                     break
-            if len(comp) > 1 and comp != ALLOWED_CIRCLE:
-                out.append("circle: %s" % " -> ".join(sorted(comp)))
+            names = {module_of(x) if what == "files" else x for x in comp}
+            if len(comp) > 1 and not (names == ALLOWED_CIRCLE and
+                                      len(comp) == 2):
+                out.append("circle of %s: %s" % (what,
+                                                  " -> ".join(sorted(comp))))
 
     for v in sorted(edges):
         if v not in index:
@@ -183,6 +211,8 @@ def self_test(lib):
          "by address"),
         ("flush.c", "\n#include", "\nstatic void f(qimg_image *img) { img->q->hdr.size = 1; }\n#include",
          "header copy"),
+        ("txn_refs.c", "\n#include <errno.h>", "\n#include <errno.h>\nstatic void f(struct txn *t) { txn_place_free(t); }",
+         "circle of files"),
     ]
     ok = True
     base, _ = check(lib)
