@@ -499,6 +499,15 @@ out:
 
 /* ---- Apply --------------------------------------------------------------- */
 
+/* Byte ranges [a, a+alen) and [b, b+blen) (both non-empty, checked
+ * against the file) touch a common cluster. */
+static bool clusters_overlap(const struct qcow2 *q, uint64_t a, uint64_t alen,
+                             uint64_t b, uint64_t blen)
+{
+    return a >> q->cluster_bits <= (b + blen - 1) >> q->cluster_bits &&
+           b >> q->cluster_bits <= (a + alen - 1) >> q->cluster_bits;
+}
+
 static uint64_t l1_entries_needed(const struct qcow2 *q, uint64_t size)
 {
     unsigned span = q->cluster_bits + q->l2_bits;
@@ -535,6 +544,16 @@ int txn_snapshot_apply(qimg_image *img, int idx)
     ret = snap_check_l1(img, s);
     if (ret < 0)
         return ret;
+    /* QEMU copies the snapshot's table over the active one in place and
+     * refuses when the two share a cluster; so does qimg, before writing
+     * anything (it would otherwise apply a table onto itself). */
+    if (s->l1_size && q->l1s->l1_size &&
+        clusters_overlap(q, s->l1_off, (uint64_t)s->l1_size * 8,
+                         q->hdr.l1_table_offset,
+                         (uint64_t)q->l1s->l1_size * 8))
+        return roots_signal_corruption(
+            img, "Preventing invalid write on metadata (overlaps with "
+                 "inactive L1 table)");
     n = MAX(MAX(q->l1s->l1_size, s->l1_size),
             l1_entries_needed(q, s->disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)

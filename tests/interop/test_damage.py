@@ -181,3 +181,33 @@ def test_apply_snapshot_with_absurd_disk_size(tmp_path, size):
         rq, rm)
     assert m.read_bytes() == base.read_bytes()
     assert qemu_img("info", m).rc == 0
+
+
+def test_apply_snapshot_whose_l1_table_is_the_active_one(tmp_path):
+    """The snapshot table names the active L1 table as the snapshot's.
+    QEMU refuses to apply it (it would copy the table onto itself), marks
+    the image corrupt, and has changed refcounts by then; qimg refuses in
+    the same words and writes nothing but the corrupt bit. (It used to
+    apply it as a no-op and exit 0.)"""
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "1G", check=True)
+    qemu_io("-c", "write -P 1 0 4k", base, check=True)
+    qemu_img("snapshot", "-c", "s", base, check=True)
+    qemu_io("-c", "write -P 2 0 4k", base, check=True)
+    h = header(base)
+    with open(base, "r+b") as f:
+        f.seek(h["snap"])  # entry 0: l1_table_offset
+        f.write(struct.pack(">Q", h["l1"]))
+    q, m = tmp_path / "q.qcow2", tmp_path / "m.qcow2"
+    shutil.copy(base, q)
+    shutil.copy(base, m)
+    rq = qemu_img("snapshot", "-a", "s", q)
+    rm = run([QIMG, "snapshot", "-a", "s", str(m)])
+    assert rq.rc == 1 and frame("inactive L1 table") in rq.err, rq
+    assert rm.rc == rq.rc, (rq, rm)
+    assert strip_prog(rm.err, "qimg") == strip_prog(rq.err, "qemu-img"), (
+        rq, rm)
+    before, after = base.read_bytes(), m.read_bytes()
+    assert len(after) == len(before)
+    diff = [i for i in range(len(before)) if before[i] != after[i]]
+    assert diff == [79], diff
