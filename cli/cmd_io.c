@@ -31,13 +31,12 @@ struct open_req {
 };
 
 /* Remember the size as QEMU reports it (raw: whole 512-byte sectors). */
-static int load_geometry(struct io_state *s)
+static void load_size(struct io_state *s)
 {
     s->real_size = s->size = qimg_image_size(s->img);
     if (qimg_image_format(s->img) != QIMG_FMT_QCOW2 && s->size % 512 &&
         s->size < UINT64_MAX - 511)
         s->size += 512 - s->size % 512;
-    return 0;
 }
 
 static int io_open(struct io_state *s, const struct open_req *r)
@@ -60,14 +59,13 @@ static int io_open(struct io_state *s, const struct open_req *r)
     o.snapshot = r->snapshot;
     qimg_error_clear();
     ret = qimg_image_open(&s->img, r->path, &o);
-    if (ret == 0)
-        ret = load_geometry(s);
     if (ret < 0) {
         cli_lib_error("can't open device %s: ", r->path);
         qimg_image_close(s->img);
         s->img = NULL;
         return ret;
     }
+    load_size(s);
     s->writable = o.read_write;
     s->corrupt_reported = s->is_dead = false;
     s->probed_raw =

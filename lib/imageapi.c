@@ -183,26 +183,28 @@ int qimg_image_flush(qimg_image *img)
     return file_flush_always(img); /* a guest flush always reaches the disk */
 }
 
-int qimg_image_block_status(qimg_image *img, uint64_t off, uint64_t len,
-                            struct qimg_extent *out)
+/* A block status request: a non-empty range inside the disk. */
+static int check_status(const qimg_image *img, uint64_t off, uint64_t len)
 {
     int ret = check_range(img, off, len);
 
-    if (ret < 0)
-        return ret;
-    if (len == 0)
-        return qimg_err(EINVAL, "Empty block status request");
-    return layer_block_status(img, off, len, out);
+    if (ret == 0 && len == 0)
+        ret = qimg_err(EINVAL, "Empty block status request");
+    return ret;
+}
+
+int qimg_image_block_status(qimg_image *img, uint64_t off, uint64_t len,
+                            struct qimg_extent *out)
+{
+    int ret = check_status(img, off, len);
+
+    return ret < 0 ? ret : layer_block_status(img, off, len, out);
 }
 
 int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
                    struct qimg_extent *out)
 {
-    int ret = check_range(img, off, len);
+    int ret = check_status(img, off, len);
 
-    if (ret < 0)
-        return ret;
-    if (len == 0)
-        return qimg_err(EINVAL, "Empty block status request");
-    return backing_map(img, off, len, out);
+    return ret < 0 ? ret : backing_map(img, off, len, out);
 }

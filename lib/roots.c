@@ -233,19 +233,28 @@ void roots_adopt(qimg_image *img, const struct qcow2_roots *r)
     img->size = r->size;
 }
 
+/* What came before is durable, then one write of header bytes [at,
+ * at+len) inside sector 0, then fdatasync. */
+static int switch_fields(qimg_image *img, const uint8_t *b, size_t len,
+                         uint64_t at)
+{
+    int ret = file_flush(img);
+
+    if (ret == 0)
+        ret = file_pwrite(img, b, len, at);
+    return ret < 0 ? ret : file_flush(img);
+}
+
 int roots_switch_refcount_table(qimg_image *img, uint64_t off,
                                 uint32_t clusters)
 {
     struct qcow2_header *h = &img->q->hdr;
     uint8_t b[12];
-    int ret = file_flush(img);
+    int ret;
 
     be64_store(b, off);
     be32_store(b + 8, clusters);
-    if (ret == 0)
-        ret = file_pwrite(img, b, sizeof b, HDR_RT_OFF);
-    if (ret == 0)
-        ret = file_flush(img);
+    ret = switch_fields(img, b, sizeof b, HDR_RT_OFF);
     if (ret < 0)
         return ret;
     h->refcount_table_offset = off;
@@ -261,9 +270,7 @@ int roots_switch_snapshot_table(qimg_image *img, uint32_t n, uint64_t off)
 
     be32_store(b, n);
     be64_store(b + 4, off);
-    ret = file_pwrite(img, b, sizeof b, HDR_NB_SNAPSHOTS);
-    if (ret == 0)
-        ret = file_flush(img);
+    ret = switch_fields(img, b, sizeof b, HDR_NB_SNAPSHOTS);
     if (ret < 0)
         return ret;
     h->nb_snapshots = n;
@@ -277,9 +284,7 @@ int roots_set_incompat(qimg_image *img, uint64_t bits)
     int ret;
 
     be64_store(b, bits);
-    ret = file_pwrite(img, b, 8, HDR_INCOMPAT);
-    if (ret == 0)
-        ret = file_flush(img);
+    ret = switch_fields(img, b, sizeof b, HDR_INCOMPAT);
     if (ret == 0)
         img->q->hdr.incompatible = bits;
     return ret;

@@ -47,11 +47,11 @@ void roots_adopt(qimg_image *img, const struct qcow2_roots *r);
  * between two fdatasyncs. The caller made the new table durable. */
 int roots_switch_refcount_table(qimg_image *img, uint64_t off,
                                 uint32_t clusters);
-/* Header bytes 60-71 (nb_snapshots and snapshots_offset) in one write,
- * then fdatasync. */
+/* Header bytes 60-71 (nb_snapshots and snapshots_offset) in one write
+ * between two fdatasyncs. */
 int roots_switch_snapshot_table(qimg_image *img, uint32_t n, uint64_t off);
-/* The incompatible feature bits (dirty, corrupt) in one write, then
- * fdatasync. */
+/* The incompatible feature bits (dirty, corrupt) in one write between two
+ * fdatasyncs. */
 int roots_set_incompat(qimg_image *img, uint64_t bits);
 
 /* Before the first guest write: clear the autoclear bits qimg cannot

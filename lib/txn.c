@@ -86,23 +86,13 @@ static struct qcow2_roots new_roots(const struct txn *t, const struct roots *r)
     return nr;
 }
 
-static int commit_header(struct txn *t, const struct roots *r)
-{
-    struct qcow2_roots nr = new_roots(t, r);
-    /* 1 of 3: every new structure is durable ... */
-    int ret = txn_wbuf_flush(t);
-
-    /* 2 of 3: ... before one sector switches all roots at once ... */
-    return ret < 0 ? ret : roots_commit(t->img, &nr);
-}
-
 /* Hand the committed state to the modules that own it; their caches
  * start empty. Cannot fail: the header already says this is the image. */
-static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
-                 uint64_t snap_size)
+static void adopt(struct txn *t, const struct roots *r,
+                  const struct qcow2_roots *nr, struct snap *snaps,
+                  uint64_t snap_size)
 {
     qimg_image *img = t->img;
-    struct qcow2_roots nr = new_roots(t, r);
     uint64_t rt_entries = t->place.rt_clusters * t->cs / 8;
 
     if (r->active) {
@@ -113,7 +103,7 @@ static void adopt(struct txn *t, const struct roots *r, struct snap *snaps,
     }
     refcount_adopt_table(img, txn_place_take_table(t), rt_entries);
     snaptable_adopt(img, snaps, r->nb_snaps, snap_size);
-    roots_adopt(img, &nr);
+    roots_adopt(img, nr);
     file_extend(img, t->space.scan * t->cs);
     meta_reset(img);
 }
@@ -284,6 +274,7 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
 static int commit(struct txn *t, struct roots *r, struct snap *snaps,
                   uint64_t snap_size)
 {
+    struct qcow2_roots nr;
     int ret;
 
     if (txn_refs_unchanged(t) && r->size == t->img->size)
@@ -293,12 +284,17 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         ret = txn_place_write(t);
     if (ret == 0)
         ret = txn_space_find_freed(t);
+    nr = new_roots(t, r);
+    /* 1 of 3: every new structure is durable ... */
     if (ret == 0)
-        ret = commit_header(t, r);
+        ret = txn_wbuf_flush(t);
+    /* 2 of 3: ... before one sector switches all roots at once ... */
+    if (ret == 0)
+        ret = roots_commit(t->img, &nr);
     if (ret < 0)
         return ret;
     txn_space_discard_freed(t);
-    adopt(t, r, snaps, snap_size);
+    adopt(t, r, &nr, snaps, snap_size);
     return 0;
 }
 
