@@ -54,13 +54,14 @@ static int open_layer(struct layer *l, const char *filename, const char *fmt,
     }
     oo.no_backing = true;
     oo.force_share = force_share;
+    oo.no_io = true;
     if (qimg_image_open(&img, filename, &oo) < 0) {
         cli_lib_error("Could not open '%s': ", filename);
         return -1;
     }
     l->filename = filename;
     ret = qimg_image_info(&l->info, img);
-    if (ret == 0)
+    if (ret == 0 && !l->info->has_data_file) /* qemu-img lists none there */
         ret = qimg_snapshot_list(&l->snaps, &l->nb_snaps, img);
     if (ret < 0) {
         cli_lib_error("%s", "");
@@ -165,6 +166,12 @@ static void print_qcow2_human(const struct qimg_info *in)
     if (v3 && in->nb_bitmaps > 0)
         print_bitmaps_human(in);
     printf("    refcount bits: %" PRIu32 "\n", in->refcount_bits);
+    if (in->crypt_method == 1)
+        printf("    encrypt:\n        format: aes\n");
+    if (in->data_file)
+        printf("    data file: %s\n", in->data_file);
+    if (in->has_data_file)
+        printf("    data file raw: %s\n", in->data_file_raw ? "true" : "false");
     if (v3) {
         printf("    corrupt: %s\n", in->corrupt ? "true" : "false");
         printf("    extended l2: %s\n", in->extended_l2 ? "true" : "false");
@@ -194,6 +201,8 @@ static void print_human(const struct layer *l)
     printf("file format: %s\n", format_name(in));
     printf("virtual size: %s (%" PRId64 " bytes)\n", vsize, (int64_t)vs);
     printf("disk size: %s\n", dsize);
+    if (in->crypt_method)
+        printf("encrypted: yes\n");
     if (in->fmt == QIMG_FMT_QCOW2)
         printf("cluster_size: %" PRIu32 "\n", in->cluster_size);
     if (in->is_dirty)
@@ -234,12 +243,18 @@ static struct jv *qcow2_json(const struct qimg_info *in)
     jv_set(spec, "type", jv_str("qcow2"));
     d = jv_set(spec, "data", jv_obj());
     jv_set(d, "compat", jv_str(v3 ? "1.1" : "0.10"));
+    if (in->data_file)
+        jv_set(d, "data-file", jv_str(in->data_file));
+    if (in->has_data_file)
+        jv_set(d, "data-file-raw", jv_bool(in->data_file_raw));
     if (v3) {
         jv_set(d, "extended-l2", jv_bool(in->extended_l2));
         jv_set(d, "lazy-refcounts", jv_bool(in->lazy_refcounts));
         jv_set(d, "corrupt", jv_bool(in->corrupt));
     }
     jv_set(d, "refcount-bits", jv_int(in->refcount_bits));
+    if (in->crypt_method == 1)
+        jv_set(jv_set(d, "encrypt", jv_obj()), "format", jv_str("aes"));
     if (v3 && in->nb_bitmaps > 0)
         jv_set(d, "bitmaps", bitmaps_json(in));
     jv_set(d, "compression-type", jv_str(in->compression_type ? "zstd"
@@ -291,6 +306,8 @@ static struct jv *layer_json(const struct layer *l)
     jv_set(o, "virtual-size", jv_int((int64_t)in->virtual_size));
     if (in->fmt == QIMG_FMT_QCOW2)
         jv_set(o, "cluster-size", jv_int(in->cluster_size));
+    if (in->crypt_method)
+        jv_set(o, "encrypted", jv_bool(true));
     if (in->backing_file) {
         jv_set(o, "backing-filename", jv_str(in->backing_file));
         if (in->full_backing_file)

@@ -73,9 +73,14 @@ struct qimg_open_opts {
      * Metadata and short writes stay buffered; durability still comes
      * from the flush. */
     bool direct_data;
+    /* Open read-only for qimg_image_info() and qimg_snapshot_list() only,
+     * as `qemu-img info` does: an AES-encrypted image and one whose data
+     * lies in an external data file open too, though their data cannot
+     * be read. */
+    bool no_io;
 };
 #define QIMG_OPEN_OPTS_INIT                                                    \
-    {QIMG_FMT_AUTO, false, false, false, false, NULL, false, false}
+    {QIMG_FMT_AUTO, false, false, false, false, NULL, false, false, false}
 
 /* Open `path`. Backing files are opened read-only, relative names resolved
  * against the directory of the image naming them. */
@@ -188,7 +193,10 @@ struct qimg_info {
     bool has_bitmaps_ext;
     struct qimg_bitmap_info *bitmaps;
     size_t nb_bitmaps;
-    char *data_file;
+    char *data_file;       /* the data file's name as stored; NULL if none */
+    bool has_data_file;    /* the external-data-file feature bit */
+    bool data_file_raw;
+    int crypt_method;      /* 0 none, 1 AES, 2 LUKS */
 };
 
 QIMG_API int qimg_image_info(struct qimg_info **out, qimg_image *img);

@@ -190,6 +190,9 @@ void file_host_holes(qimg_image *img, struct qimg_extent *e)
     bool is_data = true;
     uint64_t end = e->host_off + e->len;
 
+    /* Past the end of the file: QEMU reports plain data there. */
+    if (img->q && e->host_off >= img->q->file_size)
+        return;
     if (img->io.ops->seek_data &&
         img->io.ops->seek_data(img->io.ctx, e->host_off, &is_data, &end) < 0)
         return; /* unknown: report plain data */

@@ -129,7 +129,7 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
         if (ci != last_ci) {
             entry = l2_entry_get(q, l2->buf, ci);
             bm = l2_bitmap_get(q, l2->buf, ci);
-            ret = l2_entry_check(img, entry, bm, l2_off, ci);
+            ret = l2_entry_check_read(img, entry, bm, l2_off, ci);
             if (ret < 0)
                 break;
             last_ci = ci;

@@ -68,6 +68,11 @@ static int fill_qcow2(struct qimg_info *info, qimg_image *img)
     info->is_dirty = h->incompatible & INCOMPAT_DIRTY;
     info->compression_type = h->compression_type;
     info->refcount_bits = 1u << h->refcount_order;
+    info->crypt_method = (int)h->crypt_method;
+    info->has_data_file = h->incompatible & INCOMPAT_DATA_FILE;
+    info->data_file_raw = h->autoclear & AUTOCLEAR_DATA_FILE_RAW;
+    if (h->data_file && !(info->data_file = strdup(h->data_file)))
+        return qimg_err(ENOMEM, "Out of memory");
     info->has_bitmaps_ext = h->has_bitmaps_ext &&
                             (h->autoclear & AUTOCLEAR_BITMAPS);
     if (h->backing_file) {

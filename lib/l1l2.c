@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int l1_init(qimg_image *img, bool lenient)
+int l1_init(qimg_image *img)
 {
     struct qcow2 *q = img->q;
     struct l1_state *s = calloc(1, sizeof *s);
@@ -40,13 +40,7 @@ int l1_init(qimg_image *img, bool lenient)
         return qimg_err(ENOMEM, "Out of memory");
     q->l1s = s;
     s->l1_size = q->hdr.l1_size;
-    if (!s->l1_size && !lenient) {
-        s->l1 = calloc(1, 8);
-        ret = s->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
-    } else {
-        ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n,
-                              lenient ? NULL : "Active L1 table");
-    }
+    ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n, NULL);
     if (ret < 0)
         return ret;
     return mcache_init(&s->l2c, q->cluster_size, MAX(cap, 16));
@@ -165,10 +159,6 @@ int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out)
         *out = e;
         return 0;
     }
-    if (l2_off + q->cluster_size > q->file_size)
-        return qimg_corrupt("L2 table offset %#" PRIx64
-                            " beyond end of file",
-                            l2_off);
     e = l2c_insert(img, l2_off, &ret);
     if (!e)
         return ret;
@@ -216,6 +206,17 @@ static int l1_l2_offset(qimg_image *img, uint64_t l1_idx, uint64_t *out)
     return 0;
 }
 
+/* A table a write would change lies inside the file (one past its end
+ * reads as zeros, as in QEMU, but is not written). */
+static int l2_check_writable(const struct qcow2 *q, uint64_t l2_off)
+{
+    if (l2_off >= q->file_size || q->file_size - l2_off < q->cluster_size)
+        return qimg_corrupt("L2 table offset %#" PRIx64
+                            " beyond end of file",
+                            l2_off);
+    return 0;
+}
+
 int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
 {
     struct qcow2 *q = img->q;
@@ -230,7 +231,9 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
     ret = l1_l2_offset(img, l1_idx, &out->l2_off);
     if (ret < 0 || !out->l2_off)
         return ret;
-    ret = l2_load(img, out->l2_off, &e);
+    ret = l2_check_writable(q, out->l2_off);
+    if (ret == 0)
+        ret = l2_load(img, out->l2_off, &e);
     if (ret < 0)
         return ret;
     out->entry = l2_entry_get(q, e->buf, l2_idx);
@@ -253,6 +256,8 @@ int l2_get_writable(qimg_image *img, uint64_t guest_off,
         return qimg_err(EINVAL, "Write beyond the L1 table");
     l1e = l1_entry_get(q->l1s->l1, l1_idx);
     ret = l1_l2_offset(img, l1_idx, &old_off);
+    if (ret == 0 && old_off)
+        ret = l2_check_writable(q, old_off);
     if (ret < 0)
         return ret;
     /* A table written in place may only lie on itself (QEMU checks as it
@@ -336,8 +341,8 @@ void l2_compressed_range(const struct qcow2 *q, uint64_t entry,
     *clen = nsec * 512 - (*coff & 511);
 }
 
-int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
-                   uint64_t l2_off, uint64_t l2_idx)
+static int entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
+                       uint64_t l2_off, uint64_t l2_idx, bool read)
 {
     struct qcow2 *q = img->q;
     uint64_t host = entry & L2E_OFFSET_MASK;
@@ -346,7 +351,7 @@ int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
     if (entry & QCOW_OFLAG_COMPRESSED) {
         uint64_t coff, clen;
         l2_compressed_range(q, entry, &coff, &clen);
-        if (coff >= q->file_size)
+        if (coff >= q->file_size && !read)
             return qimg_corrupt("Compressed cluster offset %#" PRIx64
                                 " beyond end of file (L2 offset: %#" PRIx64
                                 ", L2 index: %#x)",
@@ -372,10 +377,22 @@ int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
                             ", L2 index: %#x)",
                             host, l2_off, idx);
     /* The file may end inside the last cluster (subclusters written). */
-    if (host >= q->file_size)
+    if (host >= q->file_size && !read)
         return qimg_corrupt("Cluster allocation offset %#" PRIx64
                             " beyond end of file (L2 offset: %#" PRIx64
                             ", L2 index: %#x)",
                             host, l2_off, idx);
     return 0;
+}
+
+int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
+                   uint64_t l2_off, uint64_t l2_idx)
+{
+    return entry_check(img, entry, bitmap, l2_off, l2_idx, false);
+}
+
+int l2_entry_check_read(qimg_image *img, uint64_t entry, uint64_t bitmap,
+                        uint64_t l2_off, uint64_t l2_idx)
+{
+    return entry_check(img, entry, bitmap, l2_off, l2_idx, true);
 }

@@ -73,9 +73,9 @@ struct l1_state {
     struct mcache l2c;
 };
 
-/* Load the active L1 table (lenient: as check reads it, zeros past the end
- * of the file) and set up the L2 cache. */
-int l1_init(qimg_image *img, bool lenient);
+/* Load the active L1 table as QEMU reads it, zeros past the end of the
+ * file (writes are refused then: metaset_build), and set up the L2 cache. */
+int l1_init(qimg_image *img);
 void l1_free(qimg_image *img);
 /* The hook that writes dirty metadata back when the L2 cache is full. */
 void l1_set_hook(qimg_image *img, int (*make_room)(void *));
@@ -101,10 +101,14 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out);
  * copied if shared. Returned pinned; *idx is the entry index in it. */
 int l2_get_writable(qimg_image *img, uint64_t guest_off,
                     struct mcache_entry **out, uint64_t *idx);
-/* Validate one L2 entry (entry l2_idx of the table at l2_off); -EIO
- * (corrupt) if bad. */
+/* Validate one L2 entry (entry l2_idx of the table at l2_off) before it
+ * is written or counted; -EIO (corrupt) if bad. */
 int l2_entry_check(qimg_image *img, uint64_t entry, uint64_t bitmap,
                    uint64_t l2_off, uint64_t l2_idx);
+/* The same for a read, which takes a cluster past the end of the file as
+ * QEMU does: it reads as zeros (a compressed one fails to decompress). */
+int l2_entry_check_read(qimg_image *img, uint64_t entry, uint64_t bitmap,
+                        uint64_t l2_off, uint64_t l2_idx);
 enum cl_type l2_subcluster_type(const struct qcow2 *q, uint64_t entry,
                                 uint64_t bitmap, unsigned sc);
 enum cl_type l2_cluster_type(const struct qcow2 *q, uint64_t entry);

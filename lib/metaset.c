@@ -19,6 +19,30 @@
 #include "snaptable.h"
 #include "util.h"
 
+/* The tables cluster 0 points at lie inside the file. QEMU reads zeros
+ * past its end and writes there as it goes; qimg reads them the same way
+ * but writes nothing to such an image: a zero refcount table would hand
+ * out clusters in use, and an L1 table past the end would be written
+ * beyond what the refcounts cover. */
+static int check_roots(qimg_image *img)
+{
+    const struct qcow2 *q = img->q;
+    const struct qcow2_header *h = &q->hdr;
+    uint64_t end = q->file_size;
+
+    if (h->l1_table_offset > end ||
+        (uint64_t)q->l1s->l1_size * 8 > end - h->l1_table_offset)
+        return qimg_corrupt("Active L1 table exceeds the end of the file");
+    if (h->refcount_table_offset > end ||
+        q->rc->rt_entries * 8 > end - h->refcount_table_offset)
+        return qimg_corrupt("Reference count table exceeds the end of the "
+                            "file");
+    if (q->sn->nb_snaps && (h->snapshots_offset > end ||
+                            q->sn->snap_table_size > end - h->snapshots_offset))
+        return qimg_corrupt("Snapshot table exceeds the end of the file");
+    return 0;
+}
+
 /* A snapshot's L1 table and the bitmap directory count only as far as
  * they lie inside the file, and a snapshot L1 table only if its size is
  * valid (operations on it refuse it): neither is validated at open, and a
@@ -34,6 +58,9 @@ int metaset_build(qimg_image *img)
 
     if (meta_ready(img))
         return 0;
+    ret = check_roots(img);
+    if (ret < 0)
+        return ret;
     meta_start(img);
     ret = meta_add(img, META_HEADER, 0, q->cluster_size);
     if (ret == 0 && l1->l1_size)

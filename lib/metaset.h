@@ -10,7 +10,9 @@
 
 #include "image.h"
 
-/* Fill the overlap check's set, once (before the first write). */
+/* Fill the overlap check's set, once (before the first write); refuse
+ * (corruption) if a table cluster 0 points at lies past the end of the
+ * file. */
 int metaset_build(qimg_image *img);
 /* Before a snapshot operation writes anything: every cluster of live
  * metadata must be counted, or first-fit allocation of the operation's new

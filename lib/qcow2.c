@@ -103,7 +103,8 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     img->q = q;
     ret = file_size_init(img);
     if (ret == 0)
-        ret = roots_load(img, o->read_write && !o->for_check);
+        ret = roots_load(img, o->read_write && !o->for_check,
+                         o->no_io && !o->read_write);
     if (ret < 0)
         return ret;
     set_geometry(q);
@@ -113,9 +114,9 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     roots_set_size(img, q->hdr.size);
     ret = meta_init(img);
     if (ret == 0)
-        ret = l1_init(img, o->for_check);
+        ret = l1_init(img);
     if (ret == 0)
-        ret = refcount_init(img, o->for_check);
+        ret = refcount_init(img);
     if (ret == 0)
         ret = snaptable_init(img, !o->for_check);
     if (ret < 0)

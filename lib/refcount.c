@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int refcount_init(qimg_image *img, bool lenient)
+int refcount_init(qimg_image *img)
 {
     struct qcow2 *q = img->q;
     uint64_t n = (uint64_t)q->hdr.refcount_table_clusters * q->cluster_size;
@@ -43,7 +43,7 @@ int refcount_init(qimg_image *img, bool lenient)
         return qimg_err(ENOMEM, "Out of memory");
     q->rc = rc;
     ret = file_read_table(img, &rc->rt, q->hdr.refcount_table_offset, n,
-                          lenient ? NULL : "Reference count table");
+                          NULL);
     if (ret < 0)
         return ret;
     rc->rt_entries = n / 8;

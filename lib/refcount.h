@@ -86,9 +86,9 @@ struct rc_state {
     void (*on_free)(qimg_image *img, uint64_t off);
 };
 
-/* Load the refcount table (lenient: as check reads it, zeros past the end
- * of the file) and set up the block cache. */
-int refcount_init(qimg_image *img, bool lenient);
+/* Load the refcount table as QEMU reads it, zeros past the end of the file
+ * (writes are refused then: metaset_build), and set up the block cache. */
+int refcount_init(qimg_image *img);
 void refcount_free(qimg_image *img);
 /* Hooks the opener installs: make_room writes dirty metadata back when the
  * block cache is full; on_free hears of every cluster freed. */

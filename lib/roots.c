@@ -68,8 +68,6 @@ static int check_fixed(const struct qcow2_header *h, bool read_write)
         return qimg_err(EINVAL, "qcow2 header too short");
     if (h->header_length > (1u << h->cluster_bits))
         return qimg_err(EINVAL, "qcow2 header exceeds cluster size");
-    if (h->version >= 3 && h->header_length % 8)
-        return qimg_err(EINVAL, "qcow2 header length is not a multiple of 8");
     if (h->backing_file_offset > (1u << h->cluster_bits))
         return qimg_err(EINVAL, "Invalid backing file offset");
     if (h->incompatible & ~INCOMPAT_MASK)
@@ -83,7 +81,7 @@ static int check_fixed(const struct qcow2_header *h, bool read_write)
     return 0;
 }
 
-static int check_features(const struct qcow2_header *h)
+static int check_features(const struct qcow2_header *h, bool no_io)
 {
     if (h->compression_type > 1)
         return qimg_err(ENOTSUP, "qcow2: unknown compression type: %u",
@@ -100,14 +98,23 @@ static int check_features(const struct qcow2_header *h)
     if (h->crypt_method > 2)
         return qimg_err(EINVAL, "Unsupported encryption method %" PRIu32,
                         h->crypt_method);
-    if (h->crypt_method)
-        return qimg_err(ENOTSUP, "Encrypted images are not supported");
-    if (h->incompatible & INCOMPAT_DATA_FILE)
-        return qimg_err(ENOTSUP, "External data files are not supported");
+    /* Without data access (info) an AES image and one whose data lies in
+     * another file open as they do in QEMU; qimg reads neither. */
+    if (h->crypt_method == 2 && !h->has_crypto_ext)
+        return qimg_err(EINVAL, "Missing CRYPTO header for crypt method 2");
+    if (h->crypt_method && !no_io)
+        return qimg_err(EINVAL,
+                        "Parameter 'encrypt.key-secret' is required for cipher");
+    if (h->crypt_method == 2) /* info would show the LUKS header */
+        return qimg_err(ENOTSUP, "LUKS-encrypted images are not supported");
+    if ((h->incompatible & INCOMPAT_DATA_FILE) && !no_io)
+        return h->data_file
+                   ? qimg_err(ENOTSUP, "External data files are not supported")
+                   : qimg_err(EINVAL, "'data-file' is required for this image");
     return 0;
 }
 
-int roots_load(qimg_image *img, bool read_write)
+int roots_load(qimg_image *img, bool read_write, bool no_io)
 {
     struct qcow2 *q = img->q;
     uint8_t fixed[HDR_V3_LEN];
@@ -148,7 +155,7 @@ int roots_load(qimg_image *img, bool read_write)
         goto out;
     }
     if (ret == 0)
-        ret = check_features(&q->hdr);
+        ret = check_features(&q->hdr, no_io);
 out:
     free(c0);
     return ret;

@@ -13,8 +13,10 @@
 #include "image.h"
 
 /* Read cluster 0 into q->hdr and check it as QEMU does on open (version,
- * cluster size, lengths, features); read_write refuses a corrupt image. */
-int roots_load(qimg_image *img, bool read_write);
+ * cluster size, lengths, features); read_write refuses a corrupt image,
+ * no_io accepts an AES-encrypted image and one with an external data file
+ * (their metadata can be shown, their data not read). */
+int roots_load(qimg_image *img, bool read_write, bool no_io);
 
 /* The virtual size of this handle (a snapshot view has its own). */
 void roots_set_size(qimg_image *img, uint64_t size);

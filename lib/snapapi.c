@@ -37,6 +37,9 @@ int qimg_snapshot_list(struct qimg_snapshot **out, size_t *count,
     *count = 0;
     if (!q)
         return 0;
+    if (q->hdr.incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "Snapshots are not supported with an "
+                                 "external data file");
     l = calloc(q->sn->nb_snaps ? q->sn->nb_snaps : 1, sizeof *l);
     if (!l)
         return qimg_err(ENOMEM, "Out of memory");

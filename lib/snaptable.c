@@ -166,9 +166,9 @@ int snap_table_read(qimg_image *img, uint64_t off, uint32_t n,
     *size = 0;
     if (n == 0)
         return 0;
-    /* A plain check reads what QEMU reads: zeros past the end of the
-     * file. Everything else (a repair included) refuses such a table. */
-    bool lenient = rd && !rd->repair;
+    /* Read as QEMU reads it, zeros past the end of the file (writes are
+     * refused then: metaset_build); a repair refuses such a table. */
+    bool lenient = !rd || !rd->repair;
 
     if (off >= q->file_size && !lenient)
         return qimg_err(EINVAL, "Snapshot table exceeds the end of the file");

@@ -437,7 +437,7 @@ static void check_past_eof(qimg_image *img, uint64_t off, uint32_t n,
     assert_int_equal(nb, 0);
 }
 
-static void test_snap_read_refuses_table_past_eof(void **state)
+static void test_snap_read_table_past_eof(void **state)
 {
     qimg_image *img = mem_image();
     struct snap snaps[2], *back = NULL;
@@ -454,15 +454,14 @@ static void test_snap_read_refuses_table_past_eof(void **state)
     off = append(img, buf, len - 5);
     eof = img->q->file_size;
     assert_int_equal(eof, off + len - 5);
-    check_past_eof(img, off, 2, NULL);
     check_past_eof(img, off, 2, &repair);
     /* A table that starts at or past the end of the file. */
-    check_past_eof(img, eof, 1, NULL);
+    check_past_eof(img, eof, 1, &repair);
     check_past_eof(img, eof + CS, 1, &repair);
     /* One entry more than the file holds. */
     assert_int_equal(file_pwrite(img, buf + len - 5, 5, eof), 0);
     file_extend(img, off + len);
-    check_past_eof(img, off, 3, NULL);
+    check_past_eof(img, off, 3, &repair);
     /* No entries: nothing is read. */
     assert_int_equal(snap_table_read(img, eof + CS, 0, NULL, &back, &nb, &size),
                      0);
@@ -473,18 +472,33 @@ static void test_snap_read_refuses_table_past_eof(void **state)
     free_snaps(snaps, 2);
     qimg_image_close(img);
 
-    /* A plain check reads zeros past the end of the file, as QEMU does. */
+    /* A plain check and an open read zeros past the end of the file, as
+     * QEMU does. */
     img = mem_image();
     make_snap(&snaps[0], "1", "first", 24, 1);
     make_snap(&snaps[1], "2", "snapname", 24, 2);
     assert_int_equal(snap_table_encode(img->q, snaps, 2, &buf, &len), 0);
     off = append(img, buf, len - 5);
-    assert_int_equal(snap_table_read(img, off, 2, &plain, &back, &nb, &size),
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(snap_table_read(img, off, 2, k ? NULL : &plain,
+                                         &back, &nb, &size),
+                         0);
+        assert_int_equal(nb, 2);
+        assert_int_equal(size, len);
+        check_same(&back[0], &snaps[0]);
+        assert_string_equal(back[1].name, "sna");
+        free_snaps(back, 2);
+        free(back);
+    }
+    /* Entries wholly past the end read as empty ones (zero lengths). */
+    assert_int_equal(snap_table_read(img, off + CS * 4, 2, NULL, &back, &nb,
+                                     &size),
                      0);
     assert_int_equal(nb, 2);
-    assert_int_equal(size, len);
-    check_same(&back[0], &snaps[0]);
-    assert_string_equal(back[1].name, "sna");
+    assert_int_equal(size, 80);
+    assert_string_equal(back[0].id, "");
+    assert_string_equal(back[1].name, "");
+    assert_int_equal(back[1].l1_off, 0);
     free_snaps(back, 2);
     free(back);
     free(buf);
@@ -672,7 +686,7 @@ int main(void)
         cmocka_unit_test(test_snap_read_large_table),
         cmocka_unit_test(test_snap_short_extra_takes_defaults),
         cmocka_unit_test(test_snap_read_too_much_extra),
-        cmocka_unit_test(test_snap_read_refuses_table_past_eof),
+        cmocka_unit_test(test_snap_read_table_past_eof),
         cmocka_unit_test(test_snap_table_matches_what_create_wrote),
         cmocka_unit_test(test_snap_copy_is_deep),
         cmocka_unit_test(test_snap_find_by_id_and_name),
