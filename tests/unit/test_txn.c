@@ -228,18 +228,21 @@ static void test_txn_refs_run_limits(void **state)
     assert_true(start > img->q->file_size / CS);
     cio_reset(&c);
 
-    t_begin(&t, img, false);
-    assert_int_equal(txn_refs_add_run(&t, start, 40, 1), 0);
-    for (uint64_t k = start - 1; k <= start + 40; k++)
-        assert_int_equal(t_rc(&t, k), k >= start && k < start + 40);
-    assert_int_equal(txn_refs_add_run(&t, start, 40, 2), 0);
-    assert_int_equal(t_rc(&t, start + 17), 3);
-    assert_int_equal(txn_refs_add_run(&t, start, 40, -3), 0);
-    for (uint64_t k = start - 1; k <= start + 40; k++) {
-        assert_int_equal(t_rc(&t, k), 0);
-        assert_int_equal(t_zero_hit(&t, k), k >= start && k < start + 40);
+    /* +1 and -1 go four entries at a time, other deltas one by one: a
+     * count taken to 0 either way is remembered as freed. */
+    for (int64_t d = 1; d <= 3; d++) {
+        t_begin(&t, img, false);
+        assert_int_equal(txn_refs_add_run(&t, start, 40, d), 0);
+        for (uint64_t k = start - 1; k <= start + 40; k++)
+            assert_int_equal(t_rc(&t, k),
+                             k >= start && k < start + 40 ? d : 0);
+        assert_int_equal(txn_refs_add_run(&t, start, 40, -d), 0);
+        for (uint64_t k = start - 1; k <= start + 40; k++) {
+            assert_int_equal(t_rc(&t, k), 0);
+            assert_int_equal(t_zero_hit(&t, k), k >= start && k < start + 40);
+        }
+        t_end(&t);
     }
-    t_end(&t);
 
     for (size_t i = 0; i < ARRAY_SIZE(at); i++) {
         t_begin(&t, img, false);
@@ -372,6 +375,56 @@ static void test_txn_space_alloc_free_in_both_states(void **state)
     t_end(&t);
     assert_int_equal(qimg_image_close(img), 0);
     assert_image_clean(&c);
+    cio_free(&c);
+}
+
+/* A cluster handed out must be free in the old state also where the
+ * operation holds no copy of the refcount block: here singles are taken
+ * one after another up to the end of block 0, whose next cluster (block 1,
+ * never loaded) is in use. */
+static void test_txn_space_alloc_checks_blocks_not_held(void **state)
+{
+    struct qimg_create_opts o = opts(16);
+    struct cio c;
+    qimg_image *img = cio_create(&c, &o);
+    uint64_t per, nb_free = 0, off, got[8];
+    struct txn t;
+
+    (void)state;
+    per = 1ull << img->q->rb_bits;
+    /* Fill more than one refcount block's worth of clusters. */
+    for (uint64_t g = 0; g < per + 256; g++)
+        write_gen(img, g, 1);
+    assert_int_equal(qimg_image_flush(img), 0);
+    assert_true(img->q->file_size / CS > per + 8);
+    /* Free the data clusters among the last few of block 0. */
+    for (uint64_t g = 0; g < per + 256; g++) {
+        uint64_t h = host_of(img, g);
+        if (h >= per - 6 && h < per) {
+            assert_int_equal(qimg_image_discard(img, g * CS, CS), 0);
+            nb_free++;
+        }
+    }
+    assert_int_equal(qimg_image_flush(img), 0);
+    assert_true(nb_free >= 3);
+    assert_int_equal(rc_of(img, per - 1), 0);
+    assert_int_not_equal(rc_of(img, per), 0);
+    for (uint64_t k = 1; k < per - 6; k++)
+        assert_int_not_equal(rc_of(img, k), 0);
+    t_begin(&t, img, false); /* as apply: no block loaded */
+    assert_null(txn_refs_block(&t, 1));
+    for (size_t i = 0; i < ARRAY_SIZE(got); i++) {
+        assert_int_equal(txn_space_alloc(&t, 1, &off), 0);
+        got[i] = off / CS;
+        assert_int_equal(rc_of(img, got[i]), 0);
+        assert_int_equal(t_rc(&t, got[i]), 1);
+        if (i < nb_free)
+            assert_true(got[i] >= per - 6 && got[i] < per);
+        else
+            assert_true(got[i] >= img->q->file_size / CS);
+    }
+    t_end(&t);
+    assert_int_equal(qimg_image_close(img), 0);
     cio_free(&c);
 }
 
@@ -594,41 +647,71 @@ static void test_txn_apply_counts_only_changed_pointers(void **state)
     cio_free(&c);
 }
 
-/* Compressed clusters count per stream: two streams packed into one host
- * cluster give it refcount 2, and each snapshot adds one per stream. */
+/* Half noise, half zeros: compresses to a bit over half a cluster. */
+static void fill_half_noise(uint8_t *buf, uint32_t seed)
+{
+    memset(buf, 0, CS);
+    for (unsigned i = 0; i < CS / 2 + CS / 16; i++) {
+        seed = seed * 1103515245u + 12345u;
+        buf[i] = (uint8_t)(seed >> 16);
+    }
+}
+
+/* Compressed clusters count per stream and per host cluster a stream
+ * touches: two streams packed from the start of a host cluster, the
+ * second running into the next one, give the first cluster refcount 2
+ * and the next 1; each snapshot adds one reference per stream. */
 static void test_txn_counts_compressed_streams(void **state)
 {
+    static const int64_t rc_h[] = {2, 4, 6, 4, 2}, rc_h1[] = {1, 2, 3, 2, 1};
     struct qimg_create_opts o = opts(16);
     struct cio c;
     qimg_image *img = cio_create(&c, &o);
-    uint8_t buf[2 * CS];
-    uint64_t e0, e1, h;
+    uint8_t buf[CS], back[CS];
+    uint64_t e0, e1, c0, l0, c1, l1, h;
 
     (void)state;
-    memset(buf, 'x', sizeof buf);
-    assert_int_equal(qimg_image_write_compressed(img, buf, 2 * CS, 8 * CS), 0);
+    for (unsigned g = 8; g < 10; g++) {
+        fill_half_noise(buf, g);
+        assert_int_equal(qimg_image_write_compressed(img, buf, CS, g * CS), 0);
+    }
     assert_int_equal(qimg_image_flush(img), 0);
     e0 = entry_of(img, 8, NULL);
     e1 = entry_of(img, 9, NULL);
     assert_true(e0 & QCOW_OFLAG_COMPRESSED);
     assert_true(e1 & QCOW_OFLAG_COMPRESSED);
-    h = (e0 & img->q->coff_mask) / CS;
-    assert_int_equal((e1 & img->q->coff_mask) / CS, h); /* packed */
-    assert_int_equal(rc_of(img, h), 2);
-    assert_int_equal(qimg_snapshot_create(img, "a"), 0);
-    assert_int_equal(rc_of(img, h), 4);
-    assert_int_equal(qimg_snapshot_create(img, "b"), 0);
-    assert_int_equal(rc_of(img, h), 6);
-    assert_int_equal(qimg_snapshot_delete(img, "a"), 0);
-    assert_int_equal(rc_of(img, h), 4);
-    /* COPIED is never set on compressed entries. */
-    assert_false(entry_of(img, 8, NULL) & QCOW_OFLAG_COPIED);
-    assert_int_equal(qimg_snapshot_delete(img, "b"), 0);
-    assert_int_equal(rc_of(img, h), 2);
-    assert_false(entry_of(img, 9, NULL) & QCOW_OFLAG_COPIED);
-    assert_int_equal(qimg_image_read(img, buf, 2 * CS, 8 * CS), 0);
-    for (size_t i = 0; i < sizeof buf; i++)
-        assert_int_equal(buf[i], 'x');
+    l2_compressed_range(img->q, e0, &c0, &l0);
+    l2_compressed_range(img->q, e1, &c1, &l1);
+    h = c0 / CS;
+    assert_int_equal(c0 % CS, 0);
+    assert_int_equal(c1 / CS, h);            /* packed after the first */
+    assert_int_equal((c1 + l1 - 1) / CS, h + 1); /* and runs over */
+    for (int step = 0; step < 5; step++) {
+        switch (step) {
+        case 1:
+            assert_int_equal(qimg_snapshot_create(img, "a"), 0);
+            break;
+        case 2:
+            assert_int_equal(qimg_snapshot_create(img, "b"), 0);
+            break;
+        case 3:
+            assert_int_equal(qimg_snapshot_delete(img, "a"), 0);
+            break;
+        case 4:
+            assert_int_equal(qimg_snapshot_delete(img, "b"), 0);
+            break;
+        }
+        assert_int_equal(rc_of(img, h), rc_h[step]);
+        assert_int_equal(rc_of(img, h + 1), rc_h1[step]);
+        /* COPIED is never set on compressed entries. */
+        assert_false(entry_of(img, 8, NULL) & QCOW_OFLAG_COPIED);
+        assert_false(entry_of(img, 9, NULL) & QCOW_OFLAG_COPIED);
+    }
+    for (unsigned g = 8; g < 10; g++) {
+        fill_half_noise(buf, g);
+        assert_int_equal(qimg_image_read(img, back, CS, g * CS), 0);
+        assert_memory_equal(back, buf, CS);
+    }
     assert_int_equal(qimg_image_close(img), 0);
     assert_image_clean(&c);
     cio_free(&c);
@@ -1137,6 +1220,7 @@ int main(void)
         cmocka_unit_test(test_txn_refs_run_limits),
         cmocka_unit_test(test_txn_refs_limits_every_width),
         cmocka_unit_test(test_txn_space_alloc_free_in_both_states),
+        cmocka_unit_test(test_txn_space_alloc_checks_blocks_not_held),
         cmocka_unit_test(test_txn_wbuf_coalesces),
         cmocka_unit_test(test_txn_create_adds_one_reference_per_cluster),
         cmocka_unit_test(test_txn_delete_drops_one_reference_per_cluster),
