@@ -777,7 +777,7 @@ struct op_result {
  *    state; no discard, no truncate;
  *  - then exactly one write of header sector 0, 512 bytes at 0, with a
  *    flush on either side; the file as it was before it is the old image,
- *    intact and clean, with its old snapshot count;
+ *    intact and clean, with its old snapshot count and guest data;
  *  - after it nothing is written; a discard only gives back clusters that
  *    only the old state used.
  * prev_freed (may be NULL): clusters an earlier operation freed. */
@@ -787,10 +787,19 @@ static void run_op(struct cio *c, qimg_image *img, enum txn_op op,
 {
     uint64_t *rc_old, n_old, hdr = SIZE_MAX, nb_hdr = 0;
     uint32_t snaps_before = img->q->sn->nb_snaps;
+    uint8_t *guest_before, buf[CS];
     size_t len;
 
     memset(res, 0, sizeof *res);
     assert_int_equal(qimg_image_flush(img), 0);
+    guest_before = malloc((NB_GUEST + 1) * CS);
+    assert_non_null(guest_before);
+    for (size_t i = 0; i <= NB_GUEST; i++)
+        assert_int_equal(qimg_image_read(img, guest_before + i * CS, CS,
+                                         (i < NB_GUEST ? guest[i]
+                                                       : 4 * L2_SPAN) *
+                                             CS),
+                         0);
     cio_bytes(c, &len);
     n_old = DIV_ROUND_UP(len, CS);
     rc_old = calloc(n_old, sizeof *rc_old);
@@ -854,11 +863,17 @@ static void run_op(struct cio *c, qimg_image *img, enum txn_op op,
         assert_int_equal(
             cio_open(&old, &oi, c->pre_hdr, c->pre_hdr_len, false, false), 0);
         assert_int_equal(oi->q->sn->nb_snaps, snaps_before);
+        for (size_t i = 0; i <= NB_GUEST; i++) {
+            uint64_t g = i < NB_GUEST ? guest[i] : 4 * L2_SPAN;
+            assert_int_equal(qimg_image_read(oi, buf, CS, g * CS), 0);
+            assert_memory_equal(buf, guest_before + i * CS, CS);
+        }
         assert_int_equal(qimg_image_close(oi), 0);
         cio_free(&old);
         assert_bytes_clean(c->pre_hdr, c->pre_hdr_len);
     }
     assert_image_clean(c);
+    free(guest_before);
     free(rc_old);
 }
 
@@ -880,9 +895,11 @@ static void test_txn_ops_write_free_clusters_then_switch_once(void **state)
     free(r.freed);
     assert_all_gen(img, 2);
     write_gen(img, 3000, 3);
+    write_gen(img, 4 * L2_SPAN, 3);
     run_op(&c, img, OP_APPLY, "one", NULL, 0, &r);
     free(r.freed);
     assert_all_gen(img, 1);
+    assert_gen(img, 4 * L2_SPAN, 0);
     run_op(&c, img, OP_DELETE, "one", NULL, 0, &r);
     free(r.freed);
     assert_all_gen(img, 1);
