@@ -31,12 +31,10 @@
  *     l1_table_offset, refcount_table_offset/_clusters, nb_snapshots,
  *     snapshots_offset), (d) fdatasync, (e) discard clusters only the old
  *     state used. A power cut leaves exactly the old or the new image.
- *  4. What the operation reads is validated as it is counted, and most
- *     refusals come before anything is written. Not all: a refusal found
- *     late (a refcount overflow in a late L2 table) can follow L2 copies
- *     that already left the write buffer. Those went only to clusters free
- *     in the old state, so the image is unchanged, but the file's bytes
- *     and size may not be (issue: damaged images).
+ *  4. What the operation reads is validated as it is counted, and every
+ *     reference is counted before the first new structure is written, so
+ *     a refusal (a bad entry, a refcount at its maximum) leaves the file
+ *     byte for byte as it was.
  */
 #include "txn_impl.h"
 
@@ -270,6 +268,20 @@ static int place_l1s(struct txn *t, struct roots *r, struct new_l1 **l1s,
     return ret;
 }
 
+/* At most how many clusters an operation allocates besides refcount
+ * structures: a copy of every L2 table an L1 of l1_size entries names,
+ * nb_l1 such L1 tables, and the new snapshot table (if snaps). */
+static uint64_t room_needed(const struct txn *t, uint32_t l1_size,
+                            unsigned nb_l1, const struct snap *snaps,
+                            uint32_t nb_snaps)
+{
+    uint64_t n = l1_size + nb_l1 * DIV_ROUND_UP((uint64_t)l1_size * 8, t->cs);
+
+    if (snaps)
+        n += DIV_ROUND_UP(snap_table_size(t->q, snaps, nb_snaps), t->cs) + 1;
+    return n;
+}
+
 /* Place the refcount structures, write them, switch the header, tidy up. */
 static int commit(struct txn *t, struct roots *r, struct snap *snaps,
                   uint64_t snap_size)
@@ -386,6 +398,10 @@ int txn_snapshot_create(qimg_image *img, const char *name)
         ret = copy_snaps(q, -1, 1, &snaps);
     if (ret == 0)
         ret = new_snap_entry(&t, &snaps[q->sn->nb_snaps], name);
+    /* write_snap_table would refuse it too, after the L1 tables: now. */
+    if (ret == 0 && snap_table_size(q, snaps, q->sn->nb_snaps + 1) >
+                        QCOW_MAX_SNAPSHOTS_SIZE)
+        ret = qimg_err(EFBIG, "Snapshot table too large");
     if (ret == 0)
         ret = new_l1_alloc(&active, q->l1s->l1_size);
     if (ret == 0)
@@ -394,18 +410,22 @@ int txn_snapshot_create(qimg_image *img, const char *name)
         goto out;
     memcpy(active.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
     memcpy(snap.buf, q->l1s->l1, (size_t)q->l1s->l1_size * 8);
-    /* One more L1 points at every active L2 table (validates them too);
-     * all of them lose their COPIED flags. Copies are written only after
-     * every table has been validated, so the first loop writes nothing. */
-    for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++)
-        if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i))
-            ret = txn_tables_read_l2(
-                &t, txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i));
+    /* One more L1 points at every active L2 table (reading validates
+     * them); all of them lose their COPIED flags. Every reference is
+     * counted before the first copy is written, so whatever refuses the
+     * operation (a bad entry, a refcount at its maximum) finds the file
+     * as it was. */
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
         uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         if (p)
             ret = txn_tables_pointer_change(&t, p, 1);
-        if (ret == 0 && p)
+    }
+    if (ret == 0)
+        ret = txn_place_room(&t, room_needed(&t, active.size, 2,
+                                             snaps, q->sn->nb_snaps + 1));
+    for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
+        uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
+        if (p)
             ret = txn_tables_clear_copied(&t, p);
     }
     if (ret == 0)
@@ -471,6 +491,9 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         ret = txn_refs_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
     if (ret == 0 && s->l1_size)
         ret = txn_space_meta_freed(&t, s->l1_off, (uint64_t)s->l1_size * 8);
+    if (ret == 0)
+        ret = txn_place_room(&t, room_needed(&t, active.size, 1, snaps,
+                                             nb_old - 1));
     for (uint32_t i = 0; ret == 0 && i < active.size; i++)
         if (txn_l1_ptr(sl1, s->l1_size, i))
             ret = txn_tables_inspect(&t, active.buf, active.size, i);
@@ -579,6 +602,8 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         if (ret == 0 && p)
             ret = txn_tables_pointer_change(&t, p, 1);
     }
+    if (ret == 0)
+        ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0));
     for (uint32_t i = 0; ret == 0 && i < n; i++)
         if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) !=
             txn_l1_ptr(sl1, s->l1_size, i))

@@ -139,6 +139,9 @@ void txn_refs_free(struct txn *t);
 /* Place the changed blocks and the new table (place.rt, rt_off,
  * rt_clusters), then write them all and flush the write buffer. */
 int txn_place_refcounts(struct txn *t);
+/* Before the first write: refuse if the refcount table could outgrow its
+ * limit once the operation has allocated up to `clusters` more. */
+int txn_place_room(const struct txn *t, uint64_t clusters);
 int txn_place_write(struct txn *t);
 /* The new refcount table, to hand over once committed (ownership
  * passes). */

@@ -36,6 +36,29 @@ static uint64_t rt_old_loc(const struct txn *t, uint64_t rt_idx)
     return be64_load(t->q->rc->rt + rt_idx * 8) & RT_OFFSET_MASK;
 }
 
+/* RT_MAX bytes of refcount table at most, as QEMU's limit at open. */
+#define RT_MAX (8ull << 20)
+
+/* The table must cover the file's end once everything is placed. The
+ * bound is generous: all new clusters land past the end, every changed
+ * block moves, and each new cluster (block copies included) may dirty
+ * one more block. */
+int txn_place_room(const struct txn *t, uint64_t clusters)
+{
+    const struct qcow2 *q = t->q;
+    uint64_t per_rb = 1ull << q->rb_bits, per_cl = t->cs / 8;
+    uint64_t end = MAX(DIV_ROUND_UP(q->file_size, t->cs), txn_space_end(t));
+    uint64_t base = clusters, n, rt;
+
+    for (uint64_t i = 0; i < txn_refs_nb(t); i++)
+        base += txn_refs_dirty(t, i);
+    n = 3 * base + 4;
+    rt = DIV_ROUND_UP(DIV_ROUND_UP(end + n, per_rb), per_cl);
+    if ((end + n + rt + per_rb - 1) / per_rb > RT_MAX / 8)
+        return qimg_err(EFBIG, "Reference count table too large");
+    return 0;
+}
+
 /* Give every changed refcount block a new home, then size and place the
  * refcount table; repeat until placing things changes no more blocks. */
 int txn_place_refcounts(struct txn *t)
@@ -86,7 +109,7 @@ int txn_place_refcounts(struct txn *t)
     }
     if (ret < 0)
         return ret;
-    if (r->rt_clusters * t->cs > (8ull << 20))
+    if (r->rt_clusters * t->cs > RT_MAX)
         return qimg_err(EFBIG, "Reference count table too large");
     r->rt = calloc(r->rt_clusters, t->cs);
     if (!r->rt)

@@ -244,8 +244,8 @@ static int fix_runs(struct txn *t, const struct l2run *r, size_t n,
 
 /* Create: every table the active L1 points at gains a reference, so every
  * cluster they map ends with a refcount of 2 or more and no COPIED flag
- * may stay. Called right after the table's references were counted, so a
- * table not kept as runs is still in t->tables.tmp. */
+ * may stay. Called once every reference has been counted (which validated
+ * the table); a table not kept as runs is read again. */
 int txn_tables_clear_copied(struct txn *t, uint64_t p)
 {
     struct qcow2 *q = t->q;
@@ -269,6 +269,9 @@ int txn_tables_clear_copied(struct txn *t, uint64_t p)
         l2runs_emit(runs, n, t->cs, QCOW_OFLAG_COPIED, slot);
         return write_copy(t, p, NULL);
     }
+    ret = file_pread(t->img, t->tables.tmp, t->cs, p);
+    if (ret < 0)
+        return ret;
     if (!q->ext_l2) {
         /* Standard entries: clear bit 63 of every big-endian word. */
         uint64_t flag = htobe64(QCOW_OFLAG_COPIED), seen = 0, w;

@@ -1,35 +1,16 @@
 /*
- * test_txn_late_refusal.c - NOT BUILT (not in meson.build): it fails on
- * the current lib/ and documents a bug for whoever fixes it, who then
- * adds 'test_txn_late_refusal' to unit_tests in tests/unit/meson.build.
+ * test_txn_late_refusal.c - a snapshot create refused late (a refcount
+ * overflow in the last active L2 table) writes nothing.
  *
- * A snapshot create refused for a refcount overflow writes to the file
- * before refusing, on an image that is not damaged at all.
- *
- * txn_snapshot_create() (txn.c) validates every active L2 table in a
- * first loop, but counts the new references and writes the L2 copies
- * without COPIED in one second loop, table by table:
- * txn_tables_pointer_change(+1) then txn_tables_clear_copied(), whose
- * copies go to the write buffer (txn_wbuf.c), which sends them to the
- * file once it holds 256 KiB. If a later table's pointer_change overflows
- * a refcount, the copies of the earlier tables have already been written.
- * They went to clusters free in the old state, so the image stays
- * consistent (check is clean), but the file's bytes and size change:
- * the refusal is not "before anything is written". txn.c's note 4 calls
- * this out for damaged images; it is reachable on a clean one with
- * refcount_bits=2 (or any width, with enough snapshots): a late L2 table
- * whose clusters the snapshots already share up to the maximum.
- *
- * Seen on d209879: the refused create below writes 262144 bytes (the
- * copies of L2 tables 0-3, 64 KiB each) at 0x170000, the old end of the
- * file, which grows from 1507328 to 1769472 bytes; check stays clean.
- * Build it by hand to see it:
- *   cc -std=c17 -Iinclude -Ilib tests/unit/test_txn_late_refusal.c \
- *      build/lib/libqimg_internal.a -lcmocka -lz -lzstd -lpthread
- *
- * A fix: count every pointer change first, and make the copies in a loop
- * after it (a table not kept as runs must then be read again, since
- * clear_copied relies on it still being in t->tables.tmp).
+ * txn_snapshot_create() counts every new reference before it writes the
+ * first L2 copy without COPIED. It once counted and copied table by table:
+ * the copies of the earlier tables left the write buffer (256 KiB) before
+ * a later table's overflow refused the operation. The image stayed
+ * consistent (the copies went to free clusters), but the file's bytes and
+ * size changed: on d209879 the refused create below wrote 262144 bytes
+ * (the copies of L2 tables 0-3) at 0x170000, the old end of the file,
+ * which grew from 1507328 to 1769472 bytes. refcount_bits=2 makes it
+ * reachable with two snapshots; any width gets there with enough.
  */
 #include "cio.h"
 
