@@ -75,11 +75,25 @@ static int io_open(struct io_state *s, const struct open_req *r)
     return 0;
 }
 
+/* What QEMU prints for each cluster it could not free (and leaks). */
+static void report_free_failures(struct io_state *s)
+{
+    int err;
+    unsigned n = s->img ? qimg_image_take_free_failures(s->img, &err) : 0;
+
+    fflush(stdout);
+    while (n--)
+        fprintf(stderr, "qcow2_free_clusters failed: %s\n", strerror(err));
+}
+
 /* Close (and so flush) the image; a failure is reported and returned. */
 static int io_close(struct io_state *s)
 {
     int ret;
 
+    qimg_error_clear();
+    if (s->img && s->writable && qimg_image_flush(s->img) == 0)
+        report_free_failures(s);
     qimg_error_clear();
     ret = qimg_image_close(s->img);
     s->img = NULL;
@@ -359,6 +373,8 @@ static int dispatch(struct io_state *s, int argc, char **argv)
     qimg_error_clear();
     ret = c->fn(s, argc, argv);
     fflush(stdout);
+    if (s->writable)
+        report_free_failures(s);
     return ret;
 }
 

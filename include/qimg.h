@@ -145,6 +145,11 @@ QIMG_API int qimg_image_write_zeroes(qimg_image *img, uint64_t off,
                                      uint64_t len, unsigned flags);
 QIMG_API int qimg_image_discard(qimg_image *img, uint64_t off, uint64_t len);
 QIMG_API int qimg_image_flush(qimg_image *img);
+/* Clusters a flush could not free since the last call: on a damaged image
+ * (a refcount already 0, a bad refcount block) qimg leaks such a cluster
+ * and goes on, as QEMU does. Returns how many, and in *err the errno of
+ * the last (EINVAL for a refcount already 0, as QEMU reports it). */
+QIMG_API unsigned qimg_image_take_free_failures(qimg_image *img, int *err);
 
 /* Allocation status of [off, off+len): the answer covers *out->len bytes
  * from `off` (at least 1 byte, at most len) that share one status. */

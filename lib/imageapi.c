@@ -20,6 +20,7 @@
 #include "guest.h"
 #include "image.h"
 #include "open.h"
+#include "refcount.h"
 #include "roots.h"
 #include "util.h"
 
@@ -181,6 +182,14 @@ int qimg_image_flush(qimg_image *img)
     if (img->fmt == QIMG_FMT_QCOW2)
         return qcow2_flush(img);
     return file_flush_always(img); /* a guest flush always reaches the disk */
+}
+
+unsigned qimg_image_take_free_failures(qimg_image *img, int *err)
+{
+    *err = 0;
+    if (img->fmt != QIMG_FMT_QCOW2 || !img->q)
+        return 0;
+    return refcount_take_failed_frees(img, err);
 }
 
 /* A block status request: a non-empty range inside the disk. */

@@ -449,6 +449,15 @@ int refcount_alloc_bytes(qimg_image *img, uint64_t len, uint64_t *coff)
     return 0;
 }
 
+/* A decrement the image's damage refuses: QEMU leaks the cluster
+ * ("qcow2_free_clusters failed") and goes on; counted for the caller. */
+static void dec_failed(struct qcow2 *q, int err)
+{
+    q->rc->failed_frees++;
+    q->rc->failed_err = err;
+    qimg_error_clear();
+}
+
 /* Append to the queue of decrements that wait for a flush. */
 static int dec_push(struct qcow2 *q, struct pending_dec d)
 {
@@ -472,7 +481,16 @@ int refcount_dec_later(qimg_image *img, uint64_t off, uint64_t len,
     uint64_t last = (off + len - 1) >> q->cluster_bits;
 
     for (uint64_t idx = first; idx <= last; idx++) {
-        int ret = dec_push(q, (struct pending_dec){idx, do_discard});
+        uint64_t v = UINT64_MAX;
+        int ret = refcount_get(img, idx, &v);
+        /* Already 0 (damage): it would fail when applied, by then maybe
+         * on a cluster handed out again in between. Leak it now. */
+        if ((ret < 0 && qimg_last_error()->where[0]) || (ret == 0 && !v)) {
+            dec_failed(q, ret < 0 ? -ret : EINVAL);
+            continue;
+        }
+        if (ret == 0)
+            ret = dec_push(q, (struct pending_dec){idx, do_discard});
         if (ret < 0)
             return ret;
     }
@@ -525,18 +543,39 @@ int refcount_apply_pending(qimg_image *img)
     q->rc->dec = NULL;
     q->rc->nb_dec = q->rc->cap_dec = 0;
     for (i = 0; i < n && ret == 0; i++) {
-        uint64_t v;
-        ret = refcount_update(img, d[i].idx, 1, -1);
-        if (ret < 0)
-            break; /* not consumed: retried at the next flush */
+        uint64_t v = UINT64_MAX;
         ret = refcount_get(img, d[i].idx, &v);
         if (ret == 0 && v == 0)
+            ret = qimg_corrupt("Refcount of cluster %" PRIu64
+                               " would drop below zero",
+                               d[i].idx);
+        if (ret == 0)
+            ret = refcount_update(img, d[i].idx, 1, -1);
+        if (ret < 0 && qimg_last_error()->where[0]) {
+            /* Damage, not I/O: leak the cluster and go on, as QEMU. */
+            dec_failed(q, v == 0 ? EINVAL : -ret);
+            ret = 0;
+            continue;
+        }
+        if (ret < 0)
+            break; /* not consumed: retried at the next flush */
+        if (v == 1)
             ret = cluster_freed(img, d[i].idx, d[i].do_discard);
     }
     r2 = requeue(img, d + i, n - i);
     free(d);
     q->rc->applying = false;
     return ret < 0 ? ret : r2;
+}
+
+unsigned refcount_take_failed_frees(qimg_image *img, int *err)
+{
+    struct rc_state *rc = img->q->rc;
+    unsigned n = rc->failed_frees;
+
+    *err = rc->failed_err;
+    rc->failed_frees = 0;
+    return n;
 }
 
 int refcount_flush(qimg_image *img)

@@ -81,6 +81,8 @@ struct rc_state {
     struct pending_dec *dec;
     size_t nb_dec, cap_dec;
     bool applying;          /* refcount_apply_pending() is running */
+    unsigned failed_frees;  /* decrements dropped since last asked */
+    int failed_err;         /* errno of the last one */
     uint64_t free_byte_off; /* compressed-write byte allocator; 0: none */
     /* Called for each cluster whose refcount drops to 0. */
     void (*on_free)(qimg_image *img, uint64_t off);
@@ -105,11 +107,18 @@ int refcount_alloc(qimg_image *img, uint64_t n, uint64_t *host_off);
  * QEMU does; each host cluster touched gains one reference. */
 int refcount_alloc_bytes(qimg_image *img, uint64_t len, uint64_t *coff);
 /* Queue a -1 on [off, off+len)'s clusters until the metadata dropping the
- * reference is durable. */
+ * reference is durable. A cluster whose refcount is already 0 (damage) is
+ * not queued but leaked at once, counted as refcount_apply_pending() does:
+ * queued, it could meet the cluster handed out again by then. */
 int refcount_dec_later(qimg_image *img, uint64_t off, uint64_t len,
                        bool do_discard);
 bool refcount_has_pending(const qimg_image *img);
+/* Apply the queued decrements. One the image's damage refuses (a refcount
+ * already 0, a bad refcount block) is dropped, the cluster leaked, as QEMU
+ * does ("qcow2_free_clusters failed"), and counted for
+ * refcount_take_failed_frees(); an I/O error leaves the rest queued. */
 int refcount_apply_pending(qimg_image *img);
+unsigned refcount_take_failed_frees(qimg_image *img, int *err);
 /* Write dirty refcount blocks (no fdatasync). */
 int refcount_flush(qimg_image *img);
 /* Copy refcount block rt_idx of the on-disk state into buf (cluster size);

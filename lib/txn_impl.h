@@ -70,6 +70,9 @@ struct txn_refs {
     bool *rb_dirty;
     uint8_t **zhit;
     uint64_t nb_rb;
+    /* Increments count references that exist already (an L1 pointer
+     * that appears names a table in use): one from 0 is damage. */
+    bool existing;
 };
 
 /* Where the changed refcount blocks and the new refcount table go. */
@@ -126,6 +129,8 @@ struct txn {
 /* Add delta to the refcount of cluster idx, of n clusters from idx, or
  * of the clusters bytes [off, off + len) touch; checked. */
 int txn_refs_add(struct txn *t, uint64_t idx, int64_t delta);
+/* From now on increments are of existing references (or not). */
+void txn_refs_expect_existing(struct txn *t, bool on);
 int txn_refs_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta);
 int txn_refs_add_range(struct txn *t, uint64_t off, uint64_t len,
                        int64_t delta);

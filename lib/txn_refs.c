@@ -107,10 +107,17 @@ static int zero_hit(struct txn *t, uint64_t rt_idx, uint64_t i)
     return 0;
 }
 
-/* Adding delta to the refcount of cluster idx leaves its range. */
-static int rc_out_of_range(const struct txn *t, uint64_t idx, int64_t delta)
+void txn_refs_expect_existing(struct txn *t, bool on)
 {
-    if (delta < 0)
+    t->refs.existing = on;
+}
+
+/* Adding delta to the refcount v of cluster idx leaves its range, or
+ * raises from 0 one that counts a reference that exists. */
+static int rc_out_of_range(const struct txn *t, uint64_t idx, int64_t delta,
+                           uint64_t v)
+{
+    if (delta < 0 || !v)
         return qimg_corrupt("Refcount of cluster %" PRIu64 " is lower than "
                             "its references",
                             idx);
@@ -131,7 +138,9 @@ int txn_refs_add(struct txn *t, uint64_t idx, int64_t delta)
     v = refblock_get(rb, i, q->refcount_order);
     if ((delta < 0 && v < (uint64_t)-delta) ||
         (delta > 0 && q->refcount_max - v < (uint64_t)delta))
-        return rc_out_of_range(t, idx, delta);
+        return rc_out_of_range(t, idx, delta, v);
+    if (delta > 0 && !v && t->refs.existing)
+        return rc_out_of_range(t, idx, delta, v);
     refblock_set(rb, i, q->refcount_order, v + (uint64_t)delta);
     return v + (uint64_t)delta == 0 ? zero_hit(t, idx >> q->rb_bits, i) : 0;
 }
@@ -156,8 +165,9 @@ static uint64_t add_one16(struct txn *t, uint8_t *rb, uint64_t blk,
 
     for (; k + 4 <= end; k += 4) {
         uint64_t v = be64_load(rb + 2 * k);
-        if (zero_lane16(delta > 0 ? ~v : v))
-            break; /* a 0xffff to raise or a 0 to lower */
+        if (zero_lane16(delta > 0 ? ~v : v) ||
+            (delta > 0 && t->refs.existing && zero_lane16(v)))
+            break; /* a 0xffff to raise or a 0 to lower or count */
         v = delta > 0 ? v + LANES16 : v - LANES16;
         be64_store(rb + 2 * k, v);
         if (delta < 0 && zero_lane16(v))
@@ -191,9 +201,11 @@ int txn_refs_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
             if (k == UINT64_MAX)
                 return -ENOMEM;
             for (; k < i + cnt; k++) {
-                int64_t v = (int64_t)be16_load(rb + 2 * k) + delta;
-                if ((uint64_t)v > 0xffff)
-                    return rc_out_of_range(t, (idx - i) + k, delta);
+                uint64_t old = be16_load(rb + 2 * k);
+                int64_t v = (int64_t)old + delta;
+                if ((uint64_t)v > 0xffff ||
+                    (delta > 0 && !old && t->refs.existing))
+                    return rc_out_of_range(t, (idx - i) + k, delta, old);
                 be16_store(rb + 2 * k, (uint16_t)v);
                 if (!v && (ret = zero_hit(t, blk, k)) < 0)
                     return ret;
@@ -202,8 +214,9 @@ int txn_refs_add_run(struct txn *t, uint64_t idx, uint64_t n, int64_t delta)
             for (uint64_t k = i; k < i + cnt; k++) {
                 uint64_t v = refblock_get(rb, k, order);
                 if ((delta < 0 && v < (uint64_t)-delta) ||
-                    (delta > 0 && max - v < (uint64_t)delta))
-                    return rc_out_of_range(t, (idx - i) + k, delta);
+                    (delta > 0 && max - v < (uint64_t)delta) ||
+                    (delta > 0 && !v && t->refs.existing))
+                    return rc_out_of_range(t, (idx - i) + k, delta, v);
                 refblock_set(rb, k, order, v + (uint64_t)delta);
                 if (v + (uint64_t)delta == 0 && (ret = zero_hit(t, blk, k)) < 0)
                     return ret;

@@ -74,11 +74,9 @@ static int entry_refs(struct txn *t, uint64_t e, int64_t delta)
     return 0;
 }
 
-/* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
- * the table's references, counted in runs of consecutive clusters. A table
- * kept as runs is counted from them without reading it; otherwise it is
- * read into t->tables.tmp. */
-int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
+/* The references of the table at l2_off (read or kept as runs), counted
+ * in runs of consecutive clusters. */
+static int count_table(struct txn *t, uint64_t l2_off, int64_t delta)
 {
     const struct qcow2 *q = t->q;
     const uint8_t *buf = t->tables.tmp;
@@ -87,12 +85,8 @@ int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
     const struct l2run *runs;
     uint64_t run_start = 0, run_len = 0;
     size_t nr;
-    int ret = 0;
+    int ret = txn_refs_add(t, l2_off >> cbits, delta);
 
-    if (!l2store_get(&t->tables.l2s, l2_off, &runs, &nr))
-        ret = read_l2(t, l2_off, t->tables.tmp);
-    if (ret == 0)
-        ret = txn_refs_add(t, l2_off >> cbits, delta);
     if (ret == 0 && delta < 0)
         ret = txn_space_meta_freed(t, l2_off, t->cs);
     if (ret == 0 && l2store_get(&t->tables.l2s, l2_off, &runs, &nr)) {
@@ -121,6 +115,26 @@ int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
     }
     if (ret == 0 && run_len)
         ret = txn_refs_add_run(t, run_start, run_len, delta);
+    return ret;
+}
+
+/* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
+ * the table's references. A table kept as runs is counted from them
+ * without reading it; otherwise it is read into t->tables.tmp. A pointer
+ * that appears names a table in use, so nothing it counts may have had a
+ * refcount of 0. */
+int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
+{
+    const struct l2run *runs;
+    size_t nr;
+    int ret = 0;
+
+    if (!l2store_get(&t->tables.l2s, l2_off, &runs, &nr))
+        ret = read_l2(t, l2_off, t->tables.tmp);
+    txn_refs_expect_existing(t, delta > 0);
+    if (ret == 0)
+        ret = count_table(t, l2_off, delta);
+    txn_refs_expect_existing(t, false);
     return ret;
 }
 

@@ -211,3 +211,70 @@ def test_apply_snapshot_whose_l1_table_is_the_active_one(tmp_path):
     assert len(after) == len(before)
     diff = [i for i in range(len(before)) if before[i] != after[i]]
     assert diff == [79], diff
+
+
+def zero_refcount_of_first_data_cluster(path):
+    with open(path, "r+b") as f:
+        d = f.read()
+        h = header(path)
+        l2 = struct.unpack(">Q", d[h["l1"]:h["l1"] + 8])[0] & ((1 << 56) - 1)
+        data = struct.unpack(">Q", d[l2:l2 + 8])[0] & ((1 << 56) - 1)
+        rb = first_refblock(path)
+        f.seek(rb + 2 * (data // 65536))
+        f.write(b"\0\0")
+
+
+@pytest.mark.parametrize("compat", ["0.10", "1.1"])
+def test_free_of_zero_refcount_leaks_and_goes_on(tmp_path, compat):
+    """A data cluster in use whose refcount is already 0, freed by a
+    discard: QEMU cannot decrement it, says "qcow2_free_clusters failed:
+    Invalid argument", leaks it and goes on. So does qimg (it kept the
+    decrement queued, and every later flush, the close included, failed
+    behind it). Both files come out byte-identical and clean."""
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=" + compat, base,
+             "64M", check=True)
+    qemu_io("-c", "write -P 1 0 128k", base, check=True)
+    zero_refcount_of_first_data_cluster(base)
+    q, m = tmp_path / "q.qcow2", tmp_path / "m.qcow2"
+    shutil.copy(base, q)
+    shutil.copy(base, m)
+    cmds = ["-c", "discard 0 64k", "-c", "write -P 5 1M 64k",
+            "-c", "read -P 1 64k 64k"]
+    rq = qemu_io(*cmds, q)
+    rm = run([QIMG, "io"] + cmds + [str(m)])
+    said = "qcow2_free_clusters failed: Invalid argument\n"
+    assert rq.rc == 0 and rq.err == said, rq
+    assert rm.rc == 0 and rm.err == said, rm
+    assert q.read_bytes() == m.read_bytes()
+    r = qemu_img("check", m)
+    assert r.rc == 0 and "No errors were found" in r.out, r
+
+
+@pytest.mark.parametrize("op", [["-c", "new"], ["-a", "s"]])
+def test_snapshot_refuses_used_cluster_with_refcount_zero(tmp_path, op):
+    """A data cluster the active tree (create) or the snapshot's tree
+    (apply) uses has refcount 0. The operation adds a reference to it:
+    QEMU raises the refcount to 1 and goes on, so the cluster ends shared
+    with a refcount of 1 (and COPIED where it must not be: a later guest
+    write would overwrite the snapshot's data in place); qemu-img check
+    then finds more corruption than before. qimg refuses before writing
+    anything, marks the image corrupt and names the cluster."""
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", base, "64M", check=True)
+    qemu_io("-c", "write -P 1 0 128k", base, check=True)
+    qemu_img("snapshot", "-c", "s", base, check=True)
+    if op[0] == "-a":  # the active tree moves on; cluster 5 stays shared
+        qemu_io("-c", "write -P 2 64k 4k", base, check=True)
+    zero_refcount_of_first_data_cluster(base)
+    before_check = qemu_img("check", "--output=json", base)
+    m = tmp_path / "m.qcow2"
+    shutil.copy(base, m)
+    r = run([QIMG, "snapshot"] + op + [str(m)])
+    assert r.rc == 1, r
+    assert "Refcount of cluster 5 is lower than its references" in r.err, r
+    before, after = base.read_bytes(), m.read_bytes()
+    diff = [i for i in range(len(before)) if before[i] != after[i]]
+    assert len(after) == len(before) and diff == [79], diff
+    assert after[79] == before[79] | INCOMPAT_CORRUPT
+    assert json.loads(before_check.out)["corruptions"] >= 1
