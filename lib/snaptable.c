@@ -395,8 +395,10 @@ int snap_check_l1(qimg_image *img, const struct snap *s)
 
     if ((uint64_t)s->l1_size * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Snapshot L1 table too large");
+    /* Checked: l1_off comes from the file and may be near 2^64. */
     if (!IS_ALIGNED(s->l1_off, q->cluster_size) ||
-        s->l1_off + (uint64_t)s->l1_size * 8 > q->file_size ||
+        s->l1_off > q->file_size ||
+        (uint64_t)s->l1_size * 8 > q->file_size - s->l1_off ||
         (s->l1_size && s->l1_off == 0))
         return qimg_err(EINVAL, "Snapshot L1 table offset invalid");
     return 0;

@@ -232,6 +232,9 @@ int txn_wbuf_init(struct txn *t);
 void txn_wbuf_free(struct txn *t);
 int txn_wbuf_write(struct txn *t, const void *data, size_t len, uint64_t off);
 int txn_wbuf_flush(struct txn *t);
+/* Write at once, unbuffered (checked like the rest). */
+int txn_wbuf_direct(struct txn *t, const void *data, size_t len,
+                    uint64_t off);
 int txn_wbuf_slot(struct txn *t, uint8_t **slot);
 int txn_wbuf_put(struct txn *t, uint64_t off);
 

@@ -141,7 +141,7 @@ int txn_place_write(struct txn *t)
         if (n == 1)
             ret = txn_wbuf_write(t, b, t->cs, r->rb_loc[i]);
         else if ((ret = txn_wbuf_flush(t)) == 0)
-            ret = file_pwrite(t->img, b, n * t->cs, r->rb_loc[i]);
+            ret = txn_wbuf_direct(t, b, n * t->cs, r->rb_loc[i]);
         i += n - 1;
     }
     if (ret == 0)

@@ -4,8 +4,9 @@
  *
  * qcow2-format.md §5.5. It writes only where it is told, to clusters the
  * transaction allocated; it neither allocates nor flushes the file (the
- * commit in txn.c does). State: struct txn_wbuf (txn_impl.h), written only
- * here.
+ * commit in txn.c does). Every write is checked against the live metadata
+ * of the old state (the overlap map), which a new structure may never
+ * touch. State: struct txn_wbuf (txn_impl.h), written only here.
  */
 #include "txn_impl.h"
 
@@ -33,13 +34,21 @@ void txn_wbuf_free(struct txn *t)
     free(t->wb.buf);
 }
 
+int txn_wbuf_direct(struct txn *t, const void *data, size_t len,
+                    uint64_t off)
+{
+    int ret = meta_overlap_check(t->img, off, len);
+
+    return ret < 0 ? ret : file_pwrite(t->img, data, len, off);
+}
+
 int txn_wbuf_flush(struct txn *t)
 {
     struct txn_wbuf *w = &t->wb;
     int ret = 0;
 
     if (w->len)
-        ret = file_pwrite(t->img, w->buf, w->len, w->off);
+        ret = txn_wbuf_direct(t, w->buf, w->len, w->off);
     w->len = 0;
     return ret;
 }
@@ -57,7 +66,7 @@ int txn_wbuf_write(struct txn *t, const void *data, size_t len, uint64_t off)
     }
     ret = txn_wbuf_flush(t);
     if (ret < 0 || len > wb_cap(t) / 2)
-        return ret < 0 ? ret : file_pwrite(t->img, data, len, off);
+        return ret < 0 ? ret : txn_wbuf_direct(t, data, len, off);
     memcpy(w->buf, data, len);
     w->off = off;
     w->len = len;
@@ -87,7 +96,7 @@ int txn_wbuf_put(struct txn *t, uint64_t off)
         return 0;
     }
     if (w->len) {
-        ret = file_pwrite(t->img, w->buf, w->len, w->off);
+        ret = txn_wbuf_direct(t, w->buf, w->len, w->off);
         if (ret < 0)
             return ret;
         memmove(w->buf, w->buf + w->len, t->cs);

@@ -676,6 +676,36 @@ static void test_snap_lookup_option_spellings(void **state)
     free_snaps(f.snaps, 6);
 }
 
+/* snap_check_l1() takes l1_offset and l1_size from the file: an offset
+ * near 2^64 must not wrap past the end-of-file test. */
+static void test_snap_check_l1_bounds(void **state)
+{
+    qimg_image *img = mem_image();
+    uint64_t eof = img->q->file_size;
+    struct snap s = {0};
+
+    (void)state;
+    s.l1_size = 2;
+    s.l1_off = CS;
+    assert_int_equal(snap_check_l1(img, &s), 0);
+    s.l1_off = UINT64_MAX & ~(uint64_t)(CS - 1);
+    s.l1_size = CS / 8;                 /* l1_off + 64 KiB wraps to 0 */
+    assert_int_equal(snap_check_l1(img, &s), -EINVAL);
+    s.l1_size = 2;
+    s.l1_off = ALIGN_UP(eof, CS);
+    assert_int_equal(snap_check_l1(img, &s), -EINVAL);
+    s.l1_off = CS + 1;
+    assert_int_equal(snap_check_l1(img, &s), -EINVAL);
+    s.l1_off = 0;
+    assert_int_equal(snap_check_l1(img, &s), -EINVAL);
+    s.l1_size = 0; /* an empty table may sit anywhere aligned */
+    assert_int_equal(snap_check_l1(img, &s), 0);
+    s.l1_size = QCOW_MAX_L1_SIZE / 8 + 1;
+    s.l1_off = CS;
+    assert_int_equal(snap_check_l1(img, &s), -EFBIG);
+    qimg_image_close(img);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -690,6 +720,7 @@ int main(void)
         cmocka_unit_test(test_snap_table_matches_what_create_wrote),
         cmocka_unit_test(test_snap_copy_is_deep),
         cmocka_unit_test(test_snap_find_by_id_and_name),
+        cmocka_unit_test(test_snap_check_l1_bounds),
         cmocka_unit_test(test_snap_lookup_plain_id_before_name),
         cmocka_unit_test(test_snap_lookup_option_spellings),
     };

@@ -472,6 +472,39 @@ static void test_txn_wbuf_coalesces(void **state)
     cio_free(&c);
 }
 
+/* A new structure may never land on live metadata of the old state: the
+ * write buffer checks every write against the overlap map and refuses
+ * (corruption, QEMU's words) without writing. The allocator never hands
+ * out such a cluster; this is the net under it. */
+static void test_txn_wbuf_refuses_live_metadata(void **state)
+{
+    struct qimg_create_opts o = opts(16);
+    struct cio c;
+    qimg_image *img = cio_create(&c, &o);
+    uint8_t a[CS];
+    uint64_t l1 = img->q->hdr.l1_table_offset;
+    uint64_t rt = img->q->hdr.refcount_table_offset;
+    struct txn t;
+
+    (void)state;
+    populate(img, 1);
+    memset(a, 0xa5, CS);
+    t_begin(&t, img, true);
+    cio_reset(&c);
+    assert_int_equal(txn_wbuf_write(&t, a, CS, l1), 0); /* buffered */
+    assert_int_equal(txn_wbuf_flush(&t), -EIO);
+    assert_non_null(strstr(qimg_last_error()->message,
+                           "overlaps with active L1 table"));
+    assert_int_equal(txn_wbuf_direct(&t, a, CS, rt), -EIO);
+    assert_int_equal(txn_wbuf_direct(&t, a, CS, 0), -EIO);
+    assert_int_equal(c.count[OP_WRITE] , 1); /* only the corrupt bit */
+    assert_int_equal(c.ops[0].off, 72);
+    t_end(&t);
+    assert_all_gen(img, 1);
+    qimg_image_close(img);
+    cio_free(&c);
+}
+
 /* ---- Counting, through the public API ------------------------------------ */
 
 /* Create: one more L1 points at every active L2 table, so each table and
@@ -1239,6 +1272,7 @@ int main(void)
         cmocka_unit_test(test_txn_space_alloc_free_in_both_states),
         cmocka_unit_test(test_txn_space_alloc_checks_blocks_not_held),
         cmocka_unit_test(test_txn_wbuf_coalesces),
+        cmocka_unit_test(test_txn_wbuf_refuses_live_metadata),
         cmocka_unit_test(test_txn_create_adds_one_reference_per_cluster),
         cmocka_unit_test(test_txn_delete_drops_one_reference_per_cluster),
         cmocka_unit_test(test_txn_apply_counts_only_changed_pointers),
