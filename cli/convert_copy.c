@@ -227,7 +227,14 @@ static int read_range(struct conv_job *job, uint8_t *buf, uint64_t len,
         if (!img)
             memset(buf, 0, (size_t)n);
         else if (qimg_image_read(img, buf, (size_t)n, off) < 0) {
-            cli_error("%s", qimg_last_error()->message);
+            /* QEMU names the corruption it met (the source is read-only)
+             * and nothing else before its own line. */
+            const struct qimg_error *e = qimg_last_error();
+            if (e->where[0])
+                fprintf(stderr,
+                        "qcow2: Image is corrupt: %s; further non-fatal "
+                        "corruption events will be suppressed\n",
+                        e->message);
             cli_error("error while reading at byte %llu: %s",
                       (unsigned long long)pos,
                       strerror(qimg_last_error()->errnum));

@@ -203,10 +203,11 @@ int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs)
         type = be32_load(buf + off);
         len = be32_load(buf + off + 4);
         off += 8;
-        if (type == EXT_END)
-            break;
+        /* Checked before the end marker's type, as QEMU does. */
         if (len > end - off)
             return qimg_err(EINVAL, "Header extension too large");
+        if (type == EXT_END)
+            break;
         ret = decode_one_ext(h, type, buf + off, len);
         if (ret < 0)
             return ret;

@@ -168,6 +168,13 @@ static unsigned kinds_of(const struct meta_state *m, uint64_t idx)
     return mask;
 }
 
+unsigned meta_kinds(const qimg_image *img, uint64_t idx)
+{
+    const struct meta_state *m = img->q->meta;
+
+    return idset_has(&m->any, idx) ? kinds_of(m, idx) : 0;
+}
+
 int meta_signal_overlap(qimg_image *img, uint64_t idx, unsigned allowed)
 {
     unsigned hit = kinds_of(img->q->meta, idx) & ~allowed;

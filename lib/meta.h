@@ -66,5 +66,7 @@ int meta_check_write(qimg_image *img, unsigned allowed, uint64_t off,
 int meta_overlap_check(qimg_image *img, uint64_t off, uint64_t len);
 /* Signal the overlap QEMU reports for a write to metadata cluster idx. */
 int meta_signal_overlap(qimg_image *img, uint64_t idx, unsigned allowed);
+/* The kinds (META_BIT mask) cluster idx holds; 0 if none. */
+unsigned meta_kinds(const qimg_image *img, uint64_t idx);
 
 #endif

@@ -421,6 +421,8 @@ int txn_snapshot_create(qimg_image *img, const char *name)
             ret = txn_tables_pointer_change(&t, p, 1);
     }
     if (ret == 0)
+        ret = txn_tables_check_meta(&t);
+    if (ret == 0)
         ret = txn_place_room(&t, room_needed(&t, active.size, 2,
                                              snaps, q->sn->nb_snaps + 1));
     for (uint32_t i = 0; ret == 0 && i < q->l1s->l1_size; i++) {
@@ -487,6 +489,8 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         if (txn_l1_ptr(sl1, s->l1_size, i))
             ret = txn_tables_pointer_change(&t, txn_l1_ptr(sl1, s->l1_size, i),
                                             -1);
+    if (ret == 0)
+        ret = txn_tables_check_meta(&t);
     if (ret == 0 && s->l1_size)
         ret = txn_refs_add_range(&t, s->l1_off, (uint64_t)s->l1_size * 8, -1);
     if (ret == 0 && s->l1_size)
@@ -602,6 +606,8 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         if (ret == 0 && p)
             ret = txn_tables_pointer_change(&t, p, 1);
     }
+    if (ret == 0)
+        ret = txn_tables_check_meta(&t);
     if (ret == 0)
         ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0));
     for (uint32_t i = 0; ret == 0 && i < n; i++)

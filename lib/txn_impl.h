@@ -112,6 +112,9 @@ struct txn_tables {
     uint8_t *tmp;         /* one L2 table, read or being fixed */
     struct u64map copies; /* old L2 table offset -> its new copy */
     struct l2store l2s;   /* L2 tables read so far, kept as runs */
+    /* L2 table cluster -> the refcount change the L1 pointers counted so
+     * far make to it (two's complement). */
+    struct u64map expect;
 };
 
 struct txn {
@@ -243,6 +246,10 @@ int txn_tables_init(struct txn *t);
 void txn_tables_free(struct txn *t);
 /* Validate an L1 table's pointers, or read and validate one L2 table
  * (into tables.tmp). */
+/* After counting: the old state's metadata changed its refcounts only as
+ * the counted L1 pointers say (a data entry naming a metadata cluster, or
+ * a table naming itself, shows as a change no pointer made). */
+int txn_tables_check_meta(struct txn *t);
 int txn_tables_check_l1(struct txn *t, const uint8_t *l1, uint32_t size);
 int txn_tables_read_l2(struct txn *t, uint64_t l2_off);
 /* One L1 pointer to l2_off appears (+1) or disappears (-1). */

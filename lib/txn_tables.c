@@ -47,6 +47,12 @@ static int read_l2(struct txn *t, uint64_t l2_off, uint8_t *buf)
         if (!q->ext_l2 && !(e & ~plain) && IS_ALIGNED(e, t->cs) &&
             (e & L2E_OFFSET_MASK) < q->file_size)
             continue;
+        /* Copied into a snapshot, such an entry would count twice as
+         * corrupt: refuse it (a guest write ignores the bits, as QEMU). */
+        if (!(e & QCOW_OFLAG_COMPRESSED) && (e & L2E_RESERVED_MASK))
+            return qimg_corrupt("Reserved bits set in L2 entry (L2 offset: "
+                                "%#" PRIx64 ", L2 index: %#" PRIx64 ")",
+                                l2_off, j);
         ret = l2_entry_check(t->img, e, l2_bitmap_get(q, buf, j), l2_off, j);
     }
     return ret;
@@ -118,6 +124,33 @@ static int count_table(struct txn *t, uint64_t l2_off, int64_t delta)
     return ret;
 }
 
+static int expect_change(struct txn *t, uint64_t l2_off, int64_t delta)
+{
+    uint64_t c = l2_off / t->cs, v = 0;
+
+    u64map_get(&t->tables.expect, c, &v);
+    return u64map_put(&t->tables.expect, c, v + (uint64_t)delta);
+}
+
+int txn_tables_check_meta(struct txn *t)
+{
+    uint64_t *c, old, now, want;
+    size_t n;
+    int ret = meta_list_sorted(t->img, &c, &n);
+
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        want = 0;
+        u64map_get(&t->tables.expect, c[i], &want);
+        ret = refcount_get(t->img, c[i], &old);
+        if (ret == 0)
+            ret = txn_refs_loaded(t, c[i], &now);
+        if (ret == 0 && now - old != want)
+            ret = meta_signal_overlap(t->img, c[i], 0);
+    }
+    free(c);
+    return ret;
+}
+
 /* One L1 pointer to l2_off appears (delta +1) or disappears (-1): so do
  * the table's references. A table kept as runs is counted from them
  * without reading it; otherwise it is read into t->tables.tmp. A pointer
@@ -131,6 +164,8 @@ int txn_tables_pointer_change(struct txn *t, uint64_t l2_off, int64_t delta)
 
     if (!l2store_get(&t->tables.l2s, l2_off, &runs, &nr))
         ret = read_l2(t, l2_off, t->tables.tmp);
+    if (ret == 0)
+        ret = expect_change(t, l2_off, delta);
     txn_refs_expect_existing(t, delta > 0);
     if (ret == 0)
         ret = count_table(t, l2_off, delta);
@@ -384,5 +419,6 @@ void txn_tables_free(struct txn *t)
 {
     free(t->tables.tmp);
     u64map_free(&t->tables.copies);
+    u64map_free(&t->tables.expect);
     l2store_free(&t->tables.l2s);
 }
