@@ -445,6 +445,15 @@ def _(d, L):
 V3 = ("v3",)
 _hdr("header_length_108", "header_length 108 (not a multiple of 8)",
      H_HLEN, put32, lambda L: 108, versions=V3)
+
+
+@kind("header_length_108_bare", "header_length 108 with no header "
+      "extensions (QEMU reads an end marker at 108)", versions=V3)
+def _(d, L):
+    d[104:L.cs] = bytes(L.cs - 104)
+    return put32(d, H_HLEN, 108)
+
+
 _hdr("header_length_96", "header_length 96 (< 104)", H_HLEN, put32,
      lambda L: 96, versions=V3)
 _hdr("header_length_120", "header_length 120 (8 unknown header bytes; "
@@ -460,6 +469,18 @@ _hdr("incompat_unknown_bit", "incompatible bit 8", H_INCOMPAT, put64,
      lambda L: 1 << 8, versions=V3)
 _hdr("incompat_dirty", "incompatible bit 0 (dirty) without lazy "
      "refcounts", H_INCOMPAT, put64, lambda L: 1, versions=V3)
+
+
+@kind("incompat_dirty_stale", "incompatible bit 0 (dirty) with compatible "
+      "bit 0 (lazy refcounts) and the refcount of the refcount-1 data "
+      "cluster 0, as a crash in lazy mode leaves it", versions=V3, dmg=GSC,
+      ok=G0)
+def _(d, L):
+    put64(d, H_INCOMPAT, 1)
+    put64(d, H_COMPAT, 1)
+    return put16(d, L.rc_pos(L.data(1, 1)), 0)
+
+
 _hdr("incompat_corrupt", "incompatible bit 1 (corrupt)", H_INCOMPAT,
      put64, lambda L: 2, versions=V3)
 _hdr("incompat_data_file", "incompatible bit 2 (external data file), no "
@@ -705,6 +726,11 @@ _snap_raw("snap_id_size_huge", "s1's id_str_size 0xffff (the table runs "
           lambda L: 0xffff)
 _snap_raw("snap_name_size_huge", "s1's name_size 0xffff", 14, put16,
           lambda L: 0xffff)
+_snap_raw("snap_id_size_huge_last", "s2's (the last entry's) id_str_size "
+          "0xffff (its ID runs over the next cluster)", 12, put16,
+          lambda L: 0xffff, i=1)
+_snap_raw("snap_name_size_huge_last", "s2's name_size 0xffff", 14, put16,
+          lambda L: 0xffff, i=1)
 _snap_raw("snap_extra_size_huge", "s1's extra_data_size 0x10000 (> 1024)",
           36, put32, lambda L: 0x10000)
 _snap("snap_id_empty", "s1's ID is empty", 0, id=lambda L: b"")
