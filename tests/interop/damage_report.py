@@ -1,7 +1,13 @@
-"""Group the failing cells of a damage-matrix run into a Markdown report.
+"""Group the failing cells of a damage-matrix run into a Markdown report,
+or make one damaged image by hand.
 
     DAMAGE_MATRIX_LOG=/tmp/dm.jsonl python3 -m pytest test_damage_matrix.py
     python3 damage_report.py /tmp/dm.jsonl > report.md
+    python3 damage_report.py make <kind> <v2|v3> <dir>
+
+`make` runs qemu-img/qemu-io to build the pristine base in <dir> and
+writes the damaged copy as <dir>/img.qcow2, so a cell's commands can be
+replayed there (from <dir>, on copies: mutations change the file).
 
 Cells are grouped by what went wrong (the first rule broken, which tool
 refused) and by the message of the tool that refused, with numbers
@@ -9,11 +15,13 @@ masked, so one cause in qimg is one group. Each group lists its cells
 and shows one of them in full: both command lines, exit codes, output
 (cut short) and what happened to the file.
 
-Not a test module; it runs no tool.
+Not a test module.
 """
 import collections
 import json
+import os
 import re
+import subprocess
 import sys
 
 NUM = re.compile(r"0x[0-9a-fA-F]+|(?<![A-Za-z])\d+")
@@ -117,5 +125,23 @@ def main(path):
         print()
 
 
+def make(kind, version, d):
+    import damage_kinds as dk
+    os.makedirs(d, exist_ok=True)
+    compat = {"v2": "0.10", "v3": "1.1"}[version]
+    for args in dk.base_steps(compat, dk.KINDS[kind].geom):
+        subprocess.run(args, cwd=d, check=True)
+    with open(os.path.join(d, "base.qcow2"), "rb") as f:
+        pristine = f.read()
+    with open(os.path.join(d, "img.qcow2"), "wb") as f:
+        f.write(dk.damage(kind, pristine))
+    dmg, ok, length = dk.ranges(kind, pristine)
+    print("%s/img.qcow2: %s (damaged range %d+%d, undamaged %d+%d)" % (
+        d, dk.KINDS[kind].doc, dmg, length, ok, length))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "make":
+        make(*sys.argv[2:5])
+    else:
+        main(sys.argv[1])
