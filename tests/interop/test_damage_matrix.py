@@ -18,7 +18,8 @@ Mutations (snapshot -c/-a/-d, io write, check -r all):
   * the same exit code as qemu-img/qemu-io;
   * qimg succeeds (check -r all: exit 0, 2 or 3): `qemu-img check
     --output=json` on its result finds no more corruptions, leaks or
-    check errors than on the damaged input, and still opens it;
+    check errors than on the damaged input, and still opens it; and the
+    image is not left marked corrupt;
   * qimg refuses: the file is byte-identical to the input except the
     corrupt bit (v3: byte 79, bit 1), and has the same size.
 Where QEMU itself does something bad (it crashes or aborts, it refuses
@@ -113,6 +114,8 @@ WRITES_THEN_REFUSES = (
     "QEMU changes the file (refcounts, a new L1/L2 table, refcount block or "
     "snapshot table, the grown file) before it meets the damage, then "
     "refuses, leaving it half-changed")
+MARKS_CORRUPT = ("QEMU reports success but leaves the image marked "
+                 "corrupt (it can no longer be opened read-write)")
 UNCHECKABLE = ("QEMU succeeds and leaves an image that qemu-img check can "
                "no longer open")
 MORE_CORRUPTION = (
@@ -217,6 +220,8 @@ bad(REPAIR_GIVES_UP, "l1e_on_header", "v3", "check-r-all")
 bad(REPAIR_GIVES_UP, "rte_misaligned", "v2 v3", "check-r-all")
 bad(REPAIR_GIVES_UP, "rte_reserved_bits", "v2 v3", "check-r-all")
 bad(REPAIR_GIVES_UP, "snap_l1_size_past_eof", "v3", "check-r-all")
+
+bad(MARKS_CORRUPT, "l1e_on_refblock", "v3", "io-write")
 
 bad(UNCHECKABLE, "l1_off_zero", "v2 v3", "snapshot-d")
 bad(UNCHECKABLE, "snap_off_zero", "v2 v3", "snapshot-c")
@@ -342,6 +347,10 @@ class Outcome:
         self.secs = time.monotonic() - t0
         self.size_before = len(before)
         self.size_after, self.diff = compare_file(d / IMG, before)
+        # The corrupt bit (v3: byte 79, bit 1) newly set; the caller
+        # clears it for v2, where byte 79 is no header field.
+        self.marked_corrupt = (len(before) > 79 and not before[79] & 2 and
+                               read_byte(d / IMG, 79) & 2 != 0)
         self.counts = None
 
     @property
@@ -379,6 +388,13 @@ class Outcome:
 CONT = re.compile(r"    (referenced by|in) \S")
 CRASH = re.compile(r"Segmentation fault|AddressSanitizer|runtime error|"
                    r"Aborted|core dumped|Assertion|LeakSanitizer")
+
+
+def read_byte(path, off):
+    with open(path, "rb") as f:
+        f.seek(off)
+        b = f.read(1)
+    return b[0] if b else 0
 
 
 def compare_file(path, before):
@@ -464,6 +480,8 @@ def qemu_bad(cmd, version, q, before):
         if cmd == "check-r-all" and "Check failed" in q.err:
             return "QEMU's repair gave up midway (Check failed)"
         return None
+    if q.marked_corrupt:
+        return "QEMU succeeded but left the image marked corrupt"
     w = worse(before, q.counts)
     if w:
         return "QEMU succeeded and left the image worse: " + w
@@ -518,6 +536,8 @@ def judge(kind, version, cmd, q, m, before, out_q, out_m):
     # mutations
     if succeeded(cmd, m.rc):
         w = worse(before, m.counts)
+        if m.marked_corrupt:
+            w = ", ".join(x for x in (w, "marked corrupt") if x)
         if w:
             probs.append("qimg succeeded (rc=%d) and left the image worse: "
                          "%s" % (m.rc, w))
@@ -544,6 +564,7 @@ def test_damage_matrix(bases, work, kind, version, cmd):
         d = fresh_dir(work / tool)
         (d / IMG).write_bytes(data)
         o = Outcome(argv(tool, cmd, rng), d, data)
+        o.marked_corrupt = o.marked_corrupt and version == "v3"
         if not o.crashed and (cmd in MUTATIONS and succeeded(cmd, o.rc) or
                               cmd in IO_READS and o.changed):
             o.counts = check_counts(d)
