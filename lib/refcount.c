@@ -365,7 +365,11 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
         if (ret < 0)
             return ret;
         for (i = idx & mask; i <= mask && run < n; i++, idx++) {
-            if (refblock_get(e->buf, i, q->refcount_order)) {
+            /* Metadata in use is never free, whatever its (damaged)
+             * refcount says: handing it out would fail the overlap check
+             * after the request wrote part of its data. */
+            if (refblock_get(e->buf, i, q->refcount_order) ||
+                meta_kinds(img, idx)) {
                 run = 0;
             } else {
                 *first_free = MIN(*first_free, idx);

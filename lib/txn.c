@@ -32,9 +32,11 @@
  *     snapshots_offset), (d) fdatasync, (e) discard clusters only the old
  *     state used. A power cut leaves exactly the old or the new image.
  *  4. What the operation reads is validated as it is counted, and every
- *     reference is counted before the first new structure is written, so
- *     a refusal (a bad entry, a refcount at its maximum) leaves the file
- *     byte for byte as it was.
+ *     reference is counted before the first new structure is made. The
+ *     write buffer holds what is made (up to 64 MiB) until the last count
+ *     (the refcount structures' own) is done, so a refusal (a bad entry,
+ *     a refcount at its maximum or below a reference, metadata where a
+ *     data entry points) leaves the file byte for byte as it was.
  */
 #include "txn_impl.h"
 
@@ -297,9 +299,12 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     if (ret == 0)
         ret = txn_space_find_freed(t);
     nr = new_roots(t, r);
-    /* 1 of 3: every new structure is durable ... */
+    /* 1 of 3: every new structure is durable (nothing was written before
+     * every count was made) ... */
     if (ret == 0)
         ret = txn_wbuf_flush(t);
+    if (ret == 0)
+        ret = txn_wbuf_release(t);
     /* 2 of 3: ... before one sector switches all roots at once ... */
     if (ret == 0)
         ret = roots_commit(t->img, &nr);

@@ -102,10 +102,21 @@ struct txn_space {
     size_t nb_freed;
 };
 
+struct txn_held {
+    uint64_t off;
+    size_t len;
+    uint8_t *data;
+};
+
 struct txn_wbuf {
     uint8_t *buf; /* contiguous new metadata, written in one go */
     uint64_t off;
     size_t len;
+    /* Until every refcount is counted (txn_wbuf_release), writes are held
+     * in memory, up to a cap: a refusal then finds the file untouched. */
+    bool hold;
+    struct txn_held *held;
+    size_t nb_held, cap_held, held_bytes;
 };
 
 struct txn_tables {
@@ -235,6 +246,8 @@ int txn_wbuf_init(struct txn *t);
 void txn_wbuf_free(struct txn *t);
 int txn_wbuf_write(struct txn *t, const void *data, size_t len, uint64_t off);
 int txn_wbuf_flush(struct txn *t);
+/* Write what was held back; from now on writes go straight out. */
+int txn_wbuf_release(struct txn *t);
 /* Write at once, unbuffered (checked like the rest). */
 int txn_wbuf_direct(struct txn *t, const void *data, size_t len,
                     uint64_t off);

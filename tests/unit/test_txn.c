@@ -448,6 +448,20 @@ static void test_txn_wbuf_coalesces(void **state)
     assert_int_equal(txn_space_alloc(&t, 1, &far), 0); /* a gap */
     assert_int_equal(txn_space_alloc(&t, 1, &far), 0);
     assert_int_not_equal(far, off + 2 * CS);
+    /* Held until every count is made: nothing reaches the file before
+     * txn_wbuf_release, which writes it all in order. */
+    cio_reset(&c);
+    assert_int_equal(txn_wbuf_write(&t, a, CS, off), 0);
+    assert_int_equal(txn_wbuf_write(&t, b, CS, far), 0);
+    assert_int_equal(txn_wbuf_flush(&t), 0);
+    assert_int_equal(c.count[OP_WRITE], 0);
+    assert_int_equal(txn_wbuf_release(&t), 0);
+    assert_int_equal(c.count[OP_WRITE], 2);
+    assert_int_equal(c.ops[0].off, off);
+    assert_int_equal(c.ops[1].off, far);
+    assert_int_equal(file_pread(img, back, CS, far), 0);
+    assert_memory_equal(back, b, CS);
+    /* Released: writes coalesce and go out as the buffer fills. */
     cio_reset(&c);
     assert_int_equal(txn_wbuf_write(&t, a, CS, off), 0);
     assert_int_equal(txn_wbuf_write(&t, b, CS, off + CS), 0);
