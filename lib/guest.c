@@ -42,13 +42,17 @@
  * bitmaps marked in use (both as QEMU does on a read-write open). */
 static int prepare_write(qimg_image *img)
 {
+    bool first;
     int ret;
 
     if (!img->read_write)
         return qimg_err(EACCES, "Image is read-only");
     if (roots_is_corrupt(img))
         return qimg_err(EIO, "Image is corrupt; cannot be written");
+    first = !meta_ready(img);
     ret = metaset_build(img);
+    if (ret == 0 && first) /* a refusal marks the image corrupt */
+        ret = metaset_check_snapshot_l1s(img);
     if (ret == 0)
         ret = roots_clear_autoclear(img);
     if (ret == 0)
@@ -274,6 +278,25 @@ static void trim_zero_sectors(const uint8_t *data, uint64_t *lo, uint64_t *hi)
         *hi -= 512;
 }
 
+/* A cluster a write moves away from (shared, so copied) keeps being used
+ * by whoever shares it: with a refcount of 0 (damage) the allocator would
+ * hand it out for the copy and the write would land on the other user's
+ * data. Refuse that before anything is allocated. */
+static int check_shared(qimg_image *img, uint64_t entry)
+{
+    uint64_t host = entry & L2E_OFFSET_MASK, rc;
+    int ret;
+
+    if (!host || (entry & QCOW_OFLAG_COMPRESSED))
+        return 0;
+    ret = refcount_get(img, host >> img->q->cluster_bits, &rc);
+    if (ret == 0 && !rc)
+        ret = qimg_corrupt("Refcount of cluster %" PRIu64
+                           " is lower than its references",
+                           host >> img->q->cluster_bits);
+    return ret;
+}
+
 /* Write the len bytes at data to offset in_off of a newly allocated
  * cluster; on failure the allocation is undone (nothing refers to it yet). */
 static int write_new_cluster(qimg_image *img, const uint8_t *data,
@@ -372,6 +395,9 @@ static int64_t write_std_run(qimg_image *img, struct mcache_entry *l2,
     }
     if (k < 2)
         return 0;
+    for (uint64_t i = 0; alloc && i < k; i++)
+        if ((ret = check_shared(img, l2_entry_get(q, l2->buf, idx + i))) < 0)
+            return ret;
     if (!alloc) {
         ret = meta_overlap_check(img, first, k * cs);
         if (ret == 0)
@@ -479,9 +505,20 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
     while (len > 0) {
         uint64_t n = MIN(len, q->cluster_size - (off & (q->cluster_size - 1)));
         struct mcache_entry *l2;
+        struct l2_slot s;
         uint64_t idx;
 
-        ret = l2_get_writable(img, off, &l2, &idx);
+        /* Refuse a bad entry (or an unreadable compressed source) before
+         * l2_get_writable copies a shared table and counts for it. */
+        ret = l2_lookup(img, off, &s);
+        if (ret == 0 && !(s.entry & QCOW_OFLAG_COPIED))
+            ret = check_shared(img, s.entry);
+        if (ret == 0 && (s.entry & QCOW_OFLAG_COMPRESSED) &&
+            n < q->cluster_size)
+            ret = cow_fill(img, ALIGN_DOWN(off, q->cluster_size), tmp, 0,
+                           q->cluster_size);
+        if (ret == 0)
+            ret = l2_get_writable(img, off, &l2, &idx);
         if (ret < 0)
             break;
         if (!q->ext_l2 && n == q->cluster_size && len >= 2 * n) {

@@ -232,6 +232,10 @@ int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out)
     if (ret < 0 || !out->l2_off)
         return ret;
     ret = l2_check_writable(q, out->l2_off);
+    /* A table on another structure is that structure's damage first. */
+    if (ret == 0)
+        ret = meta_check_write(img, META_BIT(META_ACTIVE_L2), out->l2_off,
+                               q->cluster_size);
     if (ret == 0)
         ret = l2_load(img, out->l2_off, &e);
     if (ret < 0)

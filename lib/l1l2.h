@@ -95,7 +95,9 @@ int l2_write_dirty(qimg_image *img);
 /* A cluster is no longer an L2 table this image reads (freed, or
  * rewritten on disk by a repair): drop any cached copy. */
 void l2_cache_forget(qimg_image *img, uint64_t off);
-/* Entry for guest cluster containing guest_off; zeros if unmapped. */
+/* Entry for guest cluster containing guest_off before a write changes it
+ * (checked as the write will need it: the table inside the file and on
+ * no other structure, the entry valid); zeros if unmapped. */
 int l2_lookup(qimg_image *img, uint64_t guest_off, struct l2_slot *out);
 /* The L2 table covering guest_off, made writable: allocated if missing,
  * copied if shared. Returned pinned; *idx is the entry index in it. */

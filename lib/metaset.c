@@ -43,6 +43,54 @@ static int check_roots(qimg_image *img)
     return 0;
 }
 
+int metaset_check_snapshot_l1s(qimg_image *img)
+{
+    const struct qcow2 *q = img->q;
+    uint64_t end = q->file_size;
+
+    /* New clusters would land inside what such a table claims, right
+     * after the end of the file. (One that starts past the end, as far
+     * as a bogus offset can be, is left to the overlap check.) */
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++) {
+        const struct snap *s = &q->sn->snaps[i];
+        if (s->l1_off < end && (uint64_t)s->l1_size * 8 > end - s->l1_off)
+            return qimg_corrupt("Snapshot %s's L1 table exceeds the end of "
+                                "the file",
+                                s->id);
+    }
+    return 0;
+}
+
+/* An active L1 entry with COPIED names a table nothing else uses: one
+ * named twice, or with a refcount above 1, would be written in place
+ * under another L1 entry or a snapshot. */
+static int check_active_l2(qimg_image *img)
+{
+    const struct l1_state *l1 = img->q->l1s;
+    struct idset seen = {0};
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < l1->l1_size; i++) {
+        uint64_t e = l1_entry_get(l1->l1, i), off = e & L1E_OFFSET_MASK;
+        uint64_t c = off >> img->q->cluster_bits, rc;
+        if (!off)
+            continue;
+        if (idset_has(&seen, c))
+            ret = qimg_corrupt("L2 table %#" PRIx64 " is named twice by "
+                               "the active L1 table",
+                               off);
+        else if (idset_add(&seen, c) < 0)
+            ret = qimg_err(ENOMEM, "Out of memory");
+        if (ret == 0 && (e & QCOW_OFLAG_COPIED) &&
+            (ret = refcount_get(img, c, &rc)) == 0 && rc > 1)
+            ret = qimg_corrupt("L2 table %#" PRIx64 " is shared (refcount "
+                               "%" PRIu64 ") but its L1 entry says COPIED",
+                               off, rc);
+    }
+    idset_free(&seen);
+    return ret;
+}
+
 /* A snapshot's L1 table and the bitmap directory count only as far as
  * they lie inside the file, and a snapshot L1 table only if its size is
  * valid (operations on it refuse it): neither is validated at open, and a
@@ -59,6 +107,8 @@ int metaset_build(qimg_image *img)
     if (meta_ready(img))
         return 0;
     ret = check_roots(img);
+    if (ret == 0)
+        ret = check_active_l2(img);
     if (ret < 0)
         return ret;
     meta_start(img);

@@ -14,6 +14,10 @@
  * (corruption) if a table cluster 0 points at lies past the end of the
  * file. */
 int metaset_build(qimg_image *img);
+/* Before a guest write: no snapshot's L1 table starts inside the file and
+ * runs past its end (the file would grow into it). Snapshot operations
+ * refuse such a table in their own words. */
+int metaset_check_snapshot_l1s(qimg_image *img);
 /* Before a snapshot operation writes anything: every cluster of live
  * metadata must be counted, or first-fit allocation of the operation's new
  * metadata could land on it. The lowest uncounted one is reported as
