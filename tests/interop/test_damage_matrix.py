@@ -551,12 +551,53 @@ def judge(kind, version, cmd, q, m, before, out_q, out_m):
     return probs
 
 
+# Cells where qimg still breaks the rules: strict xfail, so each entry
+# must go once qimg keeps them (issue 14 stays open on these).
+FILED = {}
+
+
+def filed(why, kind, cmds):
+    for v in ("v2", "v3"):
+        for c in cmds.split():
+            FILED[(kind, v, c)] = why
+
+
+# Delete gives up the old snapshot table and refcount table; an active
+# data entry naming one of them (the active tree delete does not read)
+# is left pointing at a freed cluster. Catching it means reading the
+# whole active tree on every delete.
+filed("delete frees a table an active data entry names",
+      "l2e_on_reftable", "snapshot-d")
+filed("delete frees a table an active data entry names",
+      "l2e_on_snap_table", "snapshot-d")
+# The last entry's 64 KiB ID/name runs over the next cluster, which the
+# old table's size then covers and delete frees with it.
+filed("a snapshot table that runs into another cluster is freed whole",
+      "snap_id_size_huge_last", "snapshot-d")
+filed("a snapshot table that runs into another cluster is freed whole",
+      "snap_name_size_huge_last", "snapshot-d")
+# A leaked cluster past the end of the file (refcount 1) is taken by
+# the new metadata and the leak shows; QEMU allocates first-fit below.
+filed("new metadata placed over a leaked cluster past the end",
+      "rc_free_past_eof", "snapshot-c")
+# The active L2 table's refcount is 1 though s2 shares it: apply drops
+# it to 0 and frees it (QEMU does the same: +3 leaks); telling needs
+# reading every snapshot's tree.
+filed("apply frees a shared table whose refcount is too low",
+      "rc_l2_low", "snapshot-a")
+
 CELLS = [(k, v, c) for k in dk.KINDS for v in dk.KINDS[k].versions
          for c in COMMANDS]
 
 
-@pytest.mark.parametrize("kind,version,cmd", CELLS,
-                         ids=["-".join(c) for c in CELLS])
+def cell_param(cell):
+    marks = []
+    if cell in FILED:
+        marks.append(pytest.mark.xfail(strict=True, reason=FILED[cell]))
+    return pytest.param(*cell, id="-".join(cell), marks=marks)
+
+
+@pytest.mark.parametrize("kind,version,cmd", [cell_param(c) for c in CELLS])
 def test_damage_matrix(bases, work, kind, version, cmd):
     data, rng = damaged(bases, kind, version)
     res = {}
