@@ -37,6 +37,10 @@ int fuzz_open(qimg_image **out, const uint8_t *data, size_t len,
               const struct qimg_open_opts *o);
 /* The current file contents of an image opened by fuzz_open (borrowed). */
 const uint8_t *fuzz_file_data(qimg_image *img, size_t *len);
+/* How many calls of an image opened by fuzz_open failed in the backend so
+ * far: a write or truncate past FUZZ_MAX_FILE (-EFBIG), io-mem out of
+ * memory (-ENOMEM). Such a failure is an I/O error, not a refusal. */
+uint64_t fuzz_io_failures(qimg_image *img);
 
 /* Read the guest disk in chunks, the whole of it if the budget allows and
  * evenly spaced chunks otherwise; the bytes read are taken from *budget.
@@ -47,6 +51,12 @@ int fuzz_read_disk(qimg_image *img, uint64_t *budget);
  * (and at most `limit` bytes), checking each answer is in range. */
 int fuzz_map_disk(qimg_image *img, uint64_t limit);
 
+/* Check data[0..len) read-only (on a private copy). 0 and *out (free it
+ * with qimg_check_result_free) if the check ran to its end; else a
+ * negative errno and *out NULL (the image did not open, or the check had
+ * to stop). */
+int fuzz_check_bytes(const uint8_t *data, size_t len,
+                     struct qimg_check_result **out);
 /* Whether a check result reports nothing: no corruption, leak or error. */
 bool fuzz_check_clean(const struct qimg_check_result *r);
 /* Check the image held in data[0..len) read-only; true if it is clean.

@@ -4,8 +4,9 @@
  *
  * The capped backend forwards to io-mem and refuses to grow the file past
  * FUZZ_MAX_FILE, so a header pointing the allocator far out costs an error,
- * not gigabytes. It does not check what the library does with the bytes:
- * the targets do.
+ * not gigabytes. It counts the calls it failed (the cap, or io-mem out of
+ * memory), so a target can tell an I/O failure from a refusal. It does not
+ * check what the library does with the bytes: the targets do.
  */
 #include "fuzz.h"
 
@@ -19,7 +20,15 @@
 
 struct cap_ctx {
     struct qimg_io mem;
+    uint64_t failures; /* calls that returned an error */
 };
+
+static int cap_count(struct cap_ctx *c, int ret)
+{
+    if (ret < 0)
+        c->failures++;
+    return ret;
+}
 
 static bool cap_exceeded(uint64_t off, uint64_t len)
 {
@@ -37,11 +46,11 @@ static int cap_pread(void *ctx, void *buf, size_t len, uint64_t off)
     int ret = c->mem.ops->get_size(c->mem.ctx, &size);
 
     if (ret < 0)
-        return ret;
+        return cap_count(c, ret);
     if (off < size)
         n = (size_t)MIN(len, size - off);
     memset((uint8_t *)buf + n, 0, len - n);
-    return n ? c->mem.ops->pread(c->mem.ctx, buf, n, off) : 0;
+    return n ? cap_count(c, c->mem.ops->pread(c->mem.ctx, buf, n, off)) : 0;
 }
 
 static int cap_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
@@ -49,22 +58,22 @@ static int cap_pwrite(void *ctx, const void *buf, size_t len, uint64_t off)
     struct cap_ctx *c = ctx;
 
     if (cap_exceeded(off, len))
-        return -EFBIG;
-    return c->mem.ops->pwrite(c->mem.ctx, buf, len, off);
+        return cap_count(c, -EFBIG);
+    return cap_count(c, c->mem.ops->pwrite(c->mem.ctx, buf, len, off));
 }
 
 static int cap_flush(void *ctx)
 {
     struct cap_ctx *c = ctx;
 
-    return c->mem.ops->flush(c->mem.ctx);
+    return cap_count(c, c->mem.ops->flush(c->mem.ctx));
 }
 
 static int cap_discard(void *ctx, uint64_t off, uint64_t len)
 {
     struct cap_ctx *c = ctx;
 
-    return c->mem.ops->discard(c->mem.ctx, off, len);
+    return cap_count(c, c->mem.ops->discard(c->mem.ctx, off, len));
 }
 
 static int cap_truncate(void *ctx, uint64_t size)
@@ -72,15 +81,15 @@ static int cap_truncate(void *ctx, uint64_t size)
     struct cap_ctx *c = ctx;
 
     if (cap_exceeded(size, 0))
-        return -EFBIG;
-    return c->mem.ops->truncate(c->mem.ctx, size);
+        return cap_count(c, -EFBIG);
+    return cap_count(c, c->mem.ops->truncate(c->mem.ctx, size));
 }
 
 static int cap_get_size(void *ctx, uint64_t *out)
 {
     struct cap_ctx *c = ctx;
 
-    return c->mem.ops->get_size(c->mem.ctx, out);
+    return cap_count(c, c->mem.ops->get_size(c->mem.ctx, out));
 }
 
 static void cap_close(void *ctx)
@@ -144,6 +153,11 @@ const uint8_t *fuzz_file_data(qimg_image *img, size_t *len)
     return io_mem_data(&c->mem, len);
 }
 
+uint64_t fuzz_io_failures(qimg_image *img)
+{
+    return ((struct cap_ctx *)img->io.ctx)->failures;
+}
+
 /* ---- Bounded guest reads and walks --------------------------------------- */
 
 #define READ_CHUNK (64u << 10)
@@ -200,23 +214,39 @@ bool fuzz_check_clean(const struct qimg_check_result *r)
     return r && !r->corruptions && !r->leaks && !r->check_errors;
 }
 
-bool fuzz_image_clean(const uint8_t *data, size_t len, bool *intact)
+int fuzz_check_bytes(const uint8_t *data, size_t len,
+                     struct qimg_check_result **out)
 {
     struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
     struct qimg_check_result *r = NULL;
     qimg_image *img = NULL;
+    int ret;
+
+    *out = NULL;
+    o.for_check = true;
+    ret = fuzz_open(&img, data, len, &o);
+    if (ret == 0)
+        ret = qimg_image_check(&r, img, 0);
+    if (ret == 0)
+        *out = r;
+    else
+        qimg_check_result_free(r);
+    if (img)
+        qimg_image_close(img);
+    return ret;
+}
+
+bool fuzz_image_clean(const uint8_t *data, size_t len, bool *intact)
+{
+    struct qimg_check_result *r;
     bool clean = false;
 
     *intact = false;
-    o.for_check = true;
-    if (fuzz_open(&img, data, len, &o) < 0)
-        return false;
-    if (qimg_image_check(&r, img, 0) == 0) {
+    if (fuzz_check_bytes(data, len, &r) == 0) {
         *intact = !r->corruptions && !r->check_errors;
         clean = fuzz_check_clean(r);
     }
     qimg_check_result_free(r);
-    qimg_image_close(img);
     return clean;
 }
 
