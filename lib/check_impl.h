@@ -104,6 +104,8 @@ struct chk_walk {
     /* Read by all: */
     uint8_t *refs; /* the expected refcounts (check.c, note 1) */
     uint64_t nb_refs;
+    uint64_t past_end; /* first cluster after every reference found past
+                        * the end of the file (0: none) */
     bool need_rebuild; /* the last walk met a refcount block to replace */
     uint64_t *cop1, *cop0; /* clusters with active entries with/without
                             * COPIED */

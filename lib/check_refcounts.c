@@ -268,7 +268,8 @@ static int rebuild(struct chk *c, uint64_t *highest)
     if (ret < 0)
         return ret;
     walk_drop_old_structures(c);
-    ret = rebuild_refcounts(c->img, c->walk.refs, c->walk.nb_refs);
+    ret = rebuild_refcounts(c->img, c->walk.refs, c->walk.nb_refs,
+                            c->walk.past_end);
     if (ret < 0) {
         r->check_errors++;
         findings_add(c, "rebuild-failed", true, NULL, "ERROR %s",

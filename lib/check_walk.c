@@ -63,6 +63,8 @@ static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
         off + len - c->walk.file_size >= q->cluster_size) {
         if (!c->find.quiet)
             c->res->corruptions++;
+        c->walk.past_end = MAX(c->walk.past_end,
+                               ((off + len - 1) >> q->cluster_bits) + 1);
         return findings_add(
             c, "beyond-eof", true, &c->walk.loc,
             "ERROR: counting reference for region exceeding the "

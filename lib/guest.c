@@ -490,6 +490,30 @@ set:
     return 0;
 }
 
+/* Before anything of a write request moves (a shared table copied, a
+ * cluster allocated, data written): every cluster it changes has a valid
+ * entry in a table on no other structure, a shared one still has a
+ * refcount, and a compressed one it only partly covers can be read. So
+ * a refusal leaves the file as it was. */
+static int check_request(qimg_image *img, uint64_t off, uint64_t len,
+                         uint8_t *tmp)
+{
+    const uint64_t cs = img->q->cluster_size;
+    uint64_t end = off + len;
+    int ret = 0;
+
+    for (uint64_t p = off; ret == 0 && p < end; p = ALIGN_DOWN(p, cs) + cs) {
+        struct l2_slot s;
+        ret = l2_lookup(img, p, &s);
+        if (ret == 0 && !(s.entry & QCOW_OFLAG_COPIED))
+            ret = check_shared(img, s.entry);
+        if (ret == 0 && (s.entry & QCOW_OFLAG_COMPRESSED) &&
+            (!IS_ALIGNED(p, cs) || end - p < cs))
+            ret = cow_fill(img, ALIGN_DOWN(p, cs), tmp, 0, cs);
+    }
+    return ret;
+}
+
 int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
 {
     struct qcow2 *q = img->q;
@@ -502,23 +526,13 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
     tmp = malloc(q->cluster_size);
     if (!tmp)
         return qimg_err(ENOMEM, "Out of memory");
-    while (len > 0) {
+    ret = check_request(img, off, len, tmp);
+    while (ret == 0 && len > 0) {
         uint64_t n = MIN(len, q->cluster_size - (off & (q->cluster_size - 1)));
         struct mcache_entry *l2;
-        struct l2_slot s;
         uint64_t idx;
 
-        /* Refuse a bad entry (or an unreadable compressed source) before
-         * l2_get_writable copies a shared table and counts for it. */
-        ret = l2_lookup(img, off, &s);
-        if (ret == 0 && !(s.entry & QCOW_OFLAG_COPIED))
-            ret = check_shared(img, s.entry);
-        if (ret == 0 && (s.entry & QCOW_OFLAG_COMPRESSED) &&
-            n < q->cluster_size)
-            ret = cow_fill(img, ALIGN_DOWN(off, q->cluster_size), tmp, 0,
-                           q->cluster_size);
-        if (ret == 0)
-            ret = l2_get_writable(img, off, &l2, &idx);
+        ret = l2_get_writable(img, off, &l2, &idx);
         if (ret < 0)
             break;
         if (!q->ext_l2 && n == q->cluster_size && len >= 2 * n) {

@@ -47,11 +47,17 @@ static uint64_t count_blocks(const struct qcow2 *q, const uint8_t *refs,
     return n;
 }
 
-int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs)
+int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
+                      uint64_t avoid)
 {
     struct qcow2 *q = img->q;
     uint64_t cs = q->cluster_size, per_cl = cs / 8;
     uint64_t start = MAX(DIV_ROUND_UP(q->file_size, cs), nb_refs);
+
+    /* Not over a cluster an entry names (QEMU is): data there would be
+     * the new table's. Not gigabytes away for a bogus offset either. */
+    if (avoid > start && avoid - start <= (1ull << 30) / cs)
+        start = avoid;
     uint64_t b = 1, t = 1, nb, tb, entries, pos;
     uint8_t *blk = malloc(cs), *tbl = NULL;
     int ret = 0;

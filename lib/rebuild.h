@@ -11,9 +11,11 @@
 #include "snaptable.h"
 
 /* New refcount structure from a computed table (refblock encoding, one
- * entry per cluster), placed past the end of the file; one header write
- * switches to it. */
-int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs);
+ * entry per cluster), placed past the end of the file and past `avoid`
+ * (the first cluster after what entries name past the end) if that lies
+ * within a GiB of it; one header write switches to it. */
+int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
+                      uint64_t avoid);
 int rebuild_set_incompat(qimg_image *img, uint64_t bits);
 int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
                            uint32_t n);
