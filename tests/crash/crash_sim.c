@@ -37,6 +37,7 @@
 #include <string.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -90,6 +91,14 @@ static void failf(const struct scenario *sc, const char *fmt, ...)
     failures++;
 }
 
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static uint64_t rnd(void)
 {
     static uint64_t x = 0;
@@ -119,16 +128,69 @@ static int open_bytes(qimg_image **img, const struct bytes *b, bool rw,
     return image_open_io(img, &io, "crash", &o, 0);
 }
 
+/* Disk buffers are recycled: every crash state reads several disks of
+ * megabytes, and fresh ones (page faults; mmap and munmap under ASan)
+ * cost more than the reading. */
+#define NDISKBUF 24
+
+static struct {
+    uint8_t *p;
+    uint64_t size;
+} diskbuf[NDISKBUF];
+
+static uint8_t *disk_alloc(uint64_t size)
+{
+    uint8_t *p;
+
+    for (int i = 0; i < NDISKBUF; i++)
+        if (diskbuf[i].p && diskbuf[i].size == size) {
+            p = diskbuf[i].p;
+            diskbuf[i].p = NULL;
+            return p;
+        }
+    p = malloc(size ? size : 1);
+    if (!p)
+        abort();
+    return p;
+}
+
+static void disk_free(uint8_t *p, uint64_t size)
+{
+    int slot = -1;
+
+    if (!p)
+        return;
+    for (int i = 0; i < NDISKBUF && slot < 0; i++)
+        if (!diskbuf[i].p)
+            slot = i;
+    if (slot < 0) {
+        free(p);
+        return;
+    }
+    diskbuf[slot].p = p;
+    diskbuf[slot].size = size;
+}
+
+static void disk_pool_free(void)
+{
+    for (int i = 0; i < NDISKBUF; i++) {
+        free(diskbuf[i].p);
+        diskbuf[i].p = NULL;
+    }
+}
+
 static void state_free(struct image_state *s)
 {
-    free(s->active);
+    disk_free(s->active, s->size);
     for (int i = 0; i < s->nb; i++)
-        free(s->sdata[i]);
+        disk_free(s->sdata[i], s->ssize[i]);
     memset(s, 0, sizeof *s);
 }
 
-/* Everything a guest can see: the active disk and every snapshot. */
-static int capture(const struct bytes *b, struct image_state *s)
+/* Everything a guest can see: every snapshot, and the active disk unless
+ * only the snapshots matter (then s->active stays NULL). */
+static int capture_ex(const struct bytes *b, struct image_state *s,
+                      bool active)
 {
     struct qimg_snapshot *l = NULL;
     qimg_image *img;
@@ -140,8 +202,10 @@ static int capture(const struct bytes *b, struct image_state *s)
     if (ret < 0)
         return ret;
     s->size = qimg_image_size(img);
-    s->active = malloc(s->size ? s->size : 1);
-    ret = qimg_image_read(img, s->active, s->size, 0);
+    if (active) {
+        s->active = disk_alloc(s->size);
+        ret = qimg_image_read(img, s->active, s->size, 0);
+    }
     if (ret == 0)
         ret = qimg_snapshot_list(&l, &n, img);
     qimg_image_close(img);
@@ -152,7 +216,7 @@ static int capture(const struct bytes *b, struct image_state *s)
         if (ret < 0)
             break;
         s->ssize[i] = qimg_image_size(v);
-        s->sdata[i] = malloc(s->ssize[i] ? s->ssize[i] : 1);
+        s->sdata[i] = disk_alloc(s->ssize[i]);
         ret = qimg_image_read(v, s->sdata[i], s->ssize[i], 0);
         qimg_image_close(v);
         s->nb = (int)i + 1;
@@ -160,6 +224,11 @@ static int capture(const struct bytes *b, struct image_state *s)
     qimg_snapshot_list_free(l, n);
     s->valid = ret == 0;
     return ret;
+}
+
+static int capture(const struct bytes *b, struct image_state *s)
+{
+    return capture_ex(b, s, true);
 }
 
 static int find_snap(const struct image_state *s, const char *id)
@@ -454,7 +523,7 @@ static void judge_next_write(const struct scenario *sc, const struct bytes *b,
     } else if (qimg_check_bytes(&after, &corr, &leaks) < 0 || corr) {
         failf(sc, "the next guest write left %lld corruptions",
               (long long)corr);
-    } else if (capture(&after, &t) == 0) {
+    } else if (capture_ex(&after, &t, false) == 0) {
         if (t.nb != s->nb)
             failf(sc, "the next guest write changed the snapshot table");
         for (int i = 0; i < t.nb && i < s->nb; i++)
@@ -1073,6 +1142,7 @@ static void run_states(const struct scenario *sc)
     struct seen seen = {0};
     struct rec r;
     unsigned long n0 = states_total;
+    double t0 = now();
 
     if (start_state(sc, &base, &before) < 0) {
         failf(sc, "setup failed");
@@ -1088,8 +1158,9 @@ static void run_states(const struct scenario *sc)
         failf(sc, "cannot read the result");
     replay(sc, &base, &r, &before, &after, &seen);
     drain();
-    printf("%-28s %5lu distinct crash states (%zu writes/flushes recorded)\n",
-           sc->name, states_total - n0, r.nb_ops);
+    printf("%-28s %5lu distinct crash states (%zu writes/flushes recorded, "
+           "%.1f s)\n",
+           sc->name, states_total - n0, r.nb_ops, now() - t0);
     fflush(stdout);
     rec_free(&r);
     state_free(&before);
@@ -1310,6 +1381,7 @@ int main(int argc, char **argv)
         }
     }
     drain();
+    disk_pool_free();
     for (int i = 0; i < NPOOL; i++) {
         char path[80];
         snprintf(path, sizeof path, "%s/state%d.qcow2", tmpdir, i);
