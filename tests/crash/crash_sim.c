@@ -706,6 +706,67 @@ static void torn_states(const struct scenario *sc, const struct bytes *prefix,
     }
 }
 
+/* Sector k of op (a write) would change b. */
+static bool sector_changes(const struct bytes *b, const struct rec_op *op,
+                           uint64_t k)
+{
+    uint64_t s = op->off / 512 + k;
+    uint64_t lo = MAX(s * 512, op->off), hi = MIN((s + 1) * 512,
+                                                  op->off + op->len);
+
+    for (uint64_t o = lo; o < hi; o++)
+        if (op->data[o - op->off] != (o < b->len ? b->data[o] : 0))
+            return true;
+    return false;
+}
+
+/* Power lost in the middle of a write issued in order: the writes before
+ * it landed, and it landed up to a sector boundary. Every boundary between
+ * sectors that change something (at most 32 * scale of them, evenly
+ * spread, per write). */
+static void prefix_tears(const struct scenario *sc, const struct bytes *prefix,
+                         const struct rec_op *const *ops, size_t n,
+                         struct seen *seen, const struct image_state *before,
+                         const struct image_state *after)
+{
+    struct bytes cur = {0};
+
+    bytes_set(&cur, prefix->data, prefix->len);
+    for (size_t w = 0; w < n; w++) {
+        uint64_t nsec, *eff, ne = 0, cap = 32 * scale;
+        uint8_t *sectors;
+        if (ops[w]->kind != REC_WRITE)
+            goto next;
+        nsec = (ops[w]->off + ops[w]->len + 511) / 512 - ops[w]->off / 512;
+        if (nsec < 2)
+            goto next;
+        eff = malloc(nsec * sizeof *eff);
+        sectors = calloc(nsec / 8 + 1, 1);
+        if (!eff || !sectors)
+            abort();
+        for (uint64_t k = 0; k < nsec; k++)
+            if (sector_changes(&cur, ops[w], k))
+                eff[ne++] = k;
+        /* A tear after the last changing sector is the whole write. */
+        for (uint64_t j = 0; j + 1 < ne; j++) {
+            uint64_t pick = ne - 1 <= cap ? j : j * (ne - 1) / cap, last;
+            if (ne - 1 > cap && j >= cap)
+                break;
+            last = eff[pick];
+            memset(sectors, 0, nsec / 8 + 1);
+            for (uint64_t k = 0; k <= last; k++)
+                sectors[k / 8] |= (uint8_t)(1u << (k % 8));
+            try_state(sc, prefix, ops, n, (1ull << w) - 1, w, sectors, seen,
+                      before, after);
+        }
+        free(eff);
+        free(sectors);
+    next:
+        bytes_apply(&cur, ops[w], NULL);
+    }
+    bytes_free(&cur);
+}
+
 static void replay(const struct scenario *sc, const struct bytes *base,
                    const struct rec *r, const struct image_state *before,
                    const struct image_state *after, struct seen *seen)
@@ -733,6 +794,7 @@ static void replay(const struct scenario *sc, const struct bytes *base,
                           NULL, seen, before, after);
         }
         torn_states(sc, &prefix, ep, n > 64 ? 64 : n, seen, before, after);
+        prefix_tears(sc, &prefix, ep, n > 64 ? 64 : n, seen, before, after);
         for (size_t k = 0; k < n; k++)
             bytes_apply(&prefix, ep[k], NULL);
         i++; /* past the flush */
