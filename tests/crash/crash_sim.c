@@ -20,8 +20,14 @@
  * (EIO, and ENOSPC for writes and truncates) for N = 1, 2, ... and checks
  * the error is reported, nothing is corrupted, a refused operation that
  * wrote nothing left the file byte-identical, and a retry succeeds.
+ * The refusals run operations the library must refuse with no fault at
+ * all (missing or clashing snapshots, damaged snapshot tables, refcounts
+ * already at their maximum, read-only images, bad requests) and check the
+ * errno, the message, that nothing was written, discarded or truncated
+ * (but the corrupt bit where QEMU sets it) and that the file is
+ * byte-identical.
  *
- * usage: crash_sim [states|faults|mallocs] [scale [stride]]
+ * usage: crash_sim [states|faults|mallocs|refusals] [scale [stride]]
  *   scale multiplies the random and torn states; stride N runs each
  *   operation on every N-th image variant (rotating per operation).
  *   Seed from CRASH_SEED; CRASH_ONLY=substring selects scenarios.
@@ -30,6 +36,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -982,22 +989,28 @@ static int op_snap_delete_first(qimg_image *img)
     return qimg_snapshot_delete(img, "one");
 }
 
+/* Write the in-memory snapshot table over the one on disk (it must fit in
+ * the clusters the old one has). */
+static void rewrite_snaps(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint8_t *buf;
+    uint64_t len;
+
+    if (snap_table_encode(q, q->sn->snaps, q->sn->nb_snaps, &buf, &len) < 0 ||
+        len > ALIGN_UP(q->sn->snap_table_size, q->cluster_size) ||
+        file_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
+        file_flush(img) < 0)
+        abort();
+    free(buf);
+}
+
 static void setup_resized(qimg_image *img)
 {
     setup_snaps(img);
     /* Snapshot 1 claims a bigger disk: applying it grows the image. */
     img->q->sn->snaps[0].disk_size = 12 << 20;
-    {
-        uint8_t *buf;
-        uint64_t len, off;
-        struct qcow2 *q = img->q;
-        if (snap_table_encode(q, q->sn->snaps, q->sn->nb_snaps, &buf, &len) < 0 ||
-            file_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
-            file_flush(img) < 0)
-            abort();
-        (void)off;
-        free(buf);
-    }
+    rewrite_snaps(img);
 }
 
 static int op_repair_leaks(qimg_image *img)
@@ -1451,10 +1464,299 @@ static void run_sweep(const struct scenario *sc, bool mallocs)
     bytes_free(&after_b);
 }
 
+/* ---- Refusals ------------------------------------------------------------ */
+
+/* Images the library must refuse to change. Each damages setup_snaps'
+ * snapshot table in place. */
+static void setup_id_wrap(qimg_image *img)
+{
+    struct snap *sn;
+
+    setup_snaps(img);
+    /* The next ID is the largest one plus 1, which wraps to 0: taken. */
+    sn = img->q->sn->snaps;
+    free(sn[0].id);
+    free(sn[1].id);
+    sn[0].id = strdup("18446744073709551615");
+    sn[1].id = strdup("0");
+    if (!sn[0].id || !sn[1].id)
+        abort();
+    rewrite_snaps(img);
+}
+
+static void setup_absurd_l1_size(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].l1_size = 1u << 28; /* 2 GiB of L1 table */
+    rewrite_snaps(img);
+}
+
+static void setup_l1_past_eof(qimg_image *img)
+{
+    struct qcow2 *q;
+
+    setup_snaps(img);
+    q = img->q;
+    q->sn->snaps[0].l1_off =
+        ALIGN_UP(q->file_size, q->cluster_size) + 4 * q->cluster_size;
+    rewrite_snaps(img);
+}
+
+static void setup_shared_l1(qimg_image *img)
+{
+    struct snap *sn;
+
+    setup_snaps(img);
+    sn = img->q->sn->snaps;
+    sn[1].l1_off = sn[0].l1_off;
+    sn[1].l1_size = sn[0].l1_size;
+    rewrite_snaps(img);
+}
+
+static void setup_l1_is_active(qimg_image *img)
+{
+    struct qcow2 *q;
+
+    setup_snaps(img);
+    q = img->q;
+    q->sn->snaps[0].l1_off = q->hdr.l1_table_offset;
+    q->sn->snaps[0].l1_size = q->l1s->l1_size;
+    rewrite_snaps(img);
+}
+
+static void setup_disk_negative(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].disk_size = 1ull << 63;
+    rewrite_snaps(img);
+}
+
+static void setup_disk_huge(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].disk_size = 1ull << 62; /* an L1 table of PiBs */
+    rewrite_snaps(img);
+}
+
+static void setup_corrupt_flag(qimg_image *img)
+{
+    uint8_t b[8];
+
+    setup_snaps(img);
+    be64_store(b, img->q->hdr.incompatible | INCOMPAT_CORRUPT);
+    if (file_pwrite(img, b, 8, HDR_INCOMPAT) < 0 || file_flush(img) < 0)
+        abort();
+}
+
+static int op_snap_apply_missing(qimg_image *img)
+{
+    return qimg_snapshot_apply(img, "9");
+}
+
+static int op_snap_delete_missing(qimg_image *img)
+{
+    return qimg_snapshot_delete(img, "9");
+}
+
+static int op_snap_apply2(qimg_image *img)
+{
+    return qimg_snapshot_apply(img, "2");
+}
+
+static int op_write_past_end(qimg_image *img)
+{
+    memset(op_buf, 0x5e, 1024);
+    return qimg_image_write(img, op_buf, 1024, qimg_image_size(img) - 512);
+}
+
+static int op_compress_unaligned(qimg_image *img)
+{
+    memset(op_buf, 0, img->q->cluster_size);
+    return qimg_image_write_compressed(img, op_buf, img->q->cluster_size,
+                                       256);
+}
+
+static int op_compress_allocated(qimg_image *img)
+{
+    memset(op_buf, 0, img->q->cluster_size);
+    return qimg_image_write_compressed(img, op_buf, img->q->cluster_size, 0);
+}
+
+static int op_zero_no_fallback(qimg_image *img)
+{
+    /* Part of the first cluster, which holds data. */
+    return qimg_image_write_zeroes(img, 100, 200, QIMG_ZERO_NO_FALLBACK);
+}
+
+#define RF_READ_ONLY 1u    /* opened read-only */
+#define RF_CORRUPT_BIT 2u  /* v3: sets the corrupt bit and writes nothing
+                              else, as QEMU does */
+#define RF_V2 4u           /* only v2 variants */
+
+struct refusal {
+    const char *name;
+    void (*setup)(qimg_image *img);
+    int (*op)(qimg_image *img); /* NULL: the read-write open refuses */
+    int err;                    /* the errno it refuses with */
+    unsigned flags;             /* RF_* */
+    unsigned needs;             /* NEED_* */
+    uint32_t refcount_bits;     /* 0: the variant's; else v3 only */
+};
+
+static const struct refusal refusals[] = {
+    {"apply-missing-id", setup_snaps, op_snap_apply_missing, ENOENT, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-missing-id", setup_snaps, op_snap_delete_missing, ENOENT, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-next-id-taken", setup_id_wrap, op_snap_create, EIO, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-absurd-l1-size", setup_absurd_l1_size, op_snap_create, EFBIG, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-absurd-l1-size", setup_absurd_l1_size, op_snap_apply1, EFBIG, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-beside-absurd-l1", setup_absurd_l1_size, op_snap_delete2, EFBIG,
+     0, NEED_REFCOUNT4, 0},
+    {"apply-l1-past-eof", setup_l1_past_eof, op_snap_apply1, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-shared-l1", setup_shared_l1, op_snap_create, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-shared-l1", setup_shared_l1, op_snap_apply2, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-shared-l1", setup_shared_l1, op_snap_delete1, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-l1-is-active", setup_l1_is_active, op_snap_apply1, EIO,
+     RF_CORRUPT_BIT, NEED_REFCOUNT4, 0},
+    {"apply-size-negative", setup_disk_negative, op_snap_apply1, EINVAL, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"apply-size-huge", setup_disk_huge, op_snap_apply1, EFBIG, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"apply-resize-v2", setup_resized, op_snap_apply1, ENOTSUP, RF_V2,
+     NEED_REFCOUNT4, 0},
+    /* A snapshot adds a reference no refcount can hold. */
+    {"create-refcount-full", setup_data, op_snap_create, EINVAL, 0, 0, 1},
+    {"create-refcount-full", setup_snaps, op_snap_create, EINVAL, 0, 0, 2},
+    {"open-rw-corrupt", setup_corrupt_flag, NULL, EACCES, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"write-read-only", setup_snaps, op_write_alloc, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"zero-read-only", setup_snaps, op_zero, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"discard-read-only", setup_snaps, op_discard, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"compressed-read-only", setup_data, op_compress, EACCES, RF_READ_ONLY, 0,
+     0},
+    {"create-read-only", setup_snaps, op_snap_create, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"apply-read-only", setup_snaps, op_snap_apply1, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"delete-read-only", setup_snaps, op_snap_delete1, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"write-past-end", setup_data, op_write_past_end, EINVAL, 0, 0, 0},
+    {"compressed-unaligned", setup_data, op_compress_unaligned, EINVAL, 0, 0,
+     0},
+    {"compressed-allocated", setup_data, op_compress_allocated, EIO, 0, 0, 0},
+    {"zero-no-fallback", setup_data, op_zero_no_fallback, ENOTSUP, 0, 0, 0},
+};
+
+static bool refusal_applies(const struct refusal *rf, const struct variant *v)
+{
+    struct op_def o = {.needs = rf->needs};
+
+    if ((rf->flags & RF_V2) && v->compat != 2)
+        return false;
+    if (rf->refcount_bits && v->compat < 3)
+        return false;
+    if (rf->refcount_bits && v->refcount_bits >= 4)
+        o.needs &= ~NEED_REFCOUNT4;
+    return applies(&o, v);
+}
+
+/* Run one refusal: the call fails with the right errno and a message, and
+ * neither it nor the close wrote, discarded or truncated anything (but
+ * the corrupt bit where QEMU sets it): the file is byte-identical. */
+static void run_refusal(const struct refusal *rf, const struct variant *v)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct op_def od = {rf->name, K_GUEST, rf->setup, rf->op, NULL, 0};
+    struct bytes base = {0}, res = {0};
+    struct scenario sc;
+    char name[96];
+    struct qimg_io io;
+    qimg_image *img;
+    struct rec r;
+    bool corrupt_bit = (rf->flags & RF_CORRUPT_BIT) && v->compat >= 3;
+    int ret;
+
+    sc = make_scenario(&od, v, name, sizeof name);
+    if (rf->refcount_bits) {
+        snprintf(name, sizeof name, "%s/%s as rb%u", rf->name, v->name,
+                 (unsigned)rf->refcount_bits);
+        sc.refcount_bits = rf->refcount_bits;
+    }
+    states_total++;
+    if (make_base(&sc, &base) < 0 || rec_init(&r, &base) < 0) {
+        failf(&sc, "setup failed");
+        bytes_free(&base);
+        return;
+    }
+    rec_io(&r, &io);
+    r.recording = true;
+    qimg_error_clear();
+    o.fmt = QIMG_FMT_QCOW2;
+    o.read_write = !(rf->flags & RF_READ_ONLY);
+    ret = image_open_io(&img, &io, "crash", &o, 0);
+    if (ret == 0 && !rf->op) {
+        failf(&sc, "opened read-write");
+        qimg_image_close(img);
+    } else if (ret == 0) {
+        ret = rf->op(img);
+        qimg_image_close(img);
+    } else if (rf->op) {
+        failf(&sc, "cannot open");
+    }
+    if (ret >= 0)
+        failf(&sc, "not refused");
+    else if (ret != -rf->err)
+        failf(&sc, "refused with %s, not %s", strerror(-ret),
+              strerror(rf->err));
+    else if (!qimg_last_error()->message[0])
+        failf(&sc, "refused without a message");
+    for (size_t i = 0; i < r.nb_ops; i++) {
+        const struct rec_op *op = &r.ops[i];
+        if (op->kind == REC_FLUSH || op->kind == REC_READ)
+            continue;
+        if (corrupt_bit && op->kind == REC_WRITE && op->off == HDR_INCOMPAT &&
+            op->len == 8 &&
+            be64_load(op->data) ==
+                (be64_load(base.data + HDR_INCOMPAT) | INCOMPAT_CORRUPT))
+            continue;
+        if (op->kind == REC_TRUNCATE)
+            failf(&sc, "refusal truncated the file to %" PRIu64 " bytes",
+                  op->off);
+        else
+            failf(&sc, "refusal %s %" PRIu64 " bytes at %#" PRIx64,
+                  op->kind == REC_WRITE ? "wrote" : "discarded", op->len,
+                  op->off);
+    }
+    rec_contents(&r, &res);
+    if (corrupt_bit)
+        be64_store(base.data + HDR_INCOMPAT,
+                   be64_load(base.data + HDR_INCOMPAT) | INCOMPAT_CORRUPT);
+    if (res.len != base.len || memcmp(res.data, base.data, res.len))
+        failf(&sc, "refusal changed the file%s",
+              corrupt_bit ? " (or did not set the corrupt bit)" : "");
+    printf("%-36s refused: %s\n", sc.name, qimg_last_error()->message);
+    fflush(stdout);
+    rec_free(&r);
+    bytes_free(&res);
+    bytes_free(&base);
+}
+
 int main(int argc, char **argv)
 {
     bool faults_mode = argc > 1 && !strcmp(argv[1], "faults");
     bool malloc_mode = argc > 1 && !strcmp(argv[1], "mallocs");
+    bool refusal_mode = argc > 1 && !strcmp(argv[1], "refusals");
     const char *only = getenv("CRASH_ONLY");
     /* Keep big buffers in the heap: no mmap/munmap per crash state. */
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
@@ -1477,9 +1779,19 @@ int main(int argc, char **argv)
     posix_spawn_file_actions_addopen(&spawn_actions, 2, "/dev/null", O_WRONLY,
                                      0);
     printf("crash_sim %s, seed %llu, scale %u\n",
-           malloc_mode ? "mallocs" : faults_mode ? "faults" : "states", seed,
-           scale);
-    for (size_t i = 0; i < sizeof ops_list / sizeof ops_list[0]; i++) {
+           refusal_mode  ? "refusals"
+           : malloc_mode ? "mallocs"
+           : faults_mode ? "faults"
+                         : "states",
+           seed, scale);
+    for (size_t i = 0; refusal_mode && i < sizeof refusals / sizeof *refusals;
+         i++)
+        for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++)
+            if (refusal_applies(&refusals[i], &variants[j]) &&
+                (!only || strstr(refusals[i].name, only)))
+                run_refusal(&refusals[i], &variants[j]);
+    for (size_t i = 0; !refusal_mode && i < sizeof ops_list / sizeof ops_list[0];
+         i++) {
         for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++) {
             char name[96];
             struct scenario sc;
@@ -1505,7 +1817,8 @@ int main(int argc, char **argv)
     }
     rmdir(tmpdir);
     printf("total: %lu %s checked, %lu failures\n", states_total,
-           malloc_mode  ? "failed allocations"
+           refusal_mode  ? "refusals"
+           : malloc_mode ? "failed allocations"
            : faults_mode ? "injected faults"
                          : "distinct crash states",
            failures);
