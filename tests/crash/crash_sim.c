@@ -68,14 +68,18 @@ struct scenario {
     bool failed_write;  /* judging the result of a failed guest write */
 };
 
+/* A disk that equals one of the reference disks it was read against
+ * points at that disk's bytes (own false) instead of a copy. */
 struct image_state {
     bool valid;
     uint64_t size;
-    uint8_t *active;
+    const uint8_t *active;
+    bool own_active;
     int nb;
     char id[MAX_SNAPS][32];
     uint64_t ssize[MAX_SNAPS];
-    uint8_t *sdata[MAX_SNAPS];
+    const uint8_t *sdata[MAX_SNAPS];
+    bool own[MAX_SNAPS];
 };
 
 static unsigned long long seed = 1;
@@ -161,7 +165,7 @@ static uint8_t *disk_alloc(uint64_t size)
     return p;
 }
 
-static void disk_free(uint8_t *p, uint64_t size)
+static void disk_free(const uint8_t *p, uint64_t size)
 {
     int slot = -1;
 
@@ -171,10 +175,10 @@ static void disk_free(uint8_t *p, uint64_t size)
         if (!diskbuf[i].p)
             slot = i;
     if (slot < 0) {
-        free(p);
+        free((void *)p);
         return;
     }
-    diskbuf[slot].p = p;
+    diskbuf[slot].p = (uint8_t *)p;
     diskbuf[slot].size = size;
 }
 
@@ -188,31 +192,90 @@ static void disk_pool_free(void)
 
 static void state_free(struct image_state *s)
 {
-    disk_free(s->active, s->size);
+    if (s->own_active)
+        disk_free(s->active, s->size);
     for (int i = 0; i < s->nb; i++)
-        disk_free(s->sdata[i], s->ssize[i]);
+        if (s->own[i])
+            disk_free(s->sdata[i], s->ssize[i]);
     memset(s, 0, sizeof *s);
 }
 
-/* Everything a guest can see: every snapshot, and the active disk unless
- * only the snapshots matter (then s->active stays NULL). */
-static int capture_ex(const struct bytes *b, struct image_state *s,
-                      bool active)
+static int find_snap(const struct image_state *s, const char *id);
+
+/* Read a disk of img. It is compared, a chunk at a time while the chunk
+ * is in the cache, with each candidate disk of its size: if it equals
+ * one, *out points at that one's bytes; otherwise at an owned copy. (Most
+ * crash states read disks equal to those before or after the operation:
+ * reading them whole and comparing them afterwards cost most of a state's
+ * time.) */
+#define READ_CHUNK (256u << 10)
+#define MAX_CAND (2 * (MAX_SNAPS + 1))
+
+static int read_disk(qimg_image *img, uint64_t size,
+                     const uint8_t *const *cand, int nc,
+                     const uint8_t **out, bool *own)
 {
+    static uint8_t chunk[READ_CHUNK];
+    bool alive[MAX_CAND];
+    int nalive = 0, ret = 0;
+    uint8_t *p;
+
+    for (int k = 0; k < nc; k++) {
+        alive[k] = cand[k] != NULL;
+        for (int j = 0; j < k && alive[k]; j++)
+            alive[k] = cand[j] != cand[k]; /* the same disk twice */
+        nalive += alive[k];
+    }
+    for (uint64_t off = 0; off < size && nalive && ret == 0;
+         off += READ_CHUNK) {
+        size_t n = (size_t)MIN(READ_CHUNK, size - off);
+        ret = qimg_image_read(img, chunk, n, off);
+        for (int k = 0; k < nc && ret == 0; k++)
+            if (alive[k] && memcmp(chunk, cand[k] + off, n)) {
+                alive[k] = false;
+                nalive--;
+            }
+    }
+    for (int k = 0; k < nc && ret == 0; k++)
+        if (alive[k]) {
+            *out = cand[k];
+            *own = false;
+            return 0;
+        }
+    p = disk_alloc(size);
+    *out = p;
+    *own = true;
+    return ret < 0 ? ret : qimg_image_read(img, p, size, 0);
+}
+
+/* Everything a guest can see: every snapshot, and the active disk unless
+ * only the snapshots matter (then s->active stays NULL). Disks are read
+ * against the disks of the same name in refs (the active disk also
+ * against their snapshots: an apply makes it one). */
+static int capture_ex(const struct bytes *b, struct image_state *s,
+                      bool active, const struct image_state *const *refs,
+                      int nrefs)
+{
+    const uint8_t *cand[MAX_CAND] = {0};
     struct qimg_snapshot *l = NULL;
     qimg_image *img;
     size_t n = 0;
-    int ret;
+    int ret, nc = 0;
 
     memset(s, 0, sizeof *s);
     ret = open_bytes(&img, b, false, false, NULL);
     if (ret < 0)
         return ret;
     s->size = qimg_image_size(img);
-    if (active) {
-        s->active = disk_alloc(s->size);
-        ret = qimg_image_read(img, s->active, s->size, 0);
+    for (int k = 0; active && k < nrefs; k++) {
+        if (refs[k]->active && refs[k]->size == s->size && nc < MAX_CAND)
+            cand[nc++] = refs[k]->active;
+        for (int j = 0; j < refs[k]->nb; j++)
+            if (refs[k]->ssize[j] == s->size && nc < MAX_CAND)
+                cand[nc++] = refs[k]->sdata[j];
     }
+    if (active)
+        ret = read_disk(img, s->size, cand, nc, &s->active, &s->own_active);
     if (ret == 0)
         ret = qimg_snapshot_list(&l, &n, img);
     qimg_image_close(img);
@@ -223,8 +286,13 @@ static int capture_ex(const struct bytes *b, struct image_state *s,
         if (ret < 0)
             break;
         s->ssize[i] = qimg_image_size(v);
-        s->sdata[i] = disk_alloc(s->ssize[i]);
-        ret = qimg_image_read(v, s->sdata[i], s->ssize[i], 0);
+        nc = 0;
+        for (int k = 0; k < nrefs; k++) {
+            int j = find_snap(refs[k], s->id[i]);
+            if (j >= 0 && refs[k]->ssize[j] == s->ssize[i] && nc < MAX_CAND)
+                cand[nc++] = refs[k]->sdata[j];
+        }
+        ret = read_disk(v, s->ssize[i], cand, nc, &s->sdata[i], &s->own[i]);
         qimg_image_close(v);
         s->nb = (int)i + 1;
     }
@@ -233,9 +301,12 @@ static int capture_ex(const struct bytes *b, struct image_state *s,
     return ret;
 }
 
-static int capture(const struct bytes *b, struct image_state *s)
+/* Everything a guest can see, read against one reference state (or
+ * none: ref NULL). */
+static int capture(const struct bytes *b, struct image_state *s,
+                   const struct image_state *ref)
 {
-    return capture_ex(b, s, true);
+    return capture_ex(b, s, true, &ref, ref ? 1 : 0);
 }
 
 static int find_snap(const struct image_state *s, const char *id)
@@ -249,7 +320,7 @@ static int find_snap(const struct image_state *s, const char *id)
 static bool same_disk(uint64_t sa, const uint8_t *a, uint64_t sb,
                       const uint8_t *b)
 {
-    return sa == sb && !memcmp(a, b, sa);
+    return sa == sb && (a == b || !memcmp(a, b, sa));
 }
 
 static bool snap_equal(const struct image_state *x, int i,
@@ -456,7 +527,7 @@ static void judge_rerepair(const struct scenario *sc, const struct bytes *b,
               (long long)corr, (long long)leaks);
     else
         qemu_check_async(sc, &fixed, false, "after a second repair");
-    if (capture(&fixed, &s) == 0) {
+    if (capture(&fixed, &s, before) == 0) {
         if (!same_disk(s.size, s.active, before->size, before->active) ||
             s.nb != before->nb)
             failf(sc, "repair changed guest data");
@@ -530,7 +601,7 @@ static void judge_next_write(const struct scenario *sc, const struct bytes *b,
     } else if (qimg_check_bytes(&after, &corr, &leaks) < 0 || corr) {
         failf(sc, "the next guest write left %lld corruptions",
               (long long)corr);
-    } else if (capture_ex(&after, &t, false) == 0) {
+    } else if (capture_ex(&after, &t, false, &s, 1) == 0) {
         if (t.nb != s->nb)
             failf(sc, "the next guest write changed the snapshot table");
         for (int i = 0; i < t.nb && i < s->nb; i++)
@@ -596,7 +667,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
         return;
     }
     qemu_check_async(sc, b, leaks_ok, "crash state");
-    if (capture(b, &s) < 0) {
+    if (capture_ex(b, &s, true, (const struct image_state *[]){before, after},
+                   2) < 0) {
         failf(sc, "cannot read the image");
         return;
     }
@@ -1190,7 +1262,7 @@ static int start_state(const struct scenario *sc, struct bytes *base,
         memset(before, 0, sizeof *before);
         return 0;
     }
-    return capture(base, before);
+    return capture(base, before, NULL);
 }
 
 /* Run the scenario's operation over io (consumed): open and operate, or
@@ -1281,7 +1353,7 @@ static void run_states(const struct scenario *sc)
         return;
     }
     rec_contents(&r, &after_b);
-    if (capture(&after_b, &after) < 0)
+    if (capture(&after_b, &after, &before) < 0)
         failf(sc, "cannot read the result");
     replay(sc, &base, &r, &before, &after, &seen);
     drain();
@@ -1358,7 +1430,7 @@ static bool fault_once(const struct scenario *sc, const struct bytes *base,
     relaxed.failed_write = ret < 0;
     judge(&relaxed, &res, before, after);
     /* Unless it completed after all, the same operation now succeeds. */
-    done = capture(&res, &s) == 0 && sc->kind != K_REPAIR &&
+    done = capture(&res, &s, after) == 0 && sc->kind != K_REPAIR &&
            same_disk(s.size, s.active, after->size, after->active) &&
            s.nb == after->nb;
     if (s.valid)
@@ -1408,7 +1480,7 @@ static bool malloc_once(const struct scenario *sc, const struct bytes *base,
     judge(&relaxed, &res, before, after);
     if (sc->kind != K_REPAIR && ret < 0) {
         struct image_state s;
-        bool done = capture(&res, &s) == 0 &&
+        bool done = capture(&res, &s, after) == 0 &&
                     same_disk(s.size, s.active, after->size, after->active) &&
                     s.nb == after->nb;
         if (s.valid)
@@ -1437,7 +1509,8 @@ static void run_sweep(const struct scenario *sc, bool mallocs)
         return;
     }
     if (run_op(sc, &base, &r, sc->kind == K_REPAIR) < 0 ||
-        (rec_contents(&r, &after_b), capture(&after_b, &after)) < 0) {
+        (rec_contents(&r, &after_b), capture(&after_b, &after, &before)) <
+            0) {
         failf(sc, "operation failed");
         rec_free(&r);
         return;
@@ -1790,8 +1863,8 @@ int main(int argc, char **argv)
             if (refusal_applies(&refusals[i], &variants[j]) &&
                 (!only || strstr(refusals[i].name, only)))
                 run_refusal(&refusals[i], &variants[j]);
-    for (size_t i = 0; !refusal_mode && i < sizeof ops_list / sizeof ops_list[0];
-         i++) {
+    for (size_t i = 0;
+         !refusal_mode && i < sizeof ops_list / sizeof ops_list[0]; i++) {
         for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++) {
             char name[96];
             struct scenario sc;
