@@ -20,8 +20,14 @@
  * (EIO, and ENOSPC for writes and truncates) for N = 1, 2, ... and checks
  * the error is reported, nothing is corrupted, a refused operation that
  * wrote nothing left the file byte-identical, and a retry succeeds.
+ * The refusals run operations the library must refuse with no fault at
+ * all (missing or clashing snapshots, damaged snapshot tables, refcounts
+ * already at their maximum, read-only images, bad requests) and check the
+ * errno, the message, that nothing was written, discarded or truncated
+ * (but the corrupt bit where QEMU sets it) and that the file is
+ * byte-identical.
  *
- * usage: crash_sim [states|faults|mallocs] [scale [stride]]
+ * usage: crash_sim [states|faults|mallocs|refusals] [scale [stride]]
  *   scale multiplies the random and torn states; stride N runs each
  *   operation on every N-th image variant (rotating per operation).
  *   Seed from CRASH_SEED; CRASH_ONLY=substring selects scenarios.
@@ -30,6 +36,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +44,7 @@
 #include <string.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -60,14 +68,18 @@ struct scenario {
     bool failed_write;  /* judging the result of a failed guest write */
 };
 
+/* A disk that equals one of the reference disks it was read against
+ * points at that disk's bytes (own false) instead of a copy. */
 struct image_state {
     bool valid;
     uint64_t size;
-    uint8_t *active;
+    const uint8_t *active;
+    bool own_active;
     int nb;
     char id[MAX_SNAPS][32];
     uint64_t ssize[MAX_SNAPS];
-    uint8_t *sdata[MAX_SNAPS];
+    const uint8_t *sdata[MAX_SNAPS];
+    bool own[MAX_SNAPS];
 };
 
 static unsigned long long seed = 1;
@@ -88,6 +100,14 @@ static void failf(const struct scenario *sc, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, " [%s]\n", qimg_last_error()->message);
     failures++;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static uint64_t rnd(void)
@@ -119,29 +139,143 @@ static int open_bytes(qimg_image **img, const struct bytes *b, bool rw,
     return image_open_io(img, &io, "crash", &o, 0);
 }
 
+/* Disk buffers are recycled: every crash state reads several disks of
+ * megabytes, and fresh ones (page faults; mmap and munmap under ASan)
+ * cost more than the reading. */
+#define NDISKBUF 24
+
+static struct {
+    uint8_t *p;
+    uint64_t size;
+} diskbuf[NDISKBUF];
+
+static uint8_t *disk_alloc(uint64_t size)
+{
+    uint8_t *p;
+
+    for (int i = 0; i < NDISKBUF; i++)
+        if (diskbuf[i].p && diskbuf[i].size == size) {
+            p = diskbuf[i].p;
+            diskbuf[i].p = NULL;
+            return p;
+        }
+    p = malloc(size ? size : 1);
+    if (!p)
+        abort();
+    return p;
+}
+
+static void disk_free(const uint8_t *p, uint64_t size)
+{
+    int slot = -1;
+
+    if (!p)
+        return;
+    for (int i = 0; i < NDISKBUF && slot < 0; i++)
+        if (!diskbuf[i].p)
+            slot = i;
+    if (slot < 0) {
+        free((void *)p);
+        return;
+    }
+    diskbuf[slot].p = (uint8_t *)p;
+    diskbuf[slot].size = size;
+}
+
+static void disk_pool_free(void)
+{
+    for (int i = 0; i < NDISKBUF; i++) {
+        free(diskbuf[i].p);
+        diskbuf[i].p = NULL;
+    }
+}
+
 static void state_free(struct image_state *s)
 {
-    free(s->active);
+    if (s->own_active)
+        disk_free(s->active, s->size);
     for (int i = 0; i < s->nb; i++)
-        free(s->sdata[i]);
+        if (s->own[i])
+            disk_free(s->sdata[i], s->ssize[i]);
     memset(s, 0, sizeof *s);
 }
 
-/* Everything a guest can see: the active disk and every snapshot. */
-static int capture(const struct bytes *b, struct image_state *s)
+static int find_snap(const struct image_state *s, const char *id);
+
+/* Read a disk of img. It is compared, a chunk at a time while the chunk
+ * is in the cache, with each candidate disk of its size: if it equals
+ * one, *out points at that one's bytes; otherwise at an owned copy. (Most
+ * crash states read disks equal to those before or after the operation:
+ * reading them whole and comparing them afterwards cost most of a state's
+ * time.) */
+#define READ_CHUNK (256u << 10)
+#define MAX_CAND (2 * (MAX_SNAPS + 1))
+
+static int read_disk(qimg_image *img, uint64_t size,
+                     const uint8_t *const *cand, int nc,
+                     const uint8_t **out, bool *own)
 {
+    static uint8_t chunk[READ_CHUNK];
+    bool alive[MAX_CAND];
+    int nalive = 0, ret = 0;
+    uint8_t *p;
+
+    for (int k = 0; k < nc; k++) {
+        alive[k] = cand[k] != NULL;
+        for (int j = 0; j < k && alive[k]; j++)
+            alive[k] = cand[j] != cand[k]; /* the same disk twice */
+        nalive += alive[k];
+    }
+    for (uint64_t off = 0; off < size && nalive && ret == 0;
+         off += READ_CHUNK) {
+        size_t n = (size_t)MIN(READ_CHUNK, size - off);
+        ret = qimg_image_read(img, chunk, n, off);
+        for (int k = 0; k < nc && ret == 0; k++)
+            if (alive[k] && memcmp(chunk, cand[k] + off, n)) {
+                alive[k] = false;
+                nalive--;
+            }
+    }
+    for (int k = 0; k < nc && ret == 0; k++)
+        if (alive[k]) {
+            *out = cand[k];
+            *own = false;
+            return 0;
+        }
+    p = disk_alloc(size);
+    *out = p;
+    *own = true;
+    return ret < 0 ? ret : qimg_image_read(img, p, size, 0);
+}
+
+/* Everything a guest can see: every snapshot, and the active disk unless
+ * only the snapshots matter (then s->active stays NULL). Disks are read
+ * against the disks of the same name in refs (the active disk also
+ * against their snapshots: an apply makes it one). */
+static int capture_ex(const struct bytes *b, struct image_state *s,
+                      bool active, const struct image_state *const *refs,
+                      int nrefs)
+{
+    const uint8_t *cand[MAX_CAND] = {0};
     struct qimg_snapshot *l = NULL;
     qimg_image *img;
     size_t n = 0;
-    int ret;
+    int ret, nc = 0;
 
     memset(s, 0, sizeof *s);
     ret = open_bytes(&img, b, false, false, NULL);
     if (ret < 0)
         return ret;
     s->size = qimg_image_size(img);
-    s->active = malloc(s->size ? s->size : 1);
-    ret = qimg_image_read(img, s->active, s->size, 0);
+    for (int k = 0; active && k < nrefs; k++) {
+        if (refs[k]->active && refs[k]->size == s->size && nc < MAX_CAND)
+            cand[nc++] = refs[k]->active;
+        for (int j = 0; j < refs[k]->nb; j++)
+            if (refs[k]->ssize[j] == s->size && nc < MAX_CAND)
+                cand[nc++] = refs[k]->sdata[j];
+    }
+    if (active)
+        ret = read_disk(img, s->size, cand, nc, &s->active, &s->own_active);
     if (ret == 0)
         ret = qimg_snapshot_list(&l, &n, img);
     qimg_image_close(img);
@@ -152,14 +286,27 @@ static int capture(const struct bytes *b, struct image_state *s)
         if (ret < 0)
             break;
         s->ssize[i] = qimg_image_size(v);
-        s->sdata[i] = malloc(s->ssize[i] ? s->ssize[i] : 1);
-        ret = qimg_image_read(v, s->sdata[i], s->ssize[i], 0);
+        nc = 0;
+        for (int k = 0; k < nrefs; k++) {
+            int j = find_snap(refs[k], s->id[i]);
+            if (j >= 0 && refs[k]->ssize[j] == s->ssize[i] && nc < MAX_CAND)
+                cand[nc++] = refs[k]->sdata[j];
+        }
+        ret = read_disk(v, s->ssize[i], cand, nc, &s->sdata[i], &s->own[i]);
         qimg_image_close(v);
         s->nb = (int)i + 1;
     }
     qimg_snapshot_list_free(l, n);
     s->valid = ret == 0;
     return ret;
+}
+
+/* Everything a guest can see, read against one reference state (or
+ * none: ref NULL). */
+static int capture(const struct bytes *b, struct image_state *s,
+                   const struct image_state *ref)
+{
+    return capture_ex(b, s, true, &ref, ref ? 1 : 0);
 }
 
 static int find_snap(const struct image_state *s, const char *id)
@@ -173,7 +320,7 @@ static int find_snap(const struct image_state *s, const char *id)
 static bool same_disk(uint64_t sa, const uint8_t *a, uint64_t sb,
                       const uint8_t *b)
 {
-    return sa == sb && !memcmp(a, b, sa);
+    return sa == sb && (a == b || !memcmp(a, b, sa));
 }
 
 static bool snap_equal(const struct image_state *x, int i,
@@ -380,7 +527,7 @@ static void judge_rerepair(const struct scenario *sc, const struct bytes *b,
               (long long)corr, (long long)leaks);
     else
         qemu_check_async(sc, &fixed, false, "after a second repair");
-    if (capture(&fixed, &s) == 0) {
+    if (capture(&fixed, &s, before) == 0) {
         if (!same_disk(s.size, s.active, before->size, before->active) ||
             s.nb != before->nb)
             failf(sc, "repair changed guest data");
@@ -454,7 +601,7 @@ static void judge_next_write(const struct scenario *sc, const struct bytes *b,
     } else if (qimg_check_bytes(&after, &corr, &leaks) < 0 || corr) {
         failf(sc, "the next guest write left %lld corruptions",
               (long long)corr);
-    } else if (capture(&after, &t) == 0) {
+    } else if (capture_ex(&after, &t, false, &s, 1) == 0) {
         if (t.nb != s->nb)
             failf(sc, "the next guest write changed the snapshot table");
         for (int i = 0; i < t.nb && i < s->nb; i++)
@@ -520,7 +667,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
         return;
     }
     qemu_check_async(sc, b, leaks_ok, "crash state");
-    if (capture(b, &s) < 0) {
+    if (capture_ex(b, &s, true, (const struct image_state *[]){before, after},
+                   2) < 0) {
         failf(sc, "cannot read the image");
         return;
     }
@@ -637,6 +785,67 @@ static void torn_states(const struct scenario *sc, const struct bytes *prefix,
     }
 }
 
+/* Sector k of op (a write) would change b. */
+static bool sector_changes(const struct bytes *b, const struct rec_op *op,
+                           uint64_t k)
+{
+    uint64_t s = op->off / 512 + k;
+    uint64_t lo = MAX(s * 512, op->off), hi = MIN((s + 1) * 512,
+                                                  op->off + op->len);
+
+    for (uint64_t o = lo; o < hi; o++)
+        if (op->data[o - op->off] != (o < b->len ? b->data[o] : 0))
+            return true;
+    return false;
+}
+
+/* Power lost in the middle of a write issued in order: the writes before
+ * it landed, and it landed up to a sector boundary. Every boundary between
+ * sectors that change something (at most 32 * scale of them, evenly
+ * spread, per write). */
+static void prefix_tears(const struct scenario *sc, const struct bytes *prefix,
+                         const struct rec_op *const *ops, size_t n,
+                         struct seen *seen, const struct image_state *before,
+                         const struct image_state *after)
+{
+    struct bytes cur = {0};
+
+    bytes_set(&cur, prefix->data, prefix->len);
+    for (size_t w = 0; w < n; w++) {
+        uint64_t nsec, *eff, ne = 0, cap = 32 * scale;
+        uint8_t *sectors;
+        if (ops[w]->kind != REC_WRITE)
+            goto next;
+        nsec = (ops[w]->off + ops[w]->len + 511) / 512 - ops[w]->off / 512;
+        if (nsec < 2)
+            goto next;
+        eff = malloc(nsec * sizeof *eff);
+        sectors = calloc(nsec / 8 + 1, 1);
+        if (!eff || !sectors)
+            abort();
+        for (uint64_t k = 0; k < nsec; k++)
+            if (sector_changes(&cur, ops[w], k))
+                eff[ne++] = k;
+        /* A tear after the last changing sector is the whole write. */
+        for (uint64_t j = 0; j + 1 < ne; j++) {
+            uint64_t pick = ne - 1 <= cap ? j : j * (ne - 1) / cap, last;
+            if (ne - 1 > cap && j >= cap)
+                break;
+            last = eff[pick];
+            memset(sectors, 0, nsec / 8 + 1);
+            for (uint64_t k = 0; k <= last; k++)
+                sectors[k / 8] |= (uint8_t)(1u << (k % 8));
+            try_state(sc, prefix, ops, n, (1ull << w) - 1, w, sectors, seen,
+                      before, after);
+        }
+        free(eff);
+        free(sectors);
+    next:
+        bytes_apply(&cur, ops[w], NULL);
+    }
+    bytes_free(&cur);
+}
+
 static void replay(const struct scenario *sc, const struct bytes *base,
                    const struct rec *r, const struct image_state *before,
                    const struct image_state *after, struct seen *seen)
@@ -664,6 +873,7 @@ static void replay(const struct scenario *sc, const struct bytes *base,
                           NULL, seen, before, after);
         }
         torn_states(sc, &prefix, ep, n > 64 ? 64 : n, seen, before, after);
+        prefix_tears(sc, &prefix, ep, n > 64 ? 64 : n, seen, before, after);
         for (size_t k = 0; k < n; k++)
             bytes_apply(&prefix, ep[k], NULL);
         i++; /* past the flush */
@@ -702,6 +912,26 @@ static void setup_snaps(qimg_image *img)
     if (qimg_snapshot_create(img, "two") < 0)
         abort();
     fill(img, 100000, 20000, 0x44);
+}
+
+/* Four snapshots over data that changes between them: each L2 range is
+ * shared by a different set of trees, with refcounts from 1 to 5, some
+ * clusters only in snapshots (overwritten or unmapped since) and some
+ * only in the active disk. */
+static void setup_many(qimg_image *img)
+{
+    setup_snaps(img);
+    if (qimg_snapshot_create(img, "three") < 0)
+        abort();
+    /* Every other touched L2 range of setup_data, in part. */
+    for (uint64_t o = (1 << 20) + 48 * 1024; o < (3u << 20); o += 192 * 1024)
+        fill(img, o, 512, 0x55);
+    if (qimg_image_write_zeroes(img, 512 * 1024, 4096, QIMG_ZERO_UNMAP) < 0)
+        abort();
+    if (qimg_snapshot_create(img, "four") < 0)
+        abort();
+    fill(img, 3u << 20, 40 * 1024, 0x66);
+    fill(img, 30000, 1000, 0x77);
 }
 
 /* Operations allocate nothing themselves: the allocation-failure sweep
@@ -816,22 +1046,43 @@ static int op_snap_delete2(qimg_image *img)
     return qimg_snapshot_delete(img, "2");
 }
 
+static int op_snap_apply3(qimg_image *img)
+{
+    return qimg_snapshot_apply(img, "3");
+}
+
+static int op_snap_delete3(qimg_image *img)
+{
+    return qimg_snapshot_delete(img, "3");
+}
+
+static int op_snap_delete_first(qimg_image *img)
+{
+    return qimg_snapshot_delete(img, "one");
+}
+
+/* Write the in-memory snapshot table over the one on disk (it must fit in
+ * the clusters the old one has). */
+static void rewrite_snaps(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint8_t *buf;
+    uint64_t len;
+
+    if (snap_table_encode(q, q->sn->snaps, q->sn->nb_snaps, &buf, &len) < 0 ||
+        len > ALIGN_UP(q->sn->snap_table_size, q->cluster_size) ||
+        file_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
+        file_flush(img) < 0)
+        abort();
+    free(buf);
+}
+
 static void setup_resized(qimg_image *img)
 {
     setup_snaps(img);
     /* Snapshot 1 claims a bigger disk: applying it grows the image. */
     img->q->sn->snaps[0].disk_size = 12 << 20;
-    {
-        uint8_t *buf;
-        uint64_t len, off;
-        struct qcow2 *q = img->q;
-        if (snap_table_encode(q, q->sn->snaps, q->sn->nb_snaps, &buf, &len) < 0 ||
-            file_pwrite(img, buf, len, q->hdr.snapshots_offset) < 0 ||
-            file_flush(img) < 0)
-            abort();
-        (void)off;
-        free(buf);
-    }
+    rewrite_snaps(img);
 }
 
 static int op_repair_leaks(qimg_image *img)
@@ -883,6 +1134,13 @@ struct op_def {
 #define NEED_V3 1u       /* zero flag */
 #define NEED_REFCOUNT4 2u /* three references per cluster */
 #define NEED_STD_L2 4u
+/* Clusters of at most 64 KiB: with 2 MiB clusters the disk is 16 MiB and
+ * five trees to read make a crash state cost a third of a second. */
+#define NEED_SMALL 8u
+/* Crash states only: the fault and allocation sweeps of the same
+ * operation on setup_snaps already take every error path; what four
+ * snapshots add is more orderings of writes. */
+#define STATES_ONLY 16u
 
 static const struct op_def ops_list[] = {
     {"write-alloc", K_GUEST, setup_data, op_write_alloc, NULL, 0},
@@ -904,6 +1162,14 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4},
     {"snapshot-delete-last", K_DELETE, setup_snaps, op_snap_delete2, "2",
      NEED_REFCOUNT4},
+    {"snapshot-create-5th", K_CREATE_SNAP, setup_many, op_snap_create, NULL,
+     NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
+    {"snapshot-apply-3of4", K_APPLY, setup_many, op_snap_apply3, "3",
+     NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
+    {"snapshot-delete-3of4", K_DELETE, setup_many, op_snap_delete3, "3",
+     NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
+    {"snapshot-delete-1of4", K_DELETE, setup_many, op_snap_delete_first, "1",
+     NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
     {"check-r-leaks", K_REPAIR, setup_leaky, op_repair_leaks, NULL,
      NEED_REFCOUNT4},
     {"check-r-all", K_REPAIR, setup_lowered, op_repair_all, NULL,
@@ -942,6 +1208,8 @@ static bool applies(const struct op_def *o, const struct variant *v)
     if ((o->needs & NEED_REFCOUNT4) && v->refcount_bits < 4)
         return false;
     if ((o->needs & NEED_STD_L2) && v->extended_l2)
+        return false;
+    if ((o->needs & NEED_SMALL) && v->cluster_size > 65536)
         return false;
     return true;
 }
@@ -994,7 +1262,7 @@ static int start_state(const struct scenario *sc, struct bytes *base,
         memset(before, 0, sizeof *before);
         return 0;
     }
-    return capture(base, before);
+    return capture(base, before, NULL);
 }
 
 /* Run the scenario's operation over io (consumed): open and operate, or
@@ -1073,6 +1341,7 @@ static void run_states(const struct scenario *sc)
     struct seen seen = {0};
     struct rec r;
     unsigned long n0 = states_total;
+    double t0 = now();
 
     if (start_state(sc, &base, &before) < 0) {
         failf(sc, "setup failed");
@@ -1084,12 +1353,13 @@ static void run_states(const struct scenario *sc)
         return;
     }
     rec_contents(&r, &after_b);
-    if (capture(&after_b, &after) < 0)
+    if (capture(&after_b, &after, &before) < 0)
         failf(sc, "cannot read the result");
     replay(sc, &base, &r, &before, &after, &seen);
     drain();
-    printf("%-28s %5lu distinct crash states (%zu writes/flushes recorded)\n",
-           sc->name, states_total - n0, r.nb_ops);
+    printf("%-28s %5lu distinct crash states (%zu writes/flushes recorded, "
+           "%.1f s)\n",
+           sc->name, states_total - n0, r.nb_ops, now() - t0);
     fflush(stdout);
     rec_free(&r);
     state_free(&before);
@@ -1160,7 +1430,7 @@ static bool fault_once(const struct scenario *sc, const struct bytes *base,
     relaxed.failed_write = ret < 0;
     judge(&relaxed, &res, before, after);
     /* Unless it completed after all, the same operation now succeeds. */
-    done = capture(&res, &s) == 0 && sc->kind != K_REPAIR &&
+    done = capture(&res, &s, after) == 0 && sc->kind != K_REPAIR &&
            same_disk(s.size, s.active, after->size, after->active) &&
            s.nb == after->nb;
     if (s.valid)
@@ -1210,7 +1480,7 @@ static bool malloc_once(const struct scenario *sc, const struct bytes *base,
     judge(&relaxed, &res, before, after);
     if (sc->kind != K_REPAIR && ret < 0) {
         struct image_state s;
-        bool done = capture(&res, &s) == 0 &&
+        bool done = capture(&res, &s, after) == 0 &&
                     same_disk(s.size, s.active, after->size, after->active) &&
                     s.nb == after->nb;
         if (s.valid)
@@ -1239,7 +1509,8 @@ static void run_sweep(const struct scenario *sc, bool mallocs)
         return;
     }
     if (run_op(sc, &base, &r, sc->kind == K_REPAIR) < 0 ||
-        (rec_contents(&r, &after_b), capture(&after_b, &after)) < 0) {
+        (rec_contents(&r, &after_b), capture(&after_b, &after, &before)) <
+            0) {
         failf(sc, "operation failed");
         rec_free(&r);
         return;
@@ -1266,10 +1537,299 @@ static void run_sweep(const struct scenario *sc, bool mallocs)
     bytes_free(&after_b);
 }
 
+/* ---- Refusals ------------------------------------------------------------ */
+
+/* Images the library must refuse to change. Each damages setup_snaps'
+ * snapshot table in place. */
+static void setup_id_wrap(qimg_image *img)
+{
+    struct snap *sn;
+
+    setup_snaps(img);
+    /* The next ID is the largest one plus 1, which wraps to 0: taken. */
+    sn = img->q->sn->snaps;
+    free(sn[0].id);
+    free(sn[1].id);
+    sn[0].id = strdup("18446744073709551615");
+    sn[1].id = strdup("0");
+    if (!sn[0].id || !sn[1].id)
+        abort();
+    rewrite_snaps(img);
+}
+
+static void setup_absurd_l1_size(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].l1_size = 1u << 28; /* 2 GiB of L1 table */
+    rewrite_snaps(img);
+}
+
+static void setup_l1_past_eof(qimg_image *img)
+{
+    struct qcow2 *q;
+
+    setup_snaps(img);
+    q = img->q;
+    q->sn->snaps[0].l1_off =
+        ALIGN_UP(q->file_size, q->cluster_size) + 4 * q->cluster_size;
+    rewrite_snaps(img);
+}
+
+static void setup_shared_l1(qimg_image *img)
+{
+    struct snap *sn;
+
+    setup_snaps(img);
+    sn = img->q->sn->snaps;
+    sn[1].l1_off = sn[0].l1_off;
+    sn[1].l1_size = sn[0].l1_size;
+    rewrite_snaps(img);
+}
+
+static void setup_l1_is_active(qimg_image *img)
+{
+    struct qcow2 *q;
+
+    setup_snaps(img);
+    q = img->q;
+    q->sn->snaps[0].l1_off = q->hdr.l1_table_offset;
+    q->sn->snaps[0].l1_size = q->l1s->l1_size;
+    rewrite_snaps(img);
+}
+
+static void setup_disk_negative(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].disk_size = 1ull << 63;
+    rewrite_snaps(img);
+}
+
+static void setup_disk_huge(qimg_image *img)
+{
+    setup_snaps(img);
+    img->q->sn->snaps[0].disk_size = 1ull << 62; /* an L1 table of PiBs */
+    rewrite_snaps(img);
+}
+
+static void setup_corrupt_flag(qimg_image *img)
+{
+    uint8_t b[8];
+
+    setup_snaps(img);
+    be64_store(b, img->q->hdr.incompatible | INCOMPAT_CORRUPT);
+    if (file_pwrite(img, b, 8, HDR_INCOMPAT) < 0 || file_flush(img) < 0)
+        abort();
+}
+
+static int op_snap_apply_missing(qimg_image *img)
+{
+    return qimg_snapshot_apply(img, "9");
+}
+
+static int op_snap_delete_missing(qimg_image *img)
+{
+    return qimg_snapshot_delete(img, "9");
+}
+
+static int op_snap_apply2(qimg_image *img)
+{
+    return qimg_snapshot_apply(img, "2");
+}
+
+static int op_write_past_end(qimg_image *img)
+{
+    memset(op_buf, 0x5e, 1024);
+    return qimg_image_write(img, op_buf, 1024, qimg_image_size(img) - 512);
+}
+
+static int op_compress_unaligned(qimg_image *img)
+{
+    memset(op_buf, 0, img->q->cluster_size);
+    return qimg_image_write_compressed(img, op_buf, img->q->cluster_size,
+                                       256);
+}
+
+static int op_compress_allocated(qimg_image *img)
+{
+    memset(op_buf, 0, img->q->cluster_size);
+    return qimg_image_write_compressed(img, op_buf, img->q->cluster_size, 0);
+}
+
+static int op_zero_no_fallback(qimg_image *img)
+{
+    /* Part of the first cluster, which holds data. */
+    return qimg_image_write_zeroes(img, 100, 200, QIMG_ZERO_NO_FALLBACK);
+}
+
+#define RF_READ_ONLY 1u    /* opened read-only */
+#define RF_CORRUPT_BIT 2u  /* v3: sets the corrupt bit and writes nothing
+                              else, as QEMU does */
+#define RF_V2 4u           /* only v2 variants */
+
+struct refusal {
+    const char *name;
+    void (*setup)(qimg_image *img);
+    int (*op)(qimg_image *img); /* NULL: the read-write open refuses */
+    int err;                    /* the errno it refuses with */
+    unsigned flags;             /* RF_* */
+    unsigned needs;             /* NEED_* */
+    uint32_t refcount_bits;     /* 0: the variant's; else v3 only */
+};
+
+static const struct refusal refusals[] = {
+    {"apply-missing-id", setup_snaps, op_snap_apply_missing, ENOENT, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-missing-id", setup_snaps, op_snap_delete_missing, ENOENT, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-next-id-taken", setup_id_wrap, op_snap_create, EIO, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-absurd-l1-size", setup_absurd_l1_size, op_snap_create, EFBIG, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-absurd-l1-size", setup_absurd_l1_size, op_snap_apply1, EFBIG, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-beside-absurd-l1", setup_absurd_l1_size, op_snap_delete2, EFBIG,
+     0, NEED_REFCOUNT4, 0},
+    {"apply-l1-past-eof", setup_l1_past_eof, op_snap_apply1, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"create-shared-l1", setup_shared_l1, op_snap_create, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-shared-l1", setup_shared_l1, op_snap_apply2, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"delete-shared-l1", setup_shared_l1, op_snap_delete1, EINVAL, 0,
+     NEED_REFCOUNT4, 0},
+    {"apply-l1-is-active", setup_l1_is_active, op_snap_apply1, EIO,
+     RF_CORRUPT_BIT, NEED_REFCOUNT4, 0},
+    {"apply-size-negative", setup_disk_negative, op_snap_apply1, EINVAL, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"apply-size-huge", setup_disk_huge, op_snap_apply1, EFBIG, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"apply-resize-v2", setup_resized, op_snap_apply1, ENOTSUP, RF_V2,
+     NEED_REFCOUNT4, 0},
+    /* A snapshot adds a reference no refcount can hold. */
+    {"create-refcount-full", setup_data, op_snap_create, EINVAL, 0, 0, 1},
+    {"create-refcount-full", setup_snaps, op_snap_create, EINVAL, 0, 0, 2},
+    {"open-rw-corrupt", setup_corrupt_flag, NULL, EACCES, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"write-read-only", setup_snaps, op_write_alloc, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"zero-read-only", setup_snaps, op_zero, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"discard-read-only", setup_snaps, op_discard, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"compressed-read-only", setup_data, op_compress, EACCES, RF_READ_ONLY, 0,
+     0},
+    {"create-read-only", setup_snaps, op_snap_create, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"apply-read-only", setup_snaps, op_snap_apply1, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"delete-read-only", setup_snaps, op_snap_delete1, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4, 0},
+    {"write-past-end", setup_data, op_write_past_end, EINVAL, 0, 0, 0},
+    {"compressed-unaligned", setup_data, op_compress_unaligned, EINVAL, 0, 0,
+     0},
+    {"compressed-allocated", setup_data, op_compress_allocated, EIO, 0, 0, 0},
+    {"zero-no-fallback", setup_data, op_zero_no_fallback, ENOTSUP, 0, 0, 0},
+};
+
+static bool refusal_applies(const struct refusal *rf, const struct variant *v)
+{
+    struct op_def o = {.needs = rf->needs};
+
+    if ((rf->flags & RF_V2) && v->compat != 2)
+        return false;
+    if (rf->refcount_bits && v->compat < 3)
+        return false;
+    if (rf->refcount_bits && v->refcount_bits >= 4)
+        o.needs &= ~NEED_REFCOUNT4;
+    return applies(&o, v);
+}
+
+/* Run one refusal: the call fails with the right errno and a message, and
+ * neither it nor the close wrote, discarded or truncated anything (but
+ * the corrupt bit where QEMU sets it): the file is byte-identical. */
+static void run_refusal(const struct refusal *rf, const struct variant *v)
+{
+    struct qimg_open_opts o = QIMG_OPEN_OPTS_INIT;
+    struct op_def od = {rf->name, K_GUEST, rf->setup, rf->op, NULL, 0};
+    struct bytes base = {0}, res = {0};
+    struct scenario sc;
+    char name[96];
+    struct qimg_io io;
+    qimg_image *img;
+    struct rec r;
+    bool corrupt_bit = (rf->flags & RF_CORRUPT_BIT) && v->compat >= 3;
+    int ret;
+
+    sc = make_scenario(&od, v, name, sizeof name);
+    if (rf->refcount_bits) {
+        snprintf(name, sizeof name, "%s/%s as rb%u", rf->name, v->name,
+                 (unsigned)rf->refcount_bits);
+        sc.refcount_bits = rf->refcount_bits;
+    }
+    states_total++;
+    if (make_base(&sc, &base) < 0 || rec_init(&r, &base) < 0) {
+        failf(&sc, "setup failed");
+        bytes_free(&base);
+        return;
+    }
+    rec_io(&r, &io);
+    r.recording = true;
+    qimg_error_clear();
+    o.fmt = QIMG_FMT_QCOW2;
+    o.read_write = !(rf->flags & RF_READ_ONLY);
+    ret = image_open_io(&img, &io, "crash", &o, 0);
+    if (ret == 0 && !rf->op) {
+        failf(&sc, "opened read-write");
+        qimg_image_close(img);
+    } else if (ret == 0) {
+        ret = rf->op(img);
+        qimg_image_close(img);
+    } else if (rf->op) {
+        failf(&sc, "cannot open");
+    }
+    if (ret >= 0)
+        failf(&sc, "not refused");
+    else if (ret != -rf->err)
+        failf(&sc, "refused with %s, not %s", strerror(-ret),
+              strerror(rf->err));
+    else if (!qimg_last_error()->message[0])
+        failf(&sc, "refused without a message");
+    for (size_t i = 0; i < r.nb_ops; i++) {
+        const struct rec_op *op = &r.ops[i];
+        if (op->kind == REC_FLUSH || op->kind == REC_READ)
+            continue;
+        if (corrupt_bit && op->kind == REC_WRITE && op->off == HDR_INCOMPAT &&
+            op->len == 8 &&
+            be64_load(op->data) ==
+                (be64_load(base.data + HDR_INCOMPAT) | INCOMPAT_CORRUPT))
+            continue;
+        if (op->kind == REC_TRUNCATE)
+            failf(&sc, "refusal truncated the file to %" PRIu64 " bytes",
+                  op->off);
+        else
+            failf(&sc, "refusal %s %" PRIu64 " bytes at %#" PRIx64,
+                  op->kind == REC_WRITE ? "wrote" : "discarded", op->len,
+                  op->off);
+    }
+    rec_contents(&r, &res);
+    if (corrupt_bit)
+        be64_store(base.data + HDR_INCOMPAT,
+                   be64_load(base.data + HDR_INCOMPAT) | INCOMPAT_CORRUPT);
+    if (res.len != base.len || memcmp(res.data, base.data, res.len))
+        failf(&sc, "refusal changed the file%s",
+              corrupt_bit ? " (or did not set the corrupt bit)" : "");
+    printf("%-36s refused: %s\n", sc.name, qimg_last_error()->message);
+    fflush(stdout);
+    rec_free(&r);
+    bytes_free(&res);
+    bytes_free(&base);
+}
+
 int main(int argc, char **argv)
 {
     bool faults_mode = argc > 1 && !strcmp(argv[1], "faults");
     bool malloc_mode = argc > 1 && !strcmp(argv[1], "mallocs");
+    bool refusal_mode = argc > 1 && !strcmp(argv[1], "refusals");
     const char *only = getenv("CRASH_ONLY");
     /* Keep big buffers in the heap: no mmap/munmap per crash state. */
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
@@ -1292,13 +1852,25 @@ int main(int argc, char **argv)
     posix_spawn_file_actions_addopen(&spawn_actions, 2, "/dev/null", O_WRONLY,
                                      0);
     printf("crash_sim %s, seed %llu, scale %u\n",
-           malloc_mode ? "mallocs" : faults_mode ? "faults" : "states", seed,
-           scale);
-    for (size_t i = 0; i < sizeof ops_list / sizeof ops_list[0]; i++) {
+           refusal_mode  ? "refusals"
+           : malloc_mode ? "mallocs"
+           : faults_mode ? "faults"
+                         : "states",
+           seed, scale);
+    for (size_t i = 0; refusal_mode && i < sizeof refusals / sizeof *refusals;
+         i++)
+        for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++)
+            if (refusal_applies(&refusals[i], &variants[j]) &&
+                (!only || strstr(refusals[i].name, only)))
+                run_refusal(&refusals[i], &variants[j]);
+    for (size_t i = 0;
+         !refusal_mode && i < sizeof ops_list / sizeof ops_list[0]; i++) {
         for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++) {
             char name[96];
             struct scenario sc;
-            if (!applies(&ops_list[i], &variants[j]) || (i + j) % stride)
+            if (!applies(&ops_list[i], &variants[j]) || (i + j) % stride ||
+                ((malloc_mode || faults_mode) &&
+                 (ops_list[i].needs & STATES_ONLY)))
                 continue;
             sc = make_scenario(&ops_list[i], &variants[j], name, sizeof name);
             if (only && !strstr(sc.name, only))
@@ -1310,6 +1882,7 @@ int main(int argc, char **argv)
         }
     }
     drain();
+    disk_pool_free();
     for (int i = 0; i < NPOOL; i++) {
         char path[80];
         snprintf(path, sizeof path, "%s/state%d.qcow2", tmpdir, i);
@@ -1317,7 +1890,8 @@ int main(int argc, char **argv)
     }
     rmdir(tmpdir);
     printf("total: %lu %s checked, %lu failures\n", states_total,
-           malloc_mode  ? "failed allocations"
+           refusal_mode  ? "refusals"
+           : malloc_mode ? "failed allocations"
            : faults_mode ? "injected faults"
                          : "distinct crash states",
            failures);
