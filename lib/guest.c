@@ -395,9 +395,6 @@ static int64_t write_std_run(qimg_image *img, struct mcache_entry *l2,
     }
     if (k < 2)
         return 0;
-    for (uint64_t i = 0; alloc && i < k; i++)
-        if ((ret = check_shared(img, l2_entry_get(q, l2->buf, idx + i))) < 0)
-            return ret;
     if (!alloc) {
         ret = meta_overlap_check(img, first, k * cs);
         if (ret == 0)

@@ -40,7 +40,12 @@ int l1_init(qimg_image *img)
         return qimg_err(ENOMEM, "Out of memory");
     q->l1s = s;
     s->l1_size = q->hdr.l1_size;
-    ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n, NULL);
+    if (!s->l1_size) { /* one zero entry: nothing reads past the table */
+        s->l1 = calloc(1, 8);
+        ret = s->l1 ? 0 : qimg_err(ENOMEM, "Out of memory");
+    } else {
+        ret = file_read_table(img, &s->l1, q->hdr.l1_table_offset, n, NULL);
+    }
     if (ret < 0)
         return ret;
     return mcache_init(&s->l2c, q->cluster_size, MAX(cap, 16));
