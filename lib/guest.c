@@ -544,11 +544,9 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
                 goto next;
             }
         }
-        ret = l2_entry_check(img, l2_entry_get(q, l2->buf, idx),
-                             l2_bitmap_get(q, l2->buf, idx), l2->off, idx);
-        if (ret == 0)
-            ret = q->ext_l2 ? write_ext(img, l2, idx, b, n, off, tmp)
-                            : write_std(img, l2, idx, b, n, off, tmp);
+        /* The entry was checked with the whole request (check_request). */
+        ret = q->ext_l2 ? write_ext(img, l2, idx, b, n, off, tmp)
+                        : write_std(img, l2, idx, b, n, off, tmp);
         mcache_unpin(l2);
         if (ret < 0)
             break;

@@ -141,6 +141,13 @@ int txn_tables_check_meta(struct txn *t)
     for (size_t i = 0; ret == 0 && i < n; i++) {
         want = 0;
         u64map_get(&t->tables.expect, c[i], &want);
+        /* A block the operation left alone: nothing there changed (and
+         * it need not be loaded). */
+        if (!txn_refs_dirty(t, c[i] >> t->q->rb_bits)) {
+            if (want)
+                ret = meta_signal_overlap(t->img, c[i], 0);
+            continue;
+        }
         ret = refcount_get(t->img, c[i], &old);
         if (ret == 0)
             ret = txn_refs_loaded(t, c[i], &now);
