@@ -1162,6 +1162,15 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4},
     {"snapshot-delete-last", K_DELETE, setup_snaps, op_snap_delete2, "2",
      NEED_REFCOUNT4},
+    {"check-r-leaks", K_REPAIR, setup_leaky, op_repair_leaks, NULL,
+     NEED_REFCOUNT4},
+    {"check-r-all", K_REPAIR, setup_lowered, op_repair_all, NULL,
+     NEED_REFCOUNT4 | NEED_STD_L2},
+    /* Image create over an empty file (op unused, see exec_op). */
+    {"create", K_CREATE, NULL, NULL, NULL, 0},
+    {"create-prealloc", K_CREATE, NULL, NULL, "metadata", 0},
+    /* Last, so the sanitizer build's sweeps keep their rotation of the
+     * operations above over the variants. */
     {"snapshot-create-5th", K_CREATE_SNAP, setup_many, op_snap_create, NULL,
      NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
     {"snapshot-apply-3of4", K_APPLY, setup_many, op_snap_apply3, "3",
@@ -1170,13 +1179,6 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
     {"snapshot-delete-1of4", K_DELETE, setup_many, op_snap_delete_first, "1",
      NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
-    {"check-r-leaks", K_REPAIR, setup_leaky, op_repair_leaks, NULL,
-     NEED_REFCOUNT4},
-    {"check-r-all", K_REPAIR, setup_lowered, op_repair_all, NULL,
-     NEED_REFCOUNT4 | NEED_STD_L2},
-    /* Image create over an empty file (op unused, see exec_op). */
-    {"create", K_CREATE, NULL, NULL, NULL, 0},
-    {"create-prealloc", K_CREATE, NULL, NULL, "metadata", 0},
 };
 
 struct variant {
