@@ -286,7 +286,7 @@ static uint64_t room_needed(const struct txn *t, uint32_t l1_size,
 
 /* Place the refcount structures, write them, switch the header, tidy up. */
 static int commit(struct txn *t, struct roots *r, struct snap *snaps,
-                  uint64_t snap_size)
+                  uint64_t snap_size, uint32_t deleted)
 {
     struct qcow2_roots nr;
     int ret;
@@ -298,6 +298,12 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         ret = txn_place_write(t);
     if (ret == 0)
         ret = txn_space_find_freed(t);
+    /* Delete alone leaves the active tree uncounted. */
+    if (ret == 0)
+        ret = txn_tables_check_freed(
+            t, deleted, deleted != UINT32_MAX,
+            r->active ? r->active->buf : t->q->l1s->l1,
+            r->active ? r->active->size : t->q->l1s->l1_size);
     nr = new_roots(t, r);
     /* 1 of 3: every new structure is durable (nothing was written before
      * every count was made) ... */
@@ -444,7 +450,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     ret = write_snap_table(&t, snaps, q->sn->nb_snaps + 1, &r.snap_off,
                            &snap_size);
     if (ret == 0)
-        ret = commit(&t, &r, snaps, snap_size);
+        ret = commit(&t, &r, snaps, snap_size, UINT32_MAX);
     if (ret >= 0) {
         snaps = NULL;
         ret = 0;
@@ -512,7 +518,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
         ret = write_snap_table(&t, snaps, nb_old - 1, &r.snap_off,
                                &snap_size);
     if (ret == 0)
-        ret = commit(&t, &r, snaps, snap_size);
+        ret = commit(&t, &r, snaps, snap_size, (uint32_t)idx);
     if (ret >= 0) {
         snaps = NULL;
         ret = 0;
@@ -623,7 +629,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0) {
         r.snap_off = q->hdr.snapshots_offset;
-        ret = commit(&t, &r, snaps, q->sn->snap_table_size);
+        ret = commit(&t, &r, snaps, q->sn->snap_table_size, UINT32_MAX);
     }
     if (ret >= 0) {
         if (ret == 0)

@@ -226,6 +226,8 @@ int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len);
  * (or some of them; see txn_space.c). */
 int txn_space_find_freed(struct txn *t);
 void txn_space_discard_freed(struct txn *t);
+/* The first cluster of [c, c + n) the commit frees, or UINT64_MAX. */
+uint64_t txn_space_first_freed(const struct txn *t, uint64_t c, uint64_t n);
 
 /* End of the clusters allocated so far (index). */
 static inline uint64_t txn_space_end(const struct txn *t)
@@ -276,6 +278,11 @@ int txn_tables_inspect(struct txn *t, const uint8_t *l1, uint32_t size,
 /* Point a new L1 table at the copies made; set its COPIED flags. */
 int txn_tables_redirect(struct txn *t, struct new_l1 *l1);
 int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1);
+/* Before the commit: nothing it frees is still named by a snapshot's L1
+ * table (but snapshot skip's) or, if active_tree, by the active tree,
+ * which the operation did not count (l1: the new active L1 table). */
+int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
+                           const uint8_t *l1, uint32_t l1_size);
 
 /* The L2 table offset in entry i of an L1 table of size entries (0 past
  * its end). */

@@ -341,6 +341,26 @@ int txn_space_find_freed(struct txn *t)
     return ret;
 }
 
+/* The first cluster of [c, c + n) the commit frees, or UINT64_MAX (after
+ * txn_space_find_freed, which lists the runs in ascending order). */
+uint64_t txn_space_first_freed(const struct txn *t, uint64_t c, uint64_t n)
+{
+    const struct txn_space *sp = &t->space;
+    size_t lo = 0, hi = sp->nb_freed;
+
+    while (lo < hi) { /* the first run that ends after c */
+        size_t mid = lo + (hi - lo) / 2;
+        if (sp->freed[2 * mid] + sp->freed[2 * mid + 1] <= c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == sp->nb_freed ||
+        (sp->freed[2 * lo] > c && sp->freed[2 * lo] - c >= n))
+        return UINT64_MAX;
+    return MAX(c, sp->freed[2 * lo]);
+}
+
 /* 3 of 3: the switch is durable; punch what only the old state used.
  * Discarding is advisory: a failure here cannot harm the new state, and
  * a punch lost in a crash only leaves free clusters allocated, so it

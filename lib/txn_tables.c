@@ -14,6 +14,7 @@
 #include "txn_impl.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -412,6 +413,94 @@ int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1)
         l1_entry_set(l1->buf, i, p | (rc == 1 ? QCOW_OFLAG_COPIED : 0));
     }
     return 0;
+}
+
+/* ---- What the commit frees ---------------------------------------------- */
+
+/* A cluster the commit frees that an entry of the table at p names, or
+ * UINT64_MAX in *hit. */
+static int table_frees(struct txn *t, uint64_t p, uint64_t *hit)
+{
+    const struct qcow2 *q = t->q;
+    const unsigned cbits = q->cluster_bits;
+    const struct l2run *runs;
+    uint64_t c, n, coff, clen;
+    size_t nr;
+    int ret = 0;
+
+    *hit = UINT64_MAX;
+    if (l2store_get(&t->tables.l2s, p, &runs, &nr)) {
+        for (size_t i = 0; *hit == UINT64_MAX && i < nr; i++)
+            if ((c = (runs[i].e & L2E_OFFSET_MASK) >> cbits))
+                *hit = txn_space_first_freed(t, c, runs[i].len);
+        return 0;
+    }
+    ret = file_pread(t->img, t->tables.tmp, t->cs, p);
+    for (uint64_t j = 0; ret == 0 && *hit == UINT64_MAX && j < q->l2_entries;
+         j++) {
+        uint64_t e = l2_entry_get(q, t->tables.tmp, j);
+        if (e & QCOW_OFLAG_COMPRESSED) {
+            l2_compressed_range(q, e, &coff, &clen);
+            c = coff >> cbits;
+            n = ((coff + clen - 1) >> cbits) - c + 1;
+        } else {
+            c = (e & L2E_OFFSET_MASK) >> cbits;
+            n = 1;
+        }
+        if (c)
+            *hit = txn_space_first_freed(t, c, n);
+    }
+    return ret;
+}
+
+/* Counting is exact on a sound image. Where a refcount is too low, a
+ * cluster the operation takes to 0 can still be in use by what it did not
+ * count: a snapshot's L1 table, or (delete) the active tree. Freeing it
+ * would leave that user on a free cluster; QEMU does so. */
+int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
+                           const uint8_t *l1, uint32_t l1_size)
+{
+    const struct qcow2 *q = t->q;
+    const unsigned cbits = q->cluster_bits;
+    uint64_t hit = UINT64_MAX, p;
+    char user[96];
+    int ret = 0;
+
+    if (txn_space_first_freed(t, 0, UINT64_MAX) == UINT64_MAX)
+        return 0;
+    for (uint32_t i = 0; ret == 0 && hit == UINT64_MAX &&
+                         i < q->sn->nb_snaps; i++) {
+        const struct snap *s = &q->sn->snaps[i];
+        uint8_t *sl1 = NULL;
+        if (i == skip || !s->l1_size)
+            continue;
+        ret = file_read_table(t->img, &sl1, s->l1_off, (size_t)s->l1_size * 8,
+                              "Snapshot L1 table");
+        for (uint32_t j = 0; ret == 0 && hit == UINT64_MAX &&
+                             j < s->l1_size; j++)
+            if ((p = txn_l1_ptr(sl1, s->l1_size, j)))
+                hit = txn_space_first_freed(t, p >> cbits, 1);
+        if (hit != UINT64_MAX)
+            snprintf(user, sizeof user, "the L1 table of snapshot %s",
+                     s->id);
+        free(sl1);
+    }
+    for (uint32_t i = 0; active_tree && ret == 0 && hit == UINT64_MAX &&
+                         i < l1_size; i++)
+        if ((p = txn_l1_ptr(l1, l1_size, i)) &&
+            (hit = txn_space_first_freed(t, p >> cbits, 1)) != UINT64_MAX)
+            snprintf(user, sizeof user, "the active L1 table");
+    for (uint32_t i = 0; active_tree && ret == 0 && hit == UINT64_MAX &&
+                         i < q->l1s->l1_size; i++)
+        if ((p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i)) &&
+            (ret = table_frees(t, p, &hit)) == 0 && hit != UINT64_MAX)
+            snprintf(user, sizeof user, "active L2 table %#" PRIx64, p);
+    if (ret < 0 || hit == UINT64_MAX)
+        return ret;
+    return roots_signal_corruption(
+        t->img, "Cluster %#" PRIx64 " would be freed while %s uses it (its "
+                "refcount is too low)",
+        hit << cbits, user);
 }
 
 /* ---- Life cycle ---------------------------------------------------------- */
