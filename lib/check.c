@@ -149,6 +149,8 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)
         ret = mark_clean(&c);
     chk_free(&c);
+    if (fix) /* the census a rebuild took describes the old image */
+        meta_reset(img);
     return ret;
 }
 

@@ -40,6 +40,8 @@
 #include "flush.h"
 #include "idset.h"
 #include "l1l2.h"
+#include "meta.h"
+#include "metaset.h"
 #include "rebuild.h"
 #include "refcount.h"
 #include "snaptable.h"
@@ -120,6 +122,10 @@ struct chk_walk {
     bool multi_used;    /* ... and some were, in this walk */
     bool overflowed;    /* an overflow was reported in this walk */
     struct u64map l2refs; /* L2 offset -> references (total << 32 | active) */
+    /* what this walk counted of the refcount structures (a repair drops
+     * exactly that) */
+    bool rt_counted;
+    struct idset rb_counted;
 };
 
 /* check_refcounts.c */
@@ -214,6 +220,9 @@ int disk_check(struct chk *c);
 void disk_forget(struct chk *c);
 void disk_free(struct chk *c);
 int disk_block_load(struct chk *c, uint64_t rt_idx);
+/* Take the census of live metadata a new refcount structure is checked
+ * against (none if the image does not allow one). */
+int check_census(qimg_image *img);
 
 /* Load on-disk refcount block rt_idx into c->disk.rbbuf (kept until
  * c->disk.rb_idx is reset): 1 if there is one, 0 if none (all zero; so is

@@ -51,6 +51,14 @@ static int ref_grow(struct chk *c, uint64_t n)
     return 0;
 }
 
+/* A region is counted as a reference only if it ends less than a cluster
+ * past the end of the file (QEMU's rule). */
+static bool counted_region(const struct chk *c, uint64_t off, uint64_t len)
+{
+    return off + len <= c->walk.file_size ||
+           off + len - c->walk.file_size < c->q->cluster_size;
+}
+
 /* Count one reference to every cluster [off, off+len) touches. */
 static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
 {
@@ -59,12 +67,14 @@ static int inc_refs(struct chk *c, uint64_t off, uint64_t len)
 
     if (len == 0)
         return 0;
-    if (off + len > c->walk.file_size &&
-        off + len - c->walk.file_size >= q->cluster_size) {
+    if (!counted_region(c, off, len)) {
         if (!c->find.quiet)
             c->res->corruptions++;
-        c->walk.past_end = MAX(c->walk.past_end,
-                               ((off + len - 1) >> q->cluster_bits) + 1);
+        /* A bogus offset far out must not hide a truncated table's
+         * (rebuild_refcounts steps over the nearer ones only). */
+        if (off + len - c->walk.file_size <= REBUILD_AVOID_MAX)
+            c->walk.past_end = MAX(c->walk.past_end,
+                                   ((off + len - 1) >> q->cluster_bits) + 1);
         return findings_add(
             c, "beyond-eof", true, &c->walk.loc,
             "ERROR: counting reference for region exceeding the "
@@ -566,6 +576,8 @@ static int grow_for_refblock(struct chk *c, uint64_t off)
         return ret;
     c->res->corruptions--;
     c->res->corruptions_fixed++;
+    if (idset_add(&c->walk.rb_counted, off >> q->cluster_bits) < 0)
+        return -ENOMEM;
     return inc_refs(c, off, q->cluster_size);
 }
 
@@ -603,6 +615,9 @@ static int check_refblock(struct chk *c, uint64_t i)
     }
     if (!off)
         return 0;
+    if (counted_region(c, off, q->cluster_size) &&
+        idset_add(&c->walk.rb_counted, cl) < 0)
+        return -ENOMEM;
     ret = inc_refs(c, off, q->cluster_size);
     if (ret == 0 && walk_ref_get(c, cl) != 1) {
         corruption(c);
@@ -685,6 +700,7 @@ static int calculate_once(struct chk *c)
         memset(
             c->walk.refs, 0,
             ALIGN_UP(DIV_ROUND_UP(c->walk.nb_refs << q->refcount_order, 8), 8));
+    idset_free(&c->walk.rb_counted);
     ret = ref_grow(c, MAX(c->walk.nb_clusters, 1));
     if (ret < 0)
         return ret;
@@ -698,6 +714,9 @@ static int calculate_once(struct chk *c)
     if (ret == 0)
         ret = inc_refs(c, c->snaptab.off, c->snaptab.size);
     c->walk.loc = (struct loc){LOC_REFTABLE, -1, -1, -1};
+    c->walk.rt_counted = q->rc->rt_entries &&
+                         counted_region(c, h->refcount_table_offset,
+                                        q->rc->rt_entries * 8);
     if (ret == 0)
         ret = inc_refs(c, h->refcount_table_offset, q->rc->rt_entries * 8);
     c->walk.loc = (struct loc){LOC_CRYPTO, -1, -1, -1};
@@ -768,8 +787,9 @@ int walk_calculate(struct chk *c, bool repair)
     return ret;
 }
 
-/* Subtract what the old refcount structures add to the computed table:
- * after a rebuild they are no longer referenced. */
+/* Subtract what the old refcount structures added to the computed table
+ * (what the walk counted of them): after a rebuild they are no longer
+ * referenced. */
 void walk_drop_old_structures(struct chk *c)
 {
     struct qcow2 *q = c->q;
@@ -778,7 +798,7 @@ void walk_drop_old_structures(struct chk *c)
         (q->hdr.refcount_table_offset + q->rc->rt_entries * 8 - 1) >>
         q->cluster_bits;
 
-    for (uint64_t k = first; q->rc->rt_entries && k <= last; k++)
+    for (uint64_t k = first; c->walk.rt_counted && k <= last; k++)
         if (walk_ref_get(c, k))
             refblock_set(c->walk.refs, k, q->refcount_order,
                          walk_ref_get(c, k) - 1);
@@ -787,8 +807,8 @@ void walk_drop_old_structures(struct chk *c)
                  k = (e & RT_OFFSET_MASK) >> q->cluster_bits;
         /* Only the blocks check_refblock() counted. */
         if (!(e & RT_OFFSET_MASK) || (e & ~RT_OFFSET_MASK) ||
-            !IS_ALIGNED(e, q->cluster_size) || k >= c->walk.nb_refs ||
-            !walk_ref_get(c, k))
+            !IS_ALIGNED(e, q->cluster_size) ||
+            !idset_has(&c->walk.rb_counted, k) || !walk_ref_get(c, k))
             continue;
         refblock_set(c->walk.refs, k, q->refcount_order,
                      walk_ref_get(c, k) - 1);
@@ -799,6 +819,7 @@ void walk_free(struct chk *c)
 {
     free(c->walk.refs);
     u64map_free(&c->walk.l2refs);
+    idset_free(&c->walk.rb_counted);
     free(c->walk.cop1);
     free(c->walk.cop0);
 }

@@ -13,8 +13,10 @@
  * every cluster refcount_alloc() hands out, new refcount blocks and
  * tables, L1 entries as they change and as they are written, L2 tables
  * and refcount blocks as they are written back, refcount table entries,
- * bitmap directory flags. Not checked here: a repair's writes (rebuild.c,
- * check*.c) and a snapshot transaction's, which places its metadata in
+ * bitmap directory flags, a repair's new refcount structure where the
+ * image allows a census. Not checked here: a repair's fixes in place
+ * (COPIED flags, zeroed entries) in the L2 tables its walk reads, and a
+ * snapshot transaction's, which places its metadata in
  * clusters it has verified free instead (metaset_check_counted).
  *
  * The map is filled by metaset.c and kept current by the table modules as

@@ -56,7 +56,7 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
 
     /* Not over a cluster an entry names (QEMU is): data there would be
      * the new table's. Not gigabytes away for a bogus offset either. */
-    if (avoid > start && avoid - start <= (1ull << 30) / cs)
+    if (avoid > start && avoid - start <= REBUILD_AVOID_MAX / cs)
         start = avoid;
     uint64_t b = 1, t = 1, nb, tb, entries, pos;
     uint8_t *blk = malloc(cs), *tbl = NULL;
@@ -83,6 +83,8 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
         ret = qimg_err(ENOMEM, "Out of memory");
         goto out;
     }
+    /* Where nothing lives (as far as the census of live metadata knows). */
+    ret = meta_check_write(img, 0, start * cs, (b + t) * cs);
     pos = start;
     for (uint64_t i = 0; i < entries && ret == 0; i++) {
         uint64_t base = i << q->rb_bits;

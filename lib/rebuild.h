@@ -10,10 +10,14 @@
 #include "image.h"
 #include "snaptable.h"
 
+/* How far past the end of the file a rebuild steps over what entries name
+ * there (further out, an offset is bogus rather than a truncated file). */
+#define REBUILD_AVOID_MAX (1ull << 30)
+
 /* New refcount structure from a computed table (refblock encoding, one
  * entry per cluster), placed past the end of the file and past `avoid`
  * (the first cluster after what entries name past the end) if that lies
- * within a GiB of it; one header write switches to it. */
+ * within REBUILD_AVOID_MAX of it; one header write switches to it. */
 int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
                       uint64_t avoid);
 int rebuild_set_incompat(qimg_image *img, uint64_t bits);

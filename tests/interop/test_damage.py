@@ -15,6 +15,7 @@ the L1 entry before allocating. Both refuse the same request.
 import json
 import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -278,3 +279,45 @@ def test_snapshot_refuses_used_cluster_with_refcount_zero(tmp_path, op):
     assert len(after) == len(before) and diff == [79], diff
     assert after[79] == before[79] | INCOMPAT_CORRUPT
     assert json.loads(before_check.out)["corruptions"] >= 1
+
+
+REGRESSIONS = Path(__file__).parents[1] / "fuzz" / "regressions"
+
+
+def test_repair_keeps_what_the_walk_did_not_count(tmp_path):
+    """The old refcount table (31 clusters from 0x200) runs more than a
+    cluster past the end of the file, so the walk does not count it; it
+    covers the active L1 table. The rebuild took one reference off every
+    cluster in its range all the same, and left the active L1 table with
+    refcount 0 ("rebuilt refcount structure is still broken"). Now only
+    the L1 entry with reserved bits is left, which no repair fixes.
+    (qemu-img check -r all gives up on this file: "Check failed".)"""
+    img = tmp_path / "img.qcow2"
+    shutil.copy(REGRESSIONS / "fuzz_write-dirty-repair-drops-l1-refcount",
+                img)
+    r = run([QIMG, "check", "-r", "all", str(img)])
+    assert r.rc == 2, r
+    assert "still broken" not in r.out + r.err, r
+    r = qemu_img("check", "--output=json", img)
+    assert json.loads(r.out)["corruptions"] == 2, r
+    assert "refcount=0" not in r.err, r
+
+
+def test_repair_places_refcounts_past_tables_past_the_end(tmp_path):
+    """Active L2 tables (clusters 8 and 9) lie past the end of the file,
+    and other entries name a cluster at a bogus offset near 2^54. That
+    bogus offset hid the near ones: the rebuilt refcount structure went to
+    cluster 8, onto those tables, and the COPIED repair then wrote an L2
+    entry's flag into the new refcount table (qemu-img check: "refcount
+    block 0 is outside image", 10 internal errors). qemu-img check -r all
+    refuses that write and fails. Now the structure goes past them and the
+    image ends with fewer errors than it had."""
+    img = tmp_path / "img.qcow2"
+    shutil.copy(REGRESSIONS / "fuzz_write-dirty-repair-reftable-on-l2-past-eof",
+                img)
+    before = json.loads(qemu_img("check", "--output=json", img).out)
+    r = run([QIMG, "check", "-r", "all", str(img)])
+    assert r.rc == 2, r
+    after = json.loads(qemu_img("check", "--output=json", img).out)
+    assert after.get("check-errors", 0) == 0, after
+    assert after["corruptions"] < before["corruptions"], (before, after)

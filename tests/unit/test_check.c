@@ -13,6 +13,9 @@
 
 #include <stdio.h>
 
+#include "metaset.h"
+#include "rebuild.h"
+
 #define CS 4096u
 #define DISK (16u << 20)  /* 4096 clusters, 8 L2 tables */
 #define L2_SPAN (CS / 8)  /* guest clusters per L2 table */
@@ -826,6 +829,47 @@ static void test_check_snapshot_table_header(void **state)
 
 /* ---- Refcount structures ------------------------------------------------- */
 
+
+/* A repair writes no structure over live metadata: an active L2 table
+ * named right at the end of the file is in the census, and a new
+ * refcount structure placed there (without stepping over what entries
+ * name past the end: avoid 0) is refused, the image marked corrupt and
+ * nothing else written. */
+static void test_check_rebuild_refuses_live_metadata(void **state)
+{
+    struct fx f;
+    struct cio c;
+    qimg_image *img = NULL;
+    const uint8_t *after;
+    uint8_t *before, *refs;
+    uint64_t end;
+    size_t len, len2;
+
+    (void)state;
+    fx_data(&f, false);
+    end = ALIGN_UP(f.len, CS);
+    assert_int_equal(get64(&f, l1e_at(&f, 3)), 0);
+    put64(&f, l1e_at(&f, 3), end);
+    assert_int_equal(cio_open(&c, &img, f.d, f.len, true, true), 0);
+    assert_int_equal(metaset_build(img), 0);
+    refs = calloc(end / CS + 4, 2);
+    assert_non_null(refs);
+    before = cio_copy(&c, &len);
+    cio_reset(&c);
+    assert_int_equal(rebuild_refcounts(img, refs, end / CS, 0), -EIO);
+    assert_non_null(strstr(qimg_last_error()->message,
+                           "overlaps with active L2 table"));
+    after = cio_bytes(&c, &len2);
+    assert_int_equal(len2, len);
+    assert_true(be64_load(after + 72) & INCOMPAT_CORRUPT);
+    assert_memory_equal(after, before, 72);
+    assert_memory_equal(after + 80, before + 80, len - 80);
+    assert_int_equal(qimg_image_close(img), 0);
+    free(before);
+    free(refs);
+    cio_free(&c);
+    fx_free(&f);
+}
 /* A refcount table entry naming a block past the end of the file: -r all
  * extends the file to cover it, and the rebuilt structure is clean. */
 static void test_check_refcount_block_outside_image(void **state)
@@ -882,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_check_snapshot_too_much_extra),
         cmocka_unit_test(test_check_snapshot_table_header),
         cmocka_unit_test(test_check_refcount_block_outside_image),
+        cmocka_unit_test(test_check_rebuild_refuses_live_metadata),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
