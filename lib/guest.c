@@ -565,8 +565,9 @@ static int write_one_compressed(qimg_image *img, const uint8_t *data,
                                 uint64_t off, uint8_t *zbuf)
 {
     struct qcow2 *q = img->q;
-    uint64_t cs = q->cluster_size, coff, idx, entry, field;
+    uint64_t cs = q->cluster_size, coff, idx, field;
     struct mcache_entry *l2;
+    struct l2_slot s;
     int64_t zlen;
     int ret;
 
@@ -575,14 +576,15 @@ static int write_one_compressed(qimg_image *img, const uint8_t *data,
         return guest_write(img, data, MIN(cs, img->size - off), off);
     if (zlen < 0)
         return (int)zlen;
-    ret = l2_get_writable(img, off, &l2, &idx);
+    /* Refused before a shared L2 table is copied for it (QEMU copies
+     * first). */
+    ret = l2_lookup(img, off, &s);
+    if (ret == 0 && (s.entry & (L2E_OFFSET_MASK | QCOW_OFLAG_COMPRESSED)))
+        ret = qimg_err(EIO, "Compressed writes need unallocated clusters");
+    if (ret == 0)
+        ret = l2_get_writable(img, off, &l2, &idx);
     if (ret < 0)
         return ret;
-    entry = l2_entry_get(q, l2->buf, idx);
-    if (entry & (L2E_OFFSET_MASK | QCOW_OFLAG_COMPRESSED)) {
-        ret = qimg_err(EIO, "Compressed writes need unallocated clusters");
-        goto out;
-    }
     ret = refcount_alloc_bytes(img, (uint64_t)zlen, &coff);
     if (ret == 0)
         ret = meta_overlap_check(img, ALIGN_DOWN(coff, cs),

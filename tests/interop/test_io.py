@@ -179,6 +179,20 @@ def test_compressed_onto_allocated(tmp):
     same_images(tmp)
 
 
+def test_compressed_onto_allocated_shared_table_unchanged(tmp):
+    """The cluster's L2 table is shared with a snapshot: qemu-io copies the
+    table for the write, then refuses it, and the file has grown by the
+    copy. qimg refuses with the same message before anything moves."""
+    build(tmp, create("-o", "cluster_size=65536", size="64M"),
+          qio("write -P 1 0 64k"),
+          ["qemu-img", "snapshot", "-c", "s", "img.qcow2"])
+    before = (tmp / "b" / "img.qcow2").read_bytes()
+    r1, r2 = io_pair(tmp, ["write -c -P 2 0 64k"])
+    assert r2.rc == 1 and "Input/output error" in r2.out, r2
+    assert (tmp / "a" / "img.qcow2").read_bytes() != before
+    assert (tmp / "b" / "img.qcow2").read_bytes() == before
+
+
 def test_write_option_conflicts(fresh):
     io_pair(fresh, ["write -P 1 -z 0 512", "write -z -P 1 0 512",
                     "write -s x -z 0 1", "write -b -z 0 1",
