@@ -453,10 +453,31 @@ static int table_frees(struct txn *t, uint64_t p, uint64_t *hit)
     return ret;
 }
 
+/* Whether the active L1 table names, without COPIED, a table the commit
+ * frees and did not replace by a copy: on a sound image such a table has
+ * a refcount of 2 or more, so one pointer less cannot free it. */
+static bool shared_table_freed(const struct txn *t)
+{
+    const struct l1_state *l1 = t->q->l1s;
+    uint64_t copy;
+
+    for (uint32_t i = 0; i < l1->l1_size; i++) {
+        uint64_t e = l1_entry_get(l1->l1, i), p = e & L1E_OFFSET_MASK;
+        if (p && !(e & QCOW_OFLAG_COPIED) &&
+            txn_space_first_freed(t, p >> t->q->cluster_bits, 1) !=
+                UINT64_MAX &&
+            !u64map_get(&t->tables.copies, p, &copy))
+            return true;
+    }
+    return false;
+}
+
 /* Counting is exact on a sound image. Where a refcount is too low, a
  * cluster the operation takes to 0 can still be in use by what it did not
- * count: a snapshot's L1 table, or (delete) the active tree. Freeing it
- * would leave that user on a free cluster; QEMU does so. */
+ * count: the active tree (delete), or another snapshot's L1 table, which
+ * is read only when the active L1 table's flags say a freed table was
+ * shared (reading every snapshot's L1 table costs a random read each).
+ * Freeing it would leave that user on a free cluster; QEMU does so. */
 int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
                            const uint8_t *l1, uint32_t l1_size)
 {
@@ -468,8 +489,8 @@ int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
 
     if (txn_space_first_freed(t, 0, UINT64_MAX) == UINT64_MAX)
         return 0;
-    for (uint32_t i = 0; ret == 0 && hit == UINT64_MAX &&
-                         i < q->sn->nb_snaps; i++) {
+    for (uint32_t i = 0, n = shared_table_freed(t) ? q->sn->nb_snaps : 0;
+         ret == 0 && hit == UINT64_MAX && i < n; i++) {
         const struct snap *s = &q->sn->snaps[i];
         uint8_t *sl1 = NULL;
         if (i == skip || !s->l1_size)
