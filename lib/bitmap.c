@@ -19,6 +19,9 @@
 #include "meta.h"
 #include "util.h"
 
+/* §9: the offset bits of a bitmap table entry */
+#define BME_TABLE_OFFSET_MASK 0x00fffffffffffe00ull
+
 /* §9 directory entry offsets */
 enum {
     BME_TABLE_OFF = 0,
@@ -103,6 +106,45 @@ int bitmap_dir_load(qimg_image *img, struct bitmap_entry **out, size_t *n)
     *out = b;
     *n = h->nb_bitmaps;
     return 0;
+}
+
+int bitmap_each_ref(qimg_image *img, uint64_t end, bitmap_ref_fn *fn,
+                    void *ctx)
+{
+    const struct qcow2_header *h = &img->q->hdr;
+    struct bitmap_entry *b = NULL;
+    size_t n = 0;
+    int ret;
+
+    if (!h->has_bitmaps_ext || !(h->autoclear & AUTOCLEAR_BITMAPS))
+        return 0;
+    ret = fn(ctx, -1, -1, h->bitmap_dir_offset, h->bitmap_dir_size);
+    if (ret == 0 && bitmap_dir_load(img, &b, &n) < 0) {
+        qimg_error_clear();
+        return 0;
+    }
+    for (size_t i = 0; i < n && ret == 0; i++) {
+        uint64_t bytes = (uint64_t)b[i].table_size * 8;
+        uint8_t *t;
+        ret = fn(ctx, (int64_t)i, -1, b[i].table_off, bytes);
+        if (ret != 0 || !bytes || b[i].table_off > end ||
+            bytes > end - b[i].table_off)
+            continue;
+        t = malloc(bytes);
+        if (!t) {
+            ret = qimg_err(ENOMEM, "Out of memory");
+            break;
+        }
+        ret = file_pread(img, t, bytes, b[i].table_off);
+        for (uint32_t k = 0; k < b[i].table_size && ret == 0; k++) {
+            uint64_t off = be64_load(t + k * 8) & BME_TABLE_OFFSET_MASK;
+            if (off)
+                ret = fn(ctx, (int64_t)i, k, off, img->q->cluster_size);
+        }
+        free(t);
+    }
+    bitmap_dir_free(b, n);
+    return ret;
 }
 
 int bitmap_mark_in_use(qimg_image *img)

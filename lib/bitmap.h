@@ -22,6 +22,15 @@ struct bitmap_entry {
 #define BME_FLAG_AUTO 2u
 int bitmap_dir_load(qimg_image *img, struct bitmap_entry **out, size_t *n);
 void bitmap_dir_free(struct bitmap_entry *b, size_t n);
+/* Visit what the bitmaps reference: the directory (bitmap -1), each
+ * bitmap's table (entry -1) and the cluster each entry of its table names
+ * (entry k). A directory that cannot be loaded is visited, not followed; a
+ * table that does not end inside [0, end) is not read. A non-zero return
+ * of fn stops the visit and is returned. */
+typedef int bitmap_ref_fn(void *ctx, int64_t bitmap, int64_t entry,
+                          uint64_t off, uint64_t len);
+int bitmap_each_ref(qimg_image *img, uint64_t end, bitmap_ref_fn *fn,
+                    void *ctx);
 /* Before guest data is first written: mark every auto bitmap in_use (once
  * per open image). */
 int bitmap_mark_in_use(qimg_image *img);

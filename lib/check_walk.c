@@ -509,44 +509,21 @@ static int check_snapshots_refs(struct chk *c)
 
 /* ---- Bitmaps ------------------------------------------------------------- */
 
+static int count_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
+                            uint64_t off, uint64_t len)
+{
+    struct chk *c = ctx;
+
+    if (bitmap < 0)
+        c->walk.loc = (struct loc){LOC_BITMAP_DIR, -1, -1, -1};
+    else
+        c->walk.loc = (struct loc){LOC_BITMAP, -1, bitmap, entry < 0 ? -1 : 0};
+    return inc_refs(c, off, len);
+}
+
 static int check_bitmaps_refs(struct chk *c)
 {
-    const struct qcow2_header *h = &c->q->hdr;
-    struct bitmap_entry *b = NULL;
-    size_t n = 0;
-    int ret;
-
-    if (!h->has_bitmaps_ext || !(h->autoclear & AUTOCLEAR_BITMAPS))
-        return 0;
-    c->walk.loc = (struct loc){LOC_BITMAP_DIR, -1, -1, -1};
-    ret = inc_refs(c, h->bitmap_dir_offset, h->bitmap_dir_size);
-    if (ret == 0 && bitmap_dir_load(c->img, &b, &n) < 0) {
-        qimg_error_clear();
-        return 0; /* an unreadable directory is counted, not followed */
-    }
-    for (size_t i = 0; i < n && ret == 0; i++) {
-        uint64_t bytes = (uint64_t)b[i].table_size * 8;
-        uint8_t *t;
-        c->walk.loc = (struct loc){LOC_BITMAP, -1, (int64_t)i, -1};
-        ret = inc_refs(c, b[i].table_off, bytes);
-        if (ret < 0 || !bytes || b[i].table_off + bytes > c->walk.file_size)
-            continue;
-        t = malloc(bytes);
-        if (!t) {
-            ret = qimg_err(ENOMEM, "Out of memory");
-            break;
-        }
-        ret = file_pread(c->img, t, bytes, b[i].table_off);
-        c->walk.loc.j = 0;
-        for (uint32_t k = 0; k < b[i].table_size && ret == 0; k++) {
-            uint64_t off = be64_load(t + k * 8) & L2E_OFFSET_MASK;
-            if (off)
-                ret = inc_refs(c, off, c->q->cluster_size);
-        }
-        free(t);
-    }
-    bitmap_dir_free(b, n);
-    return ret;
+    return bitmap_each_ref(c->img, c->walk.file_size, count_bitmap_ref, c);
 }
 
 /* ---- Refcount structures ------------------------------------------------- */

@@ -13,6 +13,8 @@
  */
 #include "txn_impl.h"
 
+#include "bitmap.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -472,10 +474,32 @@ static bool shared_table_freed(const struct txn *t)
     return false;
 }
 
+struct bitmap_hit {
+    const struct txn *t;
+    uint64_t hit;
+    int64_t bitmap;
+};
+
+static int freed_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
+                            uint64_t off, uint64_t len)
+{
+    struct bitmap_hit *b = ctx;
+    const unsigned cbits = b->t->q->cluster_bits;
+
+    (void)entry;
+    if (!len || off + len < off)
+        return 0;
+    b->hit = txn_space_first_freed(b->t, off >> cbits,
+                                   ((off + len - 1) >> cbits) -
+                                       (off >> cbits) + 1);
+    b->bitmap = bitmap;
+    return b->hit != UINT64_MAX;
+}
+
 /* Counting is exact on a sound image. Where a refcount is too low, a
  * cluster the operation takes to 0 can still be in use by what it did not
- * count: the active tree (delete), or another snapshot's L1 table, which
- * is read only when the active L1 table's flags say a freed table was
+ * count: the bitmaps, the active tree (delete), or another snapshot's L1
+ * table, which is read only when the active L1 table's flags say a freed table was
  * shared (reading every snapshot's L1 table costs a random read each).
  * Freeing it would leave that user on a free cluster; QEMU does so. */
 int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
@@ -483,12 +507,22 @@ int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
 {
     const struct qcow2 *q = t->q;
     const unsigned cbits = q->cluster_bits;
+    struct bitmap_hit bh = {t, UINT64_MAX, -1};
     uint64_t hit = UINT64_MAX, p;
     char user[96];
     int ret = 0;
 
     if (txn_space_first_freed(t, 0, UINT64_MAX) == UINT64_MAX)
         return 0;
+    ret = bitmap_each_ref(t->img, q->file_size, freed_bitmap_ref, &bh);
+    if (ret > 0) {
+        ret = 0;
+        hit = bh.hit;
+        if (bh.bitmap < 0)
+            snprintf(user, sizeof user, "the bitmap directory");
+        else
+            snprintf(user, sizeof user, "bitmap %" PRId64, bh.bitmap);
+    }
     for (uint32_t i = 0, n = shared_table_freed(t) ? q->sn->nb_snaps : 0;
          ret == 0 && hit == UINT64_MAX && i < n; i++) {
         const struct snap *s = &q->sn->snaps[i];
