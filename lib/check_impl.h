@@ -196,6 +196,7 @@ void findings_free(struct chk *c);
 /* ---- check_snaptable.c --------------------------------------------------- */
 
 int chk_snaptable_read(struct chk *c);
+/* 1 if it rewrote the table (freeing the old one's clusters). */
 int chk_snaptable_fix(struct chk *c);
 void chk_snaptable_free(struct chk *c);
 

@@ -156,7 +156,7 @@ int chk_snaptable_fix(struct chk *c)
     c->res->corruptions -= t->corruptions;
     c->res->corruptions_fixed += t->corruptions;
     t->corruptions = 0;
-    return 0;
+    return 1;
 }
 
 void chk_snaptable_free(struct chk *c)

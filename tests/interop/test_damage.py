@@ -321,3 +321,22 @@ def test_repair_places_refcounts_past_tables_past_the_end(tmp_path):
     after = json.loads(qemu_img("check", "--output=json", img).out)
     assert after.get("check-errors", 0) == 0, after
     assert after["corruptions"] < before["corruptions"], (before, after)
+
+
+def test_repair_sets_copied_freed_by_snapshot_table_fix(tmp_path):
+    """Snapshot entry 1 is incomplete and the table it makes runs over the
+    active disk's data cluster 14 (refcount 2: the entry and the table).
+    -r all writes the table anew and frees the old one, leaving cluster
+    14 at refcount 1 after the COPIED pass had run: qemu-img's repair ends
+    with that flag wrong ("1 errors"). qimg's runs the pass again."""
+    img = tmp_path / "img.qcow2"
+    shutil.copy(
+        REGRESSIONS / "fuzz_check-repair-snapshot-table-over-data-copied", img)
+    q = tmp_path / "q.qcow2"
+    shutil.copy(img, q)
+    rq = qemu_img("check", "-r", "all", q)
+    assert rq.rc == 2 and "l2_entry=1c00 refcount=1" in rq.err, rq
+    r = run([QIMG, "check", "-r", "all", str(img)])
+    assert r.rc == 0, r
+    r = qemu_img("check", img)
+    assert r.rc == 0 and "No errors were found" in r.out, r
