@@ -499,7 +499,7 @@ static int freed_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
 /* Counting is exact on a sound image. Where a refcount is too low, a
  * cluster the operation takes to 0 can still be in use by what it did not
  * count: the bitmaps, the active tree (delete), or another snapshot's L1
- * table, which is read only when the active L1 table's flags say a freed table was
+ * table, read only when the active L1 table's flags say a freed table was
  * shared (reading every snapshot's L1 table costs a random read each).
  * Freeing it would leave that user on a free cluster; QEMU does so. */
 int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
