@@ -147,10 +147,8 @@ int qimg_image_check(struct qimg_check_result **out, qimg_image *img,
     /* The old table's clusters are free now; one that data shared (a
      * table running over a data cluster) may now need COPIED. QEMU's
      * repair leaves that flag wrong. */
-    if (ret == 1) {
-        c.disk.equal = false;
+    if (ret == 1)
         ret = copied_check(&c);
-    }
     if (ret == 0)
         ret = pinpoint(&c);
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)

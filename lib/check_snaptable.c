@@ -156,6 +156,7 @@ int chk_snaptable_fix(struct chk *c)
     c->res->corruptions -= t->corruptions;
     c->res->corruptions_fixed += t->corruptions;
     t->corruptions = 0;
+    c->disk.equal = false; /* the old table's clusters were freed */
     return 1;
 }
 

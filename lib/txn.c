@@ -301,8 +301,7 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     /* Delete alone leaves the active tree uncounted. */
     if (ret == 0)
         ret = txn_tables_check_freed(
-            t, deleted, deleted != UINT32_MAX,
-            r->active ? r->active->buf : t->q->l1s->l1,
+            t, deleted, r->active ? r->active->buf : t->q->l1s->l1,
             r->active ? r->active->size : t->q->l1s->l1_size);
     nr = new_roots(t, r);
     /* 1 of 3: every new structure is durable (nothing was written before

@@ -278,10 +278,11 @@ int txn_tables_inspect(struct txn *t, const uint8_t *l1, uint32_t size,
 /* Point a new L1 table at the copies made; set its COPIED flags. */
 int txn_tables_redirect(struct txn *t, struct new_l1 *l1);
 int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1);
-/* Before the commit: nothing it frees is still named by a snapshot's L1
- * table (but snapshot skip's) or, if active_tree, by the active tree,
- * which the operation did not count (l1: the new active L1 table). */
-int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
+/* Before the commit: nothing it frees is still named by a bitmap, a
+ * snapshot's L1 table or, for the delete of snapshot `deleted` (else
+ * UINT32_MAX), by the active tree, which a delete does not count (l1: the
+ * new active L1 table). */
+int txn_tables_check_freed(struct txn *t, uint32_t deleted,
                            const uint8_t *l1, uint32_t l1_size);
 
 /* The L2 table offset in entry i of an L1 table of size entries (0 past

@@ -502,9 +502,10 @@ static int freed_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
  * table, read only when the active L1 table's flags say a freed table was
  * shared (reading every snapshot's L1 table costs a random read each).
  * Freeing it would leave that user on a free cluster; QEMU does so. */
-int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
+int txn_tables_check_freed(struct txn *t, uint32_t deleted,
                            const uint8_t *l1, uint32_t l1_size)
 {
+    const bool active_tree = deleted != UINT32_MAX;
     const struct qcow2 *q = t->q;
     const unsigned cbits = q->cluster_bits;
     struct bitmap_hit bh = {t, UINT64_MAX, -1};
@@ -527,7 +528,7 @@ int txn_tables_check_freed(struct txn *t, uint32_t skip, bool active_tree,
          ret == 0 && hit == UINT64_MAX && i < n; i++) {
         const struct snap *s = &q->sn->snaps[i];
         uint8_t *sl1 = NULL;
-        if (i == skip || !s->l1_size)
+        if (i == deleted || !s->l1_size)
             continue;
         ret = file_read_table(t->img, &sl1, s->l1_off, (size_t)s->l1_size * 8,
                               "Snapshot L1 table");
