@@ -65,6 +65,7 @@ void meta_free(qimg_image *img)
     if (!img->q->meta)
         return;
     clear(img->q->meta);
+    idset_free(&img->q->meta->avoid);
     free(img->q->meta);
     img->q->meta = NULL;
 }
@@ -212,4 +213,33 @@ int meta_check_write(qimg_image *img, unsigned allowed, uint64_t off,
 int meta_overlap_check(qimg_image *img, uint64_t off, uint64_t len)
 {
     return meta_check_write(img, 0, off, len);
+}
+
+/* ---- Clusters allocation steps over ------------------------------------ */
+
+bool meta_avoid_ready(const qimg_image *img)
+{
+    return img->q->meta->avoid_ready;
+}
+
+void meta_avoid_set_ready(qimg_image *img)
+{
+    img->q->meta->avoid_ready = true;
+}
+
+int meta_avoid_add(qimg_image *img, uint64_t idx)
+{
+    return idset_add(&img->q->meta->avoid, idx) < 0 ? -ENOMEM : 0;
+}
+
+bool meta_avoid_any(const qimg_image *img)
+{
+    return img->q->meta->avoid.n != 0;
+}
+
+bool meta_avoid(const qimg_image *img, uint64_t idx)
+{
+    const struct meta_state *m = img->q->meta;
+
+    return m->avoid.n && idset_has(&m->avoid, idx);
 }

@@ -35,6 +35,8 @@ struct meta_state {
     struct idset any;                 /* every metadata cluster */
     struct idset kind[META_NB_KINDS]; /* the clusters of each kind */
     bool ready;
+    struct idset avoid; /* see meta_avoid() */
+    bool avoid_ready;
 };
 
 int meta_init(qimg_image *img);
@@ -68,5 +70,18 @@ int meta_overlap_check(qimg_image *img, uint64_t off, uint64_t len);
 int meta_signal_overlap(qimg_image *img, uint64_t idx, unsigned allowed);
 /* The kinds (META_BIT mask) cluster idx holds; 0 if none. */
 unsigned meta_kinds(const qimg_image *img, uint64_t idx);
+
+/* Clusters no allocation may take although their refcount is 0: L2
+ * tables a snapshot's L1 table names (damage: a refcount of 0, or past the
+ * end of the file, where they read as zeros) and what a bitmap names past
+ * the end. Handed out, the cluster would join that tree. Filled once
+ * while the image is open (metaset_build() reads every snapshot's L1
+ * table for it), and kept: a cluster stepped over stays such a cluster. */
+bool meta_avoid_ready(const qimg_image *img);
+void meta_avoid_set_ready(qimg_image *img);
+int meta_avoid_add(qimg_image *img, uint64_t idx);
+/* At least one cluster is to be avoided. */
+bool meta_avoid_any(const qimg_image *img);
+bool meta_avoid(const qimg_image *img, uint64_t idx);
 
 #endif

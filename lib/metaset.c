@@ -11,8 +11,10 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "bitmap.h"
 #include "endian.h"
 #include "error.h"
+#include "file.h"
 #include "l1l2.h"
 #include "meta.h"
 #include "refcount.h"
@@ -91,6 +93,100 @@ static int check_active_l2(qimg_image *img)
     return ret;
 }
 
+/* ---- Clusters allocation steps over (meta_avoid) ------------------------ */
+
+/* A bogus length must not cost a set of millions: QEMU's largest bitmap
+ * table, 128 MiB, is the most counted of one range. */
+#define AVOID_RANGE_MAX (128ull << 20)
+
+static int avoid_range(qimg_image *img, uint64_t end, uint64_t off,
+                       uint64_t len)
+{
+    const unsigned cbits = img->q->cluster_bits;
+    uint64_t first, last;
+    int ret = 0;
+
+    if (!len || off + len < off || off + len <= end)
+        return 0;
+    first = MAX(off, end) >> cbits;
+    last = (MIN(off + len, MAX(off, end) + AVOID_RANGE_MAX) - 1) >> cbits;
+    for (uint64_t c = first; ret == 0 && c <= last; c++)
+        ret = meta_avoid_add(img, c);
+    return ret;
+}
+
+struct avoid_ctx {
+    qimg_image *img;
+    uint64_t end;
+};
+
+static int avoid_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
+                            uint64_t off, uint64_t len)
+{
+    const struct avoid_ctx *a = ctx;
+
+    (void)bitmap;
+    (void)entry;
+    return avoid_range(a->img, a->end, off, len);
+}
+
+/* An L2 table a snapshot names is one to avoid if its refcount is 0 (past
+ * the end of the file, it is). */
+static int avoid_l2(qimg_image *img, uint64_t off)
+{
+    const struct qcow2 *q = img->q;
+    uint64_t rc = 0;
+    int ret = 0;
+
+    if (off < q->file_size)
+        ret = refcount_get(img, off >> q->cluster_bits, &rc);
+    return ret < 0 || rc ? ret : meta_avoid_add(img, off >> q->cluster_bits);
+}
+
+/* Reads every snapshot's L1 table, one read each; an entry equal to the
+ * previous snapshot's at its index (most are) is not looked up again. A
+ * table not wholly inside the file is skipped: every operation that
+ * could write refuses it first. */
+static int load_avoid(qimg_image *img)
+{
+    const struct qcow2 *q = img->q;
+    const uint64_t end = q->file_size;
+    struct avoid_ctx a = {img, end};
+    uint8_t *prev = NULL;
+    uint32_t prev_size = 0;
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < q->sn->nb_snaps; i++) {
+        const struct snap *s = &q->sn->snaps[i];
+        uint64_t len = (uint64_t)s->l1_size * 8;
+        uint8_t *l1 = NULL;
+        if (!len || len > QCOW_MAX_L1_SIZE || s->l1_off > end ||
+            len > end - s->l1_off)
+            continue;
+        ret = file_read_table(img, &l1, s->l1_off, len, NULL);
+        for (uint32_t k = 0; ret == 0 && k < s->l1_size; k++) {
+            uint64_t e = be64_load(l1 + k * 8), off = e & L1E_OFFSET_MASK;
+            if (off && (k >= prev_size || e != be64_load(prev + k * 8)))
+                ret = avoid_l2(img, off);
+        }
+        if (ret == 0) {
+            free(prev);
+            prev = l1;
+            prev_size = s->l1_size;
+        } else {
+            free(l1);
+        }
+    }
+    free(prev);
+    if (ret == 0)
+        ret = bitmap_each_ref(img, end, avoid_bitmap_ref, &a);
+    if (ret == 0)
+        meta_avoid_set_ready(img);
+    return ret == -ENOMEM ? qimg_err(ENOMEM, "Out of memory") : ret;
+}
+
+/* ---- The census ---------------------------------------------------------- */
+
 /* A snapshot's L1 table and the bitmap directory count only as far as
  * they lie inside the file, and a snapshot L1 table only if its size is
  * valid (operations on it refuse it): neither is validated at open, and a
@@ -107,6 +203,8 @@ int metaset_build(qimg_image *img)
     if (meta_ready(img))
         return 0;
     ret = check_roots(img);
+    if (ret == 0 && !meta_avoid_ready(img))
+        ret = load_avoid(img);
     if (ret == 0)
         ret = check_active_l2(img);
     if (ret < 0)

@@ -352,13 +352,21 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
         struct mcache_entry *e;
         uint64_t i;
 
-        if (!rb_off) {
+        if (!rb_off && !meta_avoid_any(img)) {
             /* No block (or past the table): the whole range is free. */
             uint64_t left = (mask + 1) - (idx & mask);
             uint64_t take = MIN(left, n - run);
             *first_free = MIN(*first_free, idx);
             run += take;
             idx += take;
+            continue;
+        }
+        if (!rb_off) {
+            /* The same, one cluster at a time, past those to avoid. */
+            run = meta_avoid(img, idx) ? 0 : run + 1;
+            if (run)
+                *first_free = MIN(*first_free, idx);
+            idx++;
             continue;
         }
         ret = rb_load(img, rt_idx, rb_off, &e);
@@ -369,7 +377,7 @@ static int find_free_run(qimg_image *img, uint64_t n, uint64_t *out,
              * refcount says: handing it out would fail the overlap check
              * after the request wrote part of its data. */
             if (refblock_get(e->buf, i, q->refcount_order) ||
-                meta_kinds(img, idx)) {
+                meta_kinds(img, idx) || meta_avoid(img, idx)) {
                 run = 0;
             } else {
                 *first_free = MIN(*first_free, idx);

@@ -154,7 +154,8 @@ static int alloc_scan(struct txn *t, uint64_t n, bool backed, uint64_t *cursor,
             sp->first_free = MIN(sp->first_free, idx);
         for (; i < per && run < n; i++, idx++) {
             if ((exists && refblock_get(rb, i, q->refcount_order)) ||
-                txn_refs_zero_hit_at(z, i) || idx == 0) {
+                txn_refs_zero_hit_at(z, i) || idx == 0 ||
+                meta_avoid(t->img, idx)) {
                 /* In use (or too short a run): skip to the next cluster
                  * at 0 again. */
                 run = 0;
@@ -185,6 +186,8 @@ static int cluster_free(struct txn *t, uint64_t c)
     const uint8_t *rb = txn_refs_block(t, rt_idx);
     int ret;
 
+    if (meta_avoid(t->img, c))
+        return 0;
     if (rb)
         return !refblock_get(rb, i, q->refcount_order) &&
                !txn_refs_zero_hit_at(txn_refs_zhit(t, rt_idx), i);

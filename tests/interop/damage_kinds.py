@@ -687,6 +687,18 @@ _rc("rc_snap_l1_zero", "refcount 0 for snapshot s1's L1 table",
     lambda L: L.snaps[0].l1_off, lambda L: 0)
 _rc("rc_free_past_eof", "refcount 1 for a cluster past the end of the "
     "file (a leak)", lambda L: L.file_size + 4 * L.cs, lambda L: 1)
+_rc("rc_snap_l2_zero", "refcount 0 for s1's L2 table 0, which only s1 "
+    "names (a new cluster must not go there)",
+    lambda L: u64(L.pristine, L.snaps[0].l1_off) & OFF_MASK, lambda L: 0,
+    dmg=GFREE, geoms=("64k", "512"))
+
+
+@both_geoms("snap_l2_past_eof", "s1's last L1 entry names the cluster just "
+            "past the end of the file (the file must not grow over it)",
+            dmg=GFREE)
+def _snap_l2_past_eof(d, L):
+    eof = (L.file_size + L.cs - 1) // L.cs * L.cs
+    return put64(d, L.snaps[0].l1_off + 8 * (L.snaps[0].l1_size - 1), eof)
 
 # -- snapshot table ----------------------------------------------------------
 

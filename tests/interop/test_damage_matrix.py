@@ -214,6 +214,10 @@ bad(WRITES_THEN_REFUSES, "snap_l1_size_past_eof", "v2 v3",
     "snapshot-d io-write")
 bad(WRITES_THEN_REFUSES, "snap_l1e_past_eof", "v2 v3", "snapshot-d")
 bad(WRITES_THEN_REFUSES, "snap_l1e_on_active_l1", "v2 v3", "snapshot-a")
+bad(WRITES_THEN_REFUSES, "snap_l2_past_eof", "v2 v3", "snapshot-d")
+bad(WRITES_THEN_REFUSES, "snap_l2_past_eof@512", "v2 v3", "snapshot-d")
+bad(WRITES_THEN_REFUSES, "rc_snap_l2_zero", "v2 v3", "snapshot-d")
+bad(WRITES_THEN_REFUSES, "rc_snap_l2_zero@512", "v2 v3", "snapshot-d")
 
 bad(REPAIR_GIVES_UP, "trunc_after_header", "v2 v3", "check-r-all")
 bad(REPAIR_GIVES_UP, "trunc_in_l1", "v3", "check-r-all")
@@ -244,6 +248,12 @@ bad(MORE_CORRUPTION, "snap_l1e_past_eof", "v2 v3", "snapshot-a")
 bad(MORE_CORRUPTION, "snap_id_size_huge_last", "v2 v3", "snapshot-c")
 bad(MORE_CORRUPTION, "snap_name_size_huge_last", "v2 v3", "snapshot-c")
 bad(MORE_CORRUPTION, "snap_l1e_on_refblock", "v2 v3", "snapshot-c")
+bad(MORE_CORRUPTION, "snap_l2_past_eof", "v2 v3",
+    "snapshot-c snapshot-a io-write")
+bad(MORE_CORRUPTION, "snap_l2_past_eof@512", "v2 v3",
+    "snapshot-c snapshot-a io-write")
+bad(MORE_CORRUPTION, "rc_snap_l2_zero", "v2 v3", "snapshot-c io-write")
+bad(MORE_CORRUPTION, "rc_snap_l2_zero@512", "v2 v3", "io-write")
 
 bad(MORE_LEAKS, "trunc_in_refblock", "v2", "snapshot-c io-write")
 bad(MORE_LEAKS, "trunc_in_refblock", "v3", "snapshot-c io-write check-r-all")
