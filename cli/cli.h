@@ -19,6 +19,7 @@ int cmd_info(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_map(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
@@ -53,6 +54,8 @@ int parse_size_ex(const char *s, uint64_t *out, bool *hex_suffix);
 int parse_format(const char *s, enum qimg_format *out);
 /* --image-opts option string: file name (malloc'd), format, locking. */
 int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o);
+/* A cache mode qemu-img accepts (-t, -T); qimg's I/O ignores it. */
+bool cache_mode_ok(const char *mode);
 
 /* output.c */
 /* QEMU's size_to_str(): "64 MiB", "0.977 MiB", "1e+03 KiB". */
@@ -77,5 +80,13 @@ void jv_print(FILE *f, const struct jv *v); /* pretty, no trailing newline */
 void jv_free(struct jv *v);
 /* Print a JSON string literal (QEMU's escaping). */
 void json_print_str(FILE *f, const char *s);
+
+/* qemu-img's progress line, "    (x.xx/100%)\r" on stdout, printed when
+ * the value moved by more than min_skip or is 0 or 100. progress_print:
+ * with max 0, delta is the new value; else the value grows by
+ * delta / 100 * max (QEMU's qemu_progress_print). */
+void progress_init(bool enabled, float min_skip);
+void progress_print(float delta, int max);
+void progress_end(void);
 
 #endif

@@ -245,17 +245,6 @@ static int parse_options(struct conv_args *a, int argc, char **argv)
     return -1;
 }
 
-static bool cache_mode_ok(const char *m)
-{
-    static const char *const modes[] = {"none",   "off",        "writeback",
-                                        "unsafe", "directsync", "writethrough"};
-
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
-        if (!strcmp(m, modes[i]))
-            return true;
-    return false;
-}
-
 /* The checks qemu-img makes once all options are read, up to "-o help";
  * returns -1 to go on, or the exit code. */
 static int check_args(struct conv_args *a, int argc, char **argv)
@@ -608,12 +597,12 @@ int cmd_convert(int argc, char **argv)
     if (ret < 0)
         ret = check_args(&a, argc, argv);
     if (ret < 0) {
-        conv_progress_init(a.progress);
-        conv_progress_set(0);
+        progress_init(a.progress, 1.0f);
+        progress_print(0, 0);
         ret = run(&a, &job) < 0 ? 1 : 0;
         if (ret == 0)
-            conv_progress_set(100);
-        conv_progress_end();
+            progress_print(100, 0);
+        progress_end();
     }
     qimg_image_close(job.dst);
     for (size_t i = 0; i < job.nb_src; i++)

@@ -51,11 +51,6 @@ struct conv_job {
  * Returns 0, or -1 after printing qemu-img's message. */
 int conv_copy(struct conv_job *job);
 
-/* qemu-img's progress line, "    (x.xx/100%)\r" on stdout, printed when
- * it moved by more than one point, and at 0 and 100. */
-void conv_progress_init(bool enabled);
-void conv_progress_set(float percent);
-void conv_progress_end(void);
 
 /* ---- convert_opts.c ---- */
 

@@ -38,41 +38,6 @@ struct walk {
     enum chunk_kind kind;
 };
 
-/* ---- Progress ---------------------------------------------------------- */
-
-static struct {
-    bool enabled;
-    float last; /* the value last printed */
-} progress;
-
-void conv_progress_init(bool enabled)
-{
-    progress.enabled = enabled;
-    progress.last = 0;
-}
-
-void conv_progress_set(float percent)
-{
-    if (percent > 100)
-        percent = 100;
-    if (!(percent > progress.last + 1.0f || percent < progress.last - 1.0f ||
-          percent == 0 || percent == 100))
-        return;
-    progress.last = percent;
-    if (progress.enabled) {
-        printf("    (%3.2f/100%%)\r", (double)percent);
-        fflush(stdout);
-    }
-}
-
-void conv_progress_end(void)
-{
-    if (progress.enabled) {
-        putchar('\n');
-        fflush(stdout);
-    }
-}
-
 /* ---- Walking the sources ------------------------------------------------ */
 
 static struct conv_src *src_at(struct conv_job *job, uint64_t pos)
@@ -438,7 +403,7 @@ int conv_copy(struct conv_job *job)
             n = MIN(n, job->buf_size);
         if (counts_for_progress(job, w.kind)) {
             done += n;
-            conv_progress_set((float)(100.0 * (double)done / (double)work));
+            progress_print((float)(100.0 * (double)done / (double)work), 0);
         }
         ret = copy_chunk(job, w.kind, buf, pos, n);
         pos += n;

@@ -127,3 +127,14 @@ int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o)
     }
     return ret;
 }
+
+bool cache_mode_ok(const char *m)
+{
+    static const char *const modes[] = {"none",   "off",        "writeback",
+                                        "unsafe", "directsync", "writethrough"};
+
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++)
+        if (!strcmp(m, modes[i]))
+            return true;
+    return false;
+}

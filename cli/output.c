@@ -356,3 +356,43 @@ void jv_print(FILE *f, const struct jv *v)
 {
     jv_print_level(f, v, 0);
 }
+
+/* ---- Progress ---------------------------------------------------------- */
+
+static struct {
+    bool enabled;
+    float min_skip;
+    float current, last; /* the value now and the one last printed */
+} progress;
+
+void progress_init(bool enabled, float min_skip)
+{
+    progress.enabled = enabled;
+    progress.min_skip = min_skip;
+    progress.current = progress.last = 0;
+}
+
+void progress_print(float delta, int max)
+{
+    float now = max ? progress.current + delta / 100 * (float)max : delta;
+
+    if (now > 100)
+        now = 100;
+    progress.current = now;
+    if (!(now > progress.last + progress.min_skip ||
+          now < progress.last - progress.min_skip || now == 0 || now == 100))
+        return;
+    progress.last = now;
+    if (progress.enabled) {
+        printf("    (%3.2f/100%%)\r", (double)now);
+        fflush(stdout);
+    }
+}
+
+void progress_end(void)
+{
+    if (progress.enabled) {
+        putchar('\n');
+        fflush(stdout);
+    }
+}
