@@ -235,6 +235,21 @@ class Convert(Op):
         self.pre(img)
 
 
+class Compare(Op):
+    name, desc = "compare", "compare with an identical copy (made untimed)"
+    images = ["A100", "C", "D"]
+
+    def setup(self, img):
+        self.twin = img + ".twin"
+        sh(["cp", "--sparse=always", img, self.twin])
+
+    def argv(self, img):
+        return ["compare", img, self.twin]
+
+    def teardown(self, img):
+        os.unlink(self.twin)
+
+
 class BenchWrite(Op):
     name = "bench-w4k"
     desc = ("bench -w -s 4k -c %d, scattered (step %d), fresh 2 GiB image"
@@ -286,6 +301,7 @@ def make_ops(ctx):
         ReadOnly(ctx, "map", "map (human output to /dev/null)", ["map"]),
         Convert(ctx, "raw"),
         Convert(ctx, "qcow2"),
+        Compare(ctx),
         SnapCreate(ctx),
         SnapDelete(ctx),
         SnapApplySteady(ctx),

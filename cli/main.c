@@ -19,7 +19,8 @@ struct command {
 
 static const struct command commands[] = {
     {"bench", cmd_bench},     {"check", cmd_check},
-    {"convert", cmd_convert}, {"create", cmd_create},
+    {"compare", cmd_compare}, {"convert", cmd_convert},
+    {"create", cmd_create},
     {"info", cmd_info},       {"io", cmd_io},
     {"map", cmd_map},         {"snapshot", cmd_snapshot},
 };
@@ -103,6 +104,8 @@ void cli_help(void)
         "[-S step_size] [-w] [-U] filename\n"
         "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
         "filename\n"
+        "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
+        "filename1 filename2\n"
         "  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
         "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] "
         "filename output_filename\n"
@@ -143,6 +146,12 @@ void cli_help(void)
         "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes "
         "all\n"
         "       kinds of errors.\n"
+        "\n"
+        "Parameters to compare subcommand:\n"
+        "  '-f' first image format\n"
+        "  '-F' second image format\n"
+        "  '-s' run in Strict mode - fail on different image size or sector "
+        "allocation\n"
         "\n"
         "Parameters to snapshot subcommand:\n"
         "  'snapshot' is the name of the snapshot to create, apply or delete\n"
