@@ -78,9 +78,14 @@ struct qimg_open_opts {
      * lies in an external data file open too, though their data cannot
      * be read. */
     bool no_io;
+    /* More than 0: open at most this many images of the backing chain
+     * (the lowest one opened then reads as if it had no backing file).
+     * qemu-img commit keeps the image it commits into out of the chain
+     * so that it can open it for writing. */
+    int backing_layers;
 };
 #define QIMG_OPEN_OPTS_INIT                                                    \
-    {QIMG_FMT_AUTO, false, false, false, false, NULL, false, false, false}
+    {QIMG_FMT_AUTO, false, false, false, false, NULL, false, false, false, 0}
 
 /* Open `path`. Backing files are opened read-only, relative names resolved
  * against the directory of the image naming them. */
@@ -235,6 +240,10 @@ QIMG_API int qimg_snapshot_create(qimg_image *img, const char *name);
 QIMG_API int qimg_snapshot_apply(qimg_image *img, const char *id_or_name);
 /* Delete the snapshot (looked up by name, then ID). Commits atomically. */
 QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
+/* Empty the active disk: every cluster unallocated, so that it reads
+ * through to the backing file (qemu-img commit's last step); internal
+ * snapshots keep their data. Commits atomically. */
+QIMG_API int qimg_image_make_empty(qimg_image *img);
 
 /* ---- Consistency check and repair ------------------------------------- */
 

@@ -59,7 +59,8 @@ static int open_backing(qimg_image *img, const struct qimg_open_opts *o,
     char *path;
     int ret;
 
-    if (!img->q || !img->q->hdr.backing_file)
+    if (!img->q || !img->q->hdr.backing_file ||
+        (o->backing_layers > 0 && depth >= o->backing_layers))
         return 0;
     h = &img->q->hdr;
     if (depth >= MAX_CHAIN_DEPTH)
@@ -76,6 +77,7 @@ static int open_backing(qimg_image *img, const struct qimg_open_opts *o,
                         h->backing_fmt);
     bo.force_share = o->force_share;
     bo.no_locking = o->no_locking;
+    bo.backing_layers = o->backing_layers;
     path = backing_full_path(img->filename, h->backing_file);
     if (!path)
         return qimg_err(ENOMEM, "Out of memory");

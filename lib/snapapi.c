@@ -114,3 +114,12 @@ int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
         return qimg_err(ENOENT, "snapshot not found");
     return roots_write_failed(img, txn_snapshot_delete(img, idx));
 }
+
+int qimg_image_make_empty(qimg_image *img)
+{
+    if (img->is_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "Image format does not support emptying");
+    return roots_write_failed(img, txn_make_empty(img));
+}

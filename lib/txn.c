@@ -548,47 +548,48 @@ static uint64_t l1_entries_needed(const struct qcow2 *q, uint64_t size)
     return (size + (1ull << span) - 1) >> span;
 }
 
-int txn_snapshot_apply(qimg_image *img, int idx)
+/* Make snapshot s's tree the active one, at disk_size; with s NULL, an
+ * empty tree (every cluster unallocated) at the disk's size. */
+static int set_active(qimg_image *img, const struct snap *s,
+                      uint64_t disk_size)
 {
     struct qcow2 *q = img->q;
     struct new_l1 active = {0}, *l1s[1] = {&active};
-    const struct snap *s = &q->sn->snaps[idx];
-    uint32_t nb = q->sn->nb_snaps;
+    uint32_t nb = q->sn->nb_snaps, sl1_size = s ? s->l1_size : 0;
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t n;
-    struct roots r = {s->disk_size, &active, q->sn->nb_snaps,
+    struct roots r = {disk_size, &active, q->sn->nb_snaps,
                       q->hdr.snapshots_offset};
     struct txn t;
     int ret;
 
-    if (q->hdr.has_bitmaps_ext && (q->hdr.autoclear & AUTOCLEAR_BITMAPS) &&
+    if (s && q->hdr.has_bitmaps_ext && (q->hdr.autoclear & AUTOCLEAR_BITMAPS) &&
         q->hdr.nb_bitmaps)
         return qimg_err(EBUSY, "Device has active dirty bitmaps");
-    if (s->disk_size != img->size && q->hdr.version < 3)
+    if (disk_size != img->size && q->hdr.version < 3)
         return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
                                  "snapshots");
     /* The size comes from the file: as QEMU's resize to it, refuse what
      * no image can be before computing with it. */
-    if (s->disk_size > INT64_MAX)
+    if (disk_size > INT64_MAX)
         return qimg_err(EINVAL, "Image size cannot be negative");
-    if (l1_entries_needed(q, s->disk_size) > QCOW_MAX_L1_SIZE / 8)
+    if (l1_entries_needed(q, disk_size) > QCOW_MAX_L1_SIZE / 8)
         return qimg_err(EFBIG, "Failed to grow the L1 table: File too large");
-    ret = snap_check_l1(img, s);
+    ret = s ? snap_check_l1(img, s) : 0;
     if (ret < 0)
         return ret;
     /* QEMU copies the snapshot's table over the active one in place and
      * refuses when the two share a cluster; so does qimg, before writing
      * anything (it would otherwise apply a table onto itself). */
-    if (s->l1_size && q->l1s->l1_size &&
+    if (sl1_size && q->l1s->l1_size &&
         clusters_overlap(q, s->l1_off, (uint64_t)s->l1_size * 8,
                          q->hdr.l1_table_offset,
                          (uint64_t)q->l1s->l1_size * 8))
         return roots_signal_corruption(
             img, "Preventing invalid write on metadata (overlaps with "
                  "inactive L1 table)");
-    n = MAX(MAX(q->l1s->l1_size, s->l1_size),
-            l1_entries_needed(q, s->disk_size));
+    n = MAX(MAX(q->l1s->l1_size, sl1_size), l1_entries_needed(q, disk_size));
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");
     ret = txn_init(&t, img, false);
@@ -596,7 +597,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         ret = txn_tables_check_l1(&t, q->l1s->l1, q->l1s->l1_size);
     if (ret == 0)
         ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
-    if (ret == 0)
+    if (ret == 0 && s)
         ret = read_snap_l1(&t, s, &sl1);
     if (ret == 0)
         ret = copy_snaps(q, -1, 0, &snaps);
@@ -604,11 +605,12 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         ret = new_l1_alloc(&active, (uint32_t)n);
     if (ret < 0)
         goto out;
-    memcpy(active.buf, sl1, (size_t)s->l1_size * 8);
+    if (sl1)
+        memcpy(active.buf, sl1, (size_t)sl1_size * 8);
     /* Only pointers that differ change any count. */
     for (uint32_t i = 0; ret == 0 && i < n; i++) {
         uint64_t o = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
-        uint64_t p = txn_l1_ptr(sl1, s->l1_size, i);
+        uint64_t p = txn_l1_ptr(sl1, sl1_size, i);
         if (o == p)
             continue;
         if (o)
@@ -622,7 +624,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
         ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0));
     for (uint32_t i = 0; ret == 0 && i < n; i++)
         if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) !=
-            txn_l1_ptr(sl1, s->l1_size, i))
+            txn_l1_ptr(sl1, sl1_size, i))
             ret = txn_tables_inspect(&t, active.buf, active.size, i);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
@@ -641,4 +643,16 @@ out:
     free(active.buf);
     txn_free(&t);
     return ret;
+}
+
+int txn_snapshot_apply(qimg_image *img, int idx)
+{
+    const struct snap *s = &img->q->sn->snaps[idx];
+
+    return set_active(img, s, s->disk_size);
+}
+
+int txn_make_empty(qimg_image *img)
+{
+    return set_active(img, NULL, img->size);
 }

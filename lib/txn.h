@@ -11,5 +11,8 @@
 int txn_snapshot_create(qimg_image *img, const char *name);
 int txn_snapshot_apply(qimg_image *img, int snap_idx);
 int txn_snapshot_delete(qimg_image *img, int snap_idx);
+/* Every cluster of the active disk unallocated (it reads through to the
+ * backing file); snapshots keep theirs. */
+int txn_make_empty(qimg_image *img);
 
 #endif

@@ -52,7 +52,15 @@ static posix_spawn_file_actions_t spawn_actions;
 
 #define MAX_SNAPS 8
 
-enum kind { K_GUEST, K_CREATE_SNAP, K_APPLY, K_DELETE, K_REPAIR, K_CREATE };
+enum kind {
+    K_GUEST,
+    K_CREATE_SNAP,
+    K_APPLY,
+    K_DELETE,
+    K_REPAIR,
+    K_CREATE,
+    K_EMPTY /* qimg_image_make_empty: old disk, or all unallocated */
+};
 
 struct scenario {
     const char *name;
@@ -1036,6 +1044,11 @@ static int op_snap_apply1(qimg_image *img)
     return qimg_snapshot_apply(img, "1");
 }
 
+static int op_make_empty(qimg_image *img)
+{
+    return qimg_image_make_empty(img);
+}
+
 static int op_snap_delete1(qimg_image *img)
 {
     return qimg_snapshot_delete(img, "1");
@@ -1179,6 +1192,9 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
     {"snapshot-delete-1of4", K_DELETE, setup_many, op_snap_delete_first, "1",
      NEED_REFCOUNT4 | NEED_SMALL | STATES_ONLY},
+    /* commit's last step: the image emptied, its snapshots kept. */
+    {"make-empty", K_EMPTY, setup_snaps, op_make_empty, NULL, NEED_REFCOUNT4},
+    {"make-empty-no-snapshots", K_EMPTY, setup_data, op_make_empty, NULL, 0},
 };
 
 struct variant {
