@@ -19,6 +19,7 @@ int cmd_info(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_snapshot(int argc, char **argv);
 int cmd_check(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_map(int argc, char **argv);

@@ -19,8 +19,8 @@ struct command {
 
 static const struct command commands[] = {
     {"bench", cmd_bench},     {"check", cmd_check},
-    {"compare", cmd_compare}, {"convert", cmd_convert},
-    {"create", cmd_create},
+    {"commit", cmd_commit},   {"compare", cmd_compare},
+    {"convert", cmd_convert}, {"create", cmd_create},
     {"info", cmd_info},       {"io", cmd_io},
     {"map", cmd_map},         {"snapshot", cmd_snapshot},
 };
@@ -104,6 +104,8 @@ void cli_help(void)
         "[-S step_size] [-w] [-U] filename\n"
         "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
         "filename\n"
+        "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] "
+        "[-p] filename\n"
         "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
         "filename1 filename2\n"
         "  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "

@@ -1,0 +1,288 @@
+/*
+ * cmd_commit.c - qimg commit: qemu-img 7.2's `commit`.
+ *
+ * Copies what the image (and the images between it and the base) define
+ * into the base, by block status: data as data, ranges that read as
+ * zeros as zero writes (the base stays sparse), the rest not at all.
+ * Then, unless -d (or -b, which implies it), empties the image with one
+ * atomic switch, so that it reads through to the base. The base is
+ * written with guest writes: a power cut during the copy leaves it with
+ * part of the data committed and the image unchanged.
+ *
+ * The image is opened twice: first whole, to find the base; then the base
+ * read-write and the image with its chain cut above the base (QEMU's
+ * locks belong to each open file, so one process cannot hold the base
+ * both read-only, as a backing file, and read-write).
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define COMMIT_BUF (2u << 20)
+
+struct commit_args {
+    const char *file, *fmt, *base, *cache;
+    bool drop, progress, quiet, image_opts;
+};
+
+static int parse_args(int argc, char **argv, struct commit_args *a)
+{
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, 'B'},
+        {"image-opts", no_argument, NULL, 'I'},
+        {NULL, 0, NULL, 0},
+    };
+    uint64_t rate;
+    int c;
+
+    memset(a, 0, sizeof *a);
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", longopts, NULL)) !=
+           -1) {
+        switch (c) {
+        case 'h':
+            cli_help();
+            exit(0);
+        case 'f':
+            a->fmt = optarg;
+            break;
+        case 't':
+            a->cache = optarg;
+            break;
+        case 'b':
+            a->base = optarg;
+            a->drop = true; /* as qemu-img: -b implies -d */
+            break;
+        case 'd':
+            a->drop = true;
+            break;
+        case 'p':
+            a->progress = true;
+            break;
+        case 'q':
+            a->quiet = true;
+            break;
+        case 'r':
+            /* Accepted; qimg copies as fast as it can. */
+            if (parse_size(optarg, &rate) < 0 || rate > INT64_MAX) {
+                cli_error("Invalid rate limit specified. You may use k, M, "
+                          "G, T, P or E suffixes for");
+                cli_error("kilobytes, megabytes, gigabytes, terabytes, "
+                          "petabytes and exabytes.");
+                return 1;
+            }
+            break;
+        case 'I':
+            a->image_opts = true;
+            break;
+        case 'B':
+            break;
+        default:
+            return cli_getopt_error(c, argv[optind - 1]);
+        }
+    }
+    if (a->quiet)
+        a->progress = false;
+    if (optind != argc - 1)
+        return cli_usage_error("Expecting one image file name");
+    a->file = argv[optind];
+    return 0;
+}
+
+/* Open the image read-write; layers > 0 opens that many backing images
+ * at most, 0 none, -1 all. */
+static int open_top(const struct commit_args *a, int layers, qimg_image **img)
+{
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
+    char *path = NULL;
+    int ret;
+
+    o.read_write = true;
+    o.no_backing = layers == 0;
+    o.backing_layers = layers > 0 ? layers : 0;
+    if (a->fmt && parse_format(a->fmt, &o.fmt) < 0) {
+        cli_error("Could not open '%s': Unknown driver '%s'", a->file, a->fmt);
+        return -1;
+    }
+    if (a->image_opts && parse_image_opts(a->file, &path, &o) < 0)
+        return -1;
+    ret = qimg_image_open(img, path ? path : a->file, &o);
+    free(path);
+    if (ret < 0)
+        cli_lib_error("Could not open '%s': ", a->file);
+    return ret;
+}
+
+/* Whether name (as given to -b) names image b, whose overlay stores the
+ * name `stored`: the same string, or the same file. */
+static bool names(const char *name, qimg_image *b, const char *stored)
+{
+    char *x, *y;
+    bool same;
+
+    if (stored && !strcmp(name, stored))
+        return true;
+    x = realpath(name, NULL);
+    y = realpath(qimg_image_filename(b), NULL);
+    same = x && y && !strcmp(x, y);
+    free(x);
+    free(y);
+    return same;
+}
+
+/* The depth (1: the backing file) of the base in img's chain, and its
+ * file name (malloc'd); 0 with a message if there is none. */
+static int find_base(const struct commit_args *a, qimg_image *img,
+                     char **base_path)
+{
+    qimg_image *cur = img, *b;
+    struct qimg_info *info = NULL;
+    int depth = 0;
+
+    while ((b = qimg_image_backing(cur))) {
+        char *stored = NULL;
+        bool hit;
+        depth++;
+        if (qimg_image_info(&info, cur) == 0 && info->backing_file)
+            stored = strdup(info->backing_file);
+        qimg_info_free(info);
+        hit = !a->base || names(a->base, b, stored);
+        free(stored);
+        if (hit) {
+            *base_path = strdup(qimg_image_filename(b));
+            return *base_path ? depth : 0;
+        }
+        cur = b;
+    }
+    if (a->base)
+        cli_error("Did not find '%s' in the backing chain of '%s'", a->base,
+                  a->file);
+    else
+        cli_error("Image does not have a backing file");
+    return 0;
+}
+
+static int open_base(const char *path, enum qimg_format fmt,
+                     qimg_image **img)
+{
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
+
+    o.read_write = true;
+    o.fmt = fmt;
+    if (qimg_image_open(img, path, &o) == 0)
+        return 0;
+    cli_lib_error("Could not open '%s': ", path);
+    return -1;
+}
+
+/* Copy what top's opened chain allocates into base. */
+static int copy(qimg_image *top, qimg_image *base, uint8_t *buf)
+{
+    uint64_t size = qimg_image_size(top), off = 0;
+
+    while (off < size) {
+        struct qimg_extent x;
+        uint64_t len;
+        if (qimg_image_map(top, off, size - off, &x) < 0)
+            return -1;
+        len = x.len;
+        if ((x.flags & QIMG_BS_ALLOCATED) && (x.flags & QIMG_BS_ZERO)) {
+            if (qimg_image_write_zeroes(base, off, len, QIMG_ZERO_UNMAP) < 0)
+                return -1;
+        } else if (x.flags & QIMG_BS_ALLOCATED) {
+            len = len < COMMIT_BUF ? len : COMMIT_BUF;
+            if (qimg_image_read(top, buf, len, off) < 0 ||
+                qimg_image_write(base, buf, len, off) < 0)
+                return -1;
+        }
+        off += len;
+        progress_print((float)(100.0 * (double)off / (double)size), 0);
+    }
+    return qimg_image_flush(base);
+}
+
+static enum qimg_format base_format(qimg_image *img, int depth)
+{
+    while (depth-- > 0)
+        img = qimg_image_backing(img);
+    return qimg_image_format(img);
+}
+
+static int commit(const struct commit_args *a)
+{
+    qimg_image *top = NULL, *base = NULL;
+    char *base_path = NULL;
+    enum qimg_format fmt = QIMG_FMT_AUTO;
+    uint8_t *buf = NULL;
+    int depth, ret = 1;
+
+    if (open_top(a, -1, &top) < 0)
+        return 1;
+    progress_init(a->progress, 1.0f);
+    progress_print(0, 100);
+    depth = find_base(a, top, &base_path);
+    if (depth > 0)
+        fmt = base_format(top, depth);
+    qimg_image_close(top);
+    top = NULL;
+    if (depth <= 0)
+        goto out;
+    if (open_base(base_path, fmt, &base) < 0 ||
+        open_top(a, depth - 1, &top) < 0)
+        goto out;
+    if (qimg_image_size(top) > qimg_image_size(base)) {
+        cli_error("Cannot commit into '%s': it is smaller than '%s' (growing "
+                  "the backing file is not implemented)",
+                  base_path, a->file);
+        goto out;
+    }
+    buf = malloc(COMMIT_BUF);
+    if (!buf) {
+        cli_error("Out of memory");
+        goto out;
+    }
+    if (copy(top, base, buf) < 0 ||
+        (!a->drop && qimg_image_make_empty(top) < 0)) {
+        cli_lib_error("%s", "");
+        goto out;
+    }
+    progress_print(100, 0);
+    ret = 0;
+out:
+    free(buf);
+    free(base_path);
+    if (top && qimg_image_close(top) < 0 && ret == 0) {
+        cli_lib_error("%s", "");
+        ret = 1;
+    }
+    if (base && qimg_image_close(base) < 0 && ret == 0) {
+        cli_lib_error("%s", "");
+        ret = 1;
+    }
+    progress_end();
+    return ret;
+}
+
+int cmd_commit(int argc, char **argv)
+{
+    struct commit_args a;
+    int ret = parse_args(argc, argv, &a);
+
+    if (ret)
+        return ret;
+    if (a.cache && !cache_mode_ok(a.cache)) {
+        cli_error("Invalid cache option: %s", a.cache);
+        return 1;
+    }
+    ret = commit(&a);
+    if (ret == 0 && !a.quiet)
+        printf("Image committed.\n");
+    return ret;
+}
