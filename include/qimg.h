@@ -240,6 +240,13 @@ QIMG_API int qimg_snapshot_create(qimg_image *img, const char *name);
 QIMG_API int qimg_snapshot_apply(qimg_image *img, const char *id_or_name);
 /* Delete the snapshot (looked up by name, then ID). Commits atomically. */
 QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
+/* Point a qcow2 image at another backing file, stored as given (NULL:
+ * none), with a format extension (fmt NULL: none), changing nothing
+ * else: qemu-img rebase -u. Atomic: one write of header sector 0 switches
+ * from the old name to the new. The open image goes on reading through
+ * the chain it was opened with. */
+QIMG_API int qimg_image_set_backing(qimg_image *img, const char *name,
+                                    const char *fmt);
 /* Empty the active disk: every cluster unallocated, so that it reads
  * through to the backing file (qemu-img commit's last step); internal
  * snapshots keep their data. Commits atomically. */

@@ -161,25 +161,46 @@ static int decode_one_ext(struct qcow2_header *h, uint32_t type,
     }
 }
 
-size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
-                       size_t n, size_t cs)
+/* Where the extensions of cluster 0 (its first n bytes in buf) end: after
+ * the end marker, or at the backing file name (or the cluster's end) if
+ * there is none; UINT64_MAX if the n bytes do not reach that far. */
+static uint64_t exts_end(const struct qcow2_header *h, const uint8_t *buf,
+                         size_t n, size_t cs)
 {
     uint64_t off = h->header_length;
     uint64_t end = h->backing_file_offset ? h->backing_file_offset : cs;
-    uint64_t need = h->backing_file_offset
-                        ? h->backing_file_offset + h->backing_file_size
-                        : 0;
 
     while (off < end) {
         if (off + 8 > n)
-            return cs;
+            return UINT64_MAX;
         off += 8;
         if (be32_load(buf + off - 8) == EXT_END)
             break;
         off += ALIGN_UP((uint64_t)be32_load(buf + off - 4), 8);
     }
-    need = MAX(need, off);
+    return off;
+}
+
+size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
+                       size_t n, size_t cs)
+{
+    uint64_t need = h->backing_file_offset
+                        ? h->backing_file_offset + h->backing_file_size
+                        : 0;
+
+    need = MAX(need, exts_end(h, buf, n, cs));
     return need <= n ? n : cs;
+}
+
+size_t header_used_len(const struct qcow2_header *h, const uint8_t *buf,
+                       size_t cs)
+{
+    uint64_t end = MIN(exts_end(h, buf, cs, cs), cs);
+
+    if (h->backing_file_offset)
+        end = MAX(end, MIN(h->backing_file_offset + h->backing_file_size,
+                           (uint64_t)cs));
+    return (size_t)end;
 }
 
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs)
@@ -282,6 +303,13 @@ static void encode_fixed(const struct qcow2_header *h, uint8_t *buf)
 
 int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs)
 {
+    return header_encode_at(h, buf, cs, h->version >= 3 && cs > 4096, 0,
+                            NULL);
+}
+
+int header_encode_at(const struct qcow2_header *h, uint8_t *buf, size_t cs,
+                     bool feature_table, size_t name_off, size_t *ext_end)
+{
     size_t off = h->version < 3 ? HDR_V2_LEN : HDR_V3_LEN + h->tail_len;
     uint8_t tmp[24];
     int ret = 0;
@@ -301,7 +329,7 @@ int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs)
         be64_store(tmp + 8, h->crypto_length);
         ret = put_ext(buf, cs, &off, EXT_CRYPTO, tmp, 16);
     }
-    if (!ret && h->version >= 3 && cs > 4096)
+    if (!ret && feature_table)
         ret = put_feature_table(buf, cs, &off);
     if (!ret && h->has_bitmaps_ext) {
         be32_store(tmp, h->nb_bitmaps);
@@ -317,9 +345,13 @@ int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs)
         ret = put_ext(buf, cs, &off, EXT_END, NULL, 0);
     if (ret < 0)
         return ret;
+    if (ext_end)
+        *ext_end = off;
     if (h->backing_file) {
         size_t n = strlen(h->backing_file);
-        if (n > MAX_BACKING_NAME || off + n > cs)
+        off = name_off ? name_off : off;
+        if (n > MAX_BACKING_NAME || off + n > cs ||
+            (ext_end && off < *ext_end))
             return qimg_err(EINVAL, "Backing file name too long");
         memcpy(buf + off, h->backing_file, n);
         be64_store(buf + HDR_BACKING_OFF, off);

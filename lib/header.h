@@ -127,8 +127,17 @@ size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
                        size_t n, size_t cs);
 /* Decode extensions and the backing name from cluster 0 (buf, cs bytes). */
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs);
+/* The bytes of cluster 0 (buf, cs bytes) the header, its extensions and
+ * the backing file name use: everything after is free. */
+size_t header_used_len(const struct qcow2_header *h, const uint8_t *buf,
+                       size_t cs);
 /* Encode cluster 0 (cs bytes) in QEMU's layout. -EINVAL if it won't fit. */
 int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs);
+/* The same with a choice: the feature-name table or not, the backing
+ * file name at name_off (0: right after the extensions), and where the
+ * extensions end (*ext_end, if not NULL). */
+int header_encode_at(const struct qcow2_header *h, uint8_t *buf, size_t cs,
+                     bool feature_table, size_t name_off, size_t *ext_end);
 void header_free(struct qcow2_header *h);
 /* Name of an incompatible feature bit, from the image's table or ours. */
 const char *header_feature_name(const struct qcow2_header *h, int kind,

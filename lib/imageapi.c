@@ -217,3 +217,17 @@ int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
 
     return ret < 0 ? ret : backing_map(img, off, len, out);
 }
+
+int qimg_image_set_backing(qimg_image *img, const char *name, const char *fmt)
+{
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "Operation not supported");
+    if (img->is_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (name && strlen(name) > MAX_BACKING_NAME)
+        return qimg_err(EINVAL, "Backing file name too long");
+    if (fmt && !*fmt)
+        fmt = NULL;
+    return roots_set_backing(img, name && *name ? name : NULL,
+                             name && *name ? fmt : NULL);
+}

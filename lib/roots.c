@@ -223,6 +223,80 @@ int roots_commit(qimg_image *img, const struct qcow2_roots *r)
     return ret;
 }
 
+/* The header in h, encoded into buf so that everything that changes lies
+ * in sector 0, but the backing file name, which goes past both the
+ * header's extensions and every byte of the old header cluster (old,
+ * `used` bytes of it in use). *two_step: the name lies past sector 0. */
+static int encode_switchable(const struct qcow2_header *h, uint8_t *buf,
+                             size_t cs, size_t used, bool *two_step)
+{
+    size_t n = h->backing_file ? strlen(h->backing_file) : 0, end;
+    int ret;
+
+    /* Without the feature-name table (QEMU writes it, reads it only to
+     * name unknown features): the extensions then fit in sector 0. */
+    ret = header_encode_at(h, buf, cs, false, 0, &end);
+    if (ret < 0)
+        return ret;
+    *two_step = end + n > 512;
+    if (!*two_step)
+        return 0;
+    if (end > 512 || n > cs || cs - n < MAX(used, (size_t)512))
+        return qimg_err(ENOSPC, "No room in the header cluster to change "
+                                "the backing file name atomically");
+    return header_encode_at(h, buf, cs, false, cs - n, &end);
+}
+
+int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
+{
+    struct qcow2 *q = img->q;
+    const size_t cs = q->cluster_size;
+    struct qcow2_header h = q->hdr;
+    char *new_name = name ? strdup(name) : NULL;
+    char *new_fmt = fmt ? strdup(fmt) : NULL;
+    uint8_t *old = NULL, *buf = malloc(cs);
+    bool two_step = false;
+    int ret = 0;
+
+    if (!buf || (name && !new_name) || (fmt && !new_fmt))
+        ret = qimg_err(ENOMEM, "Out of memory");
+    if (ret == 0)
+        ret = file_read_table(img, &old, 0, cs, NULL);
+    h.backing_file = new_name;
+    h.backing_fmt = new_fmt;
+    h.autoclear &= AUTOCLEAR_MASK;
+    if (ret == 0)
+        ret = encode_switchable(&h, buf, cs, header_used_len(&q->hdr, old, cs),
+                                &two_step);
+    /* The name first, where the old header does not look; then sector 0
+     * switches to it, with the format, in one write. */
+    if (ret == 0 && two_step) {
+        uint64_t at = be64_load(buf + HDR_BACKING_OFF);
+        ret = file_pwrite(img, buf + at, strlen(new_name), at);
+    }
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret == 0)
+        ret = file_pwrite(img, buf, 512, 0);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret == 0) {
+        free(q->hdr.backing_file);
+        free(q->hdr.backing_fmt);
+        q->hdr.backing_file = new_name;
+        q->hdr.backing_fmt = new_fmt;
+        q->hdr.backing_file_offset = be64_load(buf + HDR_BACKING_OFF);
+        q->hdr.backing_file_size = be32_load(buf + HDR_BACKING_SIZE);
+        q->hdr.autoclear = h.autoclear;
+        new_name = new_fmt = NULL;
+    }
+    free(new_name);
+    free(new_fmt);
+    free(old);
+    free(buf);
+    return ret;
+}
+
 void roots_adopt(qimg_image *img, const struct qcow2_roots *r)
 {
     struct qcow2_header *h = &img->q->hdr;

@@ -42,6 +42,12 @@ struct qcow2_roots {
 /* fdatasync, one 512-byte write of header sector 0 with the new roots
  * (unknown autoclear bits cleared), fdatasync. */
 int roots_commit(qimg_image *img, const struct qcow2_roots *r);
+/* Point the image at another backing file (name NULL: none; fmt NULL: no
+ * format extension), atomically: the name is written where the old
+ * header does not look, then sector 0 switches to it in one write,
+ * fdatasync around. The feature-name table is left out so that the
+ * extensions fit in sector 0; -ENOSPC where they still do not. */
+int roots_set_backing(qimg_image *img, const char *name, const char *fmt);
 /* The committed roots in memory (cannot fail). */
 void roots_adopt(qimg_image *img, const struct qcow2_roots *r);
 

@@ -59,7 +59,8 @@ enum kind {
     K_DELETE,
     K_REPAIR,
     K_CREATE,
-    K_EMPTY /* qimg_image_make_empty: old disk, or all unallocated */
+    K_EMPTY,  /* qimg_image_make_empty: old disk, or all unallocated */
+    K_BACKING /* qimg_image_set_backing: the old name or the new, whole */
 };
 
 struct scenario {
@@ -647,6 +648,29 @@ static bool snapshots_ok(const struct scenario *sc, const struct image_state *s,
     return true;
 }
 
+/* The header names no backing file (as before) or exactly the new one
+ * with its format, never a mix or a torn name. */
+static void judge_backing(const struct scenario *sc, const struct bytes *b)
+{
+    struct qimg_info *info = NULL;
+    qimg_image *img;
+
+    if (open_bytes(&img, b, false, false, NULL) < 0 ||
+        qimg_image_info(&info, img) < 0) {
+        failf(sc, "cannot read the header");
+        return;
+    }
+    if (info->backing_file &&
+        (strcmp(info->backing_file, sc->target) || !info->backing_fmt ||
+         strcmp(info->backing_fmt, "raw")))
+        failf(sc, "the header names '%s' (%s)", info->backing_file,
+              info->backing_fmt ? info->backing_fmt : "no format");
+    else if (!info->backing_file && info->backing_fmt)
+        failf(sc, "a backing format without a backing file");
+    qimg_info_free(info);
+    qimg_image_close(img);
+}
+
 static void judge(const struct scenario *sc, const struct bytes *b,
                   const struct image_state *before,
                   const struct image_state *after)
@@ -696,6 +720,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
          * disk; only a crash must not tear it.) */
         failf(sc, "active disk is neither entirely old nor entirely new");
     }
+    if (sc->kind == K_BACKING)
+        judge_backing(sc, b);
     if (sc->kind != K_CREATE && !snapshots_ok(sc, &s, before, after))
         failf(sc, "snapshots differ from what they must be");
     else if (sc->kind != K_CREATE && s.nb)
@@ -1049,6 +1075,29 @@ static int op_make_empty(qimg_image *img)
     return qimg_image_make_empty(img);
 }
 
+/* Backing names of an empty raw file, so the disk reads the same: one
+ * that fits in header sector 0, and one that does not (/dev/././...). */
+#define SHORT_BACKING "/dev/null"
+static char long_backing[5 + 2 * 300 + 5];
+
+static int op_set_backing_short(qimg_image *img)
+{
+    return qimg_image_set_backing(img, SHORT_BACKING, "raw");
+}
+
+static void init_long_backing(void)
+{
+    strcpy(long_backing, "/dev/");
+    for (int i = 0; i < 300; i++)
+        strcat(long_backing, "./");
+    strcat(long_backing, "null");
+}
+
+static int op_set_backing_long(qimg_image *img)
+{
+    return qimg_image_set_backing(img, long_backing, "raw");
+}
+
 static int op_snap_delete1(qimg_image *img)
 {
     return qimg_snapshot_delete(img, "1");
@@ -1154,6 +1203,8 @@ struct op_def {
  * operation on setup_snaps already take every error path; what four
  * snapshots add is more orderings of writes. */
 #define STATES_ONLY 16u
+/* Clusters of 2 KiB or more: a 605-byte backing name goes past sector 0. */
+#define NEED_2K 32u
 
 static const struct op_def ops_list[] = {
     {"write-alloc", K_GUEST, setup_data, op_write_alloc, NULL, 0},
@@ -1195,6 +1246,11 @@ static const struct op_def ops_list[] = {
     /* commit's last step: the image emptied, its snapshots kept. */
     {"make-empty", K_EMPTY, setup_snaps, op_make_empty, NULL, NEED_REFCOUNT4},
     {"make-empty-no-snapshots", K_EMPTY, setup_data, op_make_empty, NULL, 0},
+    /* rebase's header switch (target: the name it must end with). */
+    {"set-backing", K_BACKING, setup_snaps, op_set_backing_short,
+     SHORT_BACKING, 0},
+    {"set-backing-long-name", K_BACKING, setup_data, op_set_backing_long,
+     long_backing, NEED_2K},
 };
 
 struct variant {
@@ -1228,6 +1284,8 @@ static bool applies(const struct op_def *o, const struct variant *v)
     if ((o->needs & NEED_STD_L2) && v->extended_l2)
         return false;
     if ((o->needs & NEED_SMALL) && v->cluster_size > 65536)
+        return false;
+    if ((o->needs & NEED_2K) && v->cluster_size < 2048)
         return false;
     return true;
 }
@@ -1849,6 +1907,8 @@ int main(int argc, char **argv)
     bool malloc_mode = argc > 1 && !strcmp(argv[1], "mallocs");
     bool refusal_mode = argc > 1 && !strcmp(argv[1], "refusals");
     const char *only = getenv("CRASH_ONLY");
+
+    init_long_backing();
     /* Keep big buffers in the heap: no mmap/munmap per crash state. */
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
     mallopt(M_TRIM_THRESHOLD, 512 << 20);
