@@ -22,7 +22,8 @@ static const struct command commands[] = {
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
     {"info", cmd_info},       {"io", cmd_io},
-    {"map", cmd_map},         {"snapshot", cmd_snapshot},
+    {"map", cmd_map},         {"rebase", cmd_rebase},
+    {"snapshot", cmd_snapshot},
 };
 
 void cli_error(const char *fmt, ...)
@@ -118,6 +119,8 @@ void cli_help(void)
         "...] filename\n"
         "  map [-f fmt] [--start-offset=offset] [--max-length=len] "
         "[--output=ofmt] [-U] filename\n"
+        "  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] "
+        "-b backing_file [-F backing_fmt] filename\n"
         "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l | -a snapshot | "
         "-c snapshot | -d snapshot] filename\n"
         "\n"

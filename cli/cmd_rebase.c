@@ -1,0 +1,327 @@
+/*
+ * cmd_rebase.c - qimg rebase: qemu-img 7.2's `rebase`.
+ *
+ * Safe mode: wherever the image does not allocate a range itself, what
+ * its old backing chain reads there is compared with what the new one
+ * reads, and each run of differing 512-byte sectors is written into the
+ * image (a run of zeros as a zero write), so that it reads the same
+ * afterwards; ranges both chains read as zeros are not read. Then the
+ * header switches to the new name, atomically (qimg_image_set_backing).
+ * -u changes only the header. A power cut during the copy leaves the
+ * image reading as before (its writes are the data it already showed).
+ */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define REBASE_BUF (2u << 20) /* as qemu-img's IO_BUF_SIZE */
+#define SECTOR 512u
+
+struct rebase_args {
+    const char *file, *fmt, *backing, *backing_fmt, *cache, *src_cache;
+    bool unsafe, progress, quiet, force_share, image_opts;
+};
+
+static int parse_args(int argc, char **argv, struct rebase_args *a)
+{
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"object", required_argument, NULL, 'B'},
+        {"image-opts", no_argument, NULL, 'I'},
+        {"force-share", no_argument, NULL, 'U'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+
+    memset(a, 0, sizeof *a);
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", longopts,
+                            NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            cli_help();
+            exit(0);
+        case 'f':
+            a->fmt = optarg;
+            break;
+        case 'F':
+            a->backing_fmt = optarg;
+            break;
+        case 'b':
+            a->backing = optarg;
+            break;
+        case 'u':
+            a->unsafe = true;
+            break;
+        case 'p':
+            a->progress = true;
+            break;
+        case 't':
+            a->cache = optarg;
+            break;
+        case 'T':
+            a->src_cache = optarg;
+            break;
+        case 'q':
+            a->quiet = true;
+            break;
+        case 'U':
+            a->force_share = true;
+            break;
+        case 'I':
+            a->image_opts = true;
+            break;
+        case 'B':
+            break;
+        default:
+            return cli_getopt_error(c, argv[optind - 1]);
+        }
+    }
+    if (a->quiet)
+        a->progress = false;
+    if (optind != argc - 1)
+        return cli_usage_error("Expecting one image file name");
+    if (!a->unsafe && !a->backing)
+        return cli_usage_error("Must specify backing file (-b) or use unsafe "
+                               "mode (-u)");
+    a->file = argv[optind];
+    return 0;
+}
+
+/* qemu-img's checks before it opens anything; 0 to go on. */
+static int check_args(const struct rebase_args *a, enum qimg_format *bfmt)
+{
+    if (a->backing_fmt && parse_format(a->backing_fmt, bfmt) < 0) {
+        cli_error("Invalid format name: '%s'", a->backing_fmt);
+        return 1;
+    }
+    if (a->cache && !cache_mode_ok(a->cache)) {
+        cli_error("Invalid cache option: %s", a->cache);
+        return 1;
+    }
+    if (a->src_cache && !cache_mode_ok(a->src_cache)) {
+        cli_error("Invalid source cache option: %s", a->src_cache);
+        return 1;
+    }
+    return 0;
+}
+
+static int open_image(const struct rebase_args *a, qimg_image **img)
+{
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
+    char *path = NULL;
+    int ret;
+
+    o.read_write = true;
+    o.no_backing = a->unsafe;
+    if (a->fmt && parse_format(a->fmt, &o.fmt) < 0) {
+        cli_error("Could not open '%s': Unknown driver '%s'", a->file, a->fmt);
+        return -1;
+    }
+    if (a->image_opts && parse_image_opts(a->file, &path, &o) < 0)
+        return -1;
+    ret = qimg_image_open(img, path ? path : a->file, &o);
+    free(path);
+    if (ret < 0)
+        cli_lib_error("Could not open '%s': ", a->file);
+    else if (o.fmt == QIMG_FMT_AUTO && qimg_image_format(*img) == QIMG_FMT_RAW)
+        cli_warn_raw_probe(a->file);
+    return ret;
+}
+
+/* The new backing file, named relative to the image as in its header. */
+static int open_new_backing(const struct rebase_args *a, qimg_image *img,
+                            enum qimg_format fmt, qimg_image **out)
+{
+    struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
+    const char *top = qimg_image_filename(img), *slash = strrchr(top, '/');
+    char *path;
+    int ret;
+
+    if (a->backing[0] == '/' || !slash) {
+        path = strdup(a->backing);
+    } else {
+        size_t dir = (size_t)(slash - top) + 1;
+        path = malloc(dir + strlen(a->backing) + 1);
+        if (path) {
+            memcpy(path, top, dir);
+            strcpy(path + dir, a->backing);
+        }
+    }
+    if (!path) {
+        cli_error("Out of memory");
+        return -1;
+    }
+    o.fmt = fmt;
+    o.force_share = a->force_share;
+    ret = qimg_image_open(out, path, &o);
+    free(path);
+    if (ret < 0)
+        cli_lib_error("Could not open new backing file '%s': ", a->backing);
+    return ret;
+}
+
+struct chain {
+    qimg_image *img; /* NULL: reads as zeros */
+    uint64_t size;
+    uint8_t *buf;
+};
+
+static int read_chain(struct chain *c, uint64_t off, uint64_t len)
+{
+    uint64_t n = off < c->size ? c->size - off : 0;
+
+    n = n < len ? n : len;
+    memset(c->buf + n, 0, len - n);
+    if (n && qimg_image_read(c->img, c->buf, n, off) < 0) {
+        cli_lib_error("error while reading image metadata: ");
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether [off, off+len) of c reads as zeros by its block status alone. */
+static bool reads_zero(struct chain *c, uint64_t off, uint64_t len)
+{
+    struct qimg_extent x;
+
+    if (!c->img || off >= c->size)
+        return true;
+    return qimg_image_map(c->img, off, c->size - off, &x) == 0 &&
+           (x.flags & QIMG_BS_ZERO) && x.len >= len;
+}
+
+static bool is_zero(const uint8_t *p, uint64_t n)
+{
+    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
+}
+
+/* Write into img each run of sectors where old and new differ. */
+static int write_differences(qimg_image *img, uint64_t off, uint64_t len,
+                             const uint8_t *old, const uint8_t *new)
+{
+    uint64_t i = 0;
+
+    while (i < len) {
+        uint64_t s = len - i < SECTOR ? len - i : SECTOR, j;
+        if (!memcmp(old + i, new + i, s)) {
+            i += s;
+            continue;
+        }
+        for (j = i + s; j < len; j += s) {
+            s = len - j < SECTOR ? len - j : SECTOR;
+            if (!memcmp(old + j, new + j, s))
+                break;
+        }
+        if ((is_zero(old + i, j - i)
+                 ? qimg_image_write_zeroes(img, off + i, j - i, 0)
+                 : qimg_image_write(img, old + i, j - i, off + i)) < 0) {
+            cli_lib_error("Error while writing image: ");
+            return -1;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* Make img read the same over `new` as it does over `old`. */
+static int copy_differences(qimg_image *img, struct chain *old,
+                            struct chain *new)
+{
+    uint64_t size = qimg_image_size(img), off = 0;
+    float step = 100.0f / (float)((size + REBASE_BUF - 1) / REBASE_BUF);
+
+    while (off < size) {
+        struct qimg_extent x;
+        uint64_t n;
+        if (qimg_image_block_status(img, off, size - off, &x) < 0) {
+            cli_lib_error("error while reading image metadata: ");
+            return -1;
+        }
+        n = x.len < REBASE_BUF ? x.len : REBASE_BUF;
+        if (!(x.flags & QIMG_BS_ALLOCATED)) {
+            if (!(reads_zero(old, off, n) && reads_zero(new, off, n)) &&
+                (read_chain(old, off, n) < 0 || read_chain(new, off, n) < 0 ||
+                 write_differences(img, off, n, old->buf, new->buf) < 0))
+                return -1;
+            progress_print(step, 100);
+        }
+        off += n;
+    }
+    return qimg_image_flush(img) < 0 ? (cli_lib_error("%s", ""), -1) : 0;
+}
+
+static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
+{
+    struct chain old = {0}, new = {0};
+    qimg_image *img = NULL;
+    const char *name = a->backing && *a->backing ? a->backing : NULL;
+    int ret = 1;
+
+    if (open_image(a, &img) < 0)
+        return 1;
+    progress_init(a->progress, 2.0f);
+    progress_print(0, 100);
+    /* qemu-img finds this out after copying; qimg before. */
+    if (qimg_image_format(img) != QIMG_FMT_QCOW2) {
+        cli_error("Could not change the backing file to '%s': Operation not "
+                  "supported",
+                  a->backing ? a->backing : "");
+        goto out;
+    }
+    if (name && !a->backing_fmt) {
+        cli_error("Could not change the backing file to '%s': backing "
+                  "format must be specified",
+                  name);
+        goto out;
+    }
+    if (!a->unsafe) {
+        old.img = qimg_image_backing(img);
+        old.size = old.img ? qimg_image_size(old.img) : 0;
+        if (name && open_new_backing(a, img, bfmt, &new.img) < 0)
+            goto out;
+        new.size = new.img ? qimg_image_size(new.img) : 0;
+        old.buf = malloc(REBASE_BUF);
+        new.buf = malloc(REBASE_BUF);
+        if (!old.buf || !new.buf) {
+            cli_error("Out of memory");
+            goto out;
+        }
+        if (copy_differences(img, &old, &new) < 0)
+            goto out;
+    }
+    if (qimg_image_set_backing(img, name, name ? a->backing_fmt : NULL) < 0) {
+        cli_lib_error("Could not change the backing file to '%s': ",
+                      a->backing ? a->backing : "");
+        goto out;
+    }
+    progress_print(100, 0);
+    ret = 0;
+out:
+    free(old.buf);
+    free(new.buf);
+    if (new.img)
+        qimg_image_close(new.img);
+    if (qimg_image_close(img) < 0 && ret == 0) {
+        cli_lib_error("%s", "");
+        ret = 1;
+    }
+    progress_end();
+    return ret;
+}
+
+int cmd_rebase(int argc, char **argv)
+{
+    struct rebase_args a;
+    enum qimg_format bfmt = QIMG_FMT_AUTO;
+    int ret = parse_args(argc, argv, &a);
+
+    if (ret == 0)
+        ret = check_args(&a, &bfmt);
+    return ret ? ret : rebase(&a, bfmt);
+}
