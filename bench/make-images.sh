@@ -20,6 +20,11 @@
 #   C     8 GiB of random data, 64 KiB clusters            8 GiB / 8.1 GiB
 #   D     4 GiB, 512 MiB random data, 1000 snapshots with
 #         a 4 KiB write before each                        4 GiB / 642 MiB
+#   E     a backing chain: E.qcow2, 64 GiB with 8 GiB of random data
+#         (one 64 MiB stripe in every 512 MiB), and E-top.qcow2 over it
+#         (backing "E.qcow2") with 10% of the disk rewritten: 64 MiB of
+#         a pattern in every 640 MiB, partly over the base's data
+#                                            64 GiB / 8.1 GiB + 6.4 GiB
 # Total real use of the pristine set: ~9.1 GiB; building takes ~5 minutes
 # (D's 1000 qemu-img snapshot -c calls are most of it). The timing scripts
 # add one working copy of the image being measured (cp --sparse=always)
@@ -28,7 +33,7 @@
 set -euo pipefail
 
 DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
-ONLY=${QIMG_BENCH_ONLY:-A A100 B C D}
+ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E}
 P=$DIR/pristine
 mkdir -p "$P" "$DIR/copies"
 
@@ -92,11 +97,32 @@ make_d() {
     mv "$tmp" "$P/D.qcow2"
 }
 
+make_e() {
+    local tmp=$P/.E.tmp top=$P/.E-top.tmp off cmds=()
+    log "E: 64 GiB base, 8 GiB of random data in 128 stripes"
+    qemu-img create -q -f qcow2 "$tmp" 64G
+    for ((off = 0; off < 64 << 30; off += 512 << 20)); do
+        head -c $((64 << 20)) /dev/urandom > "$P/.E.stripe"
+        qemu-io -f qcow2 -c "write -q -s $P/.E.stripe $off 64M" "$tmp" \
+            >/dev/null
+    done
+    rm -f "$P/.E.stripe"
+    mv "$tmp" "$P/E.qcow2"
+    log "E-top: 10% of the disk rewritten over E.qcow2"
+    qemu-img create -q -f qcow2 -b E.qcow2 -F qcow2 "$top"
+    for ((off = 256 << 20; off < 64 << 30; off += 640 << 20)); do
+        cmds+=(-c "write -q -P 0x5a $off 64M")
+    done
+    qemu-io -f qcow2 "${cmds[@]}" "$top" >/dev/null
+    mv "$top" "$P/E-top.qcow2"
+}
+
 log "images in $P ($(free_gb) GB free)"
 if wanted A && ! have A; then make_meta A 1T 65536; fi
 if wanted A100 && ! have A100; then make_meta A100 100G 65536; fi
 if wanted B && ! have B; then make_meta B 64G 4096; fi
 if wanted C && ! have C; then make_c; fi
 if wanted D && ! have D; then make_d; fi
+if wanted E && ! have E; then make_e; fi
 log "done; real disk use:"
 du -sh "$P"/*.qcow2 >&2

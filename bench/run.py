@@ -250,6 +250,69 @@ class Compare(Op):
         os.unlink(self.twin)
 
 
+class ChainOp(Op):
+    """On E (the base) and E-top.qcow2 over it (make-images.sh)."""
+    images = ["E"]
+
+    def setup(self, img):
+        self.top = os.path.join(self.ctx.work, "E-top.qcow2")
+        self.twin = os.path.join(self.ctx.work, "E-twin.qcow2")
+        self.fresh_top()
+
+    def fresh_top(self):
+        if os.path.exists(self.top):
+            os.unlink(self.top)
+        sh(["cp", "--sparse=always",
+            os.path.join(self.ctx.pristine, "E-top.qcow2"), self.top])
+
+    def make_twin(self, img):
+        sh(["cp", "--sparse=always", img, self.twin])
+
+    def teardown(self, img):
+        for f in (self.top, self.twin):
+            if os.path.exists(f):
+                os.unlink(f)
+
+
+class Commit(ChainOp):
+    name = "commit"
+    desc = "commit E-top into E (both copied afresh before each run)"
+
+    def pre(self, img):
+        self.fresh_top()
+        os.unlink(img)
+        sh(["cp", "--sparse=always",
+            os.path.join(self.ctx.pristine, "E.qcow2"), img])
+
+    def argv(self, img):
+        return ["commit", self.top]
+
+
+class RebaseSafe(ChainOp):
+    name = "rebase"
+    desc = "rebase E-top onto an identical copy of E (compares all)"
+
+    def setup(self, img):
+        super().setup(img)
+        self.make_twin(img)
+
+    def argv(self, img):
+        return ["rebase", "-b", "E-twin.qcow2", "-F", "qcow2", self.top]
+
+    def post(self, img):
+        sh(["qemu-img", "rebase", "-u", "-b", "E.qcow2", "-F", "qcow2",
+            self.top])
+
+
+class RebaseUnsafe(RebaseSafe):
+    name = "rebase-u"
+    desc = "rebase -u E-top onto a copy of E (header only)"
+
+    def argv(self, img):
+        return ["rebase", "-u", "-b", "E-twin.qcow2", "-F", "qcow2",
+                self.top]
+
+
 class BenchWrite(Op):
     name = "bench-w4k"
     desc = ("bench -w -s 4k -c %d, scattered (step %d), fresh 2 GiB image"
@@ -302,6 +365,9 @@ def make_ops(ctx):
         Convert(ctx, "raw"),
         Convert(ctx, "qcow2"),
         Compare(ctx),
+        Commit(ctx),
+        RebaseSafe(ctx),
+        RebaseUnsafe(ctx),
         SnapCreate(ctx),
         SnapDelete(ctx),
         SnapApplySteady(ctx),
@@ -445,7 +511,8 @@ def print_table(summaries, markdown, f=sys.stdout):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-i", "--images", default=",".join(IMAGES + ["fresh"]),
+    p.add_argument("-i", "--images",
+                   default=",".join(IMAGES + ["E", "fresh"]),
                    help="comma-separated images (default: all)")
     p.add_argument("-o", "--ops", default="",
                    help="comma-separated operations (default: all)")
