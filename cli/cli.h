@@ -58,6 +58,11 @@ int parse_format(const char *s, enum qimg_format *out);
 int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o);
 /* A cache mode qemu-img accepts (-t, -T); qimg's I/O ignores it. */
 bool cache_mode_ok(const char *mode);
+/* Open `file` as qemu-img's commands do: fmt (NULL: probe) checked first
+ * ("Unknown driver"), then --image-opts, then the open; every failure is
+ * printed ("Could not open '<file>': ..."). o holds the other options. */
+int cli_open(qimg_image **img, const char *file, const char *fmt,
+             bool image_opts, struct qimg_open_opts *o);
 
 /* output.c */
 /* QEMU's size_to_str(): "64 MiB", "0.977 MiB", "1e+03 KiB". */

@@ -101,23 +101,11 @@ static int parse_args(int argc, char **argv, struct commit_args *a)
 static int open_top(const struct commit_args *a, int layers, qimg_image **img)
 {
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
-    char *path = NULL;
-    int ret;
 
     o.read_write = true;
     o.no_backing = layers == 0;
     o.backing_layers = layers > 0 ? layers : 0;
-    if (a->fmt && parse_format(a->fmt, &o.fmt) < 0) {
-        cli_error("Could not open '%s': Unknown driver '%s'", a->file, a->fmt);
-        return -1;
-    }
-    if (a->image_opts && parse_image_opts(a->file, &path, &o) < 0)
-        return -1;
-    ret = qimg_image_open(img, path ? path : a->file, &o);
-    free(path);
-    if (ret < 0)
-        cli_lib_error("Could not open '%s': ", a->file);
-    return ret;
+    return cli_open(img, a->file, a->fmt, a->image_opts, &o);
 }
 
 /* Whether name (as given to -b) names image b, whose overlay stores the

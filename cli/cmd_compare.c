@@ -109,24 +109,11 @@ static void say(const struct cmp_args *a, const char *fmt, ...)
 static int open_side(const struct cmp_args *a, int i, struct side *s)
 {
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
-    char *path = NULL;
-    int ret;
 
     o.force_share = a->force_share;
     s->name = a->file[i];
-    if (a->fmt[i] && parse_format(a->fmt[i], &o.fmt) < 0) {
-        cli_error("Could not open '%s': Unknown driver '%s'", a->file[i],
-                  a->fmt[i]);
+    if (cli_open(&s->img, a->file[i], a->fmt[i], a->image_opts, &o) < 0)
         return -1;
-    }
-    if (a->image_opts && parse_image_opts(a->file[i], &path, &o) < 0)
-        return -1;
-    ret = qimg_image_open(&s->img, path ? path : a->file[i], &o);
-    free(path);
-    if (ret < 0) {
-        cli_lib_error("Could not open '%s': ", a->file[i]);
-        return -1;
-    }
     s->size = qimg_image_size(s->img);
     s->buf = malloc(CMP_BUF);
     if (!s->buf) {

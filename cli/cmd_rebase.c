@@ -114,24 +114,14 @@ static int check_args(const struct rebase_args *a, enum qimg_format *bfmt)
 static int open_image(const struct rebase_args *a, qimg_image **img)
 {
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
-    char *path = NULL;
-    int ret;
 
     o.read_write = true;
     o.no_backing = a->unsafe;
-    if (a->fmt && parse_format(a->fmt, &o.fmt) < 0) {
-        cli_error("Could not open '%s': Unknown driver '%s'", a->file, a->fmt);
+    if (cli_open(img, a->file, a->fmt, a->image_opts, &o) < 0)
         return -1;
-    }
-    if (a->image_opts && parse_image_opts(a->file, &path, &o) < 0)
-        return -1;
-    ret = qimg_image_open(img, path ? path : a->file, &o);
-    free(path);
-    if (ret < 0)
-        cli_lib_error("Could not open '%s': ", a->file);
-    else if (o.fmt == QIMG_FMT_AUTO && qimg_image_format(*img) == QIMG_FMT_RAW)
+    if (o.fmt == QIMG_FMT_AUTO && qimg_image_format(*img) == QIMG_FMT_RAW)
         cli_warn_raw_probe(a->file);
-    return ret;
+    return 0;
 }
 
 /* The new backing file, named relative to the image as in its header. */

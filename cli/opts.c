@@ -138,3 +138,22 @@ bool cache_mode_ok(const char *m)
             return true;
     return false;
 }
+
+int cli_open(qimg_image **img, const char *file, const char *fmt,
+             bool image_opts, struct qimg_open_opts *o)
+{
+    char *path = NULL;
+    int ret;
+
+    if (fmt && parse_format(fmt, &o->fmt) < 0) {
+        cli_error("Could not open '%s': Unknown driver '%s'", file, fmt);
+        return -1;
+    }
+    if (image_opts && parse_image_opts(file, &path, o) < 0)
+        return -1;
+    ret = qimg_image_open(img, path ? path : file, o);
+    free(path);
+    if (ret < 0)
+        cli_lib_error("Could not open '%s': ", file);
+    return ret < 0 ? -1 : 0;
+}
