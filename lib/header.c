@@ -192,15 +192,10 @@ size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
     return need <= n ? n : cs;
 }
 
-size_t header_used_len(const struct qcow2_header *h, const uint8_t *buf,
+size_t header_exts_end(const struct qcow2_header *h, const uint8_t *buf,
                        size_t cs)
 {
-    uint64_t end = MIN(exts_end(h, buf, cs, cs), cs);
-
-    if (h->backing_file_offset)
-        end = MAX(end, MIN(h->backing_file_offset + h->backing_file_size,
-                           (uint64_t)cs));
-    return (size_t)end;
+    return (size_t)MIN(exts_end(h, buf, cs, cs), (uint64_t)cs);
 }
 
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs)

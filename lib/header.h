@@ -127,9 +127,9 @@ size_t header_exts_len(const struct qcow2_header *h, const uint8_t *buf,
                        size_t n, size_t cs);
 /* Decode extensions and the backing name from cluster 0 (buf, cs bytes). */
 int header_decode_exts(struct qcow2_header *h, const uint8_t *buf, size_t cs);
-/* The bytes of cluster 0 (buf, cs bytes) the header, its extensions and
- * the backing file name use: everything after is free. */
-size_t header_used_len(const struct qcow2_header *h, const uint8_t *buf,
+/* Where the header and its extensions end in cluster 0 (buf, cs bytes);
+ * the backing file name (backing_file_offset) may lie further on. */
+size_t header_exts_end(const struct qcow2_header *h, const uint8_t *buf,
                        size_t cs);
 /* Encode cluster 0 (cs bytes) in QEMU's layout. -EINVAL if it won't fit. */
 int header_encode(const struct qcow2_header *h, uint8_t *buf, size_t cs);

@@ -223,14 +223,35 @@ int roots_commit(qimg_image *img, const struct qcow2_roots *r)
     return ret;
 }
 
-/* The header in h, encoded into buf so that everything that changes lies
- * in sector 0, but the backing file name, which goes past both the
- * header's extensions and every byte of the old header cluster (old,
- * `used` bytes of it in use). *two_step: the name lies past sector 0. */
-static int encode_switchable(const struct qcow2_header *h, uint8_t *buf,
-                             size_t cs, size_t used, bool *two_step)
+/* Where in cluster 0 n bytes fit past sector 0 without touching what
+ * the old header (old) uses: its extensions and its backing file name.
+ * The end of the cluster first; 0 if there is no room. */
+static size_t free_spot(const struct qcow2_header *oh, const uint8_t *old,
+                        size_t cs, size_t n)
 {
-    size_t n = h->backing_file ? strlen(h->backing_file) : 0, end;
+    size_t lo = MAX(header_exts_end(oh, old, cs), (size_t)512);
+    size_t no = oh->backing_file_offset < cs ? oh->backing_file_offset : cs;
+    size_t ne = MIN(no + (size_t)oh->backing_file_size, cs);
+
+    if (!oh->backing_file_offset || ne <= lo)
+        return cs - lo >= n && n <= cs ? cs - n : 0;
+    if (cs - MAX(ne, lo) >= n)
+        return cs - n;                     /* after the old name */
+    if (no > lo && no - lo >= n)
+        return no - n;                     /* before it */
+    return 0;
+}
+
+/* The header in h, encoded into buf so that everything that changes lies
+ * in sector 0, but the backing file name, which goes where the old header
+ * (oh, read into old) does not look. *two_step: the name lies past
+ * sector 0. */
+static int encode_switchable(const struct qcow2_header *h,
+                             const struct qcow2_header *oh,
+                             const uint8_t *old, uint8_t *buf, size_t cs,
+                             bool *two_step)
+{
+    size_t n = h->backing_file ? strlen(h->backing_file) : 0, end, at;
     int ret;
 
     /* Without the feature-name table (QEMU writes it, reads it only to
@@ -241,10 +262,11 @@ static int encode_switchable(const struct qcow2_header *h, uint8_t *buf,
     *two_step = end + n > 512;
     if (!*two_step)
         return 0;
-    if (end > 512 || n > cs || cs - n < MAX(used, (size_t)512))
+    at = end <= 512 ? free_spot(oh, old, cs, n) : 0;
+    if (!at)
         return qimg_err(ENOSPC, "No room in the header cluster to change "
                                 "the backing file name atomically");
-    return header_encode_at(h, buf, cs, false, cs - n, &end);
+    return header_encode_at(h, buf, cs, false, at, &end);
 }
 
 int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
@@ -266,8 +288,7 @@ int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
     h.backing_fmt = new_fmt;
     h.autoclear &= AUTOCLEAR_MASK;
     if (ret == 0)
-        ret = encode_switchable(&h, buf, cs, header_used_len(&q->hdr, old, cs),
-                                &two_step);
+        ret = encode_switchable(&h, &q->hdr, old, buf, cs, &two_step);
     /* The name first, where the old header does not look; then sector 0
      * switches to it, with the format, in one write. */
     if (ret == 0 && two_step) {

@@ -216,6 +216,16 @@ def test_rebase_long_name(tmp, cluster):
     assert r.rc == 0 and "read 4096/4096" in r.out, r
     c = run(["qemu-img", "check", "top.img"], cwd=tmp / "w")
     assert c.rc == 0, c
+    # Another long name: it goes before the first one, which the old
+    # header still names until sector 0 switches.
+    name2 = "../" + deep + "/./nb.img"
+    r = run([QIMG, "rebase", "-u", "-b", name2, "-F", "qcow2", "top.img"],
+            cwd=tmp / "w")
+    assert r.rc == 0, r
+    lines, rc = info_backing(tmp / "w", "top.img")
+    assert rc == 0 and lines[0].startswith("backing file: " + name2), lines
+    r = run(["qemu-io", "-c", "read -P 5 0 512k", "top.img"], cwd=tmp / "w")
+    assert r.rc == 0 and "read 524288/524288" in r.out, r
     # And back to a short name, which fits in sector 0 again.
     r = run([QIMG, "rebase", "-u", "-b", "base.img", "-F", "qcow2",
              "top.img"], cwd=tmp / "w")
