@@ -49,7 +49,7 @@ struct conv_args {
     bool has_snapshot, sn_plain;
     char *sn_id, *sn_name;
     bool compress, copy_range, progress, quiet, skip_create, force_share;
-    bool image_opts, target_is_zero;
+    bool image_opts, target_is_zero, salvage;
     uint64_t min_sparse;
     bool explicit_sparse;
     char **srcs;
@@ -61,6 +61,7 @@ enum {
     OPT_OBJECT = 256,
     OPT_IMAGE_OPTS,
     OPT_TARGET_IS_ZERO,
+    OPT_SALVAGE,
 };
 
 /* "qimg: <message>"; returns -1. */
@@ -211,6 +212,9 @@ static int take_option(struct conv_args *a, int c, const char *arg)
     case OPT_TARGET_IS_ZERO:
         a->target_is_zero = true;
         break;
+    case OPT_SALVAGE:
+        a->salvage = true;
+        break;
     }
     return 0;
 }
@@ -224,6 +228,7 @@ static int parse_options(struct conv_args *a, int argc, char **argv)
         {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
         {"force-share", no_argument, NULL, 'U'},
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
+        {"salvage", no_argument, NULL, OPT_SALVAGE},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -559,6 +564,8 @@ static int setup_job(const struct conv_args *a, struct conv_job *job,
     if (job->compressed)
         job->buf_size = job->dst_cluster;
     job->min_sparse = a->min_sparse;
+    job->salvage = a->salvage;
+    job->quiet = a->quiet;
     while (align * 2 <= sparse_sectors)
         align *= 2;
     job->align = align * 512;

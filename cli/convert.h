@@ -43,6 +43,8 @@ struct conv_job {
     uint64_t min_sparse;       /* -S in bytes; 0 writes every byte */
     uint64_t align;            /* skipped zero runs keep to this grid */
     uint64_t buf_size;         /* largest data request */
+    bool salvage;              /* --salvage: unreadable sectors as zeros */
+    bool quiet;
 };
 
 /* ---- convert_copy.c ---- */

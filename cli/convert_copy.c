@@ -179,6 +179,39 @@ static int count_work(struct conv_job *job, uint64_t *out)
 
 /* ---- Reading ----------------------------------------------------------- */
 
+/* QEMU names the corruption it met (the source is read-only) before its
+ * own line, once. */
+static void report_corruption(void)
+{
+    static bool said;
+    const struct qimg_error *e = qimg_last_error();
+
+    if (e->where[0] && !said)
+        fprintf(stderr,
+                "qcow2: Image is corrupt: %s; further non-fatal corruption "
+                "events will be suppressed\n",
+                e->message);
+    said = said || e->where[0];
+}
+
+/* --salvage: read [off, off+n) of img sector by sector, each one that
+ * fails as zeros, with qemu-img's warning. */
+static void salvage(const struct conv_job *job, qimg_image *img, uint8_t *buf,
+                    uint64_t n, uint64_t off)
+{
+    for (uint64_t i = 0; i < n; i += SECTOR) {
+        size_t k = (size_t)MIN(SECTOR, n - i);
+        if (qimg_image_read(img, buf + i, k, off + i) == 0)
+            continue;
+        report_corruption();
+        if (!job->quiet)
+            cli_error("warning: error while reading offset %llu: %s",
+                      (unsigned long long)(off + i),
+                      strerror(qimg_last_error()->errnum));
+        memset(buf + i, 0, k);
+    }
+}
+
 /* Read [pos, pos+len) of the concatenated sources. */
 static int read_range(struct conv_job *job, uint8_t *buf, uint64_t len,
                       uint64_t pos)
@@ -189,21 +222,18 @@ static int read_range(struct conv_job *job, uint8_t *buf, uint64_t len,
         qimg_image *img = layer_at(s, off, &end);
         uint64_t n = MIN(len, end - off);
 
-        if (!img)
+        if (!img) {
             memset(buf, 0, (size_t)n);
-        else if (qimg_image_read(img, buf, (size_t)n, off) < 0) {
-            /* QEMU names the corruption it met (the source is read-only)
-             * and nothing else before its own line. */
-            const struct qimg_error *e = qimg_last_error();
-            if (e->where[0])
-                fprintf(stderr,
-                        "qcow2: Image is corrupt: %s; further non-fatal "
-                        "corruption events will be suppressed\n",
-                        e->message);
-            cli_error("error while reading at byte %llu: %s",
-                      (unsigned long long)pos,
-                      strerror(qimg_last_error()->errnum));
-            return -1;
+        } else if (qimg_image_read(img, buf, (size_t)n, off) < 0) {
+            if (job->salvage) {
+                salvage(job, img, buf, n, off);
+            } else {
+                report_corruption();
+                cli_error("error while reading at byte %llu: %s",
+                          (unsigned long long)pos,
+                          strerror(qimg_last_error()->errnum));
+                return -1;
+            }
         }
         buf += n;
         pos += n;

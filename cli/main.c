@@ -109,7 +109,7 @@ void cli_help(void)
         "[-p] filename\n"
         "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
         "filename1 filename2\n"
-        "  convert [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
+        "  convert [--salvage] [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
         "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] "
         "filename output_filename\n"
         "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "

@@ -519,3 +519,52 @@ def test_target_data_bypasses_the_page_cache(tmp_path, out_fmt):
     if direct_io_works(tmp_path):
         assert cached[None] <= gib + 8 * mib, cached
     assert cached["writeback"] >= gib + 150 * mib, cached
+
+
+def garbage_compressed(path):
+    """A qcow2 image whose compressed cluster at 64k no longer inflates
+    (every read of it fails with EIO), with good data at 1M."""
+    mk(path, "4M", "write -c -P 7 64k 64k", "write -P 8 1M 64k")
+    with open(path, "r+b") as f:
+        d = f.read()
+        l1 = int.from_bytes(d[40:48], "big")
+        l2 = int.from_bytes(d[l1:l1 + 8], "big") & 0x00fffffffffffe00
+        e = int.from_bytes(d[l2 + 8:l2 + 16], "big")
+        assert e >> 62 == 1, hex(e)          # compressed
+        f.seek(e & ((1 << 54) - 1))          # 64 KiB clusters: 54 bits
+        f.write(b"\xff" * 64)
+
+
+@pytest.mark.parametrize("args", [
+    ["--salvage", "-O", "raw"], ["--salvage", "-q", "-O", "raw"],
+    ["--salvage", "-O", "qcow2"], ["-O", "raw"]])
+def test_salvage(tmp, args):
+    """--salvage: each unreadable sector becomes zeros with qemu-img's
+    warning; without it the first read error ends the convert."""
+    src = tmp / "src.qcow2"
+    garbage_compressed(src)
+    out = {}
+    for tool, prog in (("qemu", ["qemu-img"]), ("qimg", [QIMG])):
+        dst = tmp / ("out-" + tool)
+        r = Result(subprocess.run(prog + ["convert"] + args +
+                                  [str(src), str(dst)], capture_output=True,
+                                  text=True))
+        out[tool] = (r.rc, r.out, r.err.replace("qemu-img:", "P:")
+                     .replace("qimg:", "P:"))
+    assert out["qimg"] == out["qemu"], out
+    rc = out["qimg"][0]
+    assert rc == (1 if "--salvage" not in args else 0)
+    if rc == 0:
+        assert out["qimg"][2].count("warning: error while reading") == \
+            (0 if "-q" in args else 128)
+        r = run_cmp(tmp / "out-qemu", tmp / "out-qimg")
+        assert r.rc == 0, r
+        fmt = args[-1]
+        r = qemu_io("-f", fmt, "-c", "read -P 0 64k 64k", "-c",
+                    "read -P 8 1M 64k", tmp / "out-qimg")
+        assert r.rc == 0 and r.out.count("65536/65536") == 2, r
+
+
+def run_cmp(a, b):
+    return Result(subprocess.run([QIMG, "compare", str(a), str(b)],
+                                 capture_output=True, text=True))
