@@ -37,6 +37,12 @@ void file_set_read_only(qimg_image *img)
     img->read_write = false;
 }
 
+void file_prefetch(qimg_image *img, uint64_t off, uint64_t len)
+{
+    if (img->io.ops->prefetch)
+        img->io.ops->prefetch(img->io.ctx, off, len);
+}
+
 int file_pread(qimg_image *img, void *buf, size_t len, uint64_t off)
 {
     int ret = img->io.ops->pread(img->io.ctx, buf, len, off);

@@ -19,6 +19,9 @@ void file_close(qimg_image *img);
 void file_set_read_only(qimg_image *img);
 
 int file_pread(qimg_image *img, void *buf, size_t len, uint64_t off);
+/* Ask the backend to start reading [off, off+len): many small reads far
+ * apart then wait on the disk together rather than one after another. */
+void file_prefetch(qimg_image *img, uint64_t off, uint64_t len);
 int file_pwrite(qimg_image *img, const void *buf, size_t len, uint64_t off);
 /* fdatasync if anything was written since the last one. */
 int file_flush(qimg_image *img);

@@ -327,6 +327,12 @@ static int posix_get_fd(void *ctx)
     return ((struct posix_ctx *)ctx)->fd;
 }
 
+static void posix_prefetch(void *ctx, uint64_t off, uint64_t len)
+{
+    (void)posix_fadvise(((struct posix_ctx *)ctx)->fd, (off_t)off, (off_t)len,
+                        POSIX_FADV_WILLNEED);
+}
+
 static void posix_close(void *ctx)
 {
     struct posix_ctx *p = ctx;
@@ -350,6 +356,7 @@ static const struct qimg_io_ops posix_ops = {
     .get_allocated = posix_get_allocated,
     .seek_data = posix_seek_data,
     .get_fd = posix_get_fd,
+    .prefetch = posix_prefetch,
     .close = posix_close,
 };
 

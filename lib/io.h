@@ -29,6 +29,9 @@ struct qimg_io_ops {
     int (*seek_data)(void *ctx, uint64_t off, bool *is_data, uint64_t *end);
     /* The file descriptor for QEMU-compatible locks (lock.c); may be NULL. */
     int (*get_fd)(void *ctx);
+    /* A hint: [off, off+len) will be read soon (start reading it now, in
+     * parallel with other such ranges); may be NULL. */
+    void (*prefetch)(void *ctx, uint64_t off, uint64_t len);
     void (*close)(void *ctx);
 };
 
