@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "qimg.h"
 
@@ -58,6 +59,14 @@ int parse_format(const char *s, enum qimg_format *out);
 int parse_image_opts(const char *spec, char **path, struct qimg_open_opts *o);
 /* A cache mode qemu-img accepts (-t, -T); qimg's I/O ignores it. */
 bool cache_mode_ok(const char *mode);
+/* A backing file name as an image names it: relative to the image's
+ * directory unless absolute (malloc'd; NULL without memory). */
+char *cli_backing_path(const char *image, const char *backing);
+/* Whether n bytes at p are all zero. */
+static inline bool buf_is_zero(const uint8_t *p, uint64_t n)
+{
+    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, (size_t)n - 1));
+}
 /* Open `file` as qemu-img's commands do: fmt (NULL: probe) checked first
  * ("Unknown driver"), then --image-opts, then the open; every failure is
  * printed ("Could not open '<file>': ..."). o holds the other options. */

@@ -140,19 +140,14 @@ static int read_side(struct side *s, uint64_t off, uint64_t len)
     return 4;
 }
 
-static bool all_zero(const uint8_t *p, uint64_t n)
-{
-    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
-}
-
 /* The first 512-byte sector of buf (len bytes) that is not all zeros;
  * len if there is none. */
 static uint64_t first_nonzero(const uint8_t *buf, uint64_t len)
 {
-    if (all_zero(buf, len))
+    if (buf_is_zero(buf, len))
         return len;
     for (uint64_t i = 0;; i += SECTOR)
-        if (!all_zero(buf + i, len - i < SECTOR ? len - i : SECTOR))
+        if (!buf_is_zero(buf + i, len - i < SECTOR ? len - i : SECTOR))
             return i;
 }
 

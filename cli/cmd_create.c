@@ -168,24 +168,6 @@ static int set_backing(struct create_params *p, const struct create_args *a)
     return 0;
 }
 
-/* The backing file name is relative to the new image's directory. */
-static char *backing_path(const char *image, const char *backing)
-{
-    const char *slash = strrchr(image, '/');
-    size_t dir_len;
-    char *p;
-
-    if (backing[0] == '/' || !slash)
-        return strdup(backing);
-    dir_len = (size_t)(slash - image) + 1;
-    p = malloc(dir_len + strlen(backing) + 1);
-    if (p) {
-        memcpy(p, image, dir_len);
-        strcpy(p + dir_len, backing);
-    }
-    return p;
-}
-
 static qimg_image *open_backing(const char *filename, const char *bf,
                                 const char *bfmt)
 {
@@ -202,7 +184,7 @@ static qimg_image *open_backing(const char *filename, const char *bf,
         return NULL;
     }
     oo.force_share = true;
-    path = backing_path(filename, bf);
+    path = cli_backing_path(filename, bf);
     if (!path) {
         cli_error("Out of memory");
         return NULL;

@@ -129,20 +129,9 @@ static int open_new_backing(const struct rebase_args *a, qimg_image *img,
                             enum qimg_format fmt, qimg_image **out)
 {
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
-    const char *top = qimg_image_filename(img), *slash = strrchr(top, '/');
-    char *path;
+    char *path = cli_backing_path(qimg_image_filename(img), a->backing);
     int ret;
 
-    if (a->backing[0] == '/' || !slash) {
-        path = strdup(a->backing);
-    } else {
-        size_t dir = (size_t)(slash - top) + 1;
-        path = malloc(dir + strlen(a->backing) + 1);
-        if (path) {
-            memcpy(path, top, dir);
-            strcpy(path + dir, a->backing);
-        }
-    }
     if (!path) {
         cli_error("Out of memory");
         return -1;
@@ -186,11 +175,6 @@ static bool reads_zero(struct chain *c, uint64_t off, uint64_t len)
            (x.flags & QIMG_BS_ZERO) && x.len >= len;
 }
 
-static bool is_zero(const uint8_t *p, uint64_t n)
-{
-    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
-}
-
 /* Write into img each run of sectors where old and new differ. */
 static int write_differences(qimg_image *img, uint64_t off, uint64_t len,
                              const uint8_t *old, const uint8_t *new)
@@ -208,7 +192,7 @@ static int write_differences(qimg_image *img, uint64_t off, uint64_t len,
             if (!memcmp(old + j, new + j, s))
                 break;
         }
-        if ((is_zero(old + i, j - i)
+        if ((buf_is_zero(old + i, j - i)
                  ? qimg_image_write_zeroes(img, off + i, j - i, 0)
                  : qimg_image_write(img, old + i, j - i, off + i)) < 0) {
             cli_lib_error("Error while writing image: ");

@@ -251,14 +251,6 @@ static bool sector_is_zero(const uint8_t *p)
     return !memcmp(p, zeros, SECTOR);
 }
 
-static bool all_zero(const uint8_t *p, uint64_t len)
-{
-    for (uint64_t i = 0; i < len; i += SECTOR)
-        if (!sector_is_zero(p + i))
-            return false;
-    return true;
-}
-
 /* The leading run of `nsec` sectors (the first at sector `sec`) whose
  * sectors are all zero or all not: its length in sectors. Unless it fills
  * the buffer its end is moved onto the `align` grid: a data run grows to
@@ -373,7 +365,7 @@ static int put_data(struct conv_job *job, const uint8_t *buf, uint64_t len,
         int ret;
 
         if (job->min_sparse && job->compressed)
-            is_data = !all_zero(buf, len);
+            is_data = !buf_is_zero(buf, len);
         else if (job->min_sparse)
             n = sparse_span(buf, len / SECTOR, pos / SECTOR, min, align,
                             &is_data) *

@@ -157,3 +157,20 @@ int cli_open(qimg_image **img, const char *file, const char *fmt,
         cli_lib_error("Could not open '%s': ", file);
     return ret < 0 ? -1 : 0;
 }
+
+char *cli_backing_path(const char *image, const char *backing)
+{
+    const char *slash = strrchr(image, '/');
+    size_t dir_len;
+    char *p;
+
+    if (backing[0] == '/' || !slash)
+        return strdup(backing);
+    dir_len = (size_t)(slash - image) + 1;
+    p = malloc(dir_len + strlen(backing) + 1);
+    if (p) {
+        memcpy(p, image, dir_len);
+        strcpy(p + dir_len, backing);
+    }
+    return p;
+}

@@ -54,6 +54,23 @@ def qemu_io(*args, **kw):
     return run(["qemu-io"] + [str(a) for a in args], **kw)
 
 
+def qio_argv(name, *cmds, fmt="qcow2"):
+    """A qemu-io command line running cmds on name."""
+    args = ["qemu-io", "-f", fmt]
+    for c in cmds:
+        args += ["-c", c]
+    return args + [name]
+
+
+def create_argv(name, size=None, *opts, fmt="qcow2", backing=None,
+                bfmt="qcow2"):
+    """A qemu-img create command line (size None: the backing file's)."""
+    args = ["qemu-img", "create", "-q", "-f", fmt] + list(opts)
+    if backing:
+        args += ["-b", backing, "-F", bfmt]
+    return args + [name] + ([str(size)] if size else [])
+
+
 def strip_prog(text, prog):
     """Drop the program name prefix so messages compare across tools."""
     return "\n".join(l[len(prog) + 2:] if l.startswith(prog + ": ") else l

@@ -9,21 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import QIMG, run, strip_prog
-
-
-def qio(name, *cmds, fmt="qcow2"):
-    args = ["qemu-io", "-f", fmt]
-    for c in cmds:
-        args += ["-c", c]
-    return args + [name]
-
-
-def create(name, size=None, *opts, fmt="qcow2", backing=None, bfmt="qcow2"):
-    args = ["qemu-img", "create", "-q", "-f", fmt] + list(opts)
-    if backing:
-        args += ["-b", backing, "-F", bfmt]
-    return args + [name] + ([str(size)] if size else [])
+from conftest import (QIMG, create_argv as create, qio_argv as qio, run,
+                      strip_prog)
 
 
 # Chains: base.img <- (mid.img <-) top.img

@@ -6,21 +6,10 @@ import os
 
 import pytest
 
-from conftest import QIMG, run, strip_prog
+from conftest import (QIMG, create_argv as create, qio_argv as qio, run,
+                      strip_prog)
 
 MiB = 1 << 20
-
-
-def qio(name, *cmds, fmt="qcow2"):
-    args = ["qemu-io", "-f", fmt]
-    for c in cmds:
-        args += ["-c", c]
-    return args + [name]
-
-
-def create(name, size, *opts, fmt="qcow2"):
-    return ["qemu-img", "create", "-q", "-f", fmt] + list(opts) + [name,
-                                                                    str(size)]
 
 
 # name -> steps making a.img and b.img (and whatever they name)
