@@ -225,10 +225,10 @@ static int commit(const struct commit_args *a)
     if (open_base(base_path, fmt, &base) < 0 ||
         open_top(a, depth - 1, &top) < 0)
         goto out;
-    if (qimg_image_size(top) > qimg_image_size(base)) {
-        cli_error("Cannot commit into '%s': it is smaller than '%s' (growing "
-                  "the backing file is not implemented)",
-                  base_path, a->file);
+    /* As qemu-img: a base shorter than the image grows to its size. */
+    if (qimg_image_size(top) > qimg_image_size(base) &&
+        qimg_image_resize(base, qimg_image_size(top), QIMG_PREALLOC_OFF) < 0) {
+        cli_lib_error("%s", "");
         goto out;
     }
     buf = malloc(COMMIT_BUF);

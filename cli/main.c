@@ -23,7 +23,7 @@ static const struct command commands[] = {
     {"convert", cmd_convert}, {"create", cmd_create},
     {"info", cmd_info},       {"io", cmd_io},
     {"map", cmd_map},         {"rebase", cmd_rebase},
-    {"snapshot", cmd_snapshot},
+    {"resize", cmd_resize},   {"snapshot", cmd_snapshot},
 };
 
 void cli_error(const char *fmt, ...)
@@ -121,6 +121,8 @@ void cli_help(void)
         "[--output=ofmt] [-U] filename\n"
         "  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] "
         "-b backing_file [-F backing_fmt] filename\n"
+        "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
+        "filename [+ | -]size\n"
         "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l | -a snapshot | "
         "-c snapshot | -d snapshot] filename\n"
         "\n"

@@ -178,6 +178,15 @@ QIMG_API int qimg_image_block_status(qimg_image *img, uint64_t off,
 QIMG_API int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
                             struct qimg_extent *out);
 
+/* Change the virtual size (qemu-img resize). A smaller size drops what
+ * lies past it; a larger one reads as zeros there and, with prealloc,
+ * has it mapped (qcow2: metadata, falloc, full) or reserved (raw: falloc,
+ * full). qcow2 sizes are multiples of 512. qcow2: atomic, one write of
+ * header sector 0 switches from the old size to the new; internal
+ * snapshots keep their own sizes. */
+QIMG_API int qimg_image_resize(qimg_image *img, uint64_t size,
+                               enum qimg_prealloc prealloc);
+
 /* ---- Image information ----------------------------------------------- */
 
 struct qimg_bitmap_info {

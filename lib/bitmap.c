@@ -185,3 +185,29 @@ int bitmap_mark_in_use(qimg_image *img)
         img->q->bitmaps_marked = true;
     return ret;
 }
+
+int bitmap_check_resize(qimg_image *img, uint64_t size)
+{
+    struct bitmap_entry *b;
+    size_t n;
+    int ret = bitmap_dir_load(img, &b, &n);
+
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        uint64_t cs = img->q->cluster_size, bits, clusters;
+        if (b[i].flags & BME_FLAG_IN_USE) {
+            ret = qimg_err(EINVAL, "Bitmap '%s' is inconsistent and cannot "
+                                   "be used", b[i].name);
+            break;
+        }
+        if (b[i].granularity_bits > 63)
+            continue; /* not read: QEMU refuses such a bitmap on open */
+        bits = DIV_ROUND_UP(size, 1ull << b[i].granularity_bits);
+        clusters = DIV_ROUND_UP(DIV_ROUND_UP(bits, 8), cs);
+        if (clusters > b[i].table_size)
+            ret = qimg_err(ENOTSUP, "Bitmap '%s' would need a larger table "
+                                    "for this size; qimg cannot grow "
+                                    "bitmap tables yet", b[i].name);
+    }
+    bitmap_dir_free(b, n);
+    return ret;
+}

@@ -34,5 +34,8 @@ int bitmap_each_ref(qimg_image *img, uint64_t end, bitmap_ref_fn *fn,
 /* Before guest data is first written: mark every auto bitmap in_use (once
  * per open image). */
 int bitmap_mark_in_use(qimg_image *img);
+/* Before a resize to `size`: no bitmap is in use (QEMU refuses those) and
+ * every bitmap's table already covers the new size. */
+int bitmap_check_resize(qimg_image *img, uint64_t size);
 
 #endif

@@ -190,29 +190,6 @@ static int create_l1(qimg_image *img, uint64_t size)
     return ret < 0 ? ret : roots_write_header(img);
 }
 
-static int fill_file(struct qimg_io *io, uint64_t from, uint64_t to,
-                     enum qimg_prealloc mode)
-{
-    int fd = io->ops->get_fd ? io->ops->get_fd(io->ctx) : -1;
-    size_t chunk = 1u << 20;
-    uint8_t *z;
-    int ret = 0;
-
-    if (to <= from)
-        return 0;
-    if (mode == QIMG_PREALLOC_FALLOC && fd >= 0) {
-        if (posix_fallocate(fd, (off_t)from, (off_t)(to - from)) == 0)
-            return 0;
-    }
-    z = calloc(1, chunk);
-    if (!z)
-        return qimg_err(ENOMEM, "Out of memory");
-    for (uint64_t o = from; o < to && ret == 0; o += chunk)
-        ret = io->ops->pwrite(io->ctx, z, (size_t)MIN(chunk, to - o), o);
-    free(z);
-    return ret < 0 ? qimg_err_errno(-ret, "Could not preallocate data") : 0;
-}
-
 static int extend_file(qimg_image *img, uint64_t end)
 {
     uint64_t sz = 0;
@@ -246,7 +223,7 @@ static int preallocate(qimg_image *img, enum qimg_prealloc mode)
          * metadata extends the file (durable with the refcounts, before
          * any L2 table is written). */
         if (ret == 0 && mode != QIMG_PREALLOC_METADATA)
-            ret = fill_file(&img->io, host, host + n * cs, mode);
+            ret = file_io_fill(&img->io, host, host + n * cs, mode);
         else if (ret == 0)
             ret = extend_file(img, host + n * cs);
         for (uint64_t i = 0; ret == 0 && i < n; i++)
@@ -333,7 +310,7 @@ static int create_raw(const char *path, const struct qimg_create_opts *o)
             ret = qimg_err_errno(-ret, "Could not resize file");
     }
     if (ret == 0 && o->prealloc != QIMG_PREALLOC_OFF)
-        ret = fill_file(&io, 0, size, o->prealloc);
+        ret = file_io_fill(&io, 0, size, o->prealloc);
     if (ret == 0 && io.ops->flush(io.ctx) < 0)
         ret = qimg_err(EIO, "Could not flush image");
     io.ops->close(io.ctx);

@@ -11,6 +11,7 @@
 #include "file.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -133,7 +134,58 @@ int file_get_allocated(qimg_image *img, uint64_t *out)
 
 int file_truncate(qimg_image *img, uint64_t size)
 {
-    return img->io.ops->truncate(img->io.ctx, size);
+    int ret = img->io.ops->truncate(img->io.ctx, size);
+
+    if (ret == 0 && img->q)
+        img->q->file_size = size;
+    if (ret == 0)
+        img->zero_from = MIN(img->zero_from, size);
+    return ret;
+}
+
+int file_io_fill(struct qimg_io *io, uint64_t from, uint64_t to,
+                 enum qimg_prealloc mode)
+{
+    int fd = io->ops->get_fd ? io->ops->get_fd(io->ctx) : -1;
+    size_t chunk = 1u << 20;
+    uint64_t sz = 0;
+    uint8_t *z;
+    int ret = 0;
+
+    if (to <= from || mode == QIMG_PREALLOC_OFF)
+        return 0;
+    if (mode == QIMG_PREALLOC_METADATA) {
+        ret = io->ops->get_size(io->ctx, &sz);
+        if (ret == 0 && sz < to)
+            ret = io->ops->truncate(io->ctx, to);
+        return ret < 0 ? qimg_err_errno(-ret, "Could not resize image") : 0;
+    }
+    if (mode == QIMG_PREALLOC_FALLOC && fd >= 0 &&
+        posix_fallocate(fd, (off_t)from, (off_t)(to - from)) == 0)
+        return 0;
+    z = calloc(1, chunk);
+    if (!z)
+        return qimg_err(ENOMEM, "Out of memory");
+    for (uint64_t o = from; o < to && ret == 0; o += chunk)
+        ret = io->ops->pwrite(io->ctx, z, (size_t)MIN(chunk, to - o), o);
+    free(z);
+    return ret < 0 ? qimg_err_errno(-ret, "Could not preallocate data") : 0;
+}
+
+int file_fill(qimg_image *img, uint64_t from, uint64_t to,
+              enum qimg_prealloc mode)
+{
+    int ret = file_io_fill(&img->io, from, to, mode);
+
+    if (ret == 0 && to > from && mode != QIMG_PREALLOC_OFF)
+        img->unsynced = true;
+    return ret;
+}
+
+void file_truncate_quiet(qimg_image *img, uint64_t size)
+{
+    if (file_truncate(img, size) < 0)
+        qimg_error_clear();
 }
 
 int file_size_init(qimg_image *img)

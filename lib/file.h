@@ -39,6 +39,15 @@ void file_discard_quiet(qimg_image *img, uint64_t off, uint64_t len);
 int file_get_size(qimg_image *img, uint64_t *out);
 int file_get_allocated(qimg_image *img, uint64_t *out);
 int file_truncate(qimg_image *img, uint64_t size);
+/* Cut a tail nothing names any more: advisory, failures forgotten. */
+void file_truncate_quiet(qimg_image *img, uint64_t size);
+/* Make [from, to) of the file read as zeros, as a preallocation mode
+ * asks: metadata extends the file (sparse), falloc reserves the blocks,
+ * full writes zeros (also where falloc cannot). off: nothing. */
+int file_io_fill(struct qimg_io *io, uint64_t from, uint64_t to,
+                 enum qimg_prealloc mode);
+int file_fill(qimg_image *img, uint64_t from, uint64_t to,
+              enum qimg_prealloc mode);
 
 /* qcow2: the file size as qimg_open read it, and growth as clusters past
  * it are allocated (they count as inside the file before they are

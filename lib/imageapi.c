@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "backing.h"
+#include "bitmap.h"
 #include "error.h"
 #include "file.h"
 #include "flush.h"
@@ -22,6 +23,7 @@
 #include "open.h"
 #include "refcount.h"
 #include "roots.h"
+#include "txn.h"
 #include "util.h"
 
 int qimg_image_open(qimg_image **out, const char *path,
@@ -230,4 +232,97 @@ int qimg_image_set_backing(qimg_image *img, const char *name, const char *fmt)
         fmt = NULL;
     return roots_set_backing(img, name && *name ? name : NULL,
                              name && *name ? fmt : NULL);
+}
+
+static int resize_raw(qimg_image *img, uint64_t size, enum qimg_prealloc mode)
+{
+    uint64_t old = 0;
+    int ret = file_get_size(img, &old);
+
+    if (ret == 0)
+        ret = file_truncate(img, size);
+    if (ret < 0)
+        return qimg_err_errno(-ret, "Could not resize file");
+    if (size > old)
+        ret = file_fill(img, old, size, mode);
+    if (ret == 0)
+        ret = file_flush(img);
+    if (ret == 0)
+        roots_set_size(img, ALIGN_UP(size, 512));
+    return ret;
+}
+
+/* Growing: the bytes between the old size and the end of its cluster
+ * read as zeros from now on (qemu-img writes zeros there when a longer
+ * backing file would show through; qimg also where the cluster holds data
+ * a shrink left past the end). They are invisible at the old size, so
+ * this guest write changes nothing the old image shows. */
+static int zero_head(qimg_image *img, uint64_t size, bool zero)
+{
+    const struct qcow2 *q = img->q;
+    uint64_t old = img->size;
+    uint64_t end = MIN(ALIGN_UP(old, q->cluster_size), size);
+    uint64_t sc_end = MIN(ALIGN_UP(old, 1ull << q->sc_bits), end);
+    struct qimg_extent e;
+    uint8_t *z;
+    int ret;
+
+    if (end <= old)
+        return 0;
+    ret = guest_block_status(img, old - 1, 1, &e);
+    if (ret < 0 || (!zero && !(e.flags & QIMG_BS_DATA)))
+        return ret;
+    /* Zeros written up to the subcluster's end; the cluster's further
+     * subclusters (extended L2) marked zero. */
+    z = calloc(1, sc_end - old);
+    if (!z)
+        return qimg_err(ENOMEM, "Out of memory");
+    ret = sc_end > old ? guest_write(img, z, sc_end - old, old) : 0;
+    free(z);
+    if (ret == 0 && end > sc_end)
+        ret = guest_zero(img, sc_end, end - sc_end, false);
+    return ret;
+}
+
+int qimg_image_resize(qimg_image *img, uint64_t size,
+                      enum qimg_prealloc prealloc)
+{
+    bool zero;
+    int ret;
+
+    if (img->is_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (size == 0 || size > INT64_MAX)
+        return qimg_err(EINVAL, "New image size must be positive");
+    if (size <= img->size && prealloc != QIMG_PREALLOC_OFF)
+        return qimg_err(EINVAL, "Preallocation can only be used for "
+                                "growing images");
+    if (img->fmt == QIMG_FMT_RAW) {
+        if (prealloc == QIMG_PREALLOC_METADATA)
+            return qimg_err(ENOTSUP, "Unsupported preallocation mode: "
+                                     "metadata");
+        return resize_raw(img, size, prealloc);
+    }
+    if (size % 512)
+        return qimg_err(EINVAL, "The new size must be a multiple of 512");
+    if (img->q->hdr.incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "Cannot resize an image with an external "
+                                 "data file");
+    if (img->q->hdr.version < 3 && img->q->hdr.nb_snapshots)
+        return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
+                                 "snapshots");
+    ret = bitmap_check_resize(img, size);
+    if (ret < 0 || size == img->size)
+        return ret;
+    /* As QEMU: what the disk gains must not show a longer backing file's
+     * data through; v2 cannot mark clusters zero. */
+    zero = size > img->size && img->backing && img->backing->size > img->size;
+    if (zero && img->q->hdr.version < 3)
+        return qimg_err(ENOTSUP, "Failed to zero out new clusters: Operation "
+                                 "not supported");
+    if (size > img->size)
+        ret = roots_write_failed(img, zero_head(img, size, zero));
+    if (ret == 0)
+        ret = roots_write_failed(img, txn_resize(img, size, prealloc, zero));
+    return ret;
 }

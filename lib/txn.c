@@ -67,6 +67,7 @@ struct roots {
     struct new_l1 *active; /* NULL: the active L1 is unchanged */
     uint32_t nb_snaps;
     uint64_t snap_off;
+    bool trim; /* cut the file's tail once committed (a shrink) */
 };
 
 /* The root pointers the operation switches to. */
@@ -289,6 +290,7 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
                   uint64_t snap_size, uint32_t deleted)
 {
     struct qcow2_roots nr;
+    uint64_t end = UINT64_MAX;
     int ret;
 
     if (txn_refs_unchanged(t) && r->size == t->img->size)
@@ -303,6 +305,9 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         ret = txn_tables_check_freed(
             t, deleted, r->active ? r->active->buf : t->q->l1s->l1,
             r->active ? r->active->size : t->q->l1s->l1_size);
+    /* A smaller disk gives the file's tail back, as QEMU's does. */
+    if (ret == 0 && r->trim)
+        ret = txn_space_find_end(t, &end);
     nr = new_roots(t, r);
     /* 1 of 3: every new structure is durable (nothing was written before
      * every count was made) ... */
@@ -317,6 +322,9 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         return ret;
     txn_space_discard_freed(t);
     adopt(t, r, &nr, snaps, snap_size);
+    /* Advisory, as QEMU's (it warns): nothing names what lies there. */
+    if (end != UINT64_MAX && end * t->cs < t->q->file_size)
+        file_truncate_quiet(t->img, end * t->cs);
     return 0;
 }
 
@@ -395,7 +403,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     struct new_l1 active = {0}, snap = {0}, *l1s[2] = {&active, &snap};
     struct snap *snaps = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0, false};
     struct txn t;
     int ret;
 
@@ -471,7 +479,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0, false};
     struct txn t;
     int ret;
 
@@ -548,26 +556,133 @@ static uint64_t l1_entries_needed(const struct qcow2 *q, uint64_t size)
     return (size + (1ull << span) - 1) >> span;
 }
 
-/* Make snapshot s's tree the active one, at disk_size; with s NULL, an
- * empty tree (every cluster unallocated) at the disk's size. */
-static int set_active(qimg_image *img, const struct snap *s,
-                      uint64_t disk_size)
+/* The new active tree: snapshot s's, the current one (keep), or an empty
+ * one, at `size`; a tree kept through a resize loses what lies past a
+ * smaller size, and `prealloc` maps what a larger one adds (zero: over a
+ * backing file longer than the old size, it reads as zeros, as QEMU
+ * makes it). */
+struct active_plan {
+    const struct snap *s;
+    bool keep;
+    uint64_t size;
+    enum qimg_prealloc prealloc;
+    bool zero; /* what a larger size adds must read as zeros, not through */
+};
+
+/* The guest clusters a larger size adds that the resize maps or marks:
+ * from the one the old size ends in (preallocation) or the first past it,
+ * to the end. */
+static void grow_range(const struct txn *t, const struct active_plan *pl,
+                       uint64_t *g0, uint64_t *g1)
+{
+    /* The cluster the old size ends in is only mapped whole where no
+     * backing file can show through its first part. */
+    *g0 = pl->prealloc != QIMG_PREALLOC_OFF && !t->img->backing
+              ? t->img->size / t->cs
+              : DIV_ROUND_UP(t->img->size, t->cs);
+    *g1 = DIV_ROUND_UP(pl->size, t->cs);
+    if (pl->size <= t->img->size ||
+        (pl->prealloc == QIMG_PREALLOC_OFF && !pl->zero))
+        *g1 = *g0;
+}
+
+/* Resize, counting: cut the table a smaller size ends inside (into cut,
+ * one cluster; *cut_idx its L1 index, UINT64_MAX if none), or validate the
+ * tables a larger one maps or marks and count the clusters it maps
+ * (*fill). */
+static int resize_count(struct txn *t, const struct active_plan *pl,
+                        const struct new_l1 *a, uint8_t *cut,
+                        uint64_t *cut_idx, uint64_t *fill)
+{
+    const struct qcow2 *q = t->q;
+    const uint64_t cs = t->cs, per = q->l2_entries;
+    uint64_t g0, g1, k;
+    int ret = 0;
+
+    *cut_idx = UINT64_MAX;
+    *fill = 0;
+    if (pl->size < t->img->size) {
+        g1 = DIV_ROUND_UP(pl->size, cs);
+        if (g1 % per == 0 || !txn_l1_ptr(a->buf, a->size, g1 / per))
+            return 0;
+        for (uint32_t i = 0; i < a->size; i++)
+            if (i != g1 / per && txn_l1_ptr(a->buf, a->size, i) ==
+                                     txn_l1_ptr(a->buf, a->size, g1 / per))
+                return qimg_corrupt("L2 table %#" PRIx64 " is named twice "
+                                    "in the active L1 table",
+                                    txn_l1_ptr(a->buf, a->size, i));
+        *cut_idx = g1 / per;
+        return txn_tables_cut(t, txn_l1_ptr(a->buf, a->size, *cut_idx),
+                              g1 % per, cut);
+    }
+    grow_range(t, pl, &g0, &g1);
+    for (uint64_t i = g0 / per; ret == 0 && g0 < g1 && i <= (g1 - 1) / per;
+         i++) {
+        ret = txn_tables_fill(t, txn_l1_ptr(a->buf, a->size, i),
+                              MAX(g0, i * per) - i * per,
+                              MIN(g1, (i + 1) * per) - i * per,
+                              t->tables.tmp, NULL, false, &k);
+        if (pl->prealloc != QIMG_PREALLOC_OFF)
+            *fill += k;
+    }
+    return ret;
+}
+
+/* Resize, writing (every count made): the cut table's copy, or the
+ * preallocated clusters (zeroed or reserved as the mode asks) and the
+ * tables that map them or mark them zero. */
+static int resize_write(struct txn *t, const struct active_plan *pl,
+                        struct new_l1 *a, const uint8_t *cut,
+                        uint64_t cut_idx, uint64_t fill)
+{
+    const uint64_t cs = t->cs, per = t->q->l2_entries;
+    uint64_t host = 0, off, k, g0, g1;
+    int ret = 0;
+
+    if (cut_idx != UINT64_MAX)
+        return txn_tables_write_edit(
+            t, txn_l1_ptr(a->buf, a->size, cut_idx), cut, &off);
+    grow_range(t, pl, &g0, &g1);
+    if (fill)
+        ret = txn_space_alloc_end(t, fill, &host);
+    if (ret == 0 && fill)
+        ret = file_fill(t->img, host, host + fill * cs, pl->prealloc);
+    for (uint64_t i = g0 / per; ret == 0 && g0 < g1 && i <= (g1 - 1) / per;
+         i++) {
+        uint64_t p = txn_l1_ptr(a->buf, a->size, i);
+        ret = txn_tables_fill(t, p, MAX(g0, i * per) - i * per,
+                              MIN(g1, (i + 1) * per) - i * per,
+                              t->tables.tmp, fill ? &host : NULL, pl->zero,
+                              &k);
+        if (ret == 0 && k)
+            ret = txn_tables_write_edit(t, p, t->tables.tmp, &off);
+        if (ret == 0 && k && !p)
+            l1_entry_set(a->buf, (uint32_t)i, off);
+    }
+    return ret;
+}
+
+/* Make the planned tree the active one. */
+static int set_active(qimg_image *img, const struct active_plan *pl)
 {
     struct qcow2 *q = img->q;
+    const struct snap *s = pl->s;
+    const uint64_t disk_size = pl->size;
     struct new_l1 active = {0}, *l1s[1] = {&active};
     uint32_t nb = q->sn->nb_snaps, sl1_size = s ? s->l1_size : 0;
     struct snap *snaps = NULL;
-    uint8_t *sl1 = NULL;
-    uint64_t n;
+    uint8_t *sl1 = NULL, *cut = NULL;
+    uint64_t n, cut_idx = UINT64_MAX, fill = 0;
     struct roots r = {disk_size, &active, q->sn->nb_snaps,
-                      q->hdr.snapshots_offset};
+                      q->hdr.snapshots_offset,
+                      pl->keep && disk_size < img->size};
     struct txn t;
     int ret;
 
     if (s && q->hdr.has_bitmaps_ext && (q->hdr.autoclear & AUTOCLEAR_BITMAPS) &&
         q->hdr.nb_bitmaps)
         return qimg_err(EBUSY, "Device has active dirty bitmaps");
-    if (disk_size != img->size && q->hdr.version < 3)
+    if (disk_size != img->size && q->hdr.version < 3 && nb)
         return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
                                  "snapshots");
     /* The size comes from the file: as QEMU's resize to it, refuse what
@@ -590,6 +705,9 @@ static int set_active(qimg_image *img, const struct snap *s,
             img, "Preventing invalid write on metadata (overlaps with "
                  "inactive L1 table)");
     n = MAX(MAX(q->l1s->l1_size, sl1_size), l1_entries_needed(q, disk_size));
+    /* A smaller disk keeps only the L1 entries it needs. */
+    if (pl->keep && disk_size < img->size)
+        n = l1_entries_needed(q, disk_size);
     if (n * 8 > QCOW_MAX_L1_SIZE)
         return qimg_err(EFBIG, "Active L1 table too large");
     ret = txn_init(&t, img, false);
@@ -599,6 +717,15 @@ static int set_active(qimg_image *img, const struct snap *s,
         ret = check_snapshots(&t, q->sn->snaps, q->sn->nb_snaps);
     if (ret == 0 && s)
         ret = read_snap_l1(&t, s, &sl1);
+    if (ret == 0 && pl->keep) {
+        sl1_size = (uint32_t)MIN(q->l1s->l1_size, n);
+        sl1 = malloc(sl1_size ? (size_t)sl1_size * 8 : 1);
+        cut = malloc(t.cs);
+        if (!sl1 || !cut)
+            ret = qimg_err(ENOMEM, "Out of memory");
+        else
+            memcpy(sl1, q->l1s->l1, (size_t)sl1_size * 8);
+    }
     if (ret == 0)
         ret = copy_snaps(q, -1, 0, &snaps);
     if (ret == 0)
@@ -608,7 +735,7 @@ static int set_active(qimg_image *img, const struct snap *s,
     if (sl1)
         memcpy(active.buf, sl1, (size_t)sl1_size * 8);
     /* Only pointers that differ change any count. */
-    for (uint32_t i = 0; ret == 0 && i < n; i++) {
+    for (uint32_t i = 0; ret == 0 && i < MAX(n, q->l1s->l1_size); i++) {
         uint64_t o = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         uint64_t p = txn_l1_ptr(sl1, sl1_size, i);
         if (o == p)
@@ -618,14 +745,19 @@ static int set_active(qimg_image *img, const struct snap *s,
         if (ret == 0 && p)
             ret = txn_tables_pointer_change(&t, p, 1);
     }
+    if (ret == 0 && pl->keep)
+        ret = resize_count(&t, pl, &active, cut, &cut_idx, &fill);
     if (ret == 0)
         ret = txn_tables_check_meta(&t);
     if (ret == 0)
-        ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0));
+        ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0) +
+                                     fill);
     for (uint32_t i = 0; ret == 0 && i < n; i++)
         if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) !=
             txn_l1_ptr(sl1, sl1_size, i))
             ret = txn_tables_inspect(&t, active.buf, active.size, i);
+    if (ret == 0 && pl->keep)
+        ret = resize_write(&t, pl, &active, cut, cut_idx, fill);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0) {
@@ -640,6 +772,7 @@ static int set_active(qimg_image *img, const struct snap *s,
 out:
     free_snaps(snaps, nb);
     free(sl1);
+    free(cut);
     free(active.buf);
     txn_free(&t);
     return ret;
@@ -648,11 +781,24 @@ out:
 int txn_snapshot_apply(qimg_image *img, int idx)
 {
     const struct snap *s = &img->q->sn->snaps[idx];
+    struct active_plan pl = {s, false, s->disk_size, QIMG_PREALLOC_OFF,
+                             false};
 
-    return set_active(img, s, s->disk_size);
+    return set_active(img, &pl);
 }
 
 int txn_make_empty(qimg_image *img)
 {
-    return set_active(img, NULL, img->size);
+    struct active_plan pl = {NULL, false, img->size, QIMG_PREALLOC_OFF,
+                             false};
+
+    return set_active(img, &pl);
+}
+
+int txn_resize(qimg_image *img, uint64_t size, enum qimg_prealloc prealloc,
+               bool zero)
+{
+    struct active_plan pl = {NULL, true, size, prealloc, zero};
+
+    return set_active(img, &pl);
 }

@@ -14,5 +14,12 @@ int txn_snapshot_delete(qimg_image *img, int snap_idx);
 /* Every cluster of the active disk unallocated (it reads through to the
  * backing file); snapshots keep theirs. */
 int txn_make_empty(qimg_image *img);
+/* The active disk at a new size (qemu-img resize): past a smaller size
+ * nothing stays allocated; what a larger one adds is mapped to zeroed
+ * clusters as prealloc asks, and with zero marked as reading zeros (v3)
+ * rather than through to the backing file, from the first cluster past
+ * the old size. Snapshots keep their sizes. */
+int txn_resize(qimg_image *img, uint64_t size, enum qimg_prealloc prealloc,
+               bool zero);
 
 #endif

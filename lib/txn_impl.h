@@ -220,12 +220,18 @@ void txn_space_free(struct txn *t);
 /* n contiguous clusters free in both the old and the new state, counted
  * once in the new state. */
 int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off);
+/* n contiguous clusters past the end of the file and of every cluster
+ * allocated so far, counted once: they read as zeros (preallocation). */
+int txn_space_alloc_end(struct txn *t, uint64_t n, uint64_t *off);
 /* Remember an old metadata cluster range this operation replaces. */
 int txn_space_meta_freed(struct txn *t, uint64_t off, uint64_t len);
 /* Before the commit: list the clusters it frees. After it: discard them
  * (or some of them; see txn_space.c). */
 int txn_space_find_freed(struct txn *t);
 void txn_space_discard_freed(struct txn *t);
+/* Once every count is made, the refcount structures' own too: one past
+ * the last cluster the new state uses (where the file may end). */
+int txn_space_find_end(struct txn *t, uint64_t *end);
 /* The first cluster of [c, c + n) the commit frees, or UINT64_MAX. */
 uint64_t txn_space_first_freed(const struct txn *t, uint64_t c, uint64_t n);
 
@@ -284,6 +290,20 @@ int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1);
  * new active L1 table). */
 int txn_tables_check_freed(struct txn *t, uint32_t deleted,
                            const uint8_t *l1, uint32_t l1_size);
+
+/* Resize. Shrink: entries from `from` on leave the table at p; counts
+ * the references they took and builds the table without them in buf (one
+ * cluster). Growth: entries [from, to) of the table at p (0: a new, empty
+ * table) that name no host cluster; *n says how many. With host, buf gets
+ * them mapped to clusters from *host on (advanced); with zero (and no
+ * host), marked as reading zeros; with neither, buf is only read. */
+int txn_tables_cut(struct txn *t, uint64_t p, uint64_t from, uint8_t *buf);
+int txn_tables_fill(struct txn *t, uint64_t p, uint64_t from, uint64_t to,
+                    uint8_t *buf, uint64_t *host, bool zero, uint64_t *n);
+/* Write an edited table once every count is made: as the copy of p, which
+ * the new active L1 is redirected to, or (p 0) as a new table at *off. */
+int txn_tables_write_edit(struct txn *t, uint64_t p, const uint8_t *buf,
+                          uint64_t *off);
 
 /* The L2 table offset in entry i of an L1 table of size entries (0 past
  * its end). */

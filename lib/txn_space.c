@@ -284,6 +284,20 @@ int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off)
     return 0;
 }
 
+int txn_space_alloc_end(struct txn *t, uint64_t n, uint64_t *off)
+{
+    struct txn_space *sp = &t->space;
+    uint64_t cur = MAX(DIV_ROUND_UP(t->q->file_size, t->cs), sp->scan), s;
+    int ret = alloc_scan(t, n, false, &cur, &s);
+
+    if (ret < 0)
+        return ret;
+    sp->nb_alloc += n;
+    sp->scan = MAX(sp->scan, s + n);
+    *off = s * t->cs;
+    return txn_refs_add_run(t, s, n, 1);
+}
+
 /* ---- What the commit frees ---------------------------------------------- */
 
 /* Remember an old metadata cluster range this operation replaces. */
@@ -394,6 +408,38 @@ void txn_space_discard_freed(struct txn *t)
             file_discard_quiet(t->img, (start + k) * t->cs,
                                (len - k) * t->cs);
     }
+}
+
+/* ---- Where the file may end ------------------------------------------ */
+
+int txn_space_find_end(struct txn *t, uint64_t *end)
+{
+    const struct qcow2 *q = t->q;
+    const uint64_t per = 1ull << q->rb_bits;
+    uint64_t n = MAX(txn_refs_nb(t), q->rc->rt_entries);
+    int ret;
+
+    for (uint64_t i = n; i-- > 0;) {
+        const uint8_t *rb = txn_refs_block(t, i);
+        if (!rb) {
+            /* (Most indexes past the end have no block at all.) */
+            if (i >= q->rc->rt_entries ||
+                !(be64_load(q->rc->rt + i * 8) & RT_OFFSET_MASK))
+                continue;
+            if ((ret = old_block(t, i)) < 0)
+                return ret;
+            if (!t->space.old_exists)
+                continue;
+            rb = t->space.old_rb;
+        }
+        for (uint64_t j = per; j-- > 0;)
+            if (refblock_get(rb, j, q->refcount_order)) {
+                *end = i * per + j + 1;
+                return 0;
+            }
+    }
+    *end = 0;
+    return 0;
 }
 
 /* ---- Life cycle ---------------------------------------------------------- */

@@ -417,6 +417,68 @@ int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1)
     return 0;
 }
 
+/* ---- Resizing the active tree ------------------------------------------ */
+
+int txn_tables_cut(struct txn *t, uint64_t p, uint64_t from, uint8_t *buf)
+{
+    const struct qcow2 *q = t->q;
+    int ret = read_l2(t, p, buf);
+
+    for (uint64_t j = from; ret == 0 && j < q->l2_entries; j++) {
+        ret = entry_refs(t, l2_entry_get(q, buf, j), -1);
+        l2_entry_set(q, buf, j, 0, 0);
+    }
+    return ret;
+}
+
+int txn_tables_fill(struct txn *t, uint64_t p, uint64_t from, uint64_t to,
+                    uint8_t *buf, uint64_t *host, bool zero, uint64_t *n)
+{
+    const struct qcow2 *q = t->q;
+    const bool set = host || zero;
+    uint64_t need = 0;
+    int ret = 0;
+
+    if (p)
+        ret = read_l2(t, p, buf);
+    else
+        memset(buf, 0, t->cs);
+    for (uint64_t j = from; ret == 0 && j < to; j++) {
+        uint64_t e = l2_entry_get(q, buf, j);
+        if ((e & QCOW_OFLAG_COMPRESSED) || (e & L2E_OFFSET_MASK))
+            continue;
+        need++;
+        if (!set)
+            continue;
+        /* Extended L2: a mapped cluster's subclusters still read as
+         * unallocated, as QEMU leaves them, unless they must read as
+         * zeros over a backing file. */
+        if (host)
+            l2_entry_set(q, buf, j, *host | QCOW_OFLAG_COPIED,
+                         zero ? L2_BITMAP_ALL_ZERO : 0);
+        else
+            l2_entry_set(q, buf, j, q->ext_l2 ? 0 : QCOW_OFLAG_ZERO,
+                         L2_BITMAP_ALL_ZERO);
+        if (host)
+            *host += t->cs;
+    }
+    *n = need;
+    return ret;
+}
+
+int txn_tables_write_edit(struct txn *t, uint64_t p, const uint8_t *buf,
+                          uint64_t *off)
+{
+    int ret;
+
+    if (p) {
+        *off = p; /* redirected to its copy with the rest */
+        return write_copy(t, p, buf);
+    }
+    ret = txn_space_alloc(t, 1, off);
+    return ret < 0 ? ret : txn_wbuf_write(t, buf, t->cs, *off);
+}
+
 /* ---- What the commit frees ---------------------------------------------- */
 
 /* A cluster the commit frees that an entry of the table at p names, or

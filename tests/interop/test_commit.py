@@ -218,17 +218,24 @@ def test_commit_locked_base(tmp):
         assert (tmp / "m" / n).read_bytes() == b, n
 
 
-def test_commit_into_smaller_base_refused(tmp):
-    """qemu-img grows the base; qimg cannot grow images yet and refuses
-    before writing anything."""
-    build(tmp / "m", [create("base.img", "4M"),
-                      create("top.img", "8M", backing="base.img"),
-                      qio("top.img", "write -P 3 6M 64k")])
-    before = {n: (tmp / "m" / n).read_bytes() for n in layers(tmp / "m")}
-    r = run([QIMG, "commit", "top.img"], cwd=tmp / "m")
-    assert r.rc == 1 and "smaller" in r.err, r
-    for n, b in before.items():
-        assert (tmp / "m" / n).read_bytes() == b, n
+@pytest.mark.parametrize("base_fmt", ["qcow2", "raw"])
+def test_commit_into_smaller_base_grows_it(tmp, base_fmt):
+    """As qemu-img: the base grows to the image's size (qcow2 with one
+    header write), then takes the data; both bases read the same."""
+    steps = [create("base.img", "4M", fmt=base_fmt),
+             qio("base.img", "write -P 1 0 4M", fmt=base_fmt),
+             create("top.img", "8M", backing="base.img", bfmt=base_fmt),
+             qio("top.img", "write -P 3 6M 64k", "write -P 4 3M 2M")]
+    for side, tool in (("q", "qemu-img"), ("m", QIMG)):
+        build(tmp / side, steps)
+        r = run([tool, "commit", "top.img"], cwd=tmp / side)
+        assert r.rc == 0 and r.out == "Image committed.\n", r
+    r = run(["qemu-img", "compare", "-f", base_fmt, "-F", base_fmt,
+             str(tmp / "q" / "base.img"), str(tmp / "m" / "base.img")])
+    assert r.rc == 0, r
+    if base_fmt == "qcow2":
+        c = run(["qemu-img", "check", "base.img"], cwd=tmp / "m")
+        assert c.rc == 0 and "No errors" in c.out, c
 
 
 def test_qemu_reads_what_qimg_committed_and_the_reverse(tmp):
