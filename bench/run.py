@@ -313,6 +313,28 @@ class RebaseUnsafe(RebaseSafe):
                 self.top]
 
 
+class ResizeGrow(Op):
+    name, desc = "resize+", "resize +1T (then untimed resize --shrink -1T)"
+    images = ["A100", "D"]
+
+    def argv(self, img):
+        return ["resize", img, "+1T"]
+
+    def post(self, img):
+        sh(["qemu-img", "resize", "-q", "--shrink", img, "-1T"])
+
+
+class ResizeShrink(Op):
+    name, desc = "resize-", "resize --shrink -1T (after untimed resize +1T)"
+    images = ["A100", "D"]
+
+    def pre(self, img):
+        sh(["qemu-img", "resize", "-q", img, "+1T"])
+
+    def argv(self, img):
+        return ["resize", "--shrink", img, "-1T"]
+
+
 class BenchWrite(Op):
     name = "bench-w4k"
     desc = ("bench -w -s 4k -c %d, scattered (step %d), fresh 2 GiB image"
@@ -368,6 +390,8 @@ def make_ops(ctx):
         Commit(ctx),
         RebaseSafe(ctx),
         RebaseUnsafe(ctx),
+        ResizeGrow(ctx),
+        ResizeShrink(ctx),
         SnapCreate(ctx),
         SnapDelete(ctx),
         SnapApplySteady(ctx),
