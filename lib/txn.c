@@ -68,6 +68,10 @@ struct roots {
     uint32_t nb_snaps;
     uint64_t snap_off;
     bool trim; /* cut the file's tail once committed (a shrink) */
+    /* A resize keeps the old active tables at L1 index < kept_l1 (table
+     * cut_idx up to entry cut_from): checked against what it frees. */
+    uint32_t kept_l1;
+    uint64_t cut_idx, cut_from;
 };
 
 /* The root pointers the operation switches to. */
@@ -305,6 +309,8 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         ret = txn_tables_check_freed(
             t, deleted, r->active ? r->active->buf : t->q->l1s->l1,
             r->active ? r->active->size : t->q->l1s->l1_size);
+    if (ret == 0 && r->kept_l1)
+        ret = txn_tables_check_kept(t, r->kept_l1, r->cut_idx, r->cut_from);
     /* A smaller disk gives the file's tail back, as QEMU's does. */
     if (ret == 0 && r->trim)
         ret = txn_space_find_end(t, &end);
@@ -403,7 +409,7 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     struct new_l1 active = {0}, snap = {0}, *l1s[2] = {&active, &snap};
     struct snap *snaps = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0, false};
+    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0, false, 0, 0, 0};
     struct txn t;
     int ret;
 
@@ -479,7 +485,7 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0, false};
+    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0, false, 0, 0, 0};
     struct txn t;
     int ret;
 
@@ -675,7 +681,7 @@ static int set_active(qimg_image *img, const struct active_plan *pl)
     uint64_t n, cut_idx = UINT64_MAX, fill = 0;
     struct roots r = {disk_size, &active, q->sn->nb_snaps,
                       q->hdr.snapshots_offset,
-                      pl->keep && disk_size < img->size};
+                      pl->keep && disk_size < img->size, 0, 0, 0};
     struct txn t;
     int ret;
 
@@ -762,6 +768,9 @@ static int set_active(qimg_image *img, const struct active_plan *pl)
         ret = place_l1s(&t, &r, l1s, 1);
     if (ret == 0) {
         r.snap_off = q->hdr.snapshots_offset;
+        r.kept_l1 = pl->keep ? (uint32_t)n : 0;
+        r.cut_idx = cut_idx;
+        r.cut_from = DIV_ROUND_UP(disk_size, t.cs) % q->l2_entries;
         ret = commit(&t, &r, snaps, q->sn->snap_table_size, UINT32_MAX);
     }
     if (ret >= 0) {

@@ -100,6 +100,8 @@ struct txn_space {
     struct idset meta_freed; /* old metadata clusters the op replaces */
     uint64_t *freed; /* (start, length) cluster runs freed by the commit */
     size_t nb_freed;
+    uint64_t *alloc; /* (start, length) cluster runs allocated, in order */
+    size_t nb_alloc_runs;
 };
 
 struct txn_held {
@@ -234,6 +236,8 @@ void txn_space_discard_freed(struct txn *t);
 int txn_space_find_end(struct txn *t, uint64_t *end);
 /* The first cluster of [c, c + n) the commit frees, or UINT64_MAX. */
 uint64_t txn_space_first_freed(const struct txn *t, uint64_t c, uint64_t n);
+/* Whether the operation allocated a cluster of [c, c + n). */
+bool txn_space_allocated(const struct txn *t, uint64_t c, uint64_t n);
 
 /* End of the clusters allocated so far (index). */
 static inline uint64_t txn_space_end(const struct txn *t)
@@ -300,6 +304,14 @@ int txn_tables_check_freed(struct txn *t, uint32_t deleted,
 int txn_tables_cut(struct txn *t, uint64_t p, uint64_t from, uint8_t *buf);
 int txn_tables_fill(struct txn *t, uint64_t p, uint64_t from, uint64_t to,
                     uint8_t *buf, uint64_t *host, bool zero, uint64_t *n);
+/* Resize, before the commit: no entry the new active tree keeps (the
+ * tables at L1 index < n; in table cut_idx only the entries before
+ * cut_from) names a cluster the commit frees or the operation allocated.
+ * On a sound image none can; a data entry naming metadata, or a cluster
+ * in use at refcount 0, would otherwise end up naming freed or new
+ * metadata (a resize counts no table, so it has not seen them). */
+int txn_tables_check_kept(struct txn *t, uint32_t n, uint64_t cut_idx,
+                          uint64_t cut_from);
 /* Write an edited table once every count is made: as the copy of p, which
  * the new active L1 is redirected to, or (p 0) as a new table at *off. */
 int txn_tables_write_edit(struct txn *t, uint64_t p, const uint8_t *buf,

@@ -233,6 +233,38 @@ static uint64_t single_run(const struct qcow2 *q)
     return MIN(max, MAX(1, n / 8));
 }
 
+/* Remember [s, s + n) as allocated (runs are few: metadata). */
+static int note_alloc(struct txn *t, uint64_t s, uint64_t n)
+{
+    struct txn_space *sp = &t->space;
+    uint64_t *a;
+
+    if (sp->nb_alloc_runs &&
+        sp->alloc[2 * sp->nb_alloc_runs - 2] +
+                sp->alloc[2 * sp->nb_alloc_runs - 1] == s) {
+        sp->alloc[2 * sp->nb_alloc_runs - 1] += n;
+        return 0;
+    }
+    a = realloc(sp->alloc, (sp->nb_alloc_runs + 1) * 2 * sizeof *a);
+    if (!a)
+        return qimg_err(ENOMEM, "Out of memory");
+    sp->alloc = a;
+    a[2 * sp->nb_alloc_runs] = s;
+    a[2 * sp->nb_alloc_runs + 1] = n;
+    sp->nb_alloc_runs++;
+    return 0;
+}
+
+bool txn_space_allocated(const struct txn *t, uint64_t c, uint64_t n)
+{
+    const struct txn_space *sp = &t->space;
+
+    for (size_t i = 0; i < sp->nb_alloc_runs; i++)
+        if (sp->alloc[2 * i] < c + n && c < sp->alloc[2 * i] + sp->alloc[2 * i + 1])
+            return true;
+    return false;
+}
+
 /* n contiguous clusters free in both the old and the new state, counted
  * once in the new state. Clusters the file has blocks for come first:
  * metadata an earlier operation freed is left in place
@@ -276,6 +308,8 @@ int txn_space_alloc(struct txn *t, uint64_t n, uint64_t *off)
     if (backed)
         sp->nb_backed += n;
     sp->nb_alloc += n;
+    if ((ret = note_alloc(t, s, n)) < 0)
+        return ret;
     *off = s * t->cs;
     sp->scan = MAX(sp->scan, s + n);
     for (uint64_t c = s; c < s + n; c++)
@@ -295,7 +329,8 @@ int txn_space_alloc_end(struct txn *t, uint64_t n, uint64_t *off)
     sp->nb_alloc += n;
     sp->scan = MAX(sp->scan, s + n);
     *off = s * t->cs;
-    return txn_refs_add_run(t, s, n, 1);
+    ret = note_alloc(t, s, n);
+    return ret < 0 ? ret : txn_refs_add_run(t, s, n, 1);
 }
 
 /* ---- What the commit frees ---------------------------------------------- */
@@ -470,4 +505,5 @@ void txn_space_free(struct txn *t)
     free(t->space.old_rb);
     idset_free(&t->space.meta_freed);
     free(t->space.freed);
+    free(t->space.alloc);
 }

@@ -466,6 +466,59 @@ int txn_tables_fill(struct txn *t, uint64_t p, uint64_t from, uint64_t to,
     return ret;
 }
 
+/* Whether the clusters [c, c + n) are freed or new: a hit. */
+static bool kept_hit(const struct txn *t, uint64_t c, uint64_t n)
+{
+    return c && (txn_space_first_freed(t, c, n) != UINT64_MAX ||
+                 txn_space_allocated(t, c, n));
+}
+
+int txn_tables_check_kept(struct txn *t, uint32_t n, uint64_t cut_idx,
+                          uint64_t cut_from)
+{
+    const struct qcow2 *q = t->q;
+    const unsigned cbits = q->cluster_bits;
+    const struct l2run *runs;
+    uint64_t coff, clen, c;
+    size_t nr;
+    int ret = 0;
+
+    for (uint32_t i = 0; ret == 0 && i < MIN(n, q->l1s->l1_size); i++) {
+        uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i), j = 0;
+        uint64_t end = i == cut_idx ? cut_from : q->l2_entries;
+        bool hit = false;
+        if (!p)
+            continue;
+        nr = 0;
+        if (!l2store_get(&t->tables.l2s, p, &runs, &nr) &&
+            (ret = read_l2(t, p, t->tables.tmp)) < 0)
+            break;
+        if (!nr)
+            l2store_get(&t->tables.l2s, p, &runs, &nr);
+        if (nr) {
+            for (size_t k = 0; !hit && k < nr && j < end; j += runs[k++].len)
+                hit = kept_hit(t, (runs[k].e & L2E_OFFSET_MASK) >> cbits,
+                               MIN(runs[k].len, end - j));
+        }
+        for (; !nr && !hit && j < end; j++) {
+            uint64_t e = l2_entry_get(q, t->tables.tmp, j);
+            if (e & QCOW_OFLAG_COMPRESSED) {
+                l2_compressed_range(q, e, &coff, &clen);
+                c = coff >> cbits;
+                hit = kept_hit(t, c, ((coff + clen - 1) >> cbits) - c + 1);
+            } else {
+                hit = kept_hit(t, (e & L2E_OFFSET_MASK) >> cbits, 1);
+            }
+        }
+        if (hit)
+            ret = roots_signal_corruption(
+                t->img, "Active L2 table %#" PRIx64 " names a cluster the "
+                        "resize would free or reuse (it names metadata, or "
+                        "a refcount is too low)", p);
+    }
+    return ret;
+}
+
 int txn_tables_write_edit(struct txn *t, uint64_t p, const uint8_t *buf,
                           uint64_t *off)
 {

@@ -14,7 +14,8 @@ convert -O raw):
   * qimg leaves the file as it was; for io read only if qemu-io (which
     opens the image read-write) changed its copy too may qimg change its
     own, and not for the worse (below).
-Mutations (snapshot -c/-a/-d, io write, check -r all), never worse (the
+Mutations (snapshot -c/-a/-d, io write, check -r all, resize +1G),
+never worse (the
 exit code may differ from qemu's: qimg may refuse what QEMU does, or do
 what QEMU refuses, as long as):
   * qimg succeeds (check -r all: exit 0, 2 or 3): `qemu-img check
@@ -52,7 +53,7 @@ CMD_TIMEOUT = 30
 READ_ONLY = ["info", "info-json", "snapshot-l", "check", "map-json",
              "read-dmg", "read-ok", "convert"]
 MUTATIONS = ["snapshot-c", "snapshot-a", "snapshot-d", "io-write",
-             "check-r-all"]
+             "check-r-all", "resize"]
 COMMANDS = READ_ONLY + MUTATIONS
 IO_CMDS = {"read-dmg", "read-ok", "io-write"}
 IO_READS = {"read-dmg", "read-ok"}
@@ -80,6 +81,7 @@ def tool_args(cmd, rng):
         "io-write": ["-f", "qcow2", "-c",
                      "write -P 0x5a %d %d" % (dmg, length), IMG],
         "check-r-all": ["check", "-f", "qcow2", "-r", "all", IMG],
+        "resize": ["resize", "-f", "qcow2", IMG, "+1G"],
     }[cmd]
 
 
@@ -275,6 +277,46 @@ bad(MORE_LEAKS, "rc_shared_data_zero", "v2", "snapshot-d")
 bad(MORE_LEAKS, "rc_l2_low", "v2 v3", "snapshot-a")
 bad(MORE_LEAKS, "snap_l1_is_active", "v2 v3", "snapshot-d")
 bad(MORE_LEAKS, "snap_l1e_on_active_l1", "v2 v3", "snapshot-d")
+
+# resize +1G: QEMU grows the L1 table and refcount structures in place
+# and writes the new size; on these kinds it refuses after writing or
+# succeeds leaving more damage. qimg refuses (an active table naming
+# what the resize frees or reuses) or succeeds without making it worse.
+bad(MORE_CORRUPTION, "l1e_on_l1", "v3", "resize")
+bad(MORE_CORRUPTION, "l2e_on_l1", "v3", "resize")
+bad(MORE_CORRUPTION, "l2e_on_l1@512", "v3", "resize")
+bad(MORE_CORRUPTION, "rc_shared_data_zero", "v3", "resize")
+bad(MORE_CORRUPTION, "rc_snap_l2_zero", "v3", "resize")
+bad(MORE_CORRUPTION, "snap_l2_past_eof", "v3", "resize")
+bad(MORE_CORRUPTION, "snap_l2_past_eof@512", "v3", "resize")
+bad(MORE_LEAKS, "rc_l1_zero@512", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_compressed", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_data_c", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_l1", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_l2_0", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_l2_1", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_l2_1@512", "v3", "resize")
+bad(MORE_LEAKS, "trunc_at_snap_l1_s1", "v3", "resize")
+bad(MORE_LEAKS, "trunc_in_l1", "v3", "resize")
+bad(MORE_LEAKS, "trunc_in_l2_1", "v3", "resize")
+bad(MORE_LEAKS, "trunc_in_refblock", "v3", "resize")
+bad(MORE_LEAKS, "trunc_l1_cluster@512", "v3", "resize")
+bad(MORE_LEAKS, "trunc_mid_compressed", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_header_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_l1_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_l2_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_refblock_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_reftable_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_snap_l1_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rc_snap_table_zero", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "refcount_order_3", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rt_off_past_eof", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "rte_past_eof", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "snap_l1_size_over_limit", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "snap_l1_size_past_eof", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "snap_off_on_l1", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "trunc_at_refblock", "v3", "resize")
+bad(WRITES_THEN_REFUSES, "trunc_mid_header", "v2", "resize")
 
 
 # ---- the base images --------------------------------------------------------
