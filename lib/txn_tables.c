@@ -478,36 +478,43 @@ int txn_tables_check_kept(struct txn *t, uint32_t n, uint64_t cut_idx,
 {
     const struct qcow2 *q = t->q;
     const unsigned cbits = q->cluster_bits;
-    const struct l2run *runs;
-    uint64_t coff, clen, c;
-    size_t nr;
+    const uint64_t step = q->l2_entry_size;
+    uint64_t coff, clen, c, start = 0, run = 0;
     int ret = 0;
 
+    /* Only the size changes: nothing to hit. */
+    if (!kept_hit(t, 1, UINT64_MAX - 1))
+        return 0;
     for (uint32_t i = 0; ret == 0 && i < MIN(n, q->l1s->l1_size); i++) {
-        uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i), j = 0;
+        uint64_t p = txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i);
         uint64_t end = i == cut_idx ? cut_from : q->l2_entries;
         bool hit = false;
         if (!p)
             continue;
-        nr = 0;
-        if (!l2store_get(&t->tables.l2s, p, &runs, &nr) &&
-            (ret = read_l2(t, p, t->tables.tmp)) < 0)
+        /* Read as it is, not validated: only compared. */
+        if ((ret = check_l2_off(t, p)) < 0 ||
+            (ret = file_pread(t->img, t->tables.tmp, t->cs, p)) < 0)
             break;
-        if (!nr)
-            l2store_get(&t->tables.l2s, p, &runs, &nr);
-        if (nr) {
-            for (size_t k = 0; !hit && k < nr && j < end; j += runs[k++].len)
-                hit = kept_hit(t, (runs[k].e & L2E_OFFSET_MASK) >> cbits,
-                               MIN(runs[k].len, end - j));
-        }
-        for (; !nr && !hit && j < end; j++) {
-            uint64_t e = l2_entry_get(q, t->tables.tmp, j);
+        /* Consecutive clusters checked as one run. */
+        for (uint64_t j = 0; !hit && j <= end; j++) {
+            uint64_t e = j < end ? be64_load(t->tables.tmp + j * step) : 0;
+            c = (e & L2E_OFFSET_MASK) >> cbits;
+            if (!(e & QCOW_OFLAG_COMPRESSED) && c && run &&
+                c == start + run) {
+                run++;
+                continue;
+            }
+            if (run)
+                hit = kept_hit(t, start, run);
+            run = 0;
             if (e & QCOW_OFLAG_COMPRESSED) {
                 l2_compressed_range(q, e, &coff, &clen);
                 c = coff >> cbits;
-                hit = kept_hit(t, c, ((coff + clen - 1) >> cbits) - c + 1);
-            } else {
-                hit = kept_hit(t, (e & L2E_OFFSET_MASK) >> cbits, 1);
+                hit = hit ||
+                      kept_hit(t, c, ((coff + clen - 1) >> cbits) - c + 1);
+            } else if (c) {
+                start = c;
+                run = 1;
             }
         }
         if (hit)
