@@ -17,6 +17,7 @@
 
 #include "file.h"
 #include "guest.h"
+#include "refcount.h"
 #include "util.h"
 
 char *backing_full_path(const char *base, const char *name)
@@ -60,6 +61,34 @@ int layer_block_status(qimg_image *img, uint64_t off, uint64_t len,
     return guest_block_status(img, off, len, out);
 }
 
+/* QEMU looks at the file's holes under data clusters only in an image
+ * that looks metadata-preallocated: more clusters with a refcount than
+ * 10/9 of the clusters the file has blocks for (and 2 more). Guessed once
+ * per open, as QEMU does; a failed query guesses no. */
+static bool looks_preallocated(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint64_t alloc, real, threshold, end, count = 0, rc;
+
+    if (q->prealloc_guess)
+        return q->prealloc_guess == 2;
+    q->prealloc_guess = 1;
+    if (file_get_allocated(img, &alloc) < 0)
+        return false;
+    real = alloc / q->cluster_size;
+    threshold = MAX(real * 10 / 9, real + 2);
+    end = DIV_ROUND_UP(q->file_size, q->cluster_size);
+    for (uint64_t i = 0; i < end && count <= threshold; i++) {
+        if (refcount_get(img, i, &rc) < 0) {
+            qimg_error_clear();
+            return false;
+        }
+        count += rc != 0;
+    }
+    q->prealloc_guess = count > threshold ? 2 : 1;
+    return q->prealloc_guess == 2;
+}
+
 int backing_map(qimg_image *img, uint64_t off, uint64_t len,
                 struct qimg_extent *out)
 {
@@ -73,7 +102,8 @@ int backing_map(qimg_image *img, uint64_t off, uint64_t len,
         out->depth = depth;
         if ((out->flags & QIMG_BS_ALLOCATED) && layer->q &&
             (out->flags & QIMG_BS_DATA) && (out->flags & QIMG_BS_OFFSET)) {
-            file_host_holes(layer, out);
+            if (looks_preallocated(layer))
+                file_host_holes(layer, out);
             return 0;
         }
         if (out->flags & QIMG_BS_ALLOCATED)

@@ -10,6 +10,7 @@
  *  - the geometry of struct qcow2: qcow2.c, once at open;
  *  - hdr and corrupt_signalled: roots.c;
  *  - bitmaps_marked: bitmap.c;
+ *  - prealloc_guess: backing.c;
  *  - each state behind a pointer: the module whose header defines it
  *    (l1l2.h, refcount.h, snaptable.h, meta.h); the others read it
  *    through that header and change it through its functions.
@@ -48,6 +49,9 @@ struct qcow2 {
     struct qcow2_header hdr; /* in-memory copy of cluster 0 */
     bool corrupt_signalled;
     bool bitmaps_marked; /* in_use set on auto bitmaps before writing */
+    /* Whether the image looks metadata-preallocated, as QEMU guesses it
+     * (0: not guessed yet, 1: no, 2: yes). */
+    int prealloc_guess;
 
     struct l1_state *l1s;
     struct rc_state *rc;

@@ -69,3 +69,20 @@ def test_map_bad_output(images):
     m = qimg("map", "--output=xml", "base.qcow2", cwd=images)
     assert q.rc == m.rc == 1
     assert strip_prog(m.err, "qimg") == strip_prog(q.err, "qemu-img")
+
+
+@pytest.mark.parametrize("prealloc", ["off", "metadata"])
+def test_map_partly_written_clusters(tmp_path, prealloc):
+    """Clusters qemu-io wrote in part (QEMU fills the rest with zeros, in
+    part as holes of the file): qemu-img reports them as plain data unless
+    the image looks metadata-preallocated (more clusters counted than the
+    file has blocks for); then it reports the holes as zeros. So does
+    qimg."""
+    img = str(tmp_path / "a.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-o",
+             "preallocation=" + prealloc, img, "1G", check=True)
+    qemu_io("-c", "write 100M 100k", "-c", "write 1000000000 5000", img,
+            check=True)
+    q = qemu_img("map", "--output=json", img)
+    m = qimg("map", "--output=json", img)
+    assert (m.rc, m.out) == (q.rc, q.out), (q, m)
