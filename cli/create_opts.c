@@ -15,6 +15,7 @@
 #include "create_opts.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -273,6 +274,24 @@ static bool is_unsupported(enum qimg_format fmt, const char *name)
     return false;
 }
 
+/* "qimg: FILE: <msg>", or without a file name (measure) "qimg: <msg>". */
+static void opt_error(const char *filename, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void opt_error(const char *filename, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (filename)
+        cli_error("%s: %s", filename, msg);
+    else
+        cli_error("%s", msg);
+}
+
 /* Check `value` against the option's type; print the error. */
 static int parse_typed(struct create_params *p, enum copt id,
                        const char *value, const char *filename)
@@ -284,11 +303,11 @@ static int parse_typed(struct create_params *p, enum copt id,
     case CT_SIZE:
         ret = parse_size(value, &p->num[id]);
         if (ret == -2) {
-            cli_error("%s: Value '%s' is out of range for parameter '%s'",
-                      filename, value, name);
+            opt_error(filename, "Value '%s' is out of range for parameter '%s'",
+                      value, name);
         } else if (ret < 0) {
-            cli_error("%s: Parameter '%s' expects a non-negative number "
-                      "below 2^64", filename, name);
+            opt_error(filename, "Parameter '%s' expects a non-negative number "
+                      "below 2^64", name);
             fputs("Optional suffix k, M, G, T, P or E means kilo-, mega-, "
                   "giga-, tera-, peta-\nand exabytes, respectively.\n",
                   stderr);
@@ -297,15 +316,15 @@ static int parse_typed(struct create_params *p, enum copt id,
     case CT_NUM:
         ret = parse_u64(value, &p->num[id]);
         if (ret == -ERANGE)
-            cli_error("%s: Value '%s' is too large for parameter '%s'",
-                      filename, value, name);
+            opt_error(filename, "Value '%s' is too large for parameter '%s'",
+                      value, name);
         else if (ret < 0)
-            cli_error("%s: Parameter '%s' expects a number", filename, name);
+            opt_error(filename, "Parameter '%s' expects a number", name);
         break;
     case CT_BOOL:
         ret = parse_bool(value, &p->flag[id]);
         if (ret < 0)
-            cli_error("%s: Parameter '%s' expects 'on' or 'off'", filename,
+            opt_error(filename, "Parameter '%s' expects 'on' or 'off'",
                       name);
         break;
     case CT_STR:
@@ -323,12 +342,12 @@ static int set_option(struct create_params *p, const char *name,
         return 0;
     id = find_opt(p->fmt, name);
     if (id < 0 && is_unsupported(p->fmt, name)) {
-        cli_error("%s: Parameter '%s' is not supported by qimg", filename,
+        opt_error(filename, "Parameter '%s' is not supported by qimg",
                   name);
         return -1;
     }
     if (id < 0) {
-        cli_error("%s: Invalid parameter '%s'", filename, name);
+        opt_error(filename, "Invalid parameter '%s'", name);
         return -1;
     }
     if (parse_typed(p, (enum copt)id, value, filename) < 0)

@@ -22,7 +22,8 @@ static const struct command commands[] = {
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
     {"info", cmd_info},       {"io", cmd_io},
-    {"map", cmd_map},         {"rebase", cmd_rebase},
+    {"map", cmd_map},         {"measure", cmd_measure},
+    {"rebase", cmd_rebase},
     {"resize", cmd_resize},   {"snapshot", cmd_snapshot},
 };
 
@@ -119,6 +120,8 @@ void cli_help(void)
         "...] filename\n"
         "  map [-f fmt] [--start-offset=offset] [--max-length=len] "
         "[--output=ofmt] [-U] filename\n"
+        "  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | "
+        "[--image-opts] [-f fmt] [-l snapshot_param] [-U] filename]\n"
         "  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] "
         "-b backing_file [-F backing_fmt] filename\n"
         "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
