@@ -21,6 +21,7 @@ static const struct command commands[] = {
     {"bench", cmd_bench},     {"check", cmd_check},
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
+    {"dd", cmd_dd},
     {"info", cmd_info},       {"io", cmd_io},
     {"map", cmd_map},         {"measure", cmd_measure},
     {"rebase", cmd_rebase},
@@ -115,6 +116,8 @@ void cli_help(void)
         "filename output_filename\n"
         "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
         "[-o options] filename [size]\n"
+        "  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] "
+        "[count=blocks] [skip=blocks] if=input of=output\n"
         "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
         "  io [-f fmt] [-r] [-U] [-l snapshot_param] -c command [-c command "
         "...] filename\n"

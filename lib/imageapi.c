@@ -36,6 +36,9 @@ int qimg_image_open(qimg_image **out, const char *path,
     *out = NULL;
     if (!o)
         o = &def;
+    if (!*path)
+        return qimg_err(EINVAL, "The 'file' block driver requires a file "
+                                "name");
     ret = io_posix_open(&io, path, o->read_write && !o->snapshot, false);
     if (ret == -EISDIR)
         return qimg_err(EISDIR, "'file' driver requires '%s' to be a regular "
