@@ -56,6 +56,9 @@ int cli_getopt_error(int opt, const char *arg);
  * default unit bytes. Returns 0 or -1 (bad syntax), -2 (out of range). */
 int parse_size(const char *s, uint64_t *out);
 int parse_size_ex(const char *s, uint64_t *out, bool *hex_suffix);
+/* qemu-img's cvtnum() refusal, "Invalid <what> specified. You may use k,
+ * M, G, T, P or E suffixes for" and its second line; returns 1. */
+int cli_bad_number(const char *what);
 /* Parse "fmt" names. */
 int parse_format(const char *s, enum qimg_format *out);
 /* --image-opts option string: file name (malloc'd), format, locking. */

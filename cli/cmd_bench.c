@@ -57,14 +57,8 @@ static int parse_cvtnum(const char *name, const char *s, uint64_t max,
 {
     int ret = parse_size(s, out);
 
-    if (ret == -1) {
-        cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
-                  "suffixes for",
-                  name);
-        cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes "
-                  "and exabytes.");
-        return 1;
-    }
+    if (ret == -1)
+        return cli_bad_number(name);
     if (ret < 0 || *out > max) {
         cli_error("Invalid %s specified. Must be between 0 and %" PRIu64 ".",
                   name, max);

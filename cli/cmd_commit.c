@@ -72,11 +72,7 @@ static int parse_args(int argc, char **argv, struct commit_args *a)
         case 'r':
             /* Accepted; qimg copies as fast as it can. */
             if (parse_size(optarg, &rate) < 0 || rate > INT64_MAX) {
-                cli_error("Invalid rate limit specified. You may use k, M, "
-                          "G, T, P or E suffixes for");
-                cli_error("kilobytes, megabytes, gigabytes, terabytes, "
-                          "petabytes and exabytes.");
-                return 1;
+                return cli_bad_number("rate limit");
             }
             break;
         case 'I':

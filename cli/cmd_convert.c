@@ -103,11 +103,7 @@ static int add_options(struct conv_args *a, const char *list)
 
 static int bad_suffix(const char *what)
 {
-    cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
-              "suffixes for",
-              what);
-    cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
-              "exabytes.");
+    cli_bad_number(what);
     return -1;
 }
 

@@ -115,11 +115,7 @@ static int parse_operands(struct create_args *a, int argc, char **argv)
     if (optind < argc) {
         ret = parse_size(argv[optind++], &a->size);
         if (ret == -1) {
-            cli_error("Invalid image size specified. You may use k, M, G, "
-                      "T, P or E suffixes for");
-            cli_error("kilobytes, megabytes, gigabytes, terabytes, "
-                      "petabytes and exabytes.");
-            return 1;
+            return cli_bad_number("image size");
         }
         if (ret < 0 || a->size > (uint64_t)INT64_MAX) {
             cli_error("Invalid image size specified. Must be between 0 and "

@@ -25,11 +25,7 @@ static int operand_num(const char *name, const char *v, uint64_t min,
                        uint64_t max, uint64_t *out)
 {
     if (parse_size(v, out) < 0 || *out > INT64_MAX) {
-        cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
-                  "suffixes for",
-                  name);
-        cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
-                  "exabytes.");
+        cli_bad_number(name);
         return -1;
     }
     if (*out < min || *out > max) {

@@ -27,15 +27,6 @@ struct map_args {
     uint64_t start, max_length;
 };
 
-static int size_error(const char *what)
-{
-    cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
-              "suffixes for",
-              what);
-    cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
-              "exabytes.");
-    return 1;
-}
 
 static int parse_args(int argc, char **argv, struct map_args *a)
 {
@@ -81,12 +72,12 @@ static int parse_args(int argc, char **argv, struct map_args *a)
             break;
         case 's':
             if (parse_size(optarg, &a->start) < 0 || a->start > INT64_MAX)
-                return size_error("start offset");
+                return cli_bad_number("start offset");
             break;
         case 'l':
             if (parse_size(optarg, &a->max_length) < 0 ||
                 a->max_length > INT64_MAX)
-                return size_error("max length");
+                return cli_bad_number("max length");
             break;
         default:
             return cli_getopt_error(c, argv[optind - 1]);

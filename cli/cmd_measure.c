@@ -32,15 +32,6 @@ struct measure {
     bool has_bitmaps;
 };
 
-static int size_error(void)
-{
-    cli_error("Invalid image size specified. You may use k, M, G, T, P or E "
-              "suffixes for");
-    cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
-              "exabytes.");
-    return 1;
-}
-
 /* -o lists accumulate, joined by commas, as qemu-img joins them. */
 static int add_options(struct measure_args *a, const char *list)
 {
@@ -117,7 +108,7 @@ static int parse_args(int argc, char **argv, struct measure_args *a)
             break;
         case OPT_SIZE:
             if (parse_size(optarg, &a->size) < 0 || a->size > INT64_MAX)
-                return size_error();
+                return cli_bad_number("image size");
             a->has_size = true;
             break;
         default:

@@ -73,6 +73,16 @@ int parse_size_ex(const char *s, uint64_t *out, bool *hex_suffix)
     return 0;
 }
 
+int cli_bad_number(const char *what)
+{
+    cli_error("Invalid %s specified. You may use k, M, G, T, P or E "
+              "suffixes for",
+              what);
+    cli_error("kilobytes, megabytes, gigabytes, terabytes, petabytes and "
+              "exabytes.");
+    return 1;
+}
+
 int parse_size(const char *s, uint64_t *out)
 {
     bool hex_suffix;
