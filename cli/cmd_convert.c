@@ -80,27 +80,6 @@ static int fail(const char *fmt, ...)
 
 /* ---- Arguments --------------------------------------------------------- */
 
-static int add_options(struct conv_args *a, const char *list)
-{
-    size_t old = a->options ? strlen(a->options) + 1 : 0;
-    char *joined;
-
-    if (!copts_list_valid(list)) {
-        cli_error("Invalid option list: %s", list);
-        return -1;
-    }
-    joined = realloc(a->options, old + strlen(list) + 1);
-    if (!joined) {
-        cli_error("Out of memory");
-        return -1;
-    }
-    if (old)
-        joined[old - 1] = ',';
-    strcpy(joined + old, list);
-    a->options = joined;
-    return 0;
-}
-
 static int bad_suffix(const char *what)
 {
     cli_bad_number(what);
@@ -171,7 +150,7 @@ static int take_option(struct conv_args *a, int c, const char *arg)
         a->compress = true;
         break;
     case 'o':
-        return add_options(a, arg);
+        return copts_append(&a->options, arg);
     case 'l':
         return set_snapshot(a, arg);
     case 'S':

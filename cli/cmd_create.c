@@ -35,31 +35,6 @@ struct create_args {
     uint64_t size;
 };
 
-/* -o lists accumulate: "-o a -o b" is "a,b". */
-static int add_options(struct create_args *a, const char *list)
-{
-    char *joined;
-
-    if (!copts_list_valid(list)) {
-        cli_error("Invalid option list: %s", list);
-        return -1;
-    }
-    if (!a->options) {
-        joined = strdup(list);
-    } else {
-        joined = malloc(strlen(a->options) + strlen(list) + 2);
-        if (joined)
-            sprintf(joined, "%s,%s", a->options, list);
-    }
-    if (!joined) {
-        cli_error("Out of memory");
-        return -1;
-    }
-    free(a->options);
-    a->options = joined;
-    return 0;
-}
-
 /* Options; returns -1 to go on, or the exit code. */
 static int parse_opts(struct create_args *a, int argc, char **argv)
 {
@@ -85,7 +60,7 @@ static int parse_opts(struct create_args *a, int argc, char **argv)
             cli_help();
             return 0;
         case 'o':
-            if (add_options(a, optarg) < 0)
+            if (copts_append(&a->options, optarg) < 0)
                 return 1;
             break;
         case 'q':

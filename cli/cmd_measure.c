@@ -32,28 +32,6 @@ struct measure {
     bool has_bitmaps;
 };
 
-/* -o lists accumulate, joined by commas, as qemu-img joins them. */
-static int add_options(struct measure_args *a, const char *list)
-{
-    size_t n = a->options ? strlen(a->options) + 1 : 0;
-    char *s;
-
-    if (!copts_list_valid(list)) {
-        cli_error("Invalid option list: %s", list);
-        return 1;
-    }
-    s = realloc(a->options, n + strlen(list) + 1);
-    if (!s) {
-        cli_error("Out of memory");
-        return 1;
-    }
-    if (n)
-        s[n - 1] = ',';
-    strcpy(s + n, list);
-    a->options = s;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, struct measure_args *a)
 {
     enum { OPT_OBJECT = 256, OPT_IMAGE_OPTS, OPT_OUTPUT, OPT_SIZE };
@@ -84,7 +62,7 @@ static int parse_args(int argc, char **argv, struct measure_args *a)
             a->out_fmt = optarg;
             break;
         case 'o':
-            if (add_options(a, optarg))
+            if (copts_append(&a->options, optarg) < 0)
                 return 1;
             break;
         case 'l':

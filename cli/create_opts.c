@@ -41,6 +41,10 @@ static const struct copt_desc descs[COPT_COUNT] = {
     [COPT_BACKING_FMT] = {"backing_fmt", CT_STR, NULL},
     [COPT_NOCOW] = {"nocow", CT_BOOL, NULL},
     [COPT_EXTENT_SIZE_HINT] = {"extent_size_hint", CT_SIZE, NULL},
+    [COPT_DATA_FILE] = {"data_file", CT_STR, NULL},
+    [COPT_DATA_FILE_RAW] = {"data_file_raw", CT_BOOL, NULL},
+    [COPT_ENCRYPT_NUM] = {"encrypt.iter-time", CT_NUM, NULL},
+    [COPT_ENCRYPT_STR] = {"encrypt.state", CT_STR, NULL},
 };
 
 /* The options each format accepts, in the order the Formatting line lists
@@ -51,6 +55,25 @@ static const enum copt qcow2_order[] = {
     COPT_COMPRESSION_TYPE, COPT_SIZE,          COPT_COMPAT,
     COPT_BACKING_FILE,     COPT_BACKING_FMT,   COPT_LAZY_REFCOUNTS,
     COPT_REFCOUNT_BITS,    COPT_NOCOW,         COPT_EXTENT_SIZE_HINT,
+};
+/* What qemu-img amend accepts for qcow2 (the encrypt.* names by type). */
+static const struct {
+    const char *name;
+    enum copt id;
+} amend_names[] = {
+    {"backing_file", COPT_BACKING_FILE},
+    {"backing_fmt", COPT_BACKING_FMT},
+    {"compat", COPT_COMPAT},
+    {"data_file", COPT_DATA_FILE},
+    {"data_file_raw", COPT_DATA_FILE_RAW},
+    {"encrypt.iter-time", COPT_ENCRYPT_NUM},
+    {"encrypt.keyslot", COPT_ENCRYPT_NUM},
+    {"encrypt.new-secret", COPT_ENCRYPT_STR},
+    {"encrypt.old-secret", COPT_ENCRYPT_STR},
+    {"encrypt.state", COPT_ENCRYPT_STR},
+    {"lazy_refcounts", COPT_LAZY_REFCOUNTS},
+    {"refcount_bits", COPT_REFCOUNT_BITS},
+    {"size", COPT_SIZE},
 };
 static const enum copt raw_order[] = {
     COPT_SIZE, COPT_NOCOW, COPT_PREALLOCATION, COPT_EXTENT_SIZE_HINT,
@@ -152,6 +175,34 @@ int copts_print_help(const char *fmt, const char *filename)
     return 0;
 }
 
+static const struct help_line amend_help[] = {
+    {"backing_file=<str>", "File name of a base image", 0},
+    {"backing_fmt=<str>", "Image format of the base image", 0},
+    {"compat=<str>", "Compatibility level (v2 [0.10] or v3 [1.1])", 0},
+    {"data_file=<str>", "File name of an external data file", 0},
+    {"data_file_raw=<bool (on/off)>",
+     "The external data file must stay valid as a raw image", 0},
+    {"encrypt.iter-time=<num>", "Time to spend in PBKDF in milliseconds", 0},
+    {"encrypt.keyslot=<num>", "Select a single keyslot to modify explicitly",
+     0},
+    {"encrypt.new-secret=<str>",
+     "New secret to set in the matching keyslots. Empty string to erase", 0},
+    {"encrypt.old-secret=<str>", "Select all keyslots that match this password",
+     0},
+    {"encrypt.state=<str>",
+     "Select new state of affected keyslots (active/inactive)", 0},
+    {"lazy_refcounts=<bool (on/off)>", "Postpone refcount updates", 0},
+    {"refcount_bits=<num>", "Width of a reference count entry in bits", 0},
+    {"size=<size>", "Virtual disk size", 0},
+};
+
+void copts_print_amend_help(void)
+{
+    printf("Amend options for 'qcow2':\n");
+    for (size_t i = 0; i < ARRAY_LEN(amend_help); i++)
+        printf("  %-22s - %s\n", amend_help[i].opt, amend_help[i].text);
+}
+
 /* ---- Reading the list -------------------------------------------------- */
 
 bool copts_list_valid(const char *list)
@@ -163,6 +214,27 @@ bool copts_list_valid(const char *list)
     while (i > 0 && list[i - 1] == ',')
         i--;
     return (len - i) % 2 == 0;
+}
+
+int copts_append(char **options, const char *list)
+{
+    size_t old = *options ? strlen(*options) + 1 : 0;
+    char *joined;
+
+    if (!copts_list_valid(list)) {
+        cli_error("Invalid option list: %s", list);
+        return -1;
+    }
+    joined = realloc(*options, old + strlen(list) + 1);
+    if (!joined) {
+        cli_error("Out of memory");
+        return -1;
+    }
+    if (old)
+        joined[old - 1] = ',';
+    strcpy(joined + old, list);
+    *options = joined;
+    return 0;
 }
 
 /* One value: up to the next single comma; ",," stands for ','. Returns
@@ -253,8 +325,16 @@ static int parse_bool(const char *s, bool *out)
     return -EINVAL;
 }
 
-static int find_opt(enum qimg_format fmt, const char *name)
+static int find_opt(const struct create_params *p, const char *name)
 {
+    enum qimg_format fmt = p->fmt;
+
+    if (p->amend) {
+        for (size_t i = 0; i < ARRAY_LEN(amend_names); i++)
+            if (!strcmp(amend_names[i].name, name))
+                return (int)amend_names[i].id;
+        return -1;
+    }
     const enum copt *order = fmt == QIMG_FMT_RAW ? raw_order : qcow2_order;
     size_t n = fmt == QIMG_FMT_RAW ? ARRAY_LEN(raw_order)
                                    : ARRAY_LEN(qcow2_order);
@@ -294,9 +374,9 @@ static void opt_error(const char *filename, const char *fmt, ...)
 
 /* Check `value` against the option's type; print the error. */
 static int parse_typed(struct create_params *p, enum copt id,
-                       const char *value, const char *filename)
+                       const char *name, const char *value,
+                       const char *filename)
 {
-    const char *name = descs[id].name;
     int ret = 0;
 
     switch (descs[id].type) {
@@ -340,7 +420,15 @@ static int set_option(struct create_params *p, const char *name,
 
     if (!strcmp(name, "id"))
         return 0;
-    id = find_opt(p->fmt, name);
+    id = find_opt(p, name);
+    if (id < 0 && p->amend) {
+        struct create_params c = {.fmt = QIMG_FMT_QCOW2};
+        opt_error(filename, "Invalid parameter '%s'", name);
+        if (find_opt(&c, name) >= 0 || is_unsupported(QIMG_FMT_QCOW2, name))
+            fputs("This option is only supported for image creation\n",
+                  stderr);
+        return -1;
+    }
     if (id < 0 && is_unsupported(p->fmt, name)) {
         opt_error(filename, "Parameter '%s' is not supported by qimg",
                   name);
@@ -350,7 +438,7 @@ static int set_option(struct create_params *p, const char *name,
         opt_error(filename, "Invalid parameter '%s'", name);
         return -1;
     }
-    if (parse_typed(p, (enum copt)id, value, filename) < 0)
+    if (parse_typed(p, (enum copt)id, name, value, filename) < 0)
         return -1;
     copts_set_str(p, (enum copt)id, value);
     return 0;

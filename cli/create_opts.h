@@ -24,12 +24,18 @@ enum copt {
     COPT_BACKING_FMT,
     COPT_NOCOW,
     COPT_EXTENT_SIZE_HINT,
+    /* amend's own: options it refuses on the images qimg handles */
+    COPT_DATA_FILE,
+    COPT_DATA_FILE_RAW,
+    COPT_ENCRYPT_NUM, /* encrypt.iter-time, encrypt.keyslot */
+    COPT_ENCRYPT_STR, /* encrypt.new-secret, encrypt.old-secret, .state */
     COPT_COUNT
 };
 
 /* Every option set so far; a later setting replaces an earlier one. */
 struct create_params {
     enum qimg_format fmt;     /* QIMG_FMT_QCOW2 or QIMG_FMT_RAW */
+    bool amend;               /* qcow2's amend options, not create's */
     bool is_set[COPT_COUNT];
     char *str[COPT_COUNT];    /* the value as the user spelled it */
     uint64_t num[COPT_COUNT]; /* size and number options */
@@ -39,14 +45,22 @@ struct create_params {
 /* qemu-img's check on each -o argument: not empty, no leading comma, no
  * unescaped trailing comma. */
 bool copts_list_valid(const char *list);
+/* Append one -o argument to *options, joined by ',' as qemu-img joins
+ * them, after copts_list_valid ("Invalid option list: ..." printed).
+ * Returns 0 or -1. */
+int copts_append(char **options, const char *list);
 /* True if any comma-separated element is exactly "help" or "?". */
 bool copts_has_help(const char *list);
 /* `-o help`: print the option list of `fmt` (NULL filename: the format's
  * own options only). Returns the exit code. */
 int copts_print_help(const char *fmt, const char *filename);
 
-/* Parse an option list into `p` (p->fmt decides which names exist). On
- * error prints "qimg: FILE: <message>" and returns -1. */
+/* `-o help` of qimg amend: qcow2's amend options. */
+void copts_print_amend_help(void);
+
+/* Parse an option list into `p` (p->fmt and p->amend decide which names
+ * exist). On error prints "qimg: FILE: <message>" (filename NULL: without
+ * "FILE: ") and returns -1. */
 int copts_parse(struct create_params *p, const char *list,
                 const char *filename);
 void copts_set_str(struct create_params *p, enum copt id, const char *s);

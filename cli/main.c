@@ -18,6 +18,7 @@ struct command {
 };
 
 static const struct command commands[] = {
+    {"amend", cmd_amend},
     {"bench", cmd_bench},     {"check", cmd_check},
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
@@ -101,6 +102,8 @@ void cli_help(void)
         "file.locking=off)\n"
         "\n"
         "Command syntax:\n"
+        "  amend [-p] [-q] [-f fmt] [-t cache] [--force] -o options "
+        "filename\n"
         "  bench [-c count] [-d depth] [-f fmt] "
         "[--flush-interval=flush_interval] "
         "[-n] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "

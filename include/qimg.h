@@ -187,6 +187,24 @@ QIMG_API int qimg_image_map(qimg_image *img, uint64_t off, uint64_t len,
 QIMG_API int qimg_image_resize(qimg_image *img, uint64_t size,
                                enum qimg_prealloc prealloc);
 
+/* qemu-img amend's qcow2 options; a zero (lazy_refcounts: negative)
+ * field leaves that property as it is. */
+struct qimg_amend_opts {
+    int compat;             /* 2 (0.10) or 3 (1.1) */
+    unsigned refcount_bits; /* 1, 2, 4, ..., 64 */
+    int lazy_refcounts;     /* 0 off, 1 on */
+    uint64_t size;          /* a new virtual size, as resize (shrinking) */
+};
+#define QIMG_AMEND_OPTS_INIT {.lazy_refcounts = -1}
+/* Change the image's format options (qcow2 only), everything qemu-img
+ * refuses refused before anything is written. The version, the refcount
+ * width and the feature bits switch with one write of header sector 0,
+ * after a new refcount structure of the new width has been written beside
+ * the old; a size changes as qimg_image_resize does (before a downgrade,
+ * after any other change). */
+QIMG_API int qimg_image_amend(qimg_image *img,
+                              const struct qimg_amend_opts *o);
+
 /* ---- Image information ----------------------------------------------- */
 
 struct qimg_bitmap_info {

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "amend.h"
 #include "backing.h"
 #include "bitmap.h"
 #include "error.h"
@@ -21,6 +22,7 @@
 #include "guest.h"
 #include "image.h"
 #include "open.h"
+#include "qcow2.h"
 #include "refcount.h"
 #include "roots.h"
 #include "txn.h"
@@ -287,10 +289,51 @@ static int zero_head(qimg_image *img, uint64_t size, bool zero)
     return ret;
 }
 
+/* qemu-img's refusals of a qcow2 resize to size, the image then being
+ * of the given version; *zero: what the disk gains must read as zeros. */
+static int resize_refusal(qimg_image *img, uint64_t size, uint32_t version,
+                          bool *zero)
+{
+    int ret;
+
+    if (size % 512)
+        return qimg_err(EINVAL, "The new size must be a multiple of 512");
+    if (img->q->hdr.incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "Cannot resize an image with an external "
+                                 "data file");
+    if (version < 3 && img->q->hdr.nb_snapshots)
+        return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
+                                 "snapshots");
+    ret = bitmap_check_resize(img, size);
+    if (ret < 0 || size == img->size)
+        return ret;
+    /* As QEMU: what the disk gains must not show a longer backing file's
+     * data through; v2 cannot mark clusters zero. */
+    *zero = size > img->size && img->backing && img->backing->size > img->size;
+    if (*zero && version < 3)
+        return qimg_err(ENOTSUP, "Failed to zero out new clusters: Operation "
+                                 "not supported");
+    return 0;
+}
+
+static int resize_qcow2(qimg_image *img, uint64_t size,
+                        enum qimg_prealloc prealloc, bool zero)
+{
+    int ret = 0;
+
+    if (size == img->size)
+        return 0;
+    if (size > img->size)
+        ret = roots_write_failed(img, zero_head(img, size, zero));
+    if (ret == 0)
+        ret = roots_write_failed(img, txn_resize(img, size, prealloc, zero));
+    return ret;
+}
+
 int qimg_image_resize(qimg_image *img, uint64_t size,
                       enum qimg_prealloc prealloc)
 {
-    bool zero;
+    bool zero = false;
     int ret;
 
     if (img->is_view || !img->read_write)
@@ -306,26 +349,51 @@ int qimg_image_resize(qimg_image *img, uint64_t size,
                                      "metadata");
         return resize_raw(img, size, prealloc);
     }
-    if (size % 512)
-        return qimg_err(EINVAL, "The new size must be a multiple of 512");
-    if (img->q->hdr.incompatible & INCOMPAT_DATA_FILE)
-        return qimg_err(ENOTSUP, "Cannot resize an image with an external "
-                                 "data file");
-    if (img->q->hdr.version < 3 && img->q->hdr.nb_snapshots)
-        return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
-                                 "snapshots");
-    ret = bitmap_check_resize(img, size);
-    if (ret < 0 || size == img->size)
-        return ret;
-    /* As QEMU: what the disk gains must not show a longer backing file's
-     * data through; v2 cannot mark clusters zero. */
-    zero = size > img->size && img->backing && img->backing->size > img->size;
-    if (zero && img->q->hdr.version < 3)
-        return qimg_err(ENOTSUP, "Failed to zero out new clusters: Operation "
-                                 "not supported");
-    if (size > img->size)
-        ret = roots_write_failed(img, zero_head(img, size, zero));
+    ret = resize_refusal(img, size, img->q->hdr.version, &zero);
+    return ret < 0 ? ret : resize_qcow2(img, size, prealloc, zero);
+}
+
+int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
+{
+    const struct qcow2_header *h;
+    struct amend_plan p;
+    uint64_t size;
+    bool zero = false, down;
+    int ret;
+
+    if (img->is_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "Format driver 'raw' does not support "
+                                 "option amendment");
+    h = &img->q->hdr;
+    if (o->refcount_bits && (o->refcount_bits > 64 ||
+                             (o->refcount_bits & (o->refcount_bits - 1))))
+        return qimg_err(EINVAL, "Refcount width must be a power of two and "
+                                "may not exceed 64 bits");
+    if (o->compat && o->compat != 2 && o->compat != 3)
+        return qimg_err(EINVAL, "Unknown compatibility level");
+    if (o->size > INT64_MAX)
+        return qimg_err(EINVAL, "New image size must be positive");
+    p.version = o->compat ? (uint32_t)o->compat : h->version;
+    p.refcount_order = h->refcount_order;
+    if (o->refcount_bits)
+        p.refcount_order = (unsigned)__builtin_ctz(o->refcount_bits);
+    p.lazy = o->lazy_refcounts < 0 ? (h->compatible & COMPAT_LAZY_REFCOUNTS)
+                                   : o->lazy_refcounts > 0;
+    size = o->size ? o->size : img->size;
+    down = p.version < h->version;
+    ret = amend_check(img, &p, size);
+    if (ret == 0 && size != img->size)
+        ret = resize_refusal(img, size, down ? h->version : p.version, &zero);
+    /* A downgrade last, as QEMU: v2 cannot resize with snapshots. */
+    if (ret == 0 && down)
+        ret = resize_qcow2(img, size, QIMG_PREALLOC_OFF, zero);
     if (ret == 0)
-        ret = roots_write_failed(img, txn_resize(img, size, prealloc, zero));
+        ret = roots_write_failed(img, amend_format(img, &p));
+    if (ret == 0)
+        ret = qcow2_reopen(img);
+    if (ret == 0 && !down)
+        ret = resize_qcow2(img, size, QIMG_PREALLOC_OFF, zero);
     return ret;
 }

@@ -32,6 +32,7 @@
 #include "metaset.h"
 #include "open.h"
 #include "qcow2.h"
+#include "amend.h"
 #include "rebuild.h"
 #include "refcount.h"
 #include "roots.h"

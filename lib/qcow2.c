@@ -144,6 +144,31 @@ void qcow2_close(qimg_image *img)
     img->q = NULL;
 }
 
+int qcow2_reopen(qimg_image *img)
+{
+    struct qimg_open_opts o = {.read_write = img->read_write};
+    struct qcow2 *old = img->q, *fresh;
+    int ret = qcow2_flush(img);
+
+    if (ret < 0)
+        return ret;
+    img->q = NULL;
+    ret = qcow2_open(img, &o);
+    fresh = img->q;
+    if (ret < 0) {
+        /* The old state still reads the guest data (an amend moves
+         * none), but would write with the old format: reads only. */
+        qcow2_close(img);
+        file_set_read_only(img);
+        img->q = old;
+        return ret;
+    }
+    img->q = old;
+    qcow2_close(img);
+    img->q = fresh;
+    return 0;
+}
+
 int qcow2_open_view(qimg_image *img, const char *spec)
 {
     struct qcow2 *q = img->q;

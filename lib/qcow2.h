@@ -9,6 +9,10 @@
 
 int qcow2_open(qimg_image *img, const struct qimg_open_opts *o);
 void qcow2_close(qimg_image *img);
+/* Read the image's state again from the file (after amend changed its
+ * format under the handle). On failure the handle keeps its old state,
+ * read-only. */
+int qcow2_reopen(qimg_image *img);
 /* Make img a read-only view of internal snapshot spec (an ID, a name or
  * the snapshot.id=/snapshot.name= spellings). */
 int qcow2_open_view(qimg_image *img, const char *spec);

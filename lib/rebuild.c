@@ -22,33 +22,49 @@
 #include "roots.h"
 #include "util.h"
 
-/* Does block rt_idx of the computed table have a non-zero entry? */
-static bool block_used(const struct qcow2 *q, const uint8_t *refs,
-                       uint64_t nb_refs, uint64_t rt_idx)
+/* A refcount structure of entries 2^order bits wide. */
+struct width {
+    unsigned order;
+    unsigned rb_bits; /* log2(entries per block) */
+};
+
+static struct width width_of(const struct qcow2 *q, unsigned order)
 {
-    uint64_t first = rt_idx << q->rb_bits;
-    uint64_t last = MIN(nb_refs, first + (1ull << q->rb_bits));
+    return (struct width){order, q->cluster_bits + 3 - order};
+}
+
+/* Does block rt_idx of the computed table have a non-zero entry? */
+static bool block_used(struct width w, const uint8_t *refs, uint64_t nb_refs,
+                       uint64_t rt_idx)
+{
+    uint64_t first = rt_idx << w.rb_bits;
+    uint64_t last = MIN(nb_refs, first + (1ull << w.rb_bits));
 
     for (uint64_t k = first; k < last; k++)
-        if (refblock_get(refs, k, q->refcount_order))
+        if (refblock_get(refs, k, w.order))
             return true;
     return false;
 }
 
 /* Blocks for every used part of [0, nb_refs) plus [start, start+extra). */
-static uint64_t count_blocks(const struct qcow2 *q, const uint8_t *refs,
+static uint64_t count_blocks(struct width w, const uint8_t *refs,
                              uint64_t nb_refs, uint64_t start, uint64_t extra)
 {
-    uint64_t n = 0, hi = (start + extra - 1) >> q->rb_bits;
+    uint64_t n = 0, hi = (start + extra - 1) >> w.rb_bits;
 
     for (uint64_t i = 0; i <= hi; i++)
-        if ((i >= start >> q->rb_bits) || block_used(q, refs, nb_refs, i))
+        if ((i >= start >> w.rb_bits) || block_used(w, refs, nb_refs, i))
             n++;
     return n;
 }
 
-int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
-                      uint64_t avoid)
+/* Write the structure for refs (entries of width w) past the end of the
+ * file (and past avoid, see rebuild.h), blocks then table, and make it
+ * durable. *tbl: the table (t clusters at *rt_off), the caller's. */
+static int write_structure(qimg_image *img, struct width w,
+                           const uint8_t *refs, uint64_t nb_refs,
+                           uint64_t avoid, uint64_t *rt_off, uint64_t *t_out,
+                           uint8_t **tbl_out)
 {
     struct qcow2 *q = img->q;
     uint64_t cs = q->cluster_size, per_cl = cs / 8;
@@ -66,8 +82,8 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
         return qimg_err(ENOMEM, "Out of memory");
     /* New blocks at start, then the table: size both to a fixed point. */
     for (;;) {
-        nb = count_blocks(q, refs, nb_refs, start, b + t);
-        entries = ((start + b + t - 1) >> q->rb_bits) + 1;
+        nb = count_blocks(w, refs, nb_refs, start, b + t);
+        entries = ((start + b + t - 1) >> w.rb_bits) + 1;
         tb = DIV_ROUND_UP(entries, per_cl);
         if (nb == b && tb == t)
             break;
@@ -87,16 +103,15 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
     ret = meta_check_write(img, 0, start * cs, (b + t) * cs);
     pos = start;
     for (uint64_t i = 0; i < entries && ret == 0; i++) {
-        uint64_t base = i << q->rb_bits;
-        if (i < start >> q->rb_bits && !block_used(q, refs, nb_refs, i))
+        uint64_t base = i << w.rb_bits;
+        if (i < start >> w.rb_bits && !block_used(w, refs, nb_refs, i))
             continue;
         memset(blk, 0, cs);
-        for (uint64_t k = base; k < base + (1ull << q->rb_bits); k++) {
-            uint64_t v = k < nb_refs ? refblock_get(refs, k, q->refcount_order)
-                                     : 0;
+        for (uint64_t k = base; k < base + (1ull << w.rb_bits); k++) {
+            uint64_t v = k < nb_refs ? refblock_get(refs, k, w.order) : 0;
             if (k >= start && k < start + b + t)
                 v = 1;
-            refblock_set(blk, k - base, q->refcount_order, v);
+            refblock_set(blk, k - base, w.order, v);
         }
         be64_store(tbl + i * 8, pos * cs);
         ret = file_pwrite(img, blk, cs, pos * cs);
@@ -104,21 +119,56 @@ int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
     }
     if (ret == 0)
         ret = file_pwrite(img, tbl, t * cs, (start + b) * cs);
-    /* 1 of 2: the new structure is durable before the header names it. */
+    /* The new structure is durable before a header names it. */
     if (ret == 0)
         ret = file_flush(img);
-    /* 2 of 2: switch refcount_table_offset and _clusters in one write. */
-    if (ret == 0)
-        ret = roots_switch_refcount_table(img, (start + b) * cs, (uint32_t)t);
-    if (ret < 0)
-        goto out;
-    refcount_adopt_table(img, tbl, t * per_cl);
-    tbl = NULL;
-    file_extend(img, (start + b + t) * cs);
-    meta_reset(img);
+    if (ret == 0) {
+        *rt_off = (start + b) * cs;
+        *t_out = t;
+        *tbl_out = tbl;
+        tbl = NULL;
+        file_extend(img, (start + b + t) * cs);
+    }
 out:
     free(blk);
     free(tbl);
+    return ret;
+}
+
+int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
+                      uint64_t avoid)
+{
+    struct qcow2 *q = img->q;
+    uint64_t rt_off, t;
+    uint8_t *tbl = NULL;
+    int ret = write_structure(img, width_of(q, q->refcount_order), refs,
+                              nb_refs, avoid, &rt_off, &t, &tbl);
+
+    /* Switch refcount_table_offset and _clusters in one write. */
+    if (ret == 0)
+        ret = roots_switch_refcount_table(img, rt_off, (uint32_t)t);
+    if (ret < 0) {
+        free(tbl);
+        return ret;
+    }
+    refcount_adopt_table(img, tbl, t * (q->cluster_size / 8));
+    meta_reset(img);
+    return 0;
+}
+
+int rebuild_refcounts_width(qimg_image *img, unsigned order,
+                            const uint8_t *refs, uint64_t nb_refs,
+                            uint64_t *rt_off, uint32_t *rt_clusters)
+{
+    uint64_t t;
+    uint8_t *tbl = NULL;
+    int ret = write_structure(img, width_of(img->q, order), refs, nb_refs, 0,
+                              rt_off, &t, &tbl);
+
+    if (ret == 0) {
+        free(tbl);
+        *rt_clusters = (uint32_t)t;
+    }
     return ret;
 }
 

@@ -20,6 +20,12 @@
  * within REBUILD_AVOID_MAX of it; one header write switches to it. */
 int rebuild_refcounts(qimg_image *img, const uint8_t *refs, uint64_t nb_refs,
                       uint64_t avoid);
+/* The same for a structure of entries 2^order bits wide (refs in that
+ * width), written and made durable but not switched in: the caller's
+ * header write names it (*rt_off, *rt_clusters). */
+int rebuild_refcounts_width(qimg_image *img, unsigned order,
+                            const uint8_t *refs, uint64_t nb_refs,
+                            uint64_t *rt_off, uint32_t *rt_clusters);
 int rebuild_set_incompat(qimg_image *img, uint64_t bits);
 int rebuild_snapshot_table(qimg_image *img, const struct snap *snaps,
                            uint32_t n);

@@ -269,31 +269,25 @@ static int encode_switchable(const struct qcow2_header *h,
     return header_encode_at(h, buf, cs, false, at, &end);
 }
 
-int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
+/* Switch cluster 0 to the header h (whose strings h owns) atomically:
+ * the backing name first where the old header does not look, if it lies
+ * past sector 0, then sector 0 in one write, fdatasync around. On
+ * success q->hdr takes h's fields and strings; on failure h keeps them. */
+static int switch_header(qimg_image *img, struct qcow2_header *h)
 {
     struct qcow2 *q = img->q;
     const size_t cs = q->cluster_size;
-    struct qcow2_header h = q->hdr;
-    char *new_name = name ? strdup(name) : NULL;
-    char *new_fmt = fmt ? strdup(fmt) : NULL;
     uint8_t *old = NULL, *buf = malloc(cs);
     bool two_step = false;
-    int ret = 0;
+    int ret = buf ? 0 : qimg_err(ENOMEM, "Out of memory");
 
-    if (!buf || (name && !new_name) || (fmt && !new_fmt))
-        ret = qimg_err(ENOMEM, "Out of memory");
     if (ret == 0)
         ret = file_read_table(img, &old, 0, cs, NULL);
-    h.backing_file = new_name;
-    h.backing_fmt = new_fmt;
-    h.autoclear &= AUTOCLEAR_MASK;
     if (ret == 0)
-        ret = encode_switchable(&h, &q->hdr, old, buf, cs, &two_step);
-    /* The name first, where the old header does not look; then sector 0
-     * switches to it, with the format, in one write. */
+        ret = encode_switchable(h, &q->hdr, old, buf, cs, &two_step);
     if (ret == 0 && two_step) {
         uint64_t at = be64_load(buf + HDR_BACKING_OFF);
-        ret = file_pwrite(img, buf + at, strlen(new_name), at);
+        ret = file_pwrite(img, buf + at, strlen(h->backing_file), at);
     }
     if (ret == 0)
         ret = file_flush(img);
@@ -302,20 +296,62 @@ int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
     if (ret == 0)
         ret = file_flush(img);
     if (ret == 0) {
-        free(q->hdr.backing_file);
-        free(q->hdr.backing_fmt);
-        q->hdr.backing_file = new_name;
-        q->hdr.backing_fmt = new_fmt;
-        q->hdr.backing_file_offset = be64_load(buf + HDR_BACKING_OFF);
-        q->hdr.backing_file_size = be32_load(buf + HDR_BACKING_SIZE);
-        q->hdr.autoclear = h.autoclear;
-        new_name = new_fmt = NULL;
+        struct qcow2_header done = *h;
+        char *old_name = q->hdr.backing_file, *old_fmt = q->hdr.backing_fmt;
+        uint8_t *old_tail = q->hdr.tail;
+        done.backing_file_offset = be64_load(buf + HDR_BACKING_OFF);
+        done.backing_file_size = be32_load(buf + HDR_BACKING_SIZE);
+        done.header_length = done.version < 3 ? HDR_V2_LEN
+                                              : HDR_V3_LEN + done.tail_len;
+        q->hdr = done;
+        if (old_name != h->backing_file)
+            free(old_name);
+        if (old_fmt != h->backing_fmt)
+            free(old_fmt);
+        if (old_tail != h->tail)
+            free(old_tail);
     }
-    free(new_name);
-    free(new_fmt);
     free(old);
     free(buf);
     return ret;
+}
+
+int roots_set_backing(qimg_image *img, const char *name, const char *fmt)
+{
+    struct qcow2_header h = img->q->hdr;
+    int ret = 0;
+
+    h.backing_file = name ? strdup(name) : NULL;
+    h.backing_fmt = fmt ? strdup(fmt) : NULL;
+    h.autoclear &= AUTOCLEAR_MASK;
+    if ((name && !h.backing_file) || (fmt && !h.backing_fmt))
+        ret = qimg_err(ENOMEM, "Out of memory");
+    if (ret == 0)
+        ret = switch_header(img, &h);
+    if (ret < 0) {
+        free(h.backing_file);
+        free(h.backing_fmt);
+    }
+    return ret;
+}
+
+int roots_set_format(qimg_image *img, const struct roots_format *f)
+{
+    struct qcow2_header h = img->q->hdr;
+
+    h.version = f->version;
+    h.refcount_order = f->version < 3 ? 4 : f->refcount_order;
+    h.refcount_table_offset = f->rt_off;
+    h.refcount_table_clusters = f->rt_clusters;
+    h.incompatible = f->version < 3 ? 0 : f->incompatible;
+    h.compatible = f->version < 3 ? 0 : f->compatible;
+    h.autoclear = f->version < 3 ? 0 : h.autoclear & AUTOCLEAR_MASK;
+    h.compression_type = f->version < 3 ? 0 : h.compression_type;
+    if (f->version < 3) {
+        h.tail = NULL; /* unknown v3 fields go with the v3 header */
+        h.tail_len = 0;
+    }
+    return switch_header(img, &h);
 }
 
 void roots_adopt(qimg_image *img, const struct qcow2_roots *r)

@@ -48,6 +48,20 @@ int roots_commit(qimg_image *img, const struct qcow2_roots *r);
  * fdatasync around. The feature-name table is left out so that the
  * extensions fit in sector 0; -ENOSPC where they still do not. */
 int roots_set_backing(qimg_image *img, const char *name, const char *fmt);
+/* The format fields of header sector 0 a format change (qemu-img amend)
+ * switches; a version below 3 implies 16-bit refcounts and no feature
+ * bits. */
+struct roots_format {
+    uint32_t version;
+    uint32_t refcount_order;
+    uint64_t rt_off;
+    uint32_t rt_clusters;
+    uint64_t incompatible, compatible;
+};
+/* Rewrite cluster 0 with these fields, atomically as roots_set_backing
+ * (the feature-name table left out); the caller made every structure the
+ * new header names durable. */
+int roots_set_format(qimg_image *img, const struct roots_format *f);
 /* The committed roots in memory (cannot fail). */
 void roots_adopt(qimg_image *img, const struct qcow2_roots *r);
 

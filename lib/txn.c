@@ -544,6 +544,38 @@ out:
     return ret;
 }
 
+/* ---- Rewriting the table ------------------------------------------------ */
+
+int txn_snapshot_rewrite(qimg_image *img)
+{
+    struct qcow2 *q = img->q;
+    uint32_t n = q->sn->nb_snaps;
+    struct snap *snaps = NULL;
+    uint64_t snap_size = 0;
+    struct roots r = {img->size, NULL, n, 0, false, 0, 0, 0};
+    struct txn t;
+    int ret;
+
+    ret = txn_init(&t, img, false);
+    if (ret == 0)
+        ret = check_snapshots(&t, q->sn->snaps, n);
+    if (ret == 0)
+        ret = copy_snaps(q, -1, 0, &snaps);
+    if (ret == 0)
+        ret = txn_place_room(&t, room_needed(&t, 0, 0, snaps, n));
+    if (ret == 0)
+        ret = write_snap_table(&t, snaps, n, &r.snap_off, &snap_size);
+    if (ret == 0)
+        ret = commit(&t, &r, snaps, snap_size, UINT32_MAX);
+    if (ret >= 0) {
+        snaps = NULL;
+        ret = 0;
+    }
+    free_snaps(snaps, n);
+    txn_free(&t);
+    return ret;
+}
+
 /* ---- Apply --------------------------------------------------------------- */
 
 /* Byte ranges [a, a+alen) and [b, b+blen) (both non-empty, checked

@@ -11,6 +11,9 @@
 int txn_snapshot_create(qimg_image *img, const char *name);
 int txn_snapshot_apply(qimg_image *img, int snap_idx);
 int txn_snapshot_delete(qimg_image *img, int snap_idx);
+/* Write the snapshot table again, every entry with the extra data QEMU
+ * writes (at least 24 bytes), and switch to it. */
+int txn_snapshot_rewrite(qimg_image *img);
 /* Every cluster of the active disk unallocated (it reads through to the
  * backing file); snapshots keep theirs. */
 int txn_make_empty(qimg_image *img);

@@ -35,7 +35,7 @@ LAYERS = [
     ("metadata map", ["meta"]),
     ("tables", ["refcount", "l1l2", "snaptable", "bitmap", "l2runs"]),
     ("flush order, census", ["flush", "metaset"]),
-    ("operations", ["guest", "backing", "txn", "rebuild"]),
+    ("operations", ["guest", "backing", "txn", "rebuild", "amend"]),
     ("whole image", ["check", "qcow2", "open", "create"]),
     ("public API", ["imageapi", "snapapi", "info"]),
 ]

@@ -61,7 +61,8 @@ enum kind {
     K_CREATE,
     K_EMPTY,  /* qimg_image_make_empty: old disk, or all unallocated */
     K_BACKING, /* qimg_image_set_backing: the old name or the new, whole */
-    K_RESIZE   /* qimg_image_resize: the old disk or the new, snapshots kept */
+    K_RESIZE,  /* qimg_image_resize: the old disk or the new, snapshots kept */
+    K_AMEND    /* qimg_image_amend: the old format or the new, whole */
 };
 
 struct scenario {
@@ -672,6 +673,43 @@ static void judge_backing(const struct scenario *sc, const struct bytes *b)
     qimg_image_close(img);
 }
 
+/* The format of an amend's target (sc->target "width": the refcount width
+ * and lazy refcounts; "compat": the version, at 16-bit refcounts). */
+static void amend_target(const struct scenario *sc, int *version,
+                         uint32_t *bits, bool *lazy)
+{
+    bool width = !strcmp(sc->target, "width");
+
+    *version = width ? sc->compat : sc->compat == 3 ? 2 : 3;
+    *bits = width && sc->refcount_bits == 16 ? 4 : 16;
+    *lazy = width;
+}
+
+/* The header holds the old format or the new, never a mix. */
+static void judge_format(const struct scenario *sc, const struct bytes *b)
+{
+    struct qimg_info *info = NULL;
+    qimg_image *img;
+    uint32_t bits;
+    int version;
+    bool lazy;
+
+    if (open_bytes(&img, b, false, false, NULL) < 0 ||
+        qimg_image_info(&info, img) < 0) {
+        failf(sc, "cannot read the header");
+        return;
+    }
+    amend_target(sc, &version, &bits, &lazy);
+    if (!(info->version == sc->compat &&
+          info->refcount_bits == sc->refcount_bits && !info->lazy_refcounts) &&
+        !(info->version == version && info->refcount_bits == bits &&
+          info->lazy_refcounts == lazy))
+        failf(sc, "format v%d, %u-bit refcounts, lazy %d: neither old nor new",
+              info->version, info->refcount_bits, info->lazy_refcounts);
+    qimg_info_free(info);
+    qimg_image_close(img);
+}
+
 static void judge(const struct scenario *sc, const struct bytes *b,
                   const struct image_state *before,
                   const struct image_state *after)
@@ -723,6 +761,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
     }
     if (sc->kind == K_BACKING)
         judge_backing(sc, b);
+    if (sc->kind == K_AMEND)
+        judge_format(sc, b);
     if (sc->kind != K_CREATE && !snapshots_ok(sc, &s, before, after))
         failf(sc, "snapshots differ from what they must be");
     else if (sc->kind != K_CREATE && s.nb)
@@ -1081,6 +1121,51 @@ static int op_make_empty(qimg_image *img)
 #define SHORT_BACKING "/dev/null"
 static char long_backing[5 + 2 * 300 + 5];
 
+/* amend: a new refcount width (16 -> 4, else -> 16) with lazy refcounts;
+ * a new version (v3 -> v2 at 16-bit refcounts, v2 -> v3). */
+static int op_amend_width(qimg_image *img)
+{
+    struct qimg_amend_opts o = QIMG_AMEND_OPTS_INIT;
+
+    o.refcount_bits = img->q->refcount_order == 4 ? 4 : 16;
+    o.lazy_refcounts = 1;
+    return qimg_image_amend(img, &o);
+}
+
+static int op_amend_compat(qimg_image *img)
+{
+    struct qimg_amend_opts o = QIMG_AMEND_OPTS_INIT;
+
+    o.compat = img->q->hdr.version == 3 ? 2 : 3;
+    o.refcount_bits = 16;
+    return qimg_image_amend(img, &o);
+}
+
+static int op_amend_narrow(qimg_image *img)
+{
+    struct qimg_amend_opts o = QIMG_AMEND_OPTS_INIT;
+
+    o.refcount_bits = 1;
+    return qimg_image_amend(img, &o);
+}
+
+static int op_amend_lazy(qimg_image *img)
+{
+    struct qimg_amend_opts o = QIMG_AMEND_OPTS_INIT;
+
+    o.lazy_refcounts = 1;
+    return qimg_image_amend(img, &o);
+}
+
+static void setup_zeroed(qimg_image *img)
+{
+    setup_snaps(img);
+    /* A whole cluster, so that it becomes a zero entry. */
+    if (qimg_image_write_zeroes(img, 0, img->q->cluster_size,
+                                QIMG_ZERO_UNMAP) < 0)
+        abort();
+}
+
 static int op_set_backing_short(qimg_image *img)
 {
     return qimg_image_set_backing(img, SHORT_BACKING, "raw");
@@ -1290,6 +1375,12 @@ static const struct op_def ops_list[] = {
     {"resize-shrink", K_RESIZE, setup_snaps, op_resize_shrink, NULL,
      NEED_REFCOUNT4 | NEED_V3},
     {"resize-prealloc", K_RESIZE, setup_data, op_resize_prealloc, NULL, 0},
+    /* amend: one header write switches the format, after a new refcount
+     * structure is written past the end of the file. */
+    {"amend-refcount-width", K_AMEND, setup_snaps, op_amend_width, "width",
+     NEED_REFCOUNT4 | NEED_V3},
+    {"amend-compat", K_AMEND, setup_snaps, op_amend_compat, "compat",
+     NEED_REFCOUNT4 | NEED_STD_L2},
 };
 
 struct variant {
@@ -1847,6 +1938,16 @@ static const struct refusal refusals[] = {
      0},
     {"compressed-allocated", setup_data, op_compress_allocated, EIO, 0, 0, 0},
     {"zero-no-fallback", setup_data, op_zero_no_fallback, ENOTSUP, 0, 0, 0},
+    /* amend: a 1-bit width cannot hold the snapshots' references; v2
+     * takes no lazy refcounts, a downgrade no zero clusters yet. */
+    {"amend-width-too-narrow", setup_snaps, op_amend_narrow, EINVAL, 0,
+     NEED_REFCOUNT4 | NEED_V3, 0},
+    {"amend-v2-lazy", setup_snaps, op_amend_lazy, EINVAL, RF_V2,
+     NEED_REFCOUNT4, 0},
+    {"amend-downgrade-zero", setup_zeroed, op_amend_compat, ENOTSUP, 0,
+     NEED_REFCOUNT4 | NEED_V3 | NEED_STD_L2, 0},
+    {"amend-read-only", setup_snaps, op_amend_width, EACCES, RF_READ_ONLY,
+     NEED_REFCOUNT4 | NEED_V3, 0},
 };
 
 static bool refusal_applies(const struct refusal *rf, const struct variant *v)

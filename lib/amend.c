@@ -1,0 +1,315 @@
+/*
+ * amend.c - the format changes of qemu-img amend: the version (compat),
+ * the refcount width and the lazy-refcounts bit.
+ *
+ * qcow2-format.md §1 (v2 and v3 headers), §4 (refcount widths), §5.2 (v3
+ * snapshot entries carry at least 16 bytes of extra data), §13 (a new
+ * structure is durable before the header names it).
+ *
+ * Notes on the design:
+ *  1. Every change ends in one write of header sector 0 (roots.c), which
+ *     holds the version, the feature bits, the refcount order and the
+ *     refcount table pointer together. Whatever the new header names is
+ *     written and synced first, where the old image does not look: a new
+ *     refcount structure past the end of the file. A power cut leaves the
+ *     old image or the new one.
+ *  2. QEMU changes the refcount width in place, block by block, and can be
+ *     cut in half. Here the new structure is built whole from the old
+ *     values (the old table and blocks counted 0: the switch frees them)
+ *     and the old clusters are punched once the header names the new one.
+ *  3. An upgrade whose snapshot entries lack v3's extra data first rewrites
+ *     the snapshot table (txn.c), itself atomic: the image in between is
+ *     the old one with a longer table.
+ *  4. Everything QEMU refuses is refused before the first write.
+ */
+#include "amend.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "file.h"
+#include "flush.h"
+#include "l1l2.h"
+#include "rebuild.h"
+#include "refcount.h"
+#include "roots.h"
+#include "snaptable.h"
+#include "txn.h"
+#include "util.h"
+
+/* §3.3: the bits of a standard L2 entry a downgrade looks at. */
+#define L2E_ZERO 1ull
+#define L2E_COMPRESSED (1ull << 62)
+
+/* ---- What the tables hold ----------------------------------------------- */
+
+struct l2_census {
+    bool zero;       /* some entry has the zero flag */
+    bool compressed; /* some entry is compressed */
+};
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Append the L2 table offsets of one L1 table to *v. */
+static int collect_l2(const uint8_t *l1, uint32_t n, uint64_t **v,
+                      size_t *len, size_t *cap)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t p = be64_load(l1 + (size_t)i * 8) & L1E_OFFSET_MASK;
+        if (!p)
+            continue;
+        if (*len == *cap) {
+            size_t nc = *cap ? *cap * 2 : 64;
+            uint64_t *nv = realloc(*v, nc * sizeof *nv);
+            if (!nv)
+                return qimg_err(ENOMEM, "Out of memory");
+            *v = nv;
+            *cap = nc;
+        }
+        (*v)[(*len)++] = p;
+    }
+    return 0;
+}
+
+/* Read every L2 table any L1 table (active and snapshots') names, once. */
+static int census(qimg_image *img, struct l2_census *c)
+{
+    struct qcow2 *q = img->q;
+    uint64_t *v = NULL;
+    size_t len = 0, cap = 0;
+    uint8_t *buf = NULL;
+    int ret;
+
+    memset(c, 0, sizeof *c);
+    ret = collect_l2(q->l1s->l1, q->l1s->l1_size, &v, &len, &cap);
+    for (uint32_t i = 0; ret == 0 && i < q->sn->nb_snaps; i++) {
+        const struct snap *s = &q->sn->snaps[i];
+        uint8_t *l1 = NULL;
+        if (!s->l1_size)
+            continue;
+        ret = snap_check_l1(img, s);
+        if (ret == 0)
+            ret = file_read_table(img, &l1, s->l1_off, (size_t)s->l1_size * 8,
+                                  "Snapshot L1 table");
+        if (ret == 0)
+            ret = collect_l2(l1, s->l1_size, &v, &len, &cap);
+        free(l1);
+    }
+    if (ret == 0 && len)
+        qsort(v, len, sizeof *v, cmp_u64);
+    for (size_t i = 0; ret == 0 && i < len; i++) {
+        if (i && v[i] == v[i - 1])
+            continue;
+        free(buf);
+        buf = NULL;
+        ret = file_read_table(img, &buf, v[i], q->cluster_size, "L2 table");
+        for (uint64_t k = 0; ret == 0 && k < q->l2_entries; k++) {
+            uint64_t e = be64_load(buf + k * q->l2_entry_size);
+            if (e & L2E_COMPRESSED)
+                c->compressed = true;
+            else if (e & L2E_ZERO)
+                c->zero = true;
+        }
+    }
+    free(buf);
+    free(v);
+    return ret;
+}
+
+/* ---- Refusals ------------------------------------------------------------ */
+
+int amend_check(qimg_image *img, const struct amend_plan *p, uint64_t size)
+{
+    const struct qcow2 *q = img->q;
+    const struct qcow2_header *h = &q->hdr;
+
+    if (p->refcount_order != h->refcount_order && p->version < 3 &&
+        p->refcount_order != 4)
+        return qimg_err(EINVAL, "Refcount widths other than 16 bits require "
+                                "compatibility level 1.1 or above (use "
+                                "compat=1.1 or greater)");
+    if (p->lazy && !(h->compatible & COMPAT_LAZY_REFCOUNTS) &&
+        p->version < 3)
+        return qimg_err(EINVAL, "Lazy refcounts only supported with "
+                                "compatibility level 1.1 and above (use "
+                                "compat=1.1 or greater)");
+    if (p->version >= h->version)
+        return 0;
+    if (p->refcount_order != 4)
+        return qimg_err(ENOTSUP, "compat=0.10 requires refcount_bits=16");
+    if (h->incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "Cannot downgrade an image with a data "
+                                 "file");
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
+        if (q->sn->snaps[i].vm_state_size > UINT32_MAX ||
+            q->sn->snaps[i].disk_size != size)
+            return qimg_err(ENOTSUP, "Internal snapshots prevent downgrade "
+                                     "of image");
+    if (h->incompatible & ~(INCOMPAT_DIRTY | INCOMPAT_COMPRESSION))
+        return qimg_err(ENOTSUP, "Cannot downgrade an image with "
+                                 "incompatible features 0x%" PRIx64 " set",
+                        (uint64_t)(h->incompatible & ~INCOMPAT_COMPRESSION));
+    return 0;
+}
+
+/* A downgrade: what the tables hold must be expressible in v2. */
+static int check_tables(qimg_image *img)
+{
+    struct l2_census c;
+    int ret = census(img, &c);
+
+    if (ret < 0)
+        return ret;
+    if (c.compressed && (img->q->hdr.incompatible & INCOMPAT_COMPRESSION))
+        return qimg_err(ENOTSUP, "Cannot downgrade an image with zstd "
+                                 "compression type and existing compressed "
+                                 "clusters");
+    if (c.zero)
+        return qimg_err(ENOTSUP, "qimg cannot downgrade an image with zero "
+                                 "clusters yet");
+    return 0;
+}
+
+/* ---- A new refcount width ------------------------------------------------ */
+
+/* The refcounts of every cluster at width 2^order, the old structure's own
+ * clusters counted 0. */
+static int convert_refcounts(qimg_image *img, unsigned order, uint8_t **out,
+                             uint64_t *nb_out)
+{
+    struct qcow2 *q = img->q;
+    const struct rc_state *rc = q->rc;
+    uint64_t cs = q->cluster_size, per_blk = 1ull << q->rb_bits;
+    uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
+    uint64_t nb = 0, used = 0, rt_first = q->hdr.refcount_table_offset / cs;
+    uint64_t rt_n = q->hdr.refcount_table_clusters;
+    uint8_t *blk = malloc(cs), *refs = NULL;
+    int ret = blk ? 0 : qimg_err(ENOMEM, "Out of memory");
+
+    for (uint64_t i = 0; i < rc->rt_entries; i++)
+        if (be64_load(rc->rt + i * 8) & RT_OFFSET_MASK)
+            nb = (i + 1) * per_blk;
+    if (ret == 0) {
+        refs = calloc(1, MAX(1, (nb << order) / 8 + 1));
+        if (!refs)
+            ret = qimg_err(ENOMEM, "Out of memory");
+    }
+    for (uint64_t i = 0; ret == 0 && i < nb / per_blk; i++) {
+        bool exists;
+        ret = refcount_read_block(img, i, blk, &exists);
+        for (uint64_t k = 0; ret == 0 && exists && k < per_blk; k++) {
+            uint64_t idx = i * per_blk + k;
+            uint64_t v = refblock_get(blk, k, q->refcount_order);
+            if (v > max)
+                ret = qimg_err(EINVAL, "Cannot decrease refcount entry width "
+                                       "to %u bits: Cluster at offset %#" PRIx64
+                                       " has a refcount of %" PRIu64,
+                               1u << order, (uint64_t)(idx * cs), v);
+            refblock_set(refs, idx, order, v);
+            if (v)
+                used = idx + 1;
+        }
+    }
+    /* The switch frees the old table and blocks. */
+    for (uint64_t k = rt_first; ret == 0 && k < rt_first + rt_n && k < nb; k++)
+        refblock_set(refs, k, order, 0);
+    for (uint64_t i = 0; ret == 0 && i < rc->rt_entries; i++) {
+        uint64_t k = (be64_load(rc->rt + i * 8) & RT_OFFSET_MASK) / cs;
+        if (k && k < nb)
+            refblock_set(refs, k, order, 0);
+    }
+    free(blk);
+    if (ret < 0) {
+        free(refs);
+        return ret;
+    }
+    *out = refs;
+    *nb_out = used; /* the new structure goes past the last cluster used */
+    return 0;
+}
+
+/* Punch what the old structure held (advisory: nothing names it now). */
+static void drop_old_structure(qimg_image *img, const uint8_t *old_rt,
+                               uint64_t entries, uint64_t rt_off,
+                               uint64_t rt_clusters)
+{
+    uint64_t cs = img->q->cluster_size;
+
+    for (uint64_t i = 0; i < entries; i++) {
+        uint64_t off = be64_load(old_rt + i * 8) & RT_OFFSET_MASK;
+        if (off)
+            file_discard_quiet(img, off, cs);
+    }
+    file_discard_quiet(img, rt_off, rt_clusters * cs);
+}
+
+/* ---- The change ---------------------------------------------------------- */
+
+int amend_format(qimg_image *img, const struct amend_plan *p)
+{
+    struct qcow2 *q = img->q;
+    const struct qcow2_header *h = &q->hdr;
+    struct roots_format f = {
+        .version = p->version,
+        .refcount_order = p->refcount_order,
+        .incompatible = h->incompatible & ~INCOMPAT_DIRTY,
+        .compatible = p->lazy ? h->compatible | COMPAT_LAZY_REFCOUNTS
+                              : h->compatible & ~COMPAT_LAZY_REFCOUNTS,
+    };
+    uint8_t *old_rt = NULL, *refs = NULL;
+    uint64_t old_entries = 0, nb = 0;
+    uint64_t old_rt_off, old_rt_clusters;
+    bool new_width = p->refcount_order != h->refcount_order;
+    int ret = 0;
+
+    if (p->version == h->version && !new_width &&
+        f.compatible == h->compatible)
+        return 0;
+    if (p->version < 3) {
+        ret = check_tables(img);
+        f.incompatible = 0; /* zlib: the compression type goes too */
+    }
+    /* v3 wants 16 bytes of extra data per snapshot entry. */
+    for (uint32_t i = 0; ret == 0 && p->version >= 3 && h->version < 3 &&
+                         i < q->sn->nb_snaps; i++)
+        if (q->sn->snaps[i].extra_size < 16) {
+            ret = txn_snapshot_rewrite(img);
+            break;
+        }
+    if (ret == 0)
+        ret = qcow2_flush(img);
+    /* (The rewrite may have moved the refcount table.) */
+    f.rt_off = h->refcount_table_offset;
+    f.rt_clusters = h->refcount_table_clusters;
+    if (ret == 0 && new_width)
+        ret = convert_refcounts(img, p->refcount_order, &refs, &nb);
+    if (ret == 0 && new_width) {
+        old_entries = q->rc->rt_entries;
+        old_rt = malloc(old_entries * 8 + 1);
+        if (!old_rt)
+            ret = qimg_err(ENOMEM, "Out of memory");
+        else
+            memcpy(old_rt, q->rc->rt, old_entries * 8);
+    }
+    old_rt_off = f.rt_off;
+    old_rt_clusters = f.rt_clusters;
+    if (ret == 0 && new_width)
+        ret = rebuild_refcounts_width(img, p->refcount_order, refs, nb,
+                                      &f.rt_off, &f.rt_clusters);
+    free(refs);
+    if (ret == 0)
+        ret = roots_set_format(img, &f);
+    if (ret == 0 && new_width)
+        drop_old_structure(img, old_rt, old_entries, old_rt_off,
+                           old_rt_clusters);
+    free(old_rt);
+    return ret;
+}
