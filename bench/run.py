@@ -335,6 +335,30 @@ class ResizeShrink(Op):
         return ["resize", "--shrink", img, "-1T"]
 
 
+class AmendWidth(Op):
+    name = "amend-rb"
+    desc = "amend -o refcount_bits=8 (then untimed qimg amend back to 16)"
+    images = ["A100", "D"]
+
+    def argv(self, img):
+        return ["amend", "-o", "refcount_bits=8", img]
+
+    def post(self, img):
+        sh([self.ctx.tools["qimg"], "amend", "-o", "refcount_bits=16", img])
+
+
+class AmendCompat(Op):
+    name = "amend-compat"
+    desc = "amend -o compat=0.10 (then untimed qimg amend -o compat=1.1)"
+    images = ["A100", "D"]
+
+    def argv(self, img):
+        return ["amend", "-o", "compat=0.10", img]
+
+    def post(self, img):
+        sh([self.ctx.tools["qimg"], "amend", "-o", "compat=1.1", img])
+
+
 class BenchWrite(Op):
     name = "bench-w4k"
     desc = ("bench -w -s 4k -c %d, scattered (step %d), fresh 2 GiB image"
@@ -392,6 +416,8 @@ def make_ops(ctx):
         RebaseUnsafe(ctx),
         ResizeGrow(ctx),
         ResizeShrink(ctx),
+        AmendWidth(ctx),
+        AmendCompat(ctx),
         SnapCreate(ctx),
         SnapDelete(ctx),
         SnapApplySteady(ctx),

@@ -353,6 +353,23 @@ int qimg_image_resize(qimg_image *img, uint64_t size,
     return ret < 0 ? ret : resize_qcow2(img, size, prealloc, zero);
 }
 
+/* A new refcount structure copies the old counts and frees the old
+ * clusters: on a damaged image that could free what an entry still
+ * names. Refuse what the check finds broken (leaks are copied as
+ * leaks). */
+static int refuse_damaged(qimg_image *img)
+{
+    struct qimg_check_result *r = NULL;
+    int ret = qimg_image_check(&r, img, 0);
+
+    if (ret == 0 && (r->corruptions || r->check_errors))
+        ret = qimg_err(EINVAL, "The image has errors (qimg check finds "
+                               "%lld); repair it first",
+                       (long long)(r->corruptions + r->check_errors));
+    qimg_check_result_free(r);
+    return ret;
+}
+
 int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
 {
     const struct qcow2_header *h;
@@ -384,6 +401,8 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
     size = o->size ? o->size : img->size;
     down = p.version < h->version;
     ret = amend_check(img, &p, size);
+    if (ret == 0 && (down || p.refcount_order != h->refcount_order))
+        ret = refuse_damaged(img);
     if (ret == 0 && size != img->size)
         ret = resize_refusal(img, size, down ? h->version : p.version, &zero);
     /* A downgrade last, as QEMU: v2 cannot resize with snapshots. */

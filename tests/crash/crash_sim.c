@@ -2086,12 +2086,22 @@ int main(int argc, char **argv)
                 run_refusal(&refusals[i], &variants[j]);
     for (size_t i = 0;
          !refusal_mode && i < sizeof ops_list / sizeof ops_list[0]; i++) {
-        for (size_t j = 0; j < sizeof variants / sizeof variants[0]; j++) {
+        const size_t nv = sizeof variants / sizeof variants[0];
+        size_t first = nv, taken = 0;
+        if ((malloc_mode || faults_mode) && (ops_list[i].needs & STATES_ONLY))
+            continue;
+        for (size_t j = 0; j < nv; j++)
+            if (applies(&ops_list[i], &variants[j])) {
+                first = MIN(first, j);
+                taken += (i + j) % stride == 0;
+            }
+        for (size_t j = 0; j < nv; j++) {
             char name[96];
             struct scenario sc;
-            if (!applies(&ops_list[i], &variants[j]) || (i + j) % stride ||
-                ((malloc_mode || faults_mode) &&
-                 (ops_list[i].needs & STATES_ONLY)))
+            /* Every stride-th variant, rotating; the first that applies
+             * if the stride leaves none. */
+            if (!applies(&ops_list[i], &variants[j]) ||
+                ((i + j) % stride && !(taken == 0 && j == first)))
                 continue;
             sc = make_scenario(&ops_list[i], &variants[j], name, sizeof name);
             if (only && !strstr(sc.name, only))

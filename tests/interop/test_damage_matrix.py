@@ -14,7 +14,8 @@ convert -O raw):
   * qimg leaves the file as it was; for io read only if qemu-io (which
     opens the image read-write) changed its copy too may qimg change its
     own, and not for the worse (below).
-Mutations (snapshot -c/-a/-d, io write, check -r all, resize +1G),
+Mutations (snapshot -c/-a/-d, io write, check -r all, resize +1G,
+amend -o refcount_bits=8),
 never worse (the
 exit code may differ from qemu's: qimg may refuse what QEMU does, or do
 what QEMU refuses, as long as):
@@ -53,7 +54,7 @@ CMD_TIMEOUT = 30
 READ_ONLY = ["info", "info-json", "snapshot-l", "check", "map-json",
              "read-dmg", "read-ok", "convert"]
 MUTATIONS = ["snapshot-c", "snapshot-a", "snapshot-d", "io-write",
-             "check-r-all", "resize"]
+             "check-r-all", "resize", "amend"]
 COMMANDS = READ_ONLY + MUTATIONS
 IO_CMDS = {"read-dmg", "read-ok", "io-write"}
 IO_READS = {"read-dmg", "read-ok"}
@@ -82,6 +83,7 @@ def tool_args(cmd, rng):
                      "write -P 0x5a %d %d" % (dmg, length), IMG],
         "check-r-all": ["check", "-f", "qcow2", "-r", "all", IMG],
         "resize": ["resize", "-f", "qcow2", IMG, "+1G"],
+        "amend": ["amend", "-f", "qcow2", "-o", "refcount_bits=8", IMG],
     }[cmd]
 
 
@@ -112,6 +114,8 @@ ABORT_OFFSET_0 = (
 ABORT_CACHE_DISCARD = (
     "QEMU aborts (qcow2_cache_discard: Assertion `c->entries[i].ref == "
     "0'): applying s1 frees the data cluster that is the L2 table in use")
+AMEND_SEGV = ("qemu-img amend -o refcount_bits crashes (SIGSEGV) on a "
+              "missing or cut refcount structure, after writing to it")
 SEGV = ("qemu-img info crashes (SIGSEGV) on crypt_method 2 without a LUKS "
         "header extension")
 WRITES_THEN_REFUSES = (
@@ -302,6 +306,40 @@ bad(MORE_LEAKS, "trunc_in_l2_1", "v3", "resize")
 bad(MORE_LEAKS, "trunc_in_refblock", "v3", "resize")
 bad(MORE_LEAKS, "trunc_l1_cluster@512", "v3", "resize")
 bad(MORE_LEAKS, "trunc_mid_compressed", "v3", "resize")
+
+# amend -o refcount_bits=8: QEMU rewrites the refcount structure in
+# place, block by block, trusting it; on these kinds it crashes, refuses
+# after writing or succeeds leaving more damage. qimg refuses an image
+# its check finds broken before writing anything (a copy of wrong counts
+# would free what an entry still names), and copies leaks as leaks.
+bad(AMEND_SEGV, "rt_off_past_eof", "v3", "amend")
+bad(AMEND_SEGV, "rte_past_eof", "v3", "amend")
+bad(AMEND_SEGV, "rte_zero", "v3", "amend")
+bad(AMEND_SEGV, "trunc_after_header", "v3", "amend")
+bad(AMEND_SEGV, "trunc_at_refblock", "v3", "amend")
+bad(AMEND_SEGV, "trunc_in_reftable", "v3", "amend")
+bad(WRITES_THEN_REFUSES, "l1_off_on_reftable", "v3", "amend")
+bad(WRITES_THEN_REFUSES, "l1e_on_refblock", "v3", "amend")
+bad(MORE_CORRUPTION, "l1e_on_header", "v3", "amend")
+bad(MORE_CORRUPTION, "l2e_misaligned", "v3", "amend")
+bad(MORE_CORRUPTION, "l2e_on_reftable", "v3", "amend")
+bad(MORE_CORRUPTION, "rc_shared_data_zero", "v3", "amend")
+bad(MORE_CORRUPTION, "rc_snap_l2_zero", "v3", "amend")
+bad(MORE_CORRUPTION, "rc_snap_l2_zero@512", "v3", "amend")
+bad(MORE_CORRUPTION, "snap_l2_past_eof", "v3", "amend")
+bad(MORE_CORRUPTION, "snap_l2_past_eof@512", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_compressed", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_data_c", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_l1", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_l2_0", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_l2_1", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_l2_1@512", "v3", "amend")
+bad(MORE_LEAKS, "trunc_at_snap_l1_s1", "v3", "amend")
+bad(MORE_LEAKS, "trunc_in_l1", "v3", "amend")
+bad(MORE_LEAKS, "trunc_in_l2_1", "v3", "amend")
+bad(MORE_LEAKS, "trunc_in_refblock", "v3", "amend")
+bad(MORE_LEAKS, "trunc_l1_cluster@512", "v3", "amend")
+bad(MORE_LEAKS, "trunc_mid_compressed", "v3", "amend")
 bad(WRITES_THEN_REFUSES, "rc_header_zero", "v3", "resize")
 bad(WRITES_THEN_REFUSES, "rc_l1_zero", "v3", "resize")
 bad(WRITES_THEN_REFUSES, "rc_l2_zero", "v3", "resize")
