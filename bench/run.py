@@ -337,11 +337,11 @@ class ResizeShrink(Op):
 
 class AmendWidth(Op):
     name = "amend-rb"
-    desc = "amend -o refcount_bits=8 (then untimed qimg amend back to 16)"
+    desc = "amend -o refcount_bits=32 (then untimed qimg amend back to 16)"
     images = ["A100", "D"]
 
     def argv(self, img):
-        return ["amend", "-o", "refcount_bits=8", img]
+        return ["amend", "-o", "refcount_bits=32", img]
 
     def post(self, img):
         sh([self.ctx.tools["qimg"], "amend", "-o", "refcount_bits=16", img])
