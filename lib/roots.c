@@ -343,6 +343,8 @@ int roots_set_format(qimg_image *img, const struct roots_format *f)
     h.refcount_order = f->version < 3 ? 4 : f->refcount_order;
     h.refcount_table_offset = f->rt_off;
     h.refcount_table_clusters = f->rt_clusters;
+    h.l1_table_offset = f->l1_off;
+    h.snapshots_offset = f->snap_off;
     h.incompatible = f->version < 3 ? 0 : f->incompatible;
     h.compatible = f->version < 3 ? 0 : f->compatible;
     h.autoclear = f->version < 3 ? 0 : h.autoclear & AUTOCLEAR_MASK;

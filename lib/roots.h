@@ -56,6 +56,8 @@ struct roots_format {
     uint32_t refcount_order;
     uint64_t rt_off;
     uint32_t rt_clusters;
+    uint64_t l1_off;   /* the active L1 table (its size unchanged) */
+    uint64_t snap_off; /* the snapshot table (its count unchanged) */
     uint64_t incompatible, compatible;
 };
 /* Rewrite cluster 0 with these fields, atomically as roots_set_backing

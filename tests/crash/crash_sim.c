@@ -1160,9 +1160,12 @@ static int op_amend_lazy(qimg_image *img)
 static void setup_zeroed(qimg_image *img)
 {
     setup_snaps(img);
-    /* A whole cluster, so that it becomes a zero entry. */
-    if (qimg_image_write_zeroes(img, 0, img->q->cluster_size,
-                                QIMG_ZERO_UNMAP) < 0)
+    uint64_t cs = img->q->cluster_size, keep = (512 * 1024) / cs * cs;
+
+    /* Whole clusters, so that they become zero entries: one unmapped, one
+     * keeping its (shared) cluster. */
+    if (qimg_image_write_zeroes(img, 0, cs, QIMG_ZERO_UNMAP) < 0 ||
+        (keep && qimg_image_write_zeroes(img, keep, cs, 0) < 0))
         abort();
 }
 
@@ -1381,6 +1384,10 @@ static const struct op_def ops_list[] = {
      NEED_REFCOUNT4 | NEED_V3},
     {"amend-compat", K_AMEND, setup_snaps, op_amend_compat, "compat",
      NEED_REFCOUNT4 | NEED_STD_L2},
+    /* A downgrade rewrites zero clusters (tables, L1 tables, snapshot
+     * table and refcounts new past the end). */
+    {"amend-compat-zero", K_AMEND, setup_zeroed, op_amend_compat, "compat",
+     NEED_REFCOUNT4 | NEED_STD_L2 | NEED_V3},
 };
 
 struct variant {
@@ -1939,13 +1946,11 @@ static const struct refusal refusals[] = {
     {"compressed-allocated", setup_data, op_compress_allocated, EIO, 0, 0, 0},
     {"zero-no-fallback", setup_data, op_zero_no_fallback, ENOTSUP, 0, 0, 0},
     /* amend: a 1-bit width cannot hold the snapshots' references; v2
-     * takes no lazy refcounts, a downgrade no zero clusters yet. */
+     * takes no lazy refcounts. */
     {"amend-width-too-narrow", setup_snaps, op_amend_narrow, EINVAL, 0,
      NEED_REFCOUNT4 | NEED_V3, 0},
     {"amend-v2-lazy", setup_snaps, op_amend_lazy, EINVAL, RF_V2,
      NEED_REFCOUNT4, 0},
-    {"amend-downgrade-zero", setup_zeroed, op_amend_compat, ENOTSUP, 0,
-     NEED_REFCOUNT4 | NEED_V3 | NEED_STD_L2, 0},
     {"amend-read-only", setup_snaps, op_amend_width, EACCES, RF_READ_ONLY,
      NEED_REFCOUNT4 | NEED_V3, 0},
 };
