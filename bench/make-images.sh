@@ -20,6 +20,8 @@
 #   C     8 GiB of random data, 64 KiB clusters            8 GiB / 8.1 GiB
 #   D     4 GiB, 512 MiB random data, 1000 snapshots with
 #         a 4 KiB write before each                        4 GiB / 642 MiB
+#   F     1 TiB, 64 KiB clusters, 64 KiB of data in every GiB, then
+#         1000 snapshots with a 4 KiB write before each   1 TiB / ~230 MiB
 #   E     a backing chain: E.qcow2, 64 GiB with 8 GiB of random data
 #         (one 64 MiB stripe in every 512 MiB), and E-top.qcow2 over it
 #         (backing "E.qcow2") with 10% of the disk rewritten: 64 MiB of
@@ -33,7 +35,7 @@
 set -euo pipefail
 
 DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
-ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E}
+ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E F}
 P=$DIR/pristine
 mkdir -p "$P" "$DIR/copies"
 
@@ -97,6 +99,25 @@ make_d() {
     mv "$tmp" "$P/D.qcow2"
 }
 
+make_f() {
+    local tmp=$P/.F.tmp i off cmds=()
+    log "F: 1 TiB, 64 KiB of data in every GiB"
+    qemu-img create -q -f qcow2 -o cluster_size=65536 "$tmp" 1T
+    for ((i = 0; i < 1024; i++)); do
+        cmds+=(-c "write -q -P $((i % 255 + 1)) $((i << 30)) 64k")
+    done
+    qemu-io -f qcow2 "${cmds[@]}" "$tmp" >/dev/null
+    log "F: 1000 snapshots (a 4 KiB write before each; a minute or two)"
+    for ((i = 1; i <= 1000; i++)); do
+        # each in another GiB (another L2 table), wrapping
+        off=$((((i * 37) % 1024) * 1073741824 + (i % 16) * 65536))
+        qemu-io -f qcow2 -c "write -q -P $((i % 255 + 1)) $off 4k" "$tmp" \
+            >/dev/null
+        qemu-img snapshot -c "snap$i" "$tmp"
+    done
+    mv "$tmp" "$P/F.qcow2"
+}
+
 make_e() {
     local tmp=$P/.E.tmp top=$P/.E-top.tmp off cmds=()
     log "E: 64 GiB base, 8 GiB of random data in 128 stripes"
@@ -124,5 +145,6 @@ if wanted B && ! have B; then make_meta B 64G 4096; fi
 if wanted C && ! have C; then make_c; fi
 if wanted D && ! have D; then make_d; fi
 if wanted E && ! have E; then make_e; fi
+if wanted F && ! have F; then make_f; fi
 log "done; real disk use:"
 du -sh "$P"/*.qcow2 >&2

@@ -315,7 +315,7 @@ class RebaseUnsafe(RebaseSafe):
 
 class ResizeGrow(Op):
     name, desc = "resize+", "resize +1T (then untimed resize --shrink -1T)"
-    images = ["A100", "D"]
+    images = ["A100", "D", "F"]
 
     def argv(self, img):
         return ["resize", img, "+1T"]
@@ -326,7 +326,7 @@ class ResizeGrow(Op):
 
 class ResizeShrink(Op):
     name, desc = "resize-", "resize --shrink -1T (after untimed resize +1T)"
-    images = ["A100", "D"]
+    images = ["A100", "D", "F"]
 
     def pre(self, img):
         sh(["qemu-img", "resize", "-q", img, "+1T"])
@@ -338,7 +338,7 @@ class ResizeShrink(Op):
 class AmendWidth(Op):
     name = "amend-rb"
     desc = "amend -o refcount_bits=32 (then untimed qimg amend back to 16)"
-    images = ["A100", "D"]
+    images = ["A100", "D", "F"]
 
     def argv(self, img):
         return ["amend", "-o", "refcount_bits=32", img]
@@ -350,7 +350,7 @@ class AmendWidth(Op):
 class AmendCompat(Op):
     name = "amend-compat"
     desc = "amend -o compat=0.10 (then untimed qimg amend -o compat=1.1)"
-    images = ["A100", "D"]
+    images = ["A100", "D", "F"]
 
     def argv(self, img):
         return ["amend", "-o", "compat=0.10", img]
@@ -562,7 +562,7 @@ def print_table(summaries, markdown, f=sys.stdout):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-i", "--images",
-                   default=",".join(IMAGES + ["E", "fresh"]),
+                   default=",".join(IMAGES + ["E", "F", "fresh"]),
                    help="comma-separated images (default: all)")
     p.add_argument("-o", "--ops", default="",
                    help="comma-separated operations (default: all)")

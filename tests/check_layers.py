@@ -14,7 +14,7 @@ finding) when
 
 Between modules, calls follow includes: with -Werror a call needs the
 callee's prototype, which lives in its module's header. Within a module
-split over several files (txn*, check*) the files share one private
+split over several files (txn*, check*, amend*) the files share one private
 header, so their calls are read from the code itself.
 
   tests/check_layers.py [LIB_DIR]
@@ -89,7 +89,7 @@ def module_of(name):
     stem = name.rsplit(".", 1)[0]
     if stem.startswith("io-"):
         return "io"
-    for prefix in ("txn_", "check_"):
+    for prefix in ("txn_", "check_", "amend_"):
         if stem.startswith(prefix):
             return prefix[:-1]
     return stem
