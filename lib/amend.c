@@ -161,10 +161,13 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
     };
     struct newrefs r = {0};
     uint8_t *old_rt = NULL;
-    uint64_t old_entries = 0, *freed = NULL;
-    size_t nfreed = 0;
+    struct freelist freed = {0};
+    uint64_t old_entries = 0;
     uint64_t old_rt_off, old_rt_clusters;
-    bool rebuild = p->refcount_order != h->refcount_order || p->expand;
+    /* v2 keeps no bitmaps (QEMU leaves them, leaked). */
+    bool bitmaps = p->version < 3 && h->version >= 3 && h->has_bitmaps_ext;
+    bool rebuild = p->refcount_order != h->refcount_order || p->expand ||
+                   bitmaps;
     int ret = 0;
 
     if (p->version == h->version && !rebuild &&
@@ -197,7 +200,9 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
             memcpy(old_rt, q->rc->rt, old_entries * 8);
     }
     if (ret == 0 && p->expand)
-        ret = amend_expand_zero(img, &r, &f, &freed, &nfreed);
+        ret = amend_expand_zero(img, &r, &f, &freed);
+    if (ret == 0 && bitmaps)
+        ret = amend_drop_bitmaps(img, &r, &freed);
     if (ret == 0 && rebuild)
         ret = rebuild_refcounts_width(img, p->refcount_order, r.refs, r.used,
                                       &f.rt_off, &f.rt_clusters);
@@ -207,9 +212,9 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
     if (ret == 0 && rebuild)
         drop_old_structure(img, old_rt, old_entries, old_rt_off,
                            old_rt_clusters);
-    for (size_t i = 0; ret == 0 && i < nfreed; i++)
-        file_discard_quiet(img, freed[i], q->cluster_size);
-    free(freed);
+    for (size_t i = 0; ret == 0 && i < freed.n; i++)
+        file_discard_quiet(img, freed.v[i], q->cluster_size);
+    free(freed.v);
     free(old_rt);
     return ret;
 }

@@ -26,13 +26,21 @@ int nr_set(struct newrefs *r, uint64_t k, uint64_t v);
  * that would go below 0 or past the width. */
 int nr_add(struct newrefs *r, uint64_t cs, uint64_t off, int64_t d);
 
+/* Clusters the switch frees (discarded once it is made). */
+struct freelist {
+    uint64_t *v;
+    size_t n, cap;
+};
+
 /* amend_zero.c: rewrite every zero entry for v2 into new copies of the
  * tables (and of the L1 tables and snapshot table naming them) past the
- * end of the file, counted in r; f gets the new roots, *freed the
- * clusters the switch frees (malloc'd). Nothing is written before every
- * count is made. */
+ * end of the file, counted in r; f gets the new roots, freed what the
+ * switch frees. Nothing is written before every count is made. */
 int amend_expand_zero(qimg_image *img, struct newrefs *r,
-                      struct roots_format *f, uint64_t **freed,
-                      size_t *nfreed);
+                      struct roots_format *f, struct freelist *freed);
+/* amend_zero.c: v2 has no persistent bitmaps: their directory, tables and
+ * data are freed in r (the header drops the extension). */
+int amend_drop_bitmaps(qimg_image *img, struct newrefs *r,
+                       struct freelist *freed);
 
 #endif

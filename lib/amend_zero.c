@@ -1,6 +1,6 @@
 /*
  * amend_zero.c - a downgrade's zero clusters (qemu-img amend -o
- * compat=0.10): v2 has no zero flag.
+ * compat=0.10): v2 has no zero flag, and no persistent bitmaps.
  *
  * qcow2-format.md §3.3 (zero entries, v3 only), §3.7 (COPIED), §4.1 (what
  * is counted), §13 (a new table is written before the pointer to it).
@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap.h"
 #include "error.h"
 #include "file.h"
 #include "l1l2.h"
@@ -195,8 +196,7 @@ struct expand {
     size_t nrw, caprw;
     uint64_t *to_one; /* clusters a dropped reference left at refcount 1 */
     size_t nto, capto;
-    uint64_t *freed;  /* clusters the new state frees */
-    size_t nfreed, capf;
+    struct freelist *freed; /* clusters the new state frees */
     struct pending *w;
     size_t nw, capw;
 };
@@ -239,7 +239,7 @@ static int drop(struct expand *x, uint64_t off, uint64_t n, uint64_t ref)
         uint64_t c = off + i * x->cs;
         ret = nr_add(x->r, x->cs, c, -(int64_t)ref);
         if (ret == 0 && nr_get(x->r, c / x->cs) == 0)
-            ret = push(&x->freed, &x->nfreed, &x->capf, c);
+            ret = push(&x->freed->v, &x->freed->n, &x->freed->cap, c);
         if (ret == 0 && nr_get(x->r, c / x->cs) == 1)
             ret = push(&x->to_one, &x->nto, &x->capto, c);
     }
@@ -460,13 +460,13 @@ static void expand_free(struct expand *x)
 
 /* Build the new tables in memory, then write them past the end (and zero
  * the clusters that stay); nothing is written before every count is
- * made. *freed: what the switch frees (the caller discards it). */
+ * made. */
 int amend_expand_zero(qimg_image *img, struct newrefs *r,
-                       struct roots_format *f, uint64_t **freed,
-                       size_t *nfreed)
+                      struct roots_format *f, struct freelist *freed)
 {
     struct qcow2 *q = img->q;
-    struct expand x = {.img = img, .r = r, .cs = q->cluster_size};
+    struct expand x = {.img = img, .r = r, .cs = q->cluster_size,
+                       .freed = freed};
     uint8_t *zeros = NULL;
     int ret = census(img, &x.t);
 
@@ -497,8 +497,39 @@ int amend_expand_zero(qimg_image *img, struct newrefs *r,
         ret = nr_set(r, x.next - 1, nr_get(r, x.next - 1));
     r->used = MAX(r->used, x.next);
     free(zeros);
-    *freed = x.freed;
-    *nfreed = x.nfreed;
     expand_free(&x);
     return ret;
+}
+
+/* ---- A downgrade's bitmaps ------------------------------------------------ */
+
+struct bm_drop {
+    struct newrefs *r;
+    uint64_t cs;
+    struct freelist *freed;
+};
+
+static int drop_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
+                           uint64_t off, uint64_t len)
+{
+    struct bm_drop *d = ctx;
+    int ret = 0;
+
+    (void)bitmap;
+    (void)entry;
+    for (uint64_t c = off / d->cs * d->cs; ret == 0 && c < off + len;
+         c += d->cs) {
+        ret = nr_add(d->r, d->cs, c, -1);
+        if (ret == 0 && nr_get(d->r, c / d->cs) == 0)
+            ret = push(&d->freed->v, &d->freed->n, &d->freed->cap, c);
+    }
+    return ret;
+}
+
+int amend_drop_bitmaps(qimg_image *img, struct newrefs *r,
+                       struct freelist *freed)
+{
+    struct bm_drop d = {r, img->q->cluster_size, freed};
+
+    return bitmap_each_ref(img, img->q->file_size, drop_bitmap_ref, &d);
 }

@@ -352,6 +352,7 @@ int roots_set_format(qimg_image *img, const struct roots_format *f)
     if (f->version < 3) {
         h.tail = NULL; /* unknown v3 fields go with the v3 header */
         h.tail_len = 0;
+        h.has_bitmaps_ext = false; /* the caller freed them */
     }
     return switch_header(img, &h);
 }

@@ -49,8 +49,8 @@ int roots_commit(qimg_image *img, const struct qcow2_roots *r);
  * extensions fit in sector 0; -ENOSPC where they still do not. */
 int roots_set_backing(qimg_image *img, const char *name, const char *fmt);
 /* The format fields of header sector 0 a format change (qemu-img amend)
- * switches; a version below 3 implies 16-bit refcounts and no feature
- * bits. */
+ * switches; a version below 3 implies 16-bit refcounts, no feature bits
+ * and no bitmaps extension (the caller frees the bitmaps). */
 struct roots_format {
     uint32_t version;
     uint32_t refcount_order;
