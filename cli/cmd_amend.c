@@ -160,15 +160,19 @@ int cmd_amend(int argc, char **argv)
         return ret;
     }
     /* With a format given, -o help needs no image. */
-    if (a.fmt && copts_has_help(a.options) && strcmp(a.fmt, "raw") != 0) {
-        enum qimg_format f;
-        free(a.options);
-        if (parse_format(a.fmt, &f) < 0) {
+    if (a.fmt && copts_has_help(a.options)) {
+        ret = 1;
+        if (!strcmp(a.fmt, "qcow2")) {
+            copts_print_amend_help();
+            ret = 0;
+        } else if (copts_is_block_driver(a.fmt)) {
+            cli_error("Format driver '%s' does not support option "
+                      "amendment", a.fmt);
+        } else {
             cli_error("Unknown file format '%s'", a.fmt);
-            return 1;
         }
-        copts_print_amend_help();
-        return 0;
+        free(a.options);
+        return ret;
     }
     if (optind != argc - 1) {
         cli_error("Expecting one image file name");

@@ -101,6 +101,14 @@ static const char *const block_drivers[] = {
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+bool copts_is_block_driver(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_LEN(block_drivers); i++)
+        if (!strcmp(block_drivers[i], name))
+            return true;
+    return false;
+}
+
 /* ---- -o help ----------------------------------------------------------- */
 
 enum { H_QCOW2 = 1, H_QCOW2_FILE = 2, H_RAW = 4, H_RAW_FILE = 8 };

@@ -55,6 +55,8 @@ bool copts_has_help(const char *list);
  * own options only). Returns the exit code. */
 int copts_print_help(const char *fmt, const char *filename);
 
+/* One of QEMU 7.2's block driver names (raw, vmdk, ...). */
+bool copts_is_block_driver(const char *name);
 /* `-o help` of qimg amend: qcow2's amend options. */
 void copts_print_amend_help(void);
 

@@ -219,7 +219,11 @@ def test_amend_help(tmp):
     ["-o", "compat=1.1", "-t", "bogus", "a.img"],
     ["-o", "compat=1.1", "-U", "a.img"], ["-o", "help", "r.raw"],
     ["-o", "compat=1.1", "r.raw"], ["-f", "raw", "-o", "size=2M", "r.raw"],
-    ["-o", "", "a.img"],
+    ["-o", "", "a.img"], ["-f", "raw", "-o", "help"],
+    ["-f", "vmdk", "-o", "help", "x"], ["-f", "foo", "-o", "help", "x"],
+    ["-o", "help", "-f", "raw", "x"], ["-f", "qcow2", "-o", "help"],
+    ["--image-opts", "-o", "compat=1.1",
+     "driver=qcow2,file.filename=a.img"],
 ], ids=" ".join)
 def test_amend_bad_arguments(tmp, args):
     d = tmp / "d"
