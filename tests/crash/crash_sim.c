@@ -1169,6 +1169,43 @@ static void setup_zeroed(qimg_image *img)
         abort();
 }
 
+/* A v2 snapshot table as QEMU before 1.x wrote it: entries without extra
+ * data (v3 wants 16 bytes: an upgrade must rewrite the table). Written
+ * over the table in place; the handle is closed after the setup. */
+static void setup_old_table(qimg_image *img)
+{
+    struct qcow2 *q;
+    uint8_t *t;
+    size_t pos = 0, len;
+
+    setup_snaps(img);
+    q = img->q;
+    len = (size_t)q->sn->snap_table_size;
+    t = calloc(1, len);
+    if (!t)
+        abort();
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++) {
+        const struct snap *sn = &q->sn->snaps[i];
+        size_t il = strlen(sn->id), nl = strlen(sn->name);
+        be64_store(t + pos, sn->l1_off);
+        be32_store(t + pos + 8, sn->l1_size);
+        be16_store(t + pos + 12, (uint16_t)il);
+        be16_store(t + pos + 14, (uint16_t)nl);
+        be32_store(t + pos + 16, sn->date_sec);
+        be32_store(t + pos + 20, sn->date_nsec);
+        be64_store(t + pos + 24, sn->vm_clock_nsec);
+        be32_store(t + pos + 32, sn->vm_state_size32);
+        be32_store(t + pos + 36, 0);
+        memcpy(t + pos + 40, sn->id, il);
+        memcpy(t + pos + 40 + il, sn->name, nl);
+        pos = (pos + 40 + il + nl + 7) & ~(size_t)7;
+    }
+    if (file_pwrite(img, t, len, q->hdr.snapshots_offset) < 0 ||
+        file_flush(img) < 0)
+        abort();
+    free(t);
+}
+
 static int op_set_backing_short(qimg_image *img)
 {
     return qimg_image_set_backing(img, SHORT_BACKING, "raw");
@@ -1323,6 +1360,7 @@ struct op_def {
 #define STATES_ONLY 16u
 /* Clusters of 2 KiB or more: a 605-byte backing name goes past sector 0. */
 #define NEED_2K 32u
+#define NEED_V2 64u       /* an upgrade */
 
 static const struct op_def ops_list[] = {
     {"write-alloc", K_GUEST, setup_data, op_write_alloc, NULL, 0},
@@ -1388,6 +1426,10 @@ static const struct op_def ops_list[] = {
      * table and refcounts new past the end). */
     {"amend-compat-zero", K_AMEND, setup_zeroed, op_amend_compat, "compat",
      NEED_REFCOUNT4 | NEED_STD_L2 | NEED_V3},
+    /* An upgrade that first rewrites a snapshot table without extra data
+     * (itself atomic), then switches the header. */
+    {"amend-upgrade-old-table", K_AMEND, setup_old_table, op_amend_compat,
+     "compat", NEED_V2},
 };
 
 struct variant {
@@ -1423,6 +1465,8 @@ static bool applies(const struct op_def *o, const struct variant *v)
     if ((o->needs & NEED_SMALL) && v->cluster_size > 65536)
         return false;
     if ((o->needs & NEED_2K) && v->cluster_size < 2048)
+        return false;
+    if ((o->needs & NEED_V2) && v->compat != 2)
         return false;
     return true;
 }
