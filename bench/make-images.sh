@@ -21,15 +21,15 @@
 #   D     4 GiB, 512 MiB random data, 1000 snapshots with
 #         a 4 KiB write before each                        4 GiB / 642 MiB
 #   F     1 TiB, 64 KiB clusters, 64 KiB of data in every GiB, then
-#         1000 snapshots with a 4 KiB write before each   1 TiB / ~230 MiB
+#         1000 snapshots with a 4 KiB write before each   1 TiB / 269 MiB
 #   E     a backing chain: E.qcow2, 64 GiB with 8 GiB of random data
 #         (one 64 MiB stripe in every 512 MiB), and E-top.qcow2 over it
 #         (backing "E.qcow2") with 10% of the disk rewritten: 64 MiB of
 #         a pattern in every 640 MiB, partly over the base's data
 #                                            64 GiB / 8.1 GiB + 6.4 GiB
-# Total real use of the pristine set: ~9.1 GiB; building takes ~5 minutes
-# (D's 1000 qemu-img snapshot -c calls are most of it). The timing scripts
-# add one working copy of the image being measured (cp --sparse=always)
+# Total real use of the pristine set: ~9.4 GiB; building takes ~15 minutes
+# (the 1000 qemu-img snapshot -c calls of D and F are most of it). The
+# timing scripts add one working copy of the image being measured (cp --sparse=always)
 # and, for convert, one output at a time (8 GiB raw or qcow2 for C), and
 # bench-w4k a fresh image (~1.3 GiB after the run), so keep ~30 GB free.
 set -euo pipefail
@@ -107,7 +107,7 @@ make_f() {
         cmds+=(-c "write -q -P $((i % 255 + 1)) $((i << 30)) 64k")
     done
     qemu-io -f qcow2 "${cmds[@]}" "$tmp" >/dev/null
-    log "F: 1000 snapshots (a 4 KiB write before each; a minute or two)"
+    log "F: 1000 snapshots (a 4 KiB write before each; about 10 minutes)"
     for ((i = 1; i <= 1000; i++)); do
         # each in another GiB (another L2 table), wrapping
         off=$((((i * 37) % 1024) * 1073741824 + (i % 16) * 65536))
