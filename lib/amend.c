@@ -80,7 +80,9 @@ int amend_check(qimg_image *img, const struct amend_plan *p, uint64_t size)
 /* ---- The new refcounts --------------------------------------------------- */
 
 /* The refcounts of every cluster at width 2^order, the old structure's own
- * clusters counted 0. */
+ * clusters counted 0, and so are clusters past the end of the file (stale
+ * counts no check sees; nothing can name them on an image the check
+ * passed, and the new structure may grow the file over them). */
 static int convert_refcounts(qimg_image *img, unsigned order,
                              struct newrefs *r)
 {
@@ -89,6 +91,7 @@ static int convert_refcounts(qimg_image *img, unsigned order,
     uint64_t cs = q->cluster_size, per_blk = 1ull << q->rb_bits;
     uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
     uint64_t nb = 0, rt_first = q->hdr.refcount_table_offset / cs;
+    uint64_t end = DIV_ROUND_UP(q->file_size, cs);
     uint64_t rt_n = q->hdr.refcount_table_clusters;
     uint8_t *blk = malloc(cs);
     int ret = blk ? 0 : qimg_err(ENOMEM, "Out of memory");
@@ -111,7 +114,7 @@ static int convert_refcounts(qimg_image *img, unsigned order,
                                        "to %u bits: Cluster at offset %#" PRIx64
                                        " has a refcount of %" PRIu64,
                                1u << order, (uint64_t)(idx * cs), v);
-            else
+            else if (idx < end)
                 ret = nr_set(r, idx, v);
         }
     }
