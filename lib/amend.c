@@ -79,10 +79,35 @@ int amend_check(qimg_image *img, const struct amend_plan *p, uint64_t size)
 
 /* ---- The new refcounts --------------------------------------------------- */
 
+/* The cluster past every structure the header and the snapshot table
+ * name: the L1 tables, the refcount table, the snapshot table, the bitmap
+ * directory. */
+static uint64_t roots_end(qimg_image *img)
+{
+    const struct qcow2 *q = img->q;
+    const struct qcow2_header *h = &q->hdr;
+    uint64_t cs = q->cluster_size, end = DIV_ROUND_UP(q->file_size, cs);
+
+    end = MAX(end, DIV_ROUND_UP(h->l1_table_offset + (uint64_t)h->l1_size * 8,
+                                cs));
+    end = MAX(end, h->refcount_table_offset / cs + h->refcount_table_clusters);
+    end = MAX(end, DIV_ROUND_UP(h->snapshots_offset + q->sn->snap_table_size,
+                                cs));
+    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
+        end = MAX(end, DIV_ROUND_UP(q->sn->snaps[i].l1_off +
+                                        (uint64_t)q->sn->snaps[i].l1_size * 8,
+                                    cs));
+    if (h->has_bitmaps_ext)
+        end = MAX(end, DIV_ROUND_UP(h->bitmap_dir_offset + h->bitmap_dir_size,
+                                    cs));
+    return end;
+}
+
 /* The refcounts of every cluster at width 2^order, the old structure's own
- * clusters counted 0, and so are clusters past the end of the file (stale
- * counts no check sees; nothing can name them on an image the check
- * passed, and the new structure may grow the file over them). */
+ * clusters counted 0, and so are clusters past the end of the file and of
+ * every root structure (stale counts no check sees; nothing can name them
+ * on an image the check passed, and the new structure may grow the file
+ * over them). */
 static int convert_refcounts(qimg_image *img, unsigned order,
                              struct newrefs *r)
 {
@@ -91,7 +116,7 @@ static int convert_refcounts(qimg_image *img, unsigned order,
     uint64_t cs = q->cluster_size, per_blk = 1ull << q->rb_bits;
     uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
     uint64_t nb = 0, rt_first = q->hdr.refcount_table_offset / cs;
-    uint64_t end = DIV_ROUND_UP(q->file_size, cs);
+    uint64_t end = roots_end(img);
     uint64_t rt_n = q->hdr.refcount_table_clusters;
     uint8_t *blk = malloc(cs);
     int ret = blk ? 0 : qimg_err(ENOMEM, "Out of memory");
@@ -194,6 +219,12 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
     f.snap_off = h->snapshots_offset;
     if (ret == 0 && rebuild)
         ret = convert_refcounts(img, p->refcount_order, &r);
+    /* What is new goes past everything a root names, even past the end
+     * of the file (a table there reads as zeros). */
+    if (ret == 0 && rebuild && roots_end(img) > r.used)
+        ret = nr_set(&r, roots_end(img) - 1, nr_get(&r, roots_end(img) - 1));
+    if (ret == 0 && rebuild)
+        r.used = MAX(r.used, roots_end(img));
     if (ret == 0 && rebuild) {
         old_entries = q->rc->rt_entries;
         old_rt = malloc(old_entries * 8 + 1);
