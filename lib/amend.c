@@ -200,7 +200,7 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
 
     if (p->version == h->version && !rebuild &&
         f.compatible == h->compatible)
-        return 0;
+        return 1;
     if (p->version < 3)
         f.incompatible = 0; /* zlib: the compression type goes too */
     /* v3 wants 16 bytes of extra data per snapshot entry. */

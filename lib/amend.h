@@ -27,7 +27,8 @@ int amend_check(qimg_image *img, const struct amend_plan *p, uint64_t size);
 int amend_check_tables(qimg_image *img, struct amend_plan *p);
 /* Switch the image to the plan with one write of header sector 0 (a new
  * refcount structure written and synced before it). The handle's state
- * is stale afterwards: the caller reopens it (qcow2_reopen). */
+ * is stale afterwards: the caller reopens it (qcow2_reopen). 1: the image
+ * already was as planned, nothing written. */
 int amend_format(qimg_image *img, const struct amend_plan *p);
 
 #endif

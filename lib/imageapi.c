@@ -415,6 +415,9 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
         ret = roots_write_failed(img, amend_format(img, &p));
     if (ret == 0)
         ret = qcow2_reopen(img);
+    else if (ret == 1)
+        ret = 0; /* nothing changed: no reopen (it would repair a dirty
+                  * image that a repair could not clean, again) */
     if (ret == 0 && !down)
         ret = resize_qcow2(img, size, QIMG_PREALLOC_OFF, zero);
     return ret;
