@@ -356,8 +356,8 @@ int qimg_image_resize(qimg_image *img, uint64_t size,
 /* A new refcount structure copies the old counts and frees the old
  * clusters: on a damaged image that could free what an entry still
  * names. Refuse what the check finds broken (leaks are copied as
- * leaks), and so does a downgrade's rewrite of zero clusters. (The
- * other changes write the header alone.) */
+ * leaks), and so does a downgrade's rewrite of zero clusters and of
+ * bitmaps. (The other changes write the header alone.) */
 static int refuse_damaged(qimg_image *img)
 {
     struct qimg_check_result *r = NULL;
@@ -404,7 +404,9 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
     ret = amend_check(img, &p, size);
     if (ret == 0)
         ret = amend_check_tables(img, &p);
-    if (ret == 0 && (p.expand || p.refcount_order != h->refcount_order))
+    /* (What rebuilds the refcount structure.) */
+    if (ret == 0 && (p.expand || p.refcount_order != h->refcount_order ||
+                     (down && h->has_bitmaps_ext)))
         ret = refuse_damaged(img);
     if (ret == 0 && size != img->size)
         ret = resize_refusal(img, size, down ? h->version : p.version, &zero);
