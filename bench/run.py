@@ -335,28 +335,21 @@ class ResizeShrink(Op):
         return ["resize", "--shrink", img, "-1T"]
 
 
-class AmendWidth(Op):
-    name = "amend-rb"
-    desc = "amend -o refcount_bits=32 (then untimed qimg amend back to 16)"
+class Amend(Op):
+    """amend -o OPTION, then the untimed qimg amend -o RESTORE."""
     images = ["A100", "D", "F"]
 
-    def argv(self, img):
-        return ["amend", "-o", "refcount_bits=32", img]
-
-    def post(self, img):
-        sh([self.ctx.tools["qimg"], "amend", "-o", "refcount_bits=16", img])
-
-
-class AmendCompat(Op):
-    name = "amend-compat"
-    desc = "amend -o compat=0.10 (then untimed qimg amend -o compat=1.1)"
-    images = ["A100", "D", "F"]
+    def __init__(self, ctx, name, option, restore):
+        super().__init__(ctx)
+        self.name, self.option, self.restore = name, option, restore
+        self.desc = "amend -o %s (then untimed qimg amend -o %s)" % (
+            option, restore)
 
     def argv(self, img):
-        return ["amend", "-o", "compat=0.10", img]
+        return ["amend", "-o", self.option, img]
 
     def post(self, img):
-        sh([self.ctx.tools["qimg"], "amend", "-o", "compat=1.1", img])
+        sh([self.ctx.tools["qimg"], "amend", "-o", self.restore, img])
 
 
 class BenchWrite(Op):
@@ -416,8 +409,8 @@ def make_ops(ctx):
         RebaseUnsafe(ctx),
         ResizeGrow(ctx),
         ResizeShrink(ctx),
-        AmendWidth(ctx),
-        AmendCompat(ctx),
+        Amend(ctx, "amend-rb", "refcount_bits=32", "refcount_bits=16"),
+        Amend(ctx, "amend-compat", "compat=0.10", "compat=1.1"),
         SnapCreate(ctx),
         SnapDelete(ctx),
         SnapApplySteady(ctx),

@@ -127,7 +127,7 @@ static int convert_refcounts(qimg_image *img, unsigned order,
         if (be64_load(rc->rt + i * 8) & RT_OFFSET_MASK)
             nb = (i + 1) * per_blk;
     if (ret == 0 && nb)
-        ret = nr_set(r, nb - 1, 0);
+        ret = nr_reserve(r, nb);
     for (uint64_t i = 0; ret == 0 && i < nb / per_blk; i++) {
         bool exists;
         ret = refcount_read_block(img, i, blk, &exists);
@@ -221,10 +221,11 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
         ret = convert_refcounts(img, p->refcount_order, &r);
     /* What is new goes past everything a root names, even past the end
      * of the file (a table there reads as zeros). */
-    if (ret == 0 && rebuild && roots_end(img) > r.used)
-        ret = nr_set(&r, roots_end(img) - 1, nr_get(&r, roots_end(img) - 1));
-    if (ret == 0 && rebuild)
-        r.used = MAX(r.used, roots_end(img));
+    if (ret == 0 && rebuild) {
+        uint64_t end = roots_end(img);
+        ret = nr_reserve(&r, end);
+        r.used = MAX(r.used, end);
+    }
     if (ret == 0 && rebuild) {
         old_entries = q->rc->rt_entries;
         old_rt = malloc(old_entries * 8 + 1);

@@ -21,6 +21,8 @@ struct newrefs {
 };
 
 uint64_t nr_get(const struct newrefs *r, uint64_t k);
+/* Room for counts of clusters [0, n) (used unchanged). */
+int nr_reserve(struct newrefs *r, uint64_t n);
 int nr_set(struct newrefs *r, uint64_t k, uint64_t v);
 /* Add d to the count of the cluster at host offset off; refuses a count
  * that would go below 0 or past the width. */

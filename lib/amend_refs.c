@@ -21,19 +21,30 @@ uint64_t nr_get(const struct newrefs *r, uint64_t k)
     return k < r->cap ? refblock_get(r->refs, k, r->order) : 0;
 }
 
+int nr_reserve(struct newrefs *r, uint64_t n)
+{
+    uint64_t cap = MAX(n, r->cap * 2);
+    size_t old = (size_t)((r->cap << r->order) / 8 + 1);
+    size_t len = (size_t)((cap << r->order) / 8 + 1);
+    uint8_t *b;
+
+    if (n <= r->cap)
+        return 0;
+    b = realloc(r->refs, len);
+    if (!b)
+        return qimg_err(ENOMEM, "Out of memory");
+    memset(b + old, 0, len - old);
+    r->refs = b;
+    r->cap = cap;
+    return 0;
+}
+
 int nr_set(struct newrefs *r, uint64_t k, uint64_t v)
 {
-    if (k >= r->cap) {
-        uint64_t cap = MAX(k + 1, r->cap * 2);
-        size_t old = (size_t)((r->cap << r->order) / 8 + 1);
-        size_t len = (size_t)((cap << r->order) / 8 + 1);
-        uint8_t *n = realloc(r->refs, len);
-        if (!n)
-            return qimg_err(ENOMEM, "Out of memory");
-        memset(n + old, 0, len - old);
-        r->refs = n;
-        r->cap = cap;
-    }
+    int ret = nr_reserve(r, k + 1);
+
+    if (ret < 0)
+        return ret;
     refblock_set(r->refs, k, r->order, v);
     if (v && k >= r->used)
         r->used = k + 1;

@@ -493,8 +493,8 @@ int amend_expand_zero(qimg_image *img, struct newrefs *r,
                           (size_t)x.w[i].len, x.w[i].off);
     if (ret == 0)
         file_extend(img, x.next * x.cs);
-    if (ret == 0 && x.next > r->used)
-        ret = nr_set(r, x.next - 1, nr_get(r, x.next - 1));
+    if (ret == 0)
+        ret = nr_reserve(r, x.next);
     r->used = MAX(r->used, x.next);
     free(zeros);
     expand_free(&x);
