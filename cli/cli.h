@@ -16,6 +16,7 @@
 
 /* Subcommands: parse options, call the library, print, return exit code. */
 int cmd_amend(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_info(int argc, char **argv);

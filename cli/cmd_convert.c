@@ -6,7 +6,8 @@
  *                [-B backing_file -F backing_fmt] [-o options]
  *                [-l snapshot_param] [-S sparse_size] [-t cache]
  *                [-T src_cache] [-m num] [-W] [-r rate] [--image-opts]
- *                [--target-is-zero] filename [filename2 [...]] output
+ *                [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]]
+ *                filename [filename2 [...]] output
  *
  * Follows qemu-img 7.2 step by step, since the step decides which message
  * the user sees: option syntax; the file count; opening every source; the
@@ -23,8 +24,8 @@
  * before qimg exits.
  *
  * Differences: -T, -m, -W and -r are checked and then ignored (one
- * synchronous copy), -t unsafe still flushes; bitmaps (--bitmaps), --object,
- * --target-image-opts and --salvage are not offered. Converting onto one
+ * synchronous copy), -t unsafe still flushes; --object and
+ * --target-image-opts are not offered. Converting onto one
  * of the sources (or a backing file of one) is refused before the target
  * is created, with qemu-img's lock message, so the source is never
  * truncated.
@@ -49,7 +50,7 @@ struct conv_args {
     bool has_snapshot, sn_plain;
     char *sn_id, *sn_name;
     bool compress, copy_range, progress, quiet, skip_create, force_share;
-    bool image_opts, target_is_zero, salvage;
+    bool image_opts, target_is_zero, salvage, bitmaps, skip_broken;
     uint64_t min_sparse;
     bool explicit_sparse;
     char **srcs;
@@ -62,6 +63,8 @@ enum {
     OPT_IMAGE_OPTS,
     OPT_TARGET_IS_ZERO,
     OPT_SALVAGE,
+    OPT_BITMAPS,
+    OPT_SKIP_BROKEN,
 };
 
 /* "qimg: <message>"; returns -1. */
@@ -190,6 +193,12 @@ static int take_option(struct conv_args *a, int c, const char *arg)
     case OPT_SALVAGE:
         a->salvage = true;
         break;
+    case OPT_BITMAPS:
+        a->bitmaps = true;
+        break;
+    case OPT_SKIP_BROKEN:
+        a->skip_broken = true;
+        break;
     }
     return 0;
 }
@@ -204,6 +213,8 @@ static int parse_options(struct conv_args *a, int argc, char **argv)
         {"force-share", no_argument, NULL, 'U'},
         {"target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO},
         {"salvage", no_argument, NULL, OPT_SALVAGE},
+        {"bitmaps", no_argument, NULL, OPT_BITMAPS},
+        {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -233,7 +244,9 @@ static int check_args(struct conv_args *a, int argc, char **argv)
 
     if (!a->out_fmt)
         a->out_fmt = "raw";
-    if (a->compress && a->copy_range)
+    if (a->skip_broken && !a->bitmaps)
+        ret = fail("Use of --skip-broken-bitmaps requires --bitmaps");
+    else if (a->compress && a->copy_range)
         ret = fail("Cannot enable copy offloading when -c is used");
     else if (a->skip_create && a->options)
         ret = fail("-o has no effect when skipping image creation");
@@ -554,11 +567,17 @@ static int run(const struct conv_args *a, struct conv_job *job)
 
     if (open_sources(job, a) < 0 || load_snapshot(job, a) < 0)
         return -1;
+    if (a->bitmaps && conv_bitmaps_check_source(job, a->skip_broken) < 0)
+        return -1;
     if (!a->skip_create && create_target(a, job, &has_backing) < 0)
         return -1;
     if (open_target(a, job) < 0 || setup_job(a, job, has_backing) < 0)
         return -1;
+    if (a->bitmaps && conv_bitmaps_check_target(job->dst, a->out_fmt) < 0)
+        return -1;
     if (conv_copy(job) < 0)
+        return -1;
+    if (a->bitmaps && conv_bitmaps_copy(job->src[0].img, job->dst) < 0)
         return -1;
     if (qimg_image_close(job->dst) < 0) {
         job->dst = NULL;

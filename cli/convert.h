@@ -54,6 +54,17 @@ struct conv_job {
 int conv_copy(struct conv_job *job);
 
 
+/* ---- convert_bitmaps.c ---- */
+
+/* --bitmaps: one source, qcow2 v3, no bitmap in use unless skip_broken.
+ * Returns 0 or -1 (printed). */
+int conv_bitmaps_check_source(const struct conv_job *job, bool skip_broken);
+/* The target can store bitmaps. */
+int conv_bitmaps_check_target(qimg_image *dst, const char *out_fmt);
+/* Copy every bitmap of src not in use (warning of each one in use) into
+ * dst, in one commit. */
+int conv_bitmaps_copy(qimg_image *src, qimg_image *dst);
+
 /* ---- convert_opts.c ---- */
 
 /* Target creation options (-o list, -B, -F), checked in qemu-img's two

@@ -19,6 +19,7 @@ struct command {
 
 static const struct command commands[] = {
     {"amend", cmd_amend},
+    {"bitmap", cmd_bitmap},
     {"bench", cmd_bench},     {"check", cmd_check},
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
@@ -108,13 +109,16 @@ void cli_help(void)
         "[--flush-interval=flush_interval] "
         "[-n] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
         "[-S step_size] [-w] [-U] filename\n"
+        "  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
+        "--disable)... [-b source_file [-F source_fmt]] [-g granularity] "
+        "[--object objectdef] [--image-opts | -f fmt] filename bitmap\n"
         "  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] "
         "filename\n"
         "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] "
         "[-p] filename\n"
         "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
         "filename1 filename2\n"
-        "  convert [--salvage] [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
+        "  convert [--bitmaps [--skip-broken-bitmaps]] [--salvage] [-U] [-c] [-p] [-q] [-n] [-f fmt] [-O output_fmt] "
         "[-o options] [-l snapshot_param] [-S sparse_size] [-t cache] "
         "filename output_filename\n"
         "  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
@@ -162,6 +166,17 @@ void cli_help(void)
         "       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes "
         "all\n"
         "       kinds of errors.\n"
+        "\n"
+        "Parameters to bitmap subcommand:\n"
+        "  'bitmap' is the name of the bitmap to manipulate, through one or "
+        "more\n"
+        "       actions from '--add', '--remove', '--clear', '--enable', "
+        "'--disable',\n"
+        "       or '--merge source'\n"
+        "  '-g granularity' sets the granularity for '--add' actions\n"
+        "  '-b source' and '-F src_fmt' tell '--merge' actions to find the "
+        "source\n"
+        "       bitmaps from an alternative file\n"
         "\n"
         "Parameters to compare subcommand:\n"
         "  '-f' first image format\n"

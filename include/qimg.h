@@ -32,7 +32,7 @@ extern "C" {
 
 struct qimg_error {
     int errnum;         /* EINVAL, EIO, ENOSPC...; 0 if none */
-    char message[1024]; /* one line, qemu-img wording, no "qimg: " prefix */
+    char message[4096]; /* one line, qemu-img wording, no "qimg: " prefix */
     char where[64];     /* "refcount.c:412" when set by a corruption check */
 };
 
@@ -278,6 +278,34 @@ QIMG_API int qimg_image_set_backing(qimg_image *img, const char *name,
  * through to the backing file (qemu-img commit's last step); internal
  * snapshots keep their data. Commits atomically. */
 QIMG_API int qimg_image_make_empty(qimg_image *img);
+
+/* ---- Persistent dirty bitmaps ------------------------------------------ */
+
+/* qemu-img bitmap's actions. */
+enum qimg_bitmap_op {
+    QIMG_BITMAP_ADD,     /* a new, empty, enabled bitmap */
+    QIMG_BITMAP_REMOVE,
+    QIMG_BITMAP_CLEAR,   /* every bit clear */
+    QIMG_BITMAP_ENABLE,  /* guest writes set its bits */
+    QIMG_BITMAP_DISABLE,
+    QIMG_BITMAP_MERGE,   /* set the bits `source` has set */
+};
+struct qimg_bitmap_action {
+    enum qimg_bitmap_op op;
+    const char *name;          /* the bitmap acted on */
+    uint32_t granularity;      /* ADD: bytes, a power of two >= 512; 0:
+                                * QEMU's default */
+    const char *source;        /* MERGE: the bitmap merged in */
+    qimg_image *source_image;  /* MERGE: the image holding it (NULL: img) */
+};
+/* Apply the actions in order, each refused as qemu-img refuses it, then
+ * commit them all at once, atomically (one header write). On failure
+ * nothing is written and *failed (if not NULL) is the index of the action
+ * that failed. Bitmaps the guest writes of this session kept up to date
+ * are stored first. */
+QIMG_API int qimg_bitmap_change(qimg_image *img,
+                                const struct qimg_bitmap_action *a, size_t n,
+                                size_t *failed);
 
 /* ---- Consistency check and repair ------------------------------------- */
 

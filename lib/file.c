@@ -115,9 +115,9 @@ void file_discard_quiet(qimg_image *img, uint64_t off, uint64_t len)
 {
     bool unsynced = img->unsynced;
 
-    file_discard(img, off, len);
+    if (file_discard(img, off, len) < 0)
+        qimg_error_clear(); /* advisory: the last error stays the caller's */
     img->unsynced = unsynced;
-    qimg_error_clear();
 }
 
 int file_get_size(qimg_image *img, uint64_t *out)

@@ -56,7 +56,7 @@ static int prepare_write(qimg_image *img)
     if (ret == 0)
         ret = roots_clear_autoclear(img);
     if (ret == 0)
-        ret = bitmap_mark_in_use(img);
+        ret = bitmap_track_begin(img);
     return ret;
 }
 
@@ -520,6 +520,7 @@ int guest_write(qimg_image *img, const void *buf, size_t len, uint64_t off)
 
     if (ret < 0)
         return ret;
+    bitmap_track(img, off, len);
     tmp = malloc(q->cluster_size);
     if (!tmp)
         return qimg_err(ENOMEM, "Out of memory");
@@ -617,6 +618,7 @@ int guest_write_compressed(qimg_image *img, const void *buf, size_t len,
     if (!IS_ALIGNED(off, cs) ||
         (!IS_ALIGNED(len, cs) && off + len != img->size))
         return qimg_err(EINVAL, "Compressed writes must be cluster aligned");
+    bitmap_track(img, off, len);
     data = malloc(cs);
     zbuf = malloc(cs);
     if (!data || !zbuf) {
@@ -840,6 +842,7 @@ int guest_zero(qimg_image *img, uint64_t off, uint64_t len, bool unmap)
 
     if (ret < 0 || len == 0)
         return ret;
+    bitmap_track(img, off, len);
     a = ALIGN_UP(off, g);
     b = end == img->size ? end : ALIGN_DOWN(end, g);
     if (a > b) /* inside one unit, touching neither of its ends */
@@ -904,6 +907,14 @@ int guest_discard(qimg_image *img, uint64_t off, uint64_t len)
     uint64_t cs = q->cluster_size, a, b;
     int ret;
 
+    if (len == 0)
+        return 0;
+    /* The bitmaps count the whole request, as QEMU's do, whatever of it
+     * is discarded. */
+    ret = prepare_write(img);
+    if (ret < 0)
+        return ret;
+    bitmap_track(img, off, len);
     a = ALIGN_UP(off, cs);
     b = off + len == img->size ? off + len : ALIGN_DOWN(off + len, cs);
     if (a >= b)
@@ -911,9 +922,6 @@ int guest_discard(qimg_image *img, uint64_t off, uint64_t len)
     if (q->hdr.version < 3 && img->backing)
         return 0; /* v2 cannot say "zero" over a backing file: QEMU keeps
                    * the data (discard is only advisory) */
-    ret = prepare_write(img);
-    if (ret < 0)
-        return ret;
     return set_clusters(img, a, b - a, SET_DISCARD);
 }
 

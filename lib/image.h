@@ -9,7 +9,7 @@
  *  - filename, fmt, backing, q, is_view: open.c, at open;
  *  - the geometry of struct qcow2: qcow2.c, once at open;
  *  - hdr and corrupt_signalled: roots.c;
- *  - bitmaps_marked: bitmap.c;
+ *  - bitmaps_marked, bitmaps_held, tracked: bitmap.c;
  *  - prealloc_guess: backing.c;
  *  - each state behind a pointer: the module whose header defines it
  *    (l1l2.h, refcount.h, snaptable.h, meta.h); the others read it
@@ -29,6 +29,7 @@ struct l1_state;   /* l1l2.h */
 struct rc_state;   /* refcount.h */
 struct snap_state; /* snaptable.h */
 struct meta_state; /* meta.h */
+struct bitmap_set; /* bitmap.h */
 
 struct qcow2 {
     /* Geometry, derived from the header once. */
@@ -49,6 +50,8 @@ struct qcow2 {
     struct qcow2_header hdr; /* in-memory copy of cluster 0 */
     bool corrupt_signalled;
     bool bitmaps_marked; /* in_use set on auto bitmaps before writing */
+    bool bitmaps_held;   /* writes leave the bitmaps alone for now */
+    struct bitmap_set *tracked; /* the bitmaps guest writes update */
     /* Whether the image looks metadata-preallocated, as QEMU guesses it
      * (0: not guessed yet, 1: no, 2: yes). */
     int prealloc_guess;

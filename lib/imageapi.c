@@ -316,17 +316,38 @@ static int resize_refusal(qimg_image *img, uint64_t size, uint32_t version,
     return 0;
 }
 
+/* The bitmaps at the new size (none: s stays empty). */
+static int resize_bitmaps(qimg_image *img, uint64_t size,
+                          struct bitmap_set *s)
+{
+    int ret = bitmap_set_load(img, s);
+
+    for (size_t i = 0; ret == 0 && i < s->n; i++) {
+        ret = bitmap_bits_load(img, &s->b[i]);
+        if (ret == 0)
+            ret = bitmap_bits_resize(img->q, &s->b[i], size);
+    }
+    return ret;
+}
+
 static int resize_qcow2(qimg_image *img, uint64_t size,
                         enum qimg_prealloc prealloc, bool zero)
 {
+    struct bitmap_set bm = {0};
     int ret = 0;
 
     if (size == img->size)
         return 0;
-    if (size > img->size)
+    ret = resize_bitmaps(img, size, &bm);
+    /* Zeroing the tail is no guest write: the bitmaps do not see it. */
+    bitmap_track_hold(img, true);
+    if (ret == 0 && size > img->size)
         ret = roots_write_failed(img, zero_head(img, size, zero));
+    bitmap_track_hold(img, false);
     if (ret == 0)
-        ret = roots_write_failed(img, txn_resize(img, size, prealloc, zero));
+        ret = roots_write_failed(
+            img, txn_resize(img, size, prealloc, zero, bm.n ? &bm : NULL));
+    bitmap_set_free(&bm);
     return ret;
 }
 

@@ -163,6 +163,8 @@ int image_close(qimg_image *img)
         return 0;
     if (img->read_write)
         ret = img->q ? qcow2_flush(img) : file_flush_always(img);
+    if (ret == 0 && img->q && img->read_write)
+        ret = qcow2_store_bitmaps(img);
     image_free(img);
     return ret;
 }

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bitmap.h"
 #include "check.h"
 #include "error.h"
 #include "file.h"
@@ -28,6 +29,7 @@
 #include "refcount.h"
 #include "roots.h"
 #include "snaptable.h"
+#include "txn.h"
 #include "util.h"
 
 /* QEMU's qcow2_validate_table(): count, alignment, 63-bit range. */
@@ -129,12 +131,27 @@ int qcow2_open(qimg_image *img, const struct qimg_open_opts *o)
     return ret;
 }
 
+int qcow2_store_bitmaps(qimg_image *img)
+{
+    struct bitmap_set *s = bitmap_track_take(img);
+    int ret = 0;
+
+    if (!s)
+        return 0;
+    if (!roots_is_corrupt(img))
+        ret = txn_bitmaps_store(img, s);
+    bitmap_set_free(s);
+    free(s);
+    return ret;
+}
+
 void qcow2_close(qimg_image *img)
 {
     struct qcow2 *q = img->q;
 
     if (!q)
         return;
+    bitmap_track_free(img);
     header_free(&q->hdr);
     snaptable_free(img);
     refcount_free(img);

@@ -9,6 +9,9 @@
 
 int qcow2_open(qimg_image *img, const struct qimg_open_opts *o);
 void qcow2_close(qimg_image *img);
+/* Before the close: store the bitmaps guest writes kept up to date, with
+ * in_use clear (atomically; a failure leaves them in use). */
+int qcow2_store_bitmaps(qimg_image *img);
 /* Read the image's state again from the file (after amend changed its
  * format under the handle). On failure the handle keeps its old state,
  * read-only. */

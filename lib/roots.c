@@ -357,6 +357,30 @@ int roots_set_format(qimg_image *img, const struct roots_format *f)
     return switch_header(img, &h);
 }
 
+int roots_commit_bitmaps(qimg_image *img, const struct qcow2_roots *r,
+                         const struct roots_bitmaps *b)
+{
+    struct qcow2_header h = img->q->hdr;
+
+    h.size = r->size;
+    if (r->has_l1) {
+        h.l1_size = r->l1_size;
+        h.l1_table_offset = r->l1_off;
+    }
+    h.refcount_table_offset = r->rt_off;
+    h.refcount_table_clusters = r->rt_clusters;
+    h.nb_snapshots = r->nb_snaps;
+    h.snapshots_offset = r->snap_off;
+    h.autoclear &= AUTOCLEAR_MASK & ~AUTOCLEAR_BITMAPS;
+    h.has_bitmaps_ext = b->nb > 0;
+    h.nb_bitmaps = b->nb;
+    h.bitmap_dir_size = b->nb ? b->dir_size : 0;
+    h.bitmap_dir_offset = b->nb ? b->dir_off : 0;
+    if (b->nb)
+        h.autoclear |= AUTOCLEAR_BITMAPS;
+    return switch_header(img, &h);
+}
+
 void roots_adopt(qimg_image *img, const struct qcow2_roots *r)
 {
     struct qcow2_header *h = &img->q->hdr;

@@ -42,6 +42,15 @@ struct qcow2_roots {
 /* fdatasync, one 512-byte write of header sector 0 with the new roots
  * (unknown autoclear bits cleared), fdatasync. */
 int roots_commit(qimg_image *img, const struct qcow2_roots *r);
+/* The bitmaps extension a commit switches to (nb 0: none). */
+struct roots_bitmaps {
+    uint32_t nb;
+    uint64_t dir_size, dir_off;
+};
+/* roots_commit with a new bitmaps extension: cluster 0 rewritten as
+ * roots_set_format does, atomically. */
+int roots_commit_bitmaps(qimg_image *img, const struct qcow2_roots *r,
+                         const struct roots_bitmaps *b);
 /* Point the image at another backing file (name NULL: none; fmt NULL: no
  * format extension), atomically: the name is written where the old
  * header does not look, then sector 0 switches to it in one write,

@@ -40,6 +40,8 @@
  */
 #include "txn_impl.h"
 
+#include "bitmap.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +74,8 @@ struct roots {
      * cut_idx up to entry cut_from): checked against what it frees. */
     uint32_t kept_l1;
     uint64_t cut_idx, cut_from;
+    /* A new set of bitmaps, staged (NULL: the bitmaps stay). */
+    const struct roots_bitmaps *bm;
 };
 
 /* The root pointers the operation switches to. */
@@ -307,7 +311,7 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
     /* Delete alone leaves the active tree uncounted. */
     if (ret == 0)
         ret = txn_tables_check_freed(
-            t, deleted, r->active ? r->active->buf : t->q->l1s->l1,
+            t, deleted, !r->bm, r->active ? r->active->buf : t->q->l1s->l1,
             r->active ? r->active->size : t->q->l1s->l1_size);
     if (ret == 0 && r->kept_l1)
         ret = txn_tables_check_kept(t, r->kept_l1, r->cut_idx, r->cut_from);
@@ -323,7 +327,8 @@ static int commit(struct txn *t, struct roots *r, struct snap *snaps,
         ret = txn_wbuf_release(t);
     /* 2 of 3: ... before one sector switches all roots at once ... */
     if (ret == 0)
-        ret = roots_commit(t->img, &nr);
+        ret = r->bm ? roots_commit_bitmaps(t->img, &nr, r->bm)
+                    : roots_commit(t->img, &nr);
     if (ret < 0)
         return ret;
     txn_space_discard_freed(t);
@@ -409,7 +414,8 @@ int txn_snapshot_create(qimg_image *img, const char *name)
     struct new_l1 active = {0}, snap = {0}, *l1s[2] = {&active, &snap};
     struct snap *snaps = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0, false, 0, 0, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps + 1, 0, false,
+                      0, 0, 0, NULL};
     struct txn t;
     int ret;
 
@@ -485,7 +491,8 @@ int txn_snapshot_delete(qimg_image *img, int idx)
     struct snap *snaps = NULL;
     uint8_t *sl1 = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0, false, 0, 0, 0};
+    struct roots r = {img->size, &active, q->sn->nb_snaps - 1, 0, false,
+                      0, 0, 0, NULL};
     struct txn t;
     int ret;
 
@@ -552,7 +559,7 @@ int txn_snapshot_rewrite(qimg_image *img)
     uint32_t n = q->sn->nb_snaps;
     struct snap *snaps = NULL;
     uint64_t snap_size = 0;
-    struct roots r = {img->size, NULL, n, 0, false, 0, 0, 0};
+    struct roots r = {img->size, NULL, n, 0, false, 0, 0, 0, NULL};
     struct txn t;
     int ret;
 
@@ -605,6 +612,7 @@ struct active_plan {
     uint64_t size;
     enum qimg_prealloc prealloc;
     bool zero; /* what a larger size adds must read as zeros, not through */
+    struct bitmap_set *bm; /* the bitmaps at the new size, or NULL */
 };
 
 /* The guest clusters a larger size adds that the resize maps or marks:
@@ -713,7 +721,8 @@ static int set_active(qimg_image *img, const struct active_plan *pl)
     uint64_t n, cut_idx = UINT64_MAX, fill = 0;
     struct roots r = {disk_size, &active, q->sn->nb_snaps,
                       q->hdr.snapshots_offset,
-                      pl->keep && disk_size < img->size, 0, 0, 0};
+                      pl->keep && disk_size < img->size, 0, 0, 0, NULL};
+    struct roots_bitmaps rb;
     struct txn t;
     int ret;
 
@@ -789,7 +798,9 @@ static int set_active(qimg_image *img, const struct active_plan *pl)
         ret = txn_tables_check_meta(&t);
     if (ret == 0)
         ret = txn_place_room(&t, room_needed(&t, active.size, 1, NULL, 0) +
-                                     fill);
+                                     fill +
+                                     (pl->bm ? txn_bitmaps_room(&t, pl->bm)
+                                             : 0));
     for (uint32_t i = 0; ret == 0 && i < n; i++)
         if (txn_l1_ptr(q->l1s->l1, q->l1s->l1_size, i) !=
             txn_l1_ptr(sl1, sl1_size, i))
@@ -798,6 +809,10 @@ static int set_active(qimg_image *img, const struct active_plan *pl)
         ret = resize_write(&t, pl, &active, cut, cut_idx, fill);
     if (ret == 0)
         ret = place_l1s(&t, &r, l1s, 1);
+    if (ret == 0 && pl->bm) {
+        ret = txn_bitmaps_stage(&t, pl->bm, &rb);
+        r.bm = &rb;
+    }
     if (ret == 0) {
         r.snap_off = q->hdr.snapshots_offset;
         r.kept_l1 = pl->keep ? (uint32_t)n : 0;
@@ -823,7 +838,7 @@ int txn_snapshot_apply(qimg_image *img, int idx)
 {
     const struct snap *s = &img->q->sn->snaps[idx];
     struct active_plan pl = {s, false, s->disk_size, QIMG_PREALLOC_OFF,
-                             false};
+                             false, NULL};
 
     return set_active(img, &pl);
 }
@@ -831,15 +846,47 @@ int txn_snapshot_apply(qimg_image *img, int idx)
 int txn_make_empty(qimg_image *img)
 {
     struct active_plan pl = {NULL, false, img->size, QIMG_PREALLOC_OFF,
-                             false};
+                             false, NULL};
 
     return set_active(img, &pl);
 }
 
 int txn_resize(qimg_image *img, uint64_t size, enum qimg_prealloc prealloc,
-               bool zero)
+               bool zero, struct bitmap_set *bm)
 {
-    struct active_plan pl = {NULL, true, size, prealloc, zero};
+    struct active_plan pl = {NULL, true, size, prealloc, zero, bm};
 
     return set_active(img, &pl);
+}
+
+/* ---- Bitmaps ------------------------------------------------------------ */
+
+int txn_bitmaps_store(qimg_image *img, struct bitmap_set *s)
+{
+    struct qcow2 *q = img->q;
+    uint32_t n = q->sn->nb_snaps;
+    struct snap *snaps = NULL;
+    struct roots_bitmaps rb;
+    struct roots r = {img->size, NULL, n, q->hdr.snapshots_offset, false,
+                      0, 0, 0, &rb};
+    struct txn t;
+    int ret;
+
+    ret = txn_init(&t, img, false);
+    if (ret == 0)
+        ret = copy_snaps(q, -1, 0, &snaps);
+    if (ret == 0)
+        ret = txn_place_room(&t, txn_bitmaps_room(&t, s));
+    if (ret == 0)
+        ret = txn_bitmaps_stage(&t, s, &rb);
+    if (ret == 0)
+        ret = commit(&t, &r, snaps, q->sn->snap_table_size, UINT32_MAX);
+    if (ret >= 0) {
+        if (ret == 0)
+            snaps = NULL;
+        ret = 0;
+    }
+    free_snaps(snaps, n);
+    txn_free(&t);
+    return ret;
 }

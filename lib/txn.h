@@ -21,8 +21,13 @@ int txn_make_empty(qimg_image *img);
  * nothing stays allocated; what a larger one adds is mapped to zeroed
  * clusters as prealloc asks, and with zero marked as reading zeros (v3)
  * rather than through to the backing file, from the first cluster past
- * the old size. Snapshots keep their sizes. */
+ * the old size. Snapshots keep their sizes. bm (or NULL): the bitmaps,
+ * resized, stored in the same switch. */
+struct bitmap_set;
 int txn_resize(qimg_image *img, uint64_t size, enum qimg_prealloc prealloc,
-               bool zero);
+               bool zero, struct bitmap_set *bm);
+/* Write the bitmaps of s that changed, and a directory of s, and switch
+ * to it; the old directory and the bitmaps s no longer keeps are freed. */
+int txn_bitmaps_store(qimg_image *img, struct bitmap_set *s);
 
 #endif

@@ -141,6 +141,16 @@ struct txn {
     struct txn_tables tables; /* txn_tables.c */
 };
 
+/* ---- txn_bitmaps.c: a new set of persistent bitmaps ----------------------- */
+struct bitmap_set;
+/* At most how many clusters staging s allocates. */
+uint64_t txn_bitmaps_room(const struct txn *t, const struct bitmap_set *s);
+/* Release the old bitmaps s does not keep and the old directory; write
+ * the bitmaps of s that changed (their table_off updated) and a new
+ * directory, which *out names. */
+int txn_bitmaps_stage(struct txn *t, struct bitmap_set *s,
+                      struct roots_bitmaps *out);
+
 /* ---- txn_refs.c: the new refcounts --------------------------------------- */
 /* Add delta to the refcount of cluster idx, of n clusters from idx, or
  * of the clusters bytes [off, off + len) touch; checked. */
@@ -288,11 +298,11 @@ int txn_tables_inspect(struct txn *t, const uint8_t *l1, uint32_t size,
 /* Point a new L1 table at the copies made; set its COPIED flags. */
 int txn_tables_redirect(struct txn *t, struct new_l1 *l1);
 int txn_tables_set_l1_flags(struct txn *t, struct new_l1 *l1);
-/* Before the commit: nothing it frees is still named by a bitmap, a
- * snapshot's L1 table or, for the delete of snapshot `deleted` (else
+/* Before the commit: nothing it frees is still named by a bitmap (unless
+ * the operation replaces them: bitmaps false), a snapshot's L1 table or, for the delete of snapshot `deleted` (else
  * UINT32_MAX), by the active tree, which a delete does not count (l1: the
  * new active L1 table). */
-int txn_tables_check_freed(struct txn *t, uint32_t deleted,
+int txn_tables_check_freed(struct txn *t, uint32_t deleted, bool bitmaps,
                            const uint8_t *l1, uint32_t l1_size);
 
 /* Resize. Shrink: entries from `from` on leave the table at p; counts

@@ -624,7 +624,7 @@ static int freed_bitmap_ref(void *ctx, int64_t bitmap, int64_t entry,
  * table, read only when the active L1 table's flags say a freed table was
  * shared (reading every snapshot's L1 table costs a random read each).
  * Freeing it would leave that user on a free cluster; QEMU does so. */
-int txn_tables_check_freed(struct txn *t, uint32_t deleted,
+int txn_tables_check_freed(struct txn *t, uint32_t deleted, bool bitmaps,
                            const uint8_t *l1, uint32_t l1_size)
 {
     const bool active_tree = deleted != UINT32_MAX;
@@ -637,7 +637,8 @@ int txn_tables_check_freed(struct txn *t, uint32_t deleted,
 
     if (txn_space_first_freed(t, 0, UINT64_MAX) == UINT64_MAX)
         return 0;
-    ret = bitmap_each_ref(t->img, q->file_size, freed_bitmap_ref, &bh);
+    if (bitmaps)
+        ret = bitmap_each_ref(t->img, q->file_size, freed_bitmap_ref, &bh);
     if (ret > 0) {
         ret = 0;
         hit = bh.hit;

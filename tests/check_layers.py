@@ -37,7 +37,7 @@ LAYERS = [
     ("flush order, census", ["flush", "metaset"]),
     ("operations", ["guest", "backing", "txn", "rebuild", "amend"]),
     ("whole image", ["check", "qcow2", "open", "create"]),
-    ("public API", ["imageapi", "snapapi", "info"]),
+    ("public API", ["imageapi", "snapapi", "bitmapapi", "info"]),
 ]
 # The one circle: a guest read of an unallocated range reads the backing
 # image, which is a guest read of the image below.
@@ -60,7 +60,8 @@ OWNED = [
     (r"(?<!const )struct qcow2_header \*\w+ = &", {"roots.c"},
      "the header copy (a writable pointer to it)"),
     (r"->(?:corrupt_signalled)\b" + ASSIGN, {"roots.c"}, "the corrupt flag"),
-    (r"->bitmaps_marked\b" + ASSIGN, {"bitmap.c"}, "bitmaps_marked"),
+    (r"->(?:bitmaps_marked|bitmaps_held|tracked)\b" + ASSIGN, {"bitmap.c"},
+     "bitmaps_marked, bitmaps_held, tracked"),
     (r"(?:\bq|->q)->(?:cluster_bits|cluster_size|l2_bits|l2_entries|"
      r"l2_entry_size|ext_l2|sc_bits|refcount_order|rb_bits|refcount_max|"
      r"csize_shift|csize_mask|coff_mask)\b" + ASSIGN,
@@ -89,7 +90,7 @@ def module_of(name):
     stem = name.rsplit(".", 1)[0]
     if stem.startswith("io-"):
         return "io"
-    for prefix in ("txn_", "check_", "amend_"):
+    for prefix in ("txn_", "check_", "amend_", "bitmap_"):
         if stem.startswith(prefix):
             return prefix[:-1]
     return stem

@@ -62,7 +62,8 @@ enum kind {
     K_EMPTY,  /* qimg_image_make_empty: old disk, or all unallocated */
     K_BACKING, /* qimg_image_set_backing: the old name or the new, whole */
     K_RESIZE,  /* qimg_image_resize: the old disk or the new, snapshots kept */
-    K_AMEND    /* qimg_image_amend: the old format or the new, whole */
+    K_AMEND,   /* qimg_image_amend: the old format or the new, whole */
+    K_BITMAP   /* qimg_bitmap_change: the old bitmaps or the new, whole */
 };
 
 struct scenario {
@@ -79,6 +80,16 @@ struct scenario {
     bool failed_write;  /* judging the result of a failed guest write */
 };
 
+/* A persistent bitmap as a crash state must keep it: its bits only count
+ * while it is not in use. */
+#define MAX_BMS 4
+struct bm_state {
+    char name[16];
+    uint32_t flags;
+    unsigned gran;
+    uint64_t sig; /* hash of the bits (0 in use) */
+};
+
 /* A disk that equals one of the reference disks it was read against
  * points at that disk's bytes (own false) instead of a copy. */
 struct image_state {
@@ -91,6 +102,9 @@ struct image_state {
     uint64_t ssize[MAX_SNAPS];
     const uint8_t *sdata[MAX_SNAPS];
     bool own[MAX_SNAPS];
+    int nbm;
+    bool bm_bad; /* the directory or a table could not be read */
+    struct bm_state bm[MAX_BMS];
 };
 
 static unsigned long long seed = 1;
@@ -259,6 +273,44 @@ static int read_disk(qimg_image *img, uint64_t size,
     return ret < 0 ? ret : qimg_image_read(img, p, size, 0);
 }
 
+static uint64_t hash_mem(const uint8_t *d, size_t len)
+{
+    uint64_t h = 1469598103934665603ull ^ len;
+
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ d[i]) * 1099511628211ull;
+    return h | 1;
+}
+
+static void capture_bitmaps(qimg_image *img, struct image_state *s)
+{
+    struct bitmap_set set = {0};
+
+    if (bitmap_set_load(img, &set) < 0) {
+        s->bm_bad = true;
+        qimg_error_clear();
+        return;
+    }
+    for (size_t i = 0; i < set.n && i < MAX_BMS; i++) {
+        struct bitmap_entry *b = &set.b[i];
+        struct bm_state *m = &s->bm[i];
+        snprintf(m->name, sizeof m->name, "%s", b->name);
+        m->flags = b->flags;
+        m->gran = b->granularity_bits;
+        if (b->flags & BME_FLAG_IN_USE)
+            continue;
+        if (bitmap_bits_load(img, b) < 0) {
+            s->bm_bad = true;
+            qimg_error_clear();
+        } else {
+            m->sig = hash_mem(b->bits,
+                              (size_t)b->table_size * img->q->cluster_size);
+        }
+    }
+    s->nbm = (int)MIN(set.n, MAX_BMS);
+    bitmap_set_free(&set);
+}
+
 /* Everything a guest can see: every snapshot, and the active disk unless
  * only the snapshots matter (then s->active stays NULL). Disks are read
  * against the disks of the same name in refs (the active disk also
@@ -289,6 +341,8 @@ static int capture_ex(const struct bytes *b, struct image_state *s,
         ret = read_disk(img, s->size, cand, nc, &s->active, &s->own_active);
     if (ret == 0)
         ret = qimg_snapshot_list(&l, &n, img);
+    if (ret == 0)
+        capture_bitmaps(img, s);
     qimg_image_close(img);
     for (size_t i = 0; ret == 0 && i < n && i < MAX_SNAPS; i++) {
         qimg_image *v;
@@ -710,6 +764,47 @@ static void judge_format(const struct scenario *sc, const struct bytes *b)
     qimg_image_close(img);
 }
 
+static bool bm_same(const struct bm_state *x, const struct bm_state *y)
+{
+    return !strcmp(x->name, y->name) && x->flags == y->flags &&
+           x->gran == y->gran && x->sig == y->sig;
+}
+
+static bool bms_same(const struct image_state *x, const struct image_state *y)
+{
+    if (x->nbm != y->nbm)
+        return false;
+    for (int i = 0; i < x->nbm; i++)
+        if (!bm_same(&x->bm[i], &y->bm[i]))
+            return false;
+    return true;
+}
+
+/* The bitmaps are the old ones or the new ones; after a guest write each
+ * enabled one may also be the old one marked in use (the write began,
+ * the close did not store it). */
+static bool bitmaps_ok(const struct scenario *sc, const struct image_state *s,
+                       const struct image_state *before,
+                       const struct image_state *after)
+{
+    if (s->bm_bad)
+        return false;
+    if (bms_same(s, before) || bms_same(s, after))
+        return true;
+    if (sc->kind != K_GUEST || s->nbm != before->nbm)
+        return false;
+    for (int i = 0; i < s->nbm; i++) {
+        const struct bm_state *x = &s->bm[i], *o = &before->bm[i];
+        bool marked = !strcmp(x->name, o->name) && x->gran == o->gran &&
+                      (o->flags & BME_FLAG_AUTO) &&
+                      x->flags == (o->flags | BME_FLAG_IN_USE);
+        if (!marked && !bm_same(x, o) &&
+            !(i < after->nbm && bm_same(x, &after->bm[i])))
+            return false;
+    }
+    return true;
+}
+
 static void judge(const struct scenario *sc, const struct bytes *b,
                   const struct image_state *before,
                   const struct image_state *after)
@@ -763,6 +858,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
         judge_backing(sc, b);
     if (sc->kind == K_AMEND)
         judge_format(sc, b);
+    if (sc->kind != K_CREATE && !bitmaps_ok(sc, &s, before, after))
+        failf(sc, "bitmaps are neither the old ones nor the new ones");
     if (sc->kind != K_CREATE && !snapshots_ok(sc, &s, before, after))
         failf(sc, "snapshots differ from what they must be");
     else if (sc->kind != K_CREATE && s.nb)
@@ -1157,6 +1254,94 @@ static int op_amend_lazy(qimg_image *img)
     return qimg_image_amend(img, &o);
 }
 
+/* Persistent bitmaps over the snapshots: an enabled one with set bits,
+ * a disabled one, and an empty enabled one at another granularity. */
+static void setup_bitmaps(qimg_image *img)
+{
+    const struct qimg_bitmap_action add[] = {
+        {QIMG_BITMAP_ADD, "full", 0, NULL, NULL},
+        {QIMG_BITMAP_ADD, "off", 4096, NULL, NULL},
+        {QIMG_BITMAP_DISABLE, "off", 0, NULL, NULL},
+        {QIMG_BITMAP_ADD, "fine", 512, NULL, NULL},
+    };
+    const struct qimg_bitmap_action clear = {QIMG_BITMAP_CLEAR, "fine", 0,
+                                             NULL, NULL};
+
+    setup_snaps(img);
+    if (qimg_bitmap_change(img, add, 4, NULL) < 0)
+        abort();
+    fill(img, 0, 5000, 0x66);
+    fill(img, 2 << 20, 70000, 0x67);
+    /* Stores "full" and "fine" with the writes' bits; "fine" empty. */
+    if (qimg_bitmap_change(img, &clear, 1, NULL) < 0)
+        abort();
+}
+
+static int op_bitmap_add_missing(qimg_image *img)
+{
+    const struct qimg_bitmap_action a[] = {
+        {QIMG_BITMAP_ADD, "new", 0, NULL, NULL},
+        {QIMG_BITMAP_MERGE, "new", 0, "nope", NULL},
+    };
+
+    return qimg_bitmap_change(img, a, 2, NULL);
+}
+
+static int op_bitmap_clear_full(qimg_image *img)
+{
+    const struct qimg_bitmap_action a = {QIMG_BITMAP_CLEAR, "full", 0, NULL,
+                                         NULL};
+
+    return qimg_bitmap_change(img, &a, 1, NULL);
+}
+
+static int op_bitmap_add_one(qimg_image *img)
+{
+    const struct qimg_bitmap_action a = {QIMG_BITMAP_ADD, "one", 0, NULL,
+                                         NULL};
+
+    return qimg_bitmap_change(img, &a, 1, NULL);
+}
+
+/* "full" in use: its flag set in place, as a crash leaves it. */
+static void setup_bitmap_in_use(qimg_image *img)
+{
+    const struct qcow2_header *h;
+    uint8_t f[4];
+
+    setup_bitmaps(img);
+    h = &img->q->hdr;
+    /* "full" is the first entry: flags at byte 12 */
+    if (file_pread(img, f, 4, h->bitmap_dir_offset + 12) < 0)
+        abort();
+    f[3] |= 1;
+    if (file_pwrite(img, f, 4, h->bitmap_dir_offset + 12) < 0)
+        abort();
+}
+
+/* Every kind of change in one commit. */
+static int op_bitmap_change(qimg_image *img)
+{
+    const struct qimg_bitmap_action a[] = {
+        {QIMG_BITMAP_ADD, "new", 0, NULL, NULL},
+        {QIMG_BITMAP_MERGE, "new", 0, "full", NULL},
+        {QIMG_BITMAP_MERGE, "off", 0, "full", NULL},
+        {QIMG_BITMAP_REMOVE, "fine", 0, NULL, NULL},
+        {QIMG_BITMAP_CLEAR, "full", 0, NULL, NULL},
+        {QIMG_BITMAP_ENABLE, "off", 0, NULL, NULL},
+    };
+
+    return qimg_bitmap_change(img, a, 6, NULL);
+}
+
+/* A guest write the enabled bitmaps record (stored by the close): one
+ * sector, which no power cut tears where it overwrites in place. */
+static int op_write_bitmaps(qimg_image *img)
+{
+    memset(op_buf, 0x68, 512);
+    return qimg_image_write(img, op_buf, 512, 3 << 20);
+}
+
 static void setup_zeroed(qimg_image *img)
 {
     setup_snaps(img);
@@ -1430,6 +1615,13 @@ static const struct op_def ops_list[] = {
      * (itself atomic), then switches the header. */
     {"amend-upgrade-old-table", K_AMEND, setup_old_table, op_amend_compat,
      "compat", NEED_V2},
+    /* Bitmaps: a new directory, tables and data switched with the header. */
+    {"bitmap-change", K_BITMAP, setup_bitmaps, op_bitmap_change, NULL,
+     NEED_V3},
+    {"write-bitmaps", K_GUEST, setup_bitmaps, op_write_bitmaps, NULL,
+     NEED_V3},
+    {"resize-bitmaps", K_RESIZE, setup_bitmaps, op_resize_shrink, NULL,
+     NEED_REFCOUNT4 | NEED_V3},
 };
 
 struct variant {
@@ -1997,6 +2189,14 @@ static const struct refusal refusals[] = {
      NEED_REFCOUNT4, 0},
     {"amend-read-only", setup_snaps, op_amend_width, EACCES, RF_READ_ONLY,
      NEED_REFCOUNT4 | NEED_V3, 0},
+    /* bitmaps: the add before a failing merge is not stored either (as
+     * qemu-img stores it); a bitmap in use cannot be cleared; v2 has
+     * none. */
+    {"bitmap-add-then-missing", setup_bitmaps, op_bitmap_add_missing, ENOENT,
+     0, NEED_V3, 0},
+    {"bitmap-clear-in-use", setup_bitmap_in_use, op_bitmap_clear_full, EBUSY,
+     0, NEED_V3, 0},
+    {"bitmap-add-v2", setup_data, op_bitmap_add_one, ENOTSUP, RF_V2, 0, 0},
 };
 
 static bool refusal_applies(const struct refusal *rf, const struct variant *v)
