@@ -272,7 +272,8 @@ int bitmap_dir_encode(const struct bitmap_set *s, uint8_t **out,
         d[pos + BME_GRAN] = b->granularity_bits;
         be16_store(d + pos + BME_NAME_LEN, (uint16_t)name_len);
         be32_store(d + pos + BME_EXTRA_LEN, b->extra_len);
-        memcpy(d + pos + BME_HDR_LEN, b->extra, b->extra_len);
+        if (b->extra_len)
+            memcpy(d + pos + BME_HDR_LEN, b->extra, b->extra_len);
         memcpy(d + pos + BME_HDR_LEN + b->extra_len, b->name, name_len);
         pos += entry_len(b);
     }
