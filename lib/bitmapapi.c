@@ -71,6 +71,11 @@ static int add(qimg_image *img, struct bitmap_set *s,
         return qimg_err(ENOTSUP, "Can't store persistent bitmaps to %s: "
                                  "Operation not supported",
                         NODE_NAME);
+    /* (QEMU adds it, then cannot store a table of no entries.) */
+    if (img->size == 0)
+        return qimg_err(EINVAL, "Can't make bitmap '%s' persistent in '%s': "
+                                "The disk is empty",
+                        a->name, NODE_NAME);
     if (img->q->hdr.version < 3)
         return qimg_err(ENOTSUP, "Can't make bitmap '%s' persistent in '%s': "
                                  "Cannot store dirty bitmaps in qcow2 v2 "

@@ -867,8 +867,10 @@ int txn_bitmaps_store(qimg_image *img, struct bitmap_set *s)
     uint32_t n = q->sn->nb_snaps;
     struct snap *snaps = NULL;
     struct roots_bitmaps rb;
+    /* The active tree is kept uncounted: checked against what the commit
+     * frees (the old refcount structure among it), as a resize's is. */
     struct roots r = {img->size, NULL, n, q->hdr.snapshots_offset, false,
-                      0, 0, 0, &rb};
+                      q->l1s->l1_size, UINT64_MAX, 0, &rb};
     struct txn t;
     int ret;
 

@@ -130,6 +130,12 @@ int txn_bitmaps_stage(struct txn *t, struct bitmap_set *s,
 
     if (s->n > BME_MAX_BITMAPS)
         return qimg_err(EFBIG, "Too many bitmaps");
+    /* The header is rewritten (its extensions move): nothing else may
+     * live in its cluster. */
+    if (meta_kinds(t->img, 0) & ~META_BIT(META_HEADER))
+        return roots_signal_corruption(
+            t->img, "Metadata lies in the header cluster; the bitmaps "
+                    "extension cannot be rewritten");
     ret = release_old(t, s);
     for (size_t i = 0; ret == 0 && i < s->n; i++)
         if (s->b[i].rewrite)

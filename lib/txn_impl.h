@@ -314,7 +314,8 @@ int txn_tables_check_freed(struct txn *t, uint32_t deleted, bool bitmaps,
 int txn_tables_cut(struct txn *t, uint64_t p, uint64_t from, uint8_t *buf);
 int txn_tables_fill(struct txn *t, uint64_t p, uint64_t from, uint64_t to,
                     uint8_t *buf, uint64_t *host, bool zero, uint64_t *n);
-/* Resize, before the commit: no entry the new active tree keeps (the
+/* Resize and other operations that keep the active tree without counting
+ * it, before the commit: no entry the new active tree keeps (the
  * tables at L1 index < n; in table cut_idx only the entries before
  * cut_from) names a cluster the commit frees or the operation allocated.
  * On a sound image none can; a data entry naming metadata, or a cluster

@@ -520,8 +520,8 @@ int txn_tables_check_kept(struct txn *t, uint32_t n, uint64_t cut_idx,
         if (hit)
             ret = roots_signal_corruption(
                 t->img, "Active L2 table %#" PRIx64 " names a cluster the "
-                        "resize would free or reuse (it names metadata, or "
-                        "a refcount is too low)", p);
+                        "operation would free or reuse (it names metadata, "
+                        "or a refcount is too low)", p);
     }
     return ret;
 }

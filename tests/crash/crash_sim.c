@@ -1617,11 +1617,11 @@ static const struct op_def ops_list[] = {
      "compat", NEED_V2},
     /* Bitmaps: a new directory, tables and data switched with the header. */
     {"bitmap-change", K_BITMAP, setup_bitmaps, op_bitmap_change, NULL,
-     NEED_V3},
+     NEED_V3 | NEED_SMALL},
     {"write-bitmaps", K_GUEST, setup_bitmaps, op_write_bitmaps, NULL,
-     NEED_V3},
+     NEED_V3 | NEED_SMALL},
     {"resize-bitmaps", K_RESIZE, setup_bitmaps, op_resize_shrink, NULL,
-     NEED_REFCOUNT4 | NEED_V3},
+     NEED_REFCOUNT4 | NEED_V3 | NEED_SMALL},
 };
 
 struct variant {

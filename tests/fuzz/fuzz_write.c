@@ -15,7 +15,7 @@
  *     first-write changes of prepare_write() in guest.c: cluster 0
  *     rewritten with unknown autoclear bits cleared (roots_clear_autoclear;
  *     exactly as predicted from the header before the step) and auto
- *     bitmaps flagged in_use in the bitmap directory (bitmap_mark_in_use).
+ *     bitmaps flagged in_use in the bitmap directory (bitmap_track_begin).
  *     qimg never sets or clears the dirty bit on a write (a dirty image is
  *     repaired at open, before the first step), so that bit is not
  *     allowed. Not asserted where the backend failed a call during the
@@ -97,7 +97,7 @@ static void save_before(struct oracle *o, const uint8_t *file, size_t len)
 
 /* prepare_write() (guest.c), on the first guest write: if there are
  * autoclear bits to clear, roots_clear_autoclear() rewrites cluster 0 from
- * the in-memory header; then bitmap_mark_in_use() sets in_use on the auto
+ * the in-memory header; then bitmap_track_begin() sets in_use on the auto
  * bitmaps of a directory the header still names. Predicted from the state
  * before the step, without writing. */
 static void predict_first_write(struct oracle *o)

@@ -15,7 +15,7 @@ convert -O raw):
     opens the image read-write) changed its copy too may qimg change its
     own, and not for the worse (below).
 Mutations (snapshot -c/-a/-d, io write, check -r all, resize +1G,
-amend -o refcount_bits=8),
+amend -o refcount_bits=8, bitmap --add),
 never worse (the
 exit code may differ from qemu's: qimg may refuse what QEMU does, or do
 what QEMU refuses, as long as):
@@ -54,7 +54,7 @@ CMD_TIMEOUT = 30
 READ_ONLY = ["info", "info-json", "snapshot-l", "check", "map-json",
              "read-dmg", "read-ok", "convert"]
 MUTATIONS = ["snapshot-c", "snapshot-a", "snapshot-d", "io-write",
-             "check-r-all", "resize", "amend"]
+             "check-r-all", "resize", "amend", "bitmap"]
 COMMANDS = READ_ONLY + MUTATIONS
 IO_CMDS = {"read-dmg", "read-ok", "io-write"}
 IO_READS = {"read-dmg", "read-ok"}
@@ -84,6 +84,7 @@ def tool_args(cmd, rng):
         "check-r-all": ["check", "-f", "qcow2", "-r", "all", IMG],
         "resize": ["resize", "-f", "qcow2", IMG, "+1G"],
         "amend": ["amend", "-f", "qcow2", "-o", "refcount_bits=8", IMG],
+        "bitmap": ["bitmap", "-f", "qcow2", "--add", IMG, "new"],
     }[cmd]
 
 
@@ -355,6 +356,53 @@ bad(WRITES_THEN_REFUSES, "snap_l1_size_past_eof", "v3", "resize")
 bad(WRITES_THEN_REFUSES, "snap_off_on_l1", "v3", "resize")
 bad(WRITES_THEN_REFUSES, "trunc_at_refblock", "v3", "resize")
 bad(WRITES_THEN_REFUSES, "trunc_mid_header", "v2", "resize")
+
+# bitmap --add: QEMU stores the new bitmap (a new directory and table)
+# through refcounts the damage has broken: it allocates over metadata and
+# marks the image corrupt after reporting success, or allocates past a cut
+# and leaks. qimg refuses (the refcount census before a commit, the active
+# tree checked against what it frees) or adds it cleanly.
+bad(MARKS_CORRUPT, "autoclear_bitmaps_no_ext", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_header_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_l1_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_l1_zero@512", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_refblock_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_reftable_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_snap_l1_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rc_snap_table_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "refcount_order_3", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rt_clusters_past_eof", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rt_off_on_l1", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rt_off_past_eof", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rt_off_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rte_misaligned", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rte_on_header", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rte_on_l1", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rte_past_eof", "v3", "bitmap")
+bad(MARKS_CORRUPT, "rte_zero", "v3", "bitmap")
+bad(MARKS_CORRUPT, "snap_l1_size_over_limit", "v3", "bitmap")
+bad(MARKS_CORRUPT, "snap_l1_size_past_eof", "v3", "bitmap")
+bad(MARKS_CORRUPT, "snap_off_on_l1", "v3", "bitmap")
+bad(MARKS_CORRUPT, "trunc_after_header", "v3", "bitmap")
+bad(MARKS_CORRUPT, "trunc_at_refblock", "v3", "bitmap")
+bad(MARKS_CORRUPT, "trunc_in_reftable", "v3", "bitmap")
+bad(MORE_CORRUPTION, "l1e_on_header", "v3", "bitmap")
+bad(MORE_CORRUPTION, "rc_shared_data_zero", "v3", "bitmap")
+bad(MORE_CORRUPTION, "trunc_in_l1", "v3", "bitmap")
+bad(MORE_LEAKS, "rc_l2_zero", "v3", "bitmap")
+bad(MORE_LEAKS, "rc_snap_l2_zero", "v3", "bitmap")
+bad(MORE_LEAKS, "rc_snap_l2_zero@512", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_compressed", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_data_c", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_l1", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_l2_0", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_l2_1", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_l2_1@512", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_at_snap_l1_s1", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_in_l2_1", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_in_refblock", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_l1_cluster@512", "v3", "bitmap")
+bad(MORE_LEAKS, "trunc_mid_compressed", "v3", "bitmap")
 
 
 # ---- the base images --------------------------------------------------------
