@@ -520,3 +520,30 @@ def test_convert_into_existing(tmp):
     convert_both(tmp, ["-n", "-O", "qcow2", "--bitmaps", "a.img"],
                  allow_rc=(1,))
     check_clean(tmp / "m.out")
+
+
+def test_snapshots_and_backing(tmp):
+    """On an overlay with internal snapshots: bitmap actions and guest
+    writes change no snapshot and no guest data, as qemu-img's do."""
+    steps = [create("b.img", "64M"), qio("b.img", "write -P 9 0 64M"),
+             create("a.img", "64M", backing="b.img"),
+             qio("a.img", "write -P 1 1M 1M"),
+             ["qemu-img", "snapshot", "-c", "s1", "a.img"],
+             qio("a.img", "write -P 2 1M 64k"),
+             ["qemu-img", "bitmap", "--add", "a.img", "b0"],
+             ["qemu-img", "snapshot", "-c", "s2", "a.img"]]
+    q, m = both(tmp, steps)
+    for args in (["--add", "-g", "4k"], ["--merge", "b0"], ["--disable"]):
+        same_result(tmp, ["bitmap", *args, "IMG", "n"],
+                    ["bitmap", *args, "IMG", "n"])
+    for w in ("write -P 3 3M 8k", "write -z 1M 64k"):
+        run(qio(q, w), check=True)
+        assert qimg("io", "-c", w, m).rc == 0
+    assert read_bitmaps(m) == read_bitmaps(q)
+    check_clean(m)
+    assert qemu_img("compare", q, m).rc == 0
+    for s in ("s1", "s2"):
+        for p, out in ((q, "q.raw"), (m, "m.raw")):
+            run(["qemu-img", "convert", "-l", s, "-O", "raw", p, out],
+                check=True)
+        assert (tmp / "q.raw").read_bytes() == (tmp / "m.raw").read_bytes()
