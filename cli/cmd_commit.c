@@ -22,12 +22,15 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define COMMIT_BUF (2u << 20)
+#define RATE_CHUNK (512u << 10) /* QEMU's commit job buffer */
 
 struct commit_args {
     const char *file, *fmt, *base, *cache;
     bool drop, progress, quiet, image_opts;
+    uint64_t rate; /* -r: bytes per second committed; 0: no limit */
 };
 
 static int parse_args(int argc, char **argv, struct commit_args *a)
@@ -38,7 +41,6 @@ static int parse_args(int argc, char **argv, struct commit_args *a)
         {"image-opts", no_argument, NULL, 'I'},
         {NULL, 0, NULL, 0},
     };
-    uint64_t rate;
     int c;
 
     memset(a, 0, sizeof *a);
@@ -70,8 +72,7 @@ static int parse_args(int argc, char **argv, struct commit_args *a)
             a->quiet = true;
             break;
         case 'r':
-            /* Accepted; qimg copies as fast as it can. */
-            if (parse_size(optarg, &rate) < 0 || rate > INT64_MAX) {
+            if (parse_size(optarg, &a->rate) < 0 || a->rate > INT64_MAX) {
                 return cli_bad_number("rate limit");
             }
             break;
@@ -166,10 +167,36 @@ static int open_base(const char *path, enum qimg_format fmt,
     return -1;
 }
 
-/* Copy what top's opened chain allocates into base. */
-static int copy(qimg_image *top, qimg_image *base, uint8_t *buf)
+static double now(void)
 {
-    uint64_t size = qimg_image_size(top), off = 0;
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* -r: before the next chunk, wait until the `done` bytes committed so
+ * far have taken at least done / rate seconds since `start` (as QEMU's
+ * block job limit averages it: no wait after the last chunk; ranges the
+ * chain does not allocate cost nothing). */
+static void rate_wait(uint64_t rate, double start, uint64_t done)
+{
+    double left = start + (double)done / (double)rate - now();
+
+    if (rate && left > 0) {
+        struct timespec ts = {(time_t)left,
+                              (long)((left - (double)(time_t)left) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Copy what top's opened chain allocates into base, at most `rate` bytes
+ * per second (0: no limit). */
+static int copy(qimg_image *top, qimg_image *base, uint8_t *buf,
+                uint64_t rate)
+{
+    uint64_t size = qimg_image_size(top), off = 0, done = 0;
+    const double start = now();
 
     while (off < size) {
         struct qimg_extent x;
@@ -177,6 +204,12 @@ static int copy(qimg_image *top, qimg_image *base, uint8_t *buf)
         if (qimg_image_map(top, off, size - off, &x) < 0)
             return -1;
         len = x.len;
+        /* Under a rate limit, in QEMU's commit chunks, zero ranges too. */
+        if (rate && (x.flags & QIMG_BS_ALLOCATED)) {
+            len = len < RATE_CHUNK ? len : RATE_CHUNK;
+            rate_wait(rate, start, done);
+            done += len;
+        }
         if ((x.flags & QIMG_BS_ALLOCATED) && (x.flags & QIMG_BS_ZERO)) {
             if (qimg_image_write_zeroes(base, off, len, QIMG_ZERO_UNMAP) < 0)
                 return -1;
@@ -232,7 +265,7 @@ static int commit(const struct commit_args *a)
         cli_error("Out of memory");
         goto out;
     }
-    if (copy(top, base, buf) < 0 ||
+    if (copy(top, base, buf, a->rate) < 0 ||
         (!a->drop && qimg_image_make_empty(top) < 0)) {
         cli_lib_error("%s", "");
         goto out;

@@ -258,3 +258,25 @@ def test_qemu_reads_what_qimg_committed_and_the_reverse(tmp):
     for n in ("base.img", "top.img"):
         r = run(["qemu-io", "-c", "read -P 3 1M 64k", n], cwd=d)
         assert r.rc == 0 and "read 65536/65536" in r.out, (n, r)
+
+
+def test_commit_rate_limit(tmp):
+    """-r holds the copy to the rate (bytes per second of what the chain
+    allocates, zero ranges too, no wait after the last chunk, as QEMU's
+    block job limit); the result is what an unlimited commit gives."""
+    import time
+    steps = [create("base.img", "64M"),
+             create("top.img", backing="base.img"),
+             qio("top.img", "write -P 3 0 2M", "write -z 10M 512k")]
+    for d in ("rq", "rm"):
+        build(tmp / d, steps)
+    t0 = time.monotonic()
+    r = run([QIMG, "commit", "-r", "1M", "top.img"], cwd=tmp / "rm")
+    slow = time.monotonic() - t0
+    assert r.rc == 0 and r.out == "Image committed.\n", r
+    # 2.5 MiB at 1 MiB/s: 2 s of waits (the last 512 KiB chunk unwaited)
+    assert slow >= 1.9, slow
+    r = run(["qemu-img", "commit", "-r", "1M", "top.img"], cwd=tmp / "rq")
+    assert r.rc == 0, r
+    for n in ("base.img", "top.img"):
+        assert same_content(tmp / "rq" / n, tmp / "rm" / n), n
