@@ -204,9 +204,11 @@ class SnapApplyRewrite(SnapApplySteady):
 
 
 class ReadOnly(Op):
-    def __init__(self, ctx, name, desc, args, ok_rc=(0,)):
+    def __init__(self, ctx, name, desc, args, ok_rc=(0,), images=None):
         super().__init__(ctx)
         self.name, self.desc, self.args, self.ok_rc = name, desc, args, ok_rc
+        if images:
+            self.images = images
 
     def argv(self, img):
         return self.args + [img]
@@ -399,7 +401,7 @@ def make_ops(ctx):
     ops = [
         ReadOnly(ctx, "snap-l", "snapshot -l", ["snapshot", "-l"]),
         ReadOnly(ctx, "info", "info", ["info"]),
-        ReadOnly(ctx, "check", "check", ["check"]),
+        ReadOnly(ctx, "check", "check", ["check"], images=IMAGES + ["F"]),
         ReadOnly(ctx, "map", "map (human output to /dev/null)", ["map"]),
         Convert(ctx, "raw"),
         Convert(ctx, "qcow2"),

@@ -122,6 +122,11 @@ struct chk_walk {
     bool multi_used;    /* ... and some were, in this walk */
     bool overflowed;    /* an overflow was reported in this walk */
     struct u64map l2refs; /* L2 offset -> references (total << 32 | active) */
+    /* With multi: by L1 index, the L2 table last found counted for all
+     * its references there (0: none), so a snapshot that repeats it
+     * skips the lookup. */
+    uint64_t *done_at;
+    uint32_t done_size;
     /* what this walk counted of the refcount structures (a repair drops
      * exactly that) */
     bool rt_counted;

@@ -382,24 +382,28 @@ static int check_l2(struct chk *c, uint64_t l2_off, bool frag)
 /* Count the clusters an L2 table references, for one reference to it:
  * with c->walk.multi, a clean table is counted for all its references at
  * its first one and skipped at the others. */
-static int walk_l2(struct chk *c, uint64_t l2_off, bool frag)
+static int walk_l2(struct chk *c, uint64_t l2_off, bool frag, bool *done)
 {
     uint64_t v = 0;
     int ret;
 
+    *done = false;
     if (c->walk.multi && u64map_get(&c->walk.l2refs, l2_off, &v) &&
-        v == L2_DONE)
+        v == L2_DONE) {
+        *done = true;
         return 0;
+    }
     ret = read_l2(c, l2_off);
     if (ret < 0)
         return ret;
     if (c->walk.multi && v && v != L2_SLOW) {
         uint64_t m = v >> 32, ma = v & 0xffffffffu;
-        bool done = fast_l2(c, m, ma);
-        if (u64map_put(&c->walk.l2refs, l2_off, done ? L2_DONE : L2_SLOW) < 0)
+        *done = fast_l2(c, m, ma);
+        if (u64map_put(&c->walk.l2refs, l2_off,
+                       *done ? L2_DONE : L2_SLOW) < 0)
             return qimg_err(ENOMEM, "Out of memory");
-        c->walk.multi_used |= done && m > 1;
-        if (done)
+        c->walk.multi_used |= *done && m > 1;
+        if (*done)
             return 0;
     } else if (!c->walk.multi && !c->find.quiet && fast_l2(c, 1, frag)) {
         return 0;
@@ -449,6 +453,7 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
         return ret;
     for (uint32_t i = 0; i < l1_size && ret == 0; i++) {
         uint64_t e = l1_entry_get(l1, i), l2_off = e & L1E_OFFSET_MASK;
+        bool done;
         if (!e)
             continue;
         c->walk.loc = (struct loc){LOC_L1_ENTRY, snap, i, -1};
@@ -469,8 +474,13 @@ static int check_l1(struct chk *c, int snap, uint64_t l1_off, uint32_t l1_size,
                 "aligned; L1 entry corrupted",
                 l2_off);
         }
+        if (ret == 0 && l2_off && i < c->walk.done_size &&
+            c->walk.done_at[i] == l2_off)
+            continue; /* counted for all its references already */
         if (ret == 0)
-            ret = walk_l2(c, l2_off, frag);
+            ret = walk_l2(c, l2_off, frag, &done);
+        if (ret == 0 && done && i < c->walk.done_size)
+            c->walk.done_at[i] = l2_off;
     }
     free(l1);
     return ret;
@@ -617,12 +627,49 @@ static int check_refblocks(struct chk *c)
     return ret;
 }
 
-/* Add the references of one L1 table to c->walk.l2refs. 1: counted; 0:
- * counts grow absurd (the shortcut is not taken); < 0: an error. */
-static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
-                         bool active)
+/* Add n references (active: of the active L1 table) to L2 table l2_off
+ * in c->walk.l2refs. 1: counted; 0: counts grow absurd (the shortcut is
+ * not taken); -ENOMEM. */
+static int add_l2_refs(struct chk *c, uint64_t l2_off, uint64_t n,
+                       bool active)
 {
     uint64_t v;
+
+    if (!u64map_get(&c->walk.l2refs, l2_off, &v))
+        v = 0;
+    if (n >= 1u << 30 || (v >> 32) + n >= 1u << 31)
+        return 0;
+    v += (n << 32) + active;
+    if ((v & 0xffffffffu) >= 0x80000000u)
+        return 0;
+    return u64map_put(&c->walk.l2refs, l2_off, v) < 0 ? -ENOMEM : 1;
+}
+
+/* References held back while consecutive snapshots repeat the entry at
+ * an L1 index (most do): one map update per run instead of one per
+ * entry. */
+struct l2ref_runs {
+    uint64_t *off;
+    uint64_t *n;
+    uint32_t size;
+};
+#define L2REF_RUNS_MAX (1u << 20) /* L1 indexes followed */
+
+static int runs_flush(struct chk *c, struct l2ref_runs *r, uint32_t i)
+{
+    int ret = r->off[i] ? add_l2_refs(c, r->off[i], r->n[i], false) : 1;
+
+    r->off[i] = 0;
+    r->n[i] = 0;
+    return ret;
+}
+
+/* Add the references of one L1 table (to c->walk.l2refs, or for a
+ * snapshot's to the runs r, if any). 1: counted; 0: counts grow absurd
+ * (the shortcut is not taken); < 0: an error. */
+static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
+                         bool active, struct l2ref_runs *r)
+{
     uint8_t *l1;
     int ret;
 
@@ -636,17 +683,17 @@ static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
         uint64_t l2_off = l1_entry_get(l1, i) & L1E_OFFSET_MASK;
         if (!l2_off || !IS_ALIGNED(l2_off, c->q->cluster_size))
             continue; /* walked at each reference */
-        if (!u64map_get(&c->walk.l2refs, l2_off, &v))
-            v = 0;
-        v += (1ull << 32) + active;
-        if (v >> 63 || (v & 0xffffffffu) >= 0x80000000u)
-            ret = 0;
-        else if (u64map_put(&c->walk.l2refs, l2_off, v) < 0)
-            ret = -ENOMEM;
+        if (active || !r || i >= r->size) {
+            ret = add_l2_refs(c, l2_off, 1, active);
+        } else if (r->off[i] == l2_off) {
+            r->n[i]++;
+        } else {
+            ret = runs_flush(c, r, i);
+            r->off[i] = l2_off;
+            r->n[i] = 1;
+        }
     }
     free(l1);
-    if (ret == -ENOMEM)
-        c->res->check_errors++;
     return ret;
 }
 
@@ -656,14 +703,27 @@ static int count_l1_refs(struct chk *c, uint64_t l1_off, uint32_t l1_size,
 static int count_l2_refs(struct chk *c)
 {
     const struct qcow2_header *h = &c->q->hdr;
-    int ret = count_l1_refs(c, h->l1_table_offset, h->l1_size, true);
+    struct l2ref_runs r = {0};
+    int ret = count_l1_refs(c, h->l1_table_offset, h->l1_size, true, NULL);
 
+    for (uint32_t i = 0; i < c->snaptab.nb_snaps; i++)
+        r.size = MAX(r.size, MIN(c->snaptab.snaps[i].l1_size,
+                                 L2REF_RUNS_MAX));
+    r.off = calloc(r.size ? r.size : 1, sizeof *r.off);
+    r.n = calloc(r.size ? r.size : 1, sizeof *r.n);
     for (uint32_t i = 0; ret == 1 && i < c->snaptab.nb_snaps; i++) {
         const struct snap *s = &c->snaptab.snaps[i];
         if (IS_ALIGNED(s->l1_off, c->q->cluster_size) &&
             (uint64_t)s->l1_size <= QCOW_MAX_L1_SIZE / 8)
-            ret = count_l1_refs(c, s->l1_off, s->l1_size, false);
+            ret = count_l1_refs(c, s->l1_off, s->l1_size, false,
+                                r.off && r.n ? &r : NULL);
     }
+    for (uint32_t i = 0; ret == 1 && r.off && r.n && i < r.size; i++)
+        ret = runs_flush(c, &r, i);
+    if (ret == -ENOMEM)
+        c->res->check_errors++;
+    free(r.off);
+    free(r.n);
     return ret;
 }
 
@@ -714,10 +774,21 @@ static int fast_init(struct chk *c, bool multi)
     int ret = 0;
 
     u64map_free(&w->l2refs);
+    free(w->done_at);
+    w->done_at = NULL;
+    w->done_size = 0;
     w->multi = false;
     if (multi && !c->find.quiet && !w->fix) {
         ret = count_l2_refs(c);
         w->multi = ret == 1;
+    }
+    if (w->multi) {
+        uint32_t n = c->q->hdr.l1_size;
+        for (uint32_t i = 0; i < c->snaptab.nb_snaps; i++)
+            n = MAX(n, c->snaptab.snaps[i].l1_size);
+        n = MIN(n, L2REF_RUNS_MAX);
+        w->done_at = calloc(n ? n : 1, sizeof *w->done_at);
+        w->done_size = w->done_at ? n : 0;
     }
     w->multi_used = w->overflowed = false;
     free(w->cop1);
@@ -796,6 +867,7 @@ void walk_free(struct chk *c)
 {
     free(c->walk.refs);
     u64map_free(&c->walk.l2refs);
+    free(c->walk.done_at);
     idset_free(&c->walk.rb_counted);
     free(c->walk.cop1);
     free(c->walk.cop0);
