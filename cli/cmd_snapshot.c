@@ -6,8 +6,9 @@
  * an errno ("-22 (Invalid argument)", "Failed to load snapshot: Invalid
  * argument"), qimg first prints the library's one-line reason on its own
  * line. Extensions: -f, -l --output=json (the "snapshots" array of
- * `info --output=json`), and -d falling back to the snapshot ID when no
- * snapshot has that name.
+ * `info --output=json`), -d falling back to the snapshot ID when no
+ * snapshot has that name, and --rename OLD NEW (OLD an ID or a name;
+ * atomic, as every change of the snapshot table).
  */
 #include "cli.h"
 #include "snaptable.h"
@@ -17,11 +18,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum snap_action { ACT_NONE, ACT_LIST, ACT_APPLY, ACT_CREATE, ACT_DELETE };
+enum snap_action {
+    ACT_NONE, ACT_LIST, ACT_APPLY, ACT_CREATE, ACT_DELETE, ACT_RENAME
+};
 
 struct snap_args {
     enum snap_action action;
     const char *name, *file;
+    const char *new_name; /* --rename */
     enum qimg_format fmt;
     bool quiet, force_share, json, image_opts;
 };
@@ -30,7 +34,10 @@ static int set_action(struct snap_args *a, enum snap_action act,
                       const char *name)
 {
     if (a->action != ACT_NONE)
-        return cli_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
+        return cli_usage_error("Cannot mix '-l', '-a', '-c', '-d'%s",
+                               act == ACT_RENAME || a->action == ACT_RENAME
+                                   ? ", '--rename'"
+                                   : "");
     a->action = act;
     a->name = name;
     return 0;
@@ -44,6 +51,7 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
         {"image-opts", no_argument, NULL, 'I'},
         {"force-share", no_argument, NULL, 'U'},
         {"output", required_argument, NULL, 'J'},
+        {"rename", required_argument, NULL, 'R'},
         {NULL, 0, NULL, 0},
     };
     const char *output = "human";
@@ -71,6 +79,9 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
         case 'd':
             ret = set_action(a, ACT_DELETE, optarg);
             break;
+        case 'R':
+            ret = set_action(a, ACT_RENAME, optarg);
+            break;
         case 'f':
             if (parse_format(optarg, &a->fmt) < 0) {
                 cli_error("Unknown file format '%s'", optarg);
@@ -97,6 +108,12 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
     }
     if (ret)
         return ret;
+    if (a->action == ACT_RENAME) {
+        if (optind != argc - 2)
+            return cli_usage_error("Expecting the new snapshot name and one "
+                                   "image file name");
+        a->new_name = argv[optind++];
+    }
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
     a->file = argv[optind];
@@ -181,6 +198,12 @@ static int do_action(qimg_image *img, const struct snap_args *a)
                       a->name, strerror(-ret));
         }
         return ret;
+    case ACT_RENAME:
+        ret = qimg_snapshot_rename(img, a->name, a->new_name);
+        if (ret < 0)
+            cli_error("Could not rename snapshot '%s': %s", a->name,
+                      e->message[0] ? e->message : strerror(-ret));
+        return ret;
     default:
         /* qemu-img words every delete failure as one line. */
         ret = qimg_snapshot_delete(img, a->name);
@@ -206,6 +229,10 @@ static int raw_action(const struct snap_args *a)
     else if (a->action == ACT_APPLY)
         cli_error("Could not apply snapshot '%s': Block driver does not "
                   "support snapshots",
+                  a->name);
+    else if (a->action == ACT_RENAME)
+        cli_error("Could not rename snapshot '%s': This image format does "
+                  "not support snapshots",
                   a->name);
     else
         cli_error("Could not delete snapshot '%s': snapshot not found",

@@ -137,7 +137,7 @@ void cli_help(void)
         "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
         "filename [+ | -]size\n"
         "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l | -a snapshot | "
-        "-c snapshot | -d snapshot] filename\n"
+        "-c snapshot | -d snapshot | --rename snapshot new_name] filename\n"
         "\n"
         "Command parameters:\n"
         "  'filename' is a disk image filename\n"
@@ -190,6 +190,8 @@ void cli_help(void)
         "  '-c' creates a snapshot\n"
         "  '-d' deletes a snapshot\n"
         "  '-l' lists all snapshots in the given image\n"
+        "  '--rename' renames a snapshot (ID or name) to new_name, atomically "
+        "(qimg only)\n"
         "\n"
         "Supported formats: qcow2 raw\n",
         qimg_version());

@@ -267,6 +267,12 @@ QIMG_API int qimg_snapshot_create(qimg_image *img, const char *name);
 QIMG_API int qimg_snapshot_apply(qimg_image *img, const char *id_or_name);
 /* Delete the snapshot (looked up by name, then ID). Commits atomically. */
 QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
+/* Rename a snapshot (looked up by ID, then name) to `new_name`, cut to
+ * 255 bytes as a create cuts it (names need not be unique, as in QEMU).
+ * The snapshot table is written anew and switched in with one header
+ * write: a power cut leaves the old name or the new. */
+QIMG_API int qimg_snapshot_rename(qimg_image *img, const char *id_or_name,
+                                  const char *new_name);
 /* Point a qcow2 image at another backing file, stored as given (NULL:
  * none), with a format extension (fmt NULL: none), changing nothing
  * else: qemu-img rebase -u. Atomic: one write of header sector 0 switches

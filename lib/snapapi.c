@@ -115,6 +115,21 @@ int qimg_snapshot_delete(qimg_image *img, const char *name_or_id)
     return roots_write_failed(img, txn_snapshot_delete(img, idx));
 }
 
+int qimg_snapshot_rename(qimg_image *img, const char *id_or_name,
+                         const char *new_name)
+{
+    int ret = check_snapshot_ok(img), idx;
+
+    if (ret < 0)
+        return ret;
+    idx = snap_find_by_id(img->q, id_or_name);
+    if (idx < 0)
+        idx = snap_find_by_name(img->q, id_or_name);
+    if (idx < 0)
+        return qimg_err(ENOENT, "snapshot not found");
+    return roots_write_failed(img, txn_snapshot_rename(img, idx, new_name));
+}
+
 int qimg_image_make_empty(qimg_image *img)
 {
     if (img->is_view || !img->read_write)

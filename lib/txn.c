@@ -553,7 +553,9 @@ out:
 
 /* ---- Rewriting the table ------------------------------------------------ */
 
-int txn_snapshot_rewrite(qimg_image *img)
+/* Write the snapshot table again (snapshot idx, if >= 0, renamed) and
+ * switch to it. */
+static int rewrite_table(qimg_image *img, int idx, const char *name)
 {
     struct qcow2 *q = img->q;
     uint32_t n = q->sn->nb_snaps;
@@ -568,6 +570,17 @@ int txn_snapshot_rewrite(qimg_image *img)
         ret = check_snapshots(&t, q->sn->snaps, n);
     if (ret == 0)
         ret = copy_snaps(q, -1, 0, &snaps);
+    if (ret == 0 && idx >= 0) {
+        char *nn = strndup(name, 255);
+        if (!nn) {
+            ret = qimg_err(ENOMEM, "Out of memory");
+        } else {
+            free(snaps[idx].name);
+            snaps[idx].name = nn;
+        }
+    }
+    if (ret == 0 && snap_table_size(q, snaps, n) > QCOW_MAX_SNAPSHOTS_SIZE)
+        ret = qimg_err(EFBIG, "Snapshot table too large");
     if (ret == 0)
         ret = txn_place_room(&t, room_needed(&t, 0, 0, snaps, n));
     if (ret == 0)
@@ -581,6 +594,16 @@ int txn_snapshot_rewrite(qimg_image *img)
     free_snaps(snaps, n);
     txn_free(&t);
     return ret;
+}
+
+int txn_snapshot_rewrite(qimg_image *img)
+{
+    return rewrite_table(img, -1, NULL);
+}
+
+int txn_snapshot_rename(qimg_image *img, int idx, const char *name)
+{
+    return rewrite_table(img, idx, name);
 }
 
 /* ---- Apply --------------------------------------------------------------- */

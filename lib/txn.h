@@ -14,6 +14,8 @@ int txn_snapshot_delete(qimg_image *img, int snap_idx);
 /* Write the snapshot table again, every entry with the extra data QEMU
  * writes (at least 24 bytes), and switch to it. */
 int txn_snapshot_rewrite(qimg_image *img);
+/* The same, snapshot idx named `name` (cut to 255 bytes, as a create). */
+int txn_snapshot_rename(qimg_image *img, int idx, const char *name);
 /* Every cluster of the active disk unallocated (it reads through to the
  * backing file); snapshots keep theirs. */
 int txn_make_empty(qimg_image *img);

@@ -63,6 +63,7 @@ enum kind {
     K_BACKING, /* qimg_image_set_backing: the old name or the new, whole */
     K_RESIZE,  /* qimg_image_resize: the old disk or the new, snapshots kept */
     K_AMEND,   /* qimg_image_amend: the old format or the new, whole */
+    K_RENAME,  /* qimg_snapshot_rename: the old name or the new */
     K_BITMAP   /* qimg_bitmap_change: the old bitmaps or the new, whole */
 };
 
@@ -727,6 +728,28 @@ static void judge_backing(const struct scenario *sc, const struct bytes *b)
     qimg_image_close(img);
 }
 
+/* Snapshot 1 is named "one" (before) or "renamed" (after), never a mix;
+ * the others keep their names. */
+static void judge_rename(const struct scenario *sc, const struct bytes *b)
+{
+    struct qimg_snapshot *l = NULL;
+    qimg_image *img;
+    size_t n = 0;
+
+    if (open_bytes(&img, b, false, false, NULL) < 0 ||
+        qimg_snapshot_list(&l, &n, img) < 0) {
+        failf(sc, "cannot read the snapshot table");
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(l[i].id, "1") ? strcmp(l[i].name, "one") &&
+                                        strcmp(l[i].name, "renamed")
+                                  : !strcmp(l[i].name, "renamed"))
+            failf(sc, "snapshot %s is named '%s'", l[i].id, l[i].name);
+    qimg_snapshot_list_free(l, n);
+    qimg_image_close(img);
+}
+
 /* The format of an amend's target (sc->target "width": the refcount width
  * and lazy refcounts; "compat": the version, at 16-bit refcounts). */
 static void amend_target(const struct scenario *sc, int *version,
@@ -858,6 +881,8 @@ static void judge(const struct scenario *sc, const struct bytes *b,
         judge_backing(sc, b);
     if (sc->kind == K_AMEND)
         judge_format(sc, b);
+    if (sc->kind == K_RENAME)
+        judge_rename(sc, b);
     if (sc->kind != K_CREATE && !bitmaps_ok(sc, &s, before, after))
         failf(sc, "bitmaps are neither the old ones nor the new ones");
     if (sc->kind != K_CREATE && !snapshots_ok(sc, &s, before, after))
@@ -1319,6 +1344,16 @@ static void setup_bitmap_in_use(qimg_image *img)
         abort();
 }
 
+static int op_snap_rename_missing(qimg_image *img)
+{
+    return qimg_snapshot_rename(img, "9", "renamed");
+}
+
+static int op_snap_rename(qimg_image *img)
+{
+    return qimg_snapshot_rename(img, "1", "renamed");
+}
+
 /* Every kind of change in one commit. */
 static int op_bitmap_change(qimg_image *img)
 {
@@ -1615,6 +1650,8 @@ static const struct op_def ops_list[] = {
      * (itself atomic), then switches the header. */
     {"amend-upgrade-old-table", K_AMEND, setup_old_table, op_amend_compat,
      "compat", NEED_V2},
+    /* A new snapshot table with one name changed, switched in. */
+    {"snapshot-rename", K_RENAME, setup_snaps, op_snap_rename, NULL, 0},
     /* Bitmaps: a new directory, tables and data switched with the header. */
     {"bitmap-change", K_BITMAP, setup_bitmaps, op_bitmap_change, NULL,
      NEED_V3 | NEED_SMALL},
@@ -2197,6 +2234,7 @@ static const struct refusal refusals[] = {
     {"bitmap-clear-in-use", setup_bitmap_in_use, op_bitmap_clear_full, EBUSY,
      0, NEED_V3, 0},
     {"bitmap-add-v2", setup_data, op_bitmap_add_one, ENOTSUP, RF_V2, 0, 0},
+    {"rename-missing", setup_snaps, op_snap_rename_missing, ENOENT, 0, 0, 0},
 };
 
 static bool refusal_applies(const struct refusal *rf, const struct variant *v)
