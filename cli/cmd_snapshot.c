@@ -28,6 +28,7 @@ struct snap_args {
     const char *new_name; /* --rename */
     enum qimg_format fmt;
     bool quiet, force_share, json, image_opts;
+    bool space; /* -l --space */
 };
 
 static int set_action(struct snap_args *a, enum snap_action act,
@@ -52,6 +53,7 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
         {"force-share", no_argument, NULL, 'U'},
         {"output", required_argument, NULL, 'J'},
         {"rename", required_argument, NULL, 'R'},
+        {"space", no_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     const char *output = "human";
@@ -82,6 +84,9 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
         case 'R':
             ret = set_action(a, ACT_RENAME, optarg);
             break;
+        case 'S':
+            a->space = true;
+            break;
         case 'f':
             if (parse_format(optarg, &a->fmt) < 0) {
                 cli_error("Unknown file format '%s'", optarg);
@@ -108,6 +113,8 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
     }
     if (ret)
         return ret;
+    if (a->space && a->action != ACT_LIST)
+        return cli_usage_error("--space only goes with -l");
     if (a->action == ACT_RENAME) {
         if (optind != argc - 2)
             return cli_usage_error("Expecting the new snapshot name and one "
@@ -151,11 +158,81 @@ static void print_json_list(const struct qimg_snapshot *l, size_t n)
     jv_free(arr);
 }
 
+static struct jv *usage_json(struct jv *o, const struct qimg_space_usage *u)
+{
+    jv_set(o, "exclusive-bytes", jv_uint(u->exclusive_bytes));
+    jv_set(o, "shared-bytes", jv_uint(u->shared_bytes));
+    jv_set(o, "referenced-bytes", jv_uint(u->referenced_bytes));
+    return o;
+}
+
+static void print_usage_row(const char *id, const char *name,
+                            const struct qimg_space_usage *u)
+{
+    char e[32], sh[32], r[32];
+
+    fmt_size(e, sizeof e, u->exclusive_bytes);
+    fmt_size(sh, sizeof sh, u->shared_bytes);
+    fmt_size(r, sizeof r, u->referenced_bytes);
+    printf("%-9s %-17s %12s %12s %12s\n", id, name, e, sh, r);
+}
+
+/* -l --space: what each snapshot and the active disk take in the file. */
+static int do_space(qimg_image *img, const struct snap_args *a)
+{
+    struct qimg_snapshot *l = NULL;
+    struct qimg_space *sp = NULL;
+    size_t n = 0;
+    char buf[4][32];
+
+    if (qimg_snapshot_list(&l, &n, img) < 0 ||
+        qimg_snapshot_space(&sp, img) < 0) {
+        cli_lib_error("%s", "");
+        qimg_snapshot_list_free(l, n);
+        return 1;
+    }
+    if (a->json) {
+        struct jv *o = jv_obj(), *arr = jv_set(o, "snapshots", jv_arr());
+        for (size_t i = 0; i < n && i < sp->nb_snapshots; i++) {
+            struct jv *e = jv_push(arr, jv_obj());
+            jv_set(e, "id", jv_str(l[i].id));
+            jv_set(e, "name", jv_str(l[i].name));
+            usage_json(e, &sp->snapshots[i]);
+        }
+        usage_json(jv_set(o, "active", jv_obj()), &sp->active);
+        jv_set(o, "data-bytes", jv_uint(sp->data_bytes));
+        jv_set(o, "metadata-bytes", jv_uint(sp->metadata_bytes));
+        jv_set(o, "free-held-bytes", jv_uint(sp->free_held_bytes));
+        jv_set(o, "reclaimable-bytes", jv_uint(sp->reclaimable_bytes));
+        jv_print(stdout, o);
+        putchar('\n');
+        jv_free(o);
+    } else {
+        printf("Snapshot space:\n%-9s %-17s %12s %12s %12s\n", "ID", "TAG",
+               "EXCLUSIVE", "SHARED", "REFERENCED");
+        for (size_t i = 0; i < n && i < sp->nb_snapshots; i++)
+            print_usage_row(l[i].id, l[i].name, &sp->snapshots[i]);
+        print_usage_row("-", "(active disk)", &sp->active);
+        fmt_size(buf[0], sizeof buf[0], sp->data_bytes);
+        fmt_size(buf[1], sizeof buf[1], sp->metadata_bytes);
+        fmt_size(buf[2], sizeof buf[2], sp->free_held_bytes);
+        fmt_size(buf[3], sizeof buf[3], sp->reclaimable_bytes);
+        printf("data: %s, metadata: %s, free but held by the file: %s, "
+               "reclaimable: %s\n",
+               buf[0], buf[1], buf[2], buf[3]);
+    }
+    qimg_snapshot_list_free(l, n);
+    qimg_space_free(sp);
+    return 0;
+}
+
 static int do_list(qimg_image *img, const struct snap_args *a)
 {
     struct qimg_snapshot *l;
     size_t n;
 
+    if (a->space)
+        return do_space(img, a);
     if (qimg_snapshot_list(&l, &n, img) < 0) {
         cli_lib_error("%s", "");
         return 1;

@@ -136,7 +136,8 @@ void cli_help(void)
         "-b backing_file [-F backing_fmt] filename\n"
         "  resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
         "filename [+ | -]size\n"
-        "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l | -a snapshot | "
+        "  snapshot [-f fmt] [-U] [-q] [--output=ofmt] [-l [--space] | "
+        "-a snapshot | "
         "-c snapshot | -d snapshot | --rename snapshot new_name] filename\n"
         "\n"
         "Command parameters:\n"
@@ -192,6 +193,9 @@ void cli_help(void)
         "  '-l' lists all snapshots in the given image\n"
         "  '--rename' renames a snapshot (ID or name) to new_name, atomically "
         "(qimg only)\n"
+        "  '--space' with '-l' shows the bytes each snapshot and the active "
+        "disk take\n"
+        "       alone and share (qimg only)\n"
         "\n"
         "Supported formats: qcow2 raw\n",
         qimg_version());

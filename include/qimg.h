@@ -273,6 +273,26 @@ QIMG_API int qimg_snapshot_delete(qimg_image *img, const char *name_or_id);
  * write: a power cut leaves the old name or the new. */
 QIMG_API int qimg_snapshot_rename(qimg_image *img, const char *id_or_name,
                                   const char *new_name);
+/* Host space per tree (a snapshot or the active disk), in bytes of the
+ * file: its L2 tables and the clusters they map (compressed ones by the
+ * sectors they occupy); exclusive: the host clusters no other tree names,
+ * what deleting the snapshot gives back (but its own L1 table and
+ * snapshot-table entry); shared: the rest. */
+struct qimg_space_usage {
+    uint64_t exclusive_bytes, shared_bytes, referenced_bytes;
+};
+struct qimg_space {
+    struct qimg_space_usage *snapshots; /* in snapshot-table order */
+    size_t nb_snapshots;
+    struct qimg_space_usage active;
+    uint64_t data_bytes;        /* data clusters in use (whole clusters) */
+    uint64_t metadata_bytes;    /* every other cluster in use */
+    uint64_t free_held_bytes;   /* free clusters the file still holds */
+    uint64_t reclaimable_bytes; /* what compacting would give back */
+};
+/* One pass over the tables (no data read). Free with qimg_space_free. */
+QIMG_API int qimg_snapshot_space(struct qimg_space **out, qimg_image *img);
+QIMG_API void qimg_space_free(struct qimg_space *s);
 /* Point a qcow2 image at another backing file, stored as given (NULL:
  * none), with a format extension (fmt NULL: none), changing nothing
  * else: qemu-img rebase -u. Atomic: one write of header sector 0 switches

@@ -37,7 +37,8 @@ LAYERS = [
     ("flush order, census", ["flush", "metaset"]),
     ("operations", ["guest", "backing", "txn", "rebuild", "amend"]),
     ("whole image", ["check", "qcow2", "open", "create"]),
-    ("public API", ["imageapi", "snapapi", "bitmapapi", "info"]),
+    ("public API", ["imageapi", "snapapi", "bitmapapi", "spaceapi",
+                    "info"]),
 ]
 # The one circle: a guest read of an unallocated range reads the backing
 # image, which is a guest read of the image below.
