@@ -24,6 +24,7 @@ static const struct command commands[] = {
     {"commit", cmd_commit},   {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
     {"dd", cmd_dd},
+    {"diff", cmd_diff},
     {"info", cmd_info},       {"io", cmd_io},
     {"map", cmd_map},         {"measure", cmd_measure},
     {"rebase", cmd_rebase},
@@ -125,6 +126,8 @@ void cli_help(void)
         "[-o options] filename [size]\n"
         "  dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] "
         "[count=blocks] [skip=blocks] if=input of=output\n"
+        "  diff [-f fmt] [--output=ofmt] [--exact] [-U] filename "
+        "from_snapshot [to_snapshot]\n"
         "  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n"
         "  io [-f fmt] [-r] [-U] [-l snapshot_param] -c command [-c command "
         "...] filename\n"

@@ -293,6 +293,22 @@ struct qimg_space {
 /* One pass over the tables (no data read). Free with qimg_space_free. */
 QIMG_API int qimg_snapshot_space(struct qimg_space **out, qimg_image *img);
 QIMG_API void qimg_space_free(struct qimg_space *s);
+/* A guest range that may differ between two trees; zero: it reads as
+ * zeros in the newer one. */
+struct qimg_diff_extent {
+    uint64_t start, length;
+    bool zero;
+};
+/* The ranges of snapshot `to` (NULL: the active disk) that may differ
+ * from snapshot `from` (each an ID or a name), from the tables alone,
+ * merged into maximal runs: a superset of the ranges whose bytes differ
+ * (a cluster whose mappings differ but whose bytes are equal is in it).
+ * Ranges past the end of `from`'s disk are in it. Free with
+ * qimg_diff_free. */
+QIMG_API int qimg_snapshot_diff(qimg_image *img, const char *from,
+                                const char *to,
+                                struct qimg_diff_extent **out, size_t *count);
+QIMG_API void qimg_diff_free(struct qimg_diff_extent *e);
 /* Point a qcow2 image at another backing file, stored as given (NULL:
  * none), with a format extension (fmt NULL: none), changing nothing
  * else: qemu-img rebase -u. Atomic: one write of header sector 0 switches

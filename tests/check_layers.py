@@ -38,7 +38,7 @@ LAYERS = [
     ("operations", ["guest", "backing", "txn", "rebuild", "amend"]),
     ("whole image", ["check", "qcow2", "open", "create"]),
     ("public API", ["imageapi", "snapapi", "bitmapapi", "spaceapi",
-                    "info"]),
+                    "diffapi", "info"]),
 ]
 # The one circle: a guest read of an unallocated range reads the backing
 # image, which is a guest read of the image below.
