@@ -7,7 +7,7 @@
  *                [-l snapshot_param] [-S sparse_size] [-t cache]
  *                [-T src_cache] [-m num] [-W] [-r rate] [--image-opts]
  *                [--target-is-zero] [--bitmaps [--skip-broken-bitmaps]]
- *                filename [filename2 [...]] output
+ *                [--diff-from SNAPSHOT] filename [filename2 [...]] output
  *
  * Follows qemu-img 7.2 step by step, since the step decides which message
  * the user sees: option syntax; the file count; opening every source; the
@@ -51,6 +51,7 @@ struct conv_args {
     char *sn_id, *sn_name;
     bool compress, copy_range, progress, quiet, skip_create, force_share;
     bool image_opts, target_is_zero, salvage, bitmaps, skip_broken;
+    const char *diff_from; /* --diff-from SNAPSHOT */
     uint64_t min_sparse;
     bool explicit_sparse;
     char **srcs;
@@ -65,6 +66,7 @@ enum {
     OPT_SALVAGE,
     OPT_BITMAPS,
     OPT_SKIP_BROKEN,
+    OPT_DIFF_FROM,
 };
 
 /* "qimg: <message>"; returns -1. */
@@ -199,6 +201,9 @@ static int take_option(struct conv_args *a, int c, const char *arg)
     case OPT_SKIP_BROKEN:
         a->skip_broken = true;
         break;
+    case OPT_DIFF_FROM:
+        a->diff_from = arg;
+        break;
     }
     return 0;
 }
@@ -215,6 +220,7 @@ static int parse_options(struct conv_args *a, int argc, char **argv)
         {"salvage", no_argument, NULL, OPT_SALVAGE},
         {"bitmaps", no_argument, NULL, OPT_BITMAPS},
         {"skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN},
+        {"diff-from", required_argument, NULL, OPT_DIFF_FROM},
         {NULL, 0, NULL, 0},
     };
     int c;
@@ -265,6 +271,12 @@ static int check_args(struct conv_args *a, int argc, char **argv)
         ret = fail("Invalid source cache option: %s", a->src_cache);
     else if (a->dst_cache && !cache_mode_ok(a->dst_cache))
         ret = fail("Invalid cache option: %s", a->dst_cache);
+    if (ret < 0)
+        return 1;
+    if (a->diff_from && (a->nb_src != 1 || strcmp(a->out_fmt, "qcow2") ||
+                         a->compress || a->skip_create))
+        ret = fail("--diff-from needs one qcow2 source and a new qcow2 "
+                   "target (-O qcow2, no -c or -n)");
     if (ret < 0)
         return 1;
     if (a->quiet)
@@ -560,6 +572,22 @@ static int setup_job(const struct conv_args *a, struct conv_job *job,
     return 0;
 }
 
+/* --diff-from names a snapshot of the source (an ID or a name): checked
+ * before the target is made. */
+static bool has_snapshot(qimg_image *img, const char *spec)
+{
+    struct qimg_snapshot *l = NULL;
+    size_t n = 0;
+    bool found = false;
+
+    if (qimg_snapshot_list(&l, &n, img) < 0)
+        return false;
+    for (size_t i = 0; i < n && !found; i++)
+        found = !strcmp(l[i].id, spec) || !strcmp(l[i].name, spec);
+    qimg_snapshot_list_free(l, n);
+    return found;
+}
+
 /* Everything after the argument checks; returns 0 or -1. */
 static int run(const struct conv_args *a, struct conv_job *job)
 {
@@ -569,13 +597,18 @@ static int run(const struct conv_args *a, struct conv_job *job)
         return -1;
     if (a->bitmaps && conv_bitmaps_check_source(job, a->skip_broken) < 0)
         return -1;
+    if (a->diff_from && !has_snapshot(job->src[0].img, a->diff_from))
+        return fail("Snapshot '%s' not found", a->diff_from);
     if (!a->skip_create && create_target(a, job, &has_backing) < 0)
         return -1;
     if (open_target(a, job) < 0 || setup_job(a, job, has_backing) < 0)
         return -1;
     if (a->bitmaps && conv_bitmaps_check_target(job->dst, a->out_fmt) < 0)
         return -1;
-    if (conv_copy(job) < 0)
+    if (a->diff_from
+            ? conv_diff_copy(job, a->srcs[0], a->fmt, a->diff_from,
+                             a->sn_name ? a->sn_name : a->sn_id)
+            : conv_copy(job))
         return -1;
     if (a->bitmaps && conv_bitmaps_copy(job->src[0].img, job->dst) < 0)
         return -1;

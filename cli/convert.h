@@ -65,6 +65,14 @@ int conv_bitmaps_check_target(qimg_image *dst, const char *out_fmt);
  * dst, in one commit. */
 int conv_bitmaps_copy(qimg_image *src, qimg_image *dst);
 
+/* ---- convert_diff.c ---- */
+
+/* --diff-from: write into the target only what changed in `to` (a
+ * snapshot spec, NULL: the active disk) since snapshot `from` of `file`,
+ * reading it from job->src[0]. Returns 0 or -1 (printed). */
+int conv_diff_copy(struct conv_job *job, const char *file, const char *fmt,
+                   const char *from, const char *to);
+
 /* ---- convert_opts.c ---- */
 
 /* Target creation options (-o list, -B, -F), checked in qemu-img's two

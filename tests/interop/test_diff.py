@@ -141,3 +141,55 @@ def test_human(tmp):
         off, ln, z = line.split()
         assert (int(off, 16), int(ln, 16), z) == (
             e["start"], e["length"], "yes" if e["zero"] else "no")
+
+
+@pytest.mark.parametrize("opts", ["cluster_size=64k", "cluster_size=512",
+                                  "cluster_size=64k,extended_l2=on",
+                                  "compat=0.10"])
+@pytest.mark.parametrize("to", ["s3", None])
+def test_convert_diff_from(tmp, opts, to):
+    """convert [-l TO] --diff-from FROM: the delta on top of an export of
+    FROM reads as TO (rebase -u onto it, or -B at conversion); it holds
+    no more than the changed ranges."""
+    img = build(tmp, opts, 8)
+    run(["qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=s1", img,
+         tmp / "from.raw"], check=True)
+    to_raw = tmp / "to.raw"
+    export_args = ["-l", "snapshot.name=" + to] if to else []
+    run(["qemu-img", "convert", "-O", "raw"] + export_args + [img, to_raw],
+        check=True)
+    lflag = ["-l", to] if to else []
+    r = qimg("convert", "-O", "qcow2", *lflag, "--diff-from", "s1", img,
+             tmp / "delta.qcow2")
+    assert r.rc == 0, r
+    run(["qemu-img", "check", tmp / "delta.qcow2"], check=True)
+    run(["qemu-img", "rebase", "-u", "-b", "from.raw", "-F", "raw",
+         tmp / "delta.qcow2"], check=True)
+    r = qemu_img("compare", "-f", "qcow2", "-F", "raw", tmp / "delta.qcow2",
+                 to_raw)
+    assert r.rc == 0, r
+    # the same with the backing file named at conversion
+    r = qimg("convert", "-O", "qcow2", *lflag, "--diff-from", "s1", "-B",
+             "from.raw", "-F", "raw", img, tmp / "delta2.qcow2")
+    assert r.rc == 0, r
+    r = qemu_img("compare", "-f", "qcow2", "-F", "raw", tmp / "delta2.qcow2",
+                 to_raw)
+    assert r.rc == 0, r
+    # only the changed ranges are allocated in the delta
+    got = ranges(img, "s1", to)
+    m = json.loads(qemu_img("map", "--output=json", tmp / "delta.qcow2").out)
+    changed = sum(e["length"] for e in got)
+    present = sum(e["length"] for e in m if e["depth"] == 0 and
+                  e["present"])
+    assert present <= changed + 65536 * len(got), (present, changed)
+
+
+def test_convert_diff_from_refusals(tmp):
+    img = build(tmp, "cluster_size=64k", 9)
+    for args in (["-O", "raw"], ["-O", "qcow2", "-c"]):
+        r = qimg("convert", *args, "--diff-from", "s1", img, tmp / "x")
+        assert r.rc == 1 and "--diff-from needs" in r.err, r
+        assert not (tmp / "x").exists()
+    r = qimg("convert", "-O", "qcow2", "--diff-from", "nope", img, tmp / "y")
+    assert r.rc == 1 and "Snapshot 'nope' not found" in r.err, r
+    assert not (tmp / "y").exists()
