@@ -14,8 +14,9 @@
  * A tree's referenced bytes are its L2 tables and what they map; its
  * exclusive bytes the host clusters no other tree names (what deleting a
  * snapshot gives back, but its own L1 table and snapshot-table entry);
- * shared the difference. Compressed clusters count for ownership by the
- * host clusters their data lies in.
+ * shared the difference. Compressed data counts by its sectors, and is
+ * one tree's alone if every host cluster it lies in is (deleting the tree
+ * then frees those whole clusters).
  */
 #include "qimg.h"
 
@@ -43,6 +44,15 @@ struct space {
     uint64_t *mapped;    /* per cluster (L2 tables): bytes they map */
     uint64_t **tables;   /* per tree: its distinct L2 tables (clusters) */
     uint32_t *ntables;
+    uint8_t *zip;        /* per cluster: holds compressed data */
+    struct stream *streams; /* compressed data, as each table maps it */
+    size_t nstreams, capstreams;
+};
+
+/* Compressed data one L2 table (cluster `table`) maps: its sectors, in
+ * host clusters [first, last]. */
+struct stream {
+    uint64_t first, last, bytes, table;
 };
 
 static void own(struct space *s, uint64_t c, uint32_t tree_plus_1)
@@ -85,6 +95,21 @@ static int walk_l1(struct space *s, uint32_t tree, const uint8_t *l1,
     return 0;
 }
 
+static int add_stream(struct space *s, uint64_t first, uint64_t last,
+                      uint64_t bytes, uint64_t table)
+{
+    if (s->nstreams == s->capstreams) {
+        size_t cap = s->capstreams ? s->capstreams * 2 : 256;
+        struct stream *n = realloc(s->streams, cap * sizeof *n);
+        if (!n)
+            return qimg_err(ENOMEM, "Out of memory");
+        s->streams = n;
+        s->capstreams = cap;
+    }
+    s->streams[s->nstreams++] = (struct stream){first, last, bytes, table};
+    return 0;
+}
+
 /* Step 2 for one table: the bytes it maps, its data's owners. Each data
  * cluster is counted once per table (an entry naming one twice counts
  * once). */
@@ -101,9 +126,16 @@ static int walk_l2(struct space *s, uint64_t c, uint8_t *buf)
         switch (l2_cluster_type(q, e)) {
         case CL_COMPRESSED:
             l2_compressed_range(q, e, &off, &len);
-            bytes += ALIGN_UP(off + len, 512) - ALIGN_DOWN(off, 512);
             first = off >> q->cluster_bits;
             last = (off + len - 1) >> q->cluster_bits;
+            ret = add_stream(s, first, last,
+                             ALIGN_UP(off + len, 512) - ALIGN_DOWN(off, 512),
+                             c);
+            if (ret < 0)
+                return ret;
+            bytes += s->streams[s->nstreams - 1].bytes;
+            for (uint64_t k = first; k <= last && k < s->nclusters; k++)
+                s->zip[k] = 1;
             break;
         case CL_NORMAL:
         case CL_ZERO_ALLOC:
@@ -182,7 +214,8 @@ static int totals(struct space *s, struct qimg_space *out)
     for (uint64_t c = 0; ret == 0 && c < s->nclusters; c++) {
         uint64_t rc = 0;
         struct qimg_extent e;
-        if (s->owner[c] && s->owner[c] != SHARED)
+        /* (Compressed data counts by its sectors, below.) */
+        if (s->owner[c] && s->owner[c] != SHARED && !s->zip[c])
             excl[s->owner[c] - 1] += cs;
         ret = refcount_get(s->img, c, &rc);
         if (ret < 0)
@@ -204,6 +237,17 @@ static int totals(struct space *s, struct qimg_space *out)
                 out->free_held_bytes += MIN(e.len, end - o);
         }
     }
+    /* A compressed stream is one tree's alone if every host cluster it
+     * lies in is. */
+    for (size_t i = 0; ret == 0 && i < s->nstreams; i++) {
+        const struct stream *z = &s->streams[i];
+        uint32_t o = s->owner[z->table];
+        bool alone = o && o != SHARED && z->last < s->nclusters;
+        for (uint64_t k = z->first; alone && k <= z->last; k++)
+            alone = s->owner[k] == o;
+        if (alone)
+            excl[o - 1] += z->bytes;
+    }
     for (uint32_t t = 0; ret == 0 && t < s->ntrees; t++)
         usage(s, t, excl,
               t + 1 < s->ntrees ? &out->snapshots[t] : &out->active);
@@ -223,7 +267,8 @@ void qimg_space_free(struct qimg_space *s)
 
 int qimg_snapshot_space(struct qimg_space **out, qimg_image *img)
 {
-    struct space s = {img, img->q, 0, 0, NULL, NULL, NULL, NULL, NULL};
+    struct space s = {img, img->q, 0,    0,    NULL, NULL, NULL,
+                      NULL, NULL, NULL, NULL, 0,    0};
     struct qimg_space *r;
     int ret = 0;
 
@@ -237,12 +282,13 @@ int qimg_snapshot_space(struct qimg_space **out, qimg_image *img)
     s.owner = calloc(s.nclusters + 1, sizeof *s.owner);
     s.seen = calloc(s.nclusters + 1, sizeof *s.seen);
     s.mapped = calloc(s.nclusters + 1, sizeof *s.mapped);
+    s.zip = calloc(s.nclusters + 1, 1);
     s.tables = calloc(s.ntrees, sizeof *s.tables);
     s.ntables = calloc(s.ntrees, sizeof *s.ntables);
     if (r)
         r->snapshots = calloc(s.ntrees, sizeof *r->snapshots);
     if (!r || !r->snapshots || !s.owner || !s.seen || !s.mapped ||
-        !s.tables || !s.ntables)
+        !s.tables || !s.ntables || !s.zip)
         ret = qimg_err(ENOMEM, "Out of memory");
     if (ret == 0)
         ret = trees(&s);
@@ -259,6 +305,8 @@ int qimg_snapshot_space(struct qimg_space **out, qimg_image *img)
     free(s.owner);
     free(s.seen);
     free(s.mapped);
+    free(s.zip);
+    free(s.streams);
     if (ret < 0) {
         qimg_space_free(r);
         return ret;

@@ -2,9 +2,11 @@
  * model.c - randomized model test of guest I/O and internal snapshots.
  *
  * A long random sequence of writes, write-zeroes, discards, compressed
- * writes and snapshot create/apply/delete is applied to one image through
- * libqimg, and to an in-memory model of what the active disk and every
- * snapshot must contain. After every operation qimg's own check must find
+ * writes and snapshot create/apply/delete/rename is applied to one image
+ * through libqimg, and to an in-memory model of what the active disk and
+ * every snapshot must contain; between them the changed ranges of two
+ * trees (qimg_snapshot_diff) must cover every byte the model says
+ * differs, and the space per tree must add up. After every operation qimg's own check must find
  * the image clean; every few operations the active disk and all snapshots
  * are read back and compared with the model; at random points (and at the
  * end) `qemu-img check` must report the image clean too.
@@ -261,16 +263,88 @@ static void op_delete(qimg_image *img)
     nb_snaps--;
 }
 
+/* Rename a random snapshot: the list must show the new name. */
+static void op_rename(qimg_image *img)
+{
+    struct qimg_snapshot *l;
+    size_t n;
+    int i;
+
+    if (!nb_snaps)
+        return;
+    i = (int)(rnd() % (uint64_t)nb_snaps);
+    snprintf(snaps[i].name, sizeof snaps[i].name, "r%llu",
+             (unsigned long long)(rnd() % 8));
+    if (qimg_snapshot_rename(img, snaps[i].id, snaps[i].name) < 0)
+        fail("snapshot rename %s", snaps[i].id);
+    if (qimg_snapshot_list(&l, &n, img) < 0)
+        fail("snapshot list");
+    for (size_t k = 0; k < n; k++)
+        if (!strcmp(l[k].id, snaps[i].id) && strcmp(l[k].name, snaps[i].name))
+            fail("snapshot %s is named %s after a rename to %s", l[k].id,
+                 l[k].name, snaps[i].name);
+    qimg_snapshot_list_free(l, n);
+}
+
+/* The changed ranges between two trees (a snapshot, and another one or
+ * the active disk) cover every byte that differs in the model; a range
+ * said to read as zeros does. Space: referenced = exclusive + shared. */
+static void op_diff(qimg_image *img)
+{
+    struct qimg_diff_extent *e;
+    struct qimg_space *sp;
+    const uint8_t *from, *to;
+    uint8_t *covered;
+    size_t n;
+    int i, j;
+
+    if (!nb_snaps)
+        return;
+    i = (int)(rnd() % (uint64_t)nb_snaps);
+    j = (int)(rnd() % (uint64_t)(nb_snaps + 1)); /* nb_snaps: active */
+    from = snaps[i].data;
+    to = j < nb_snaps ? snaps[j].data : active;
+    if (qimg_image_flush(img) < 0 ||
+        qimg_snapshot_diff(img, snaps[i].id, j < nb_snaps ? snaps[j].id : NULL,
+                           &e, &n) < 0)
+        fail("diff %s", snaps[i].id);
+    covered = calloc(1, DISK);
+    for (size_t k = 0; k < n; k++) {
+        if (e[k].start + e[k].length > DISK)
+            fail("diff range past the disk");
+        memset(covered + e[k].start, 1, e[k].length);
+        for (uint64_t b = 0; e[k].zero && b < e[k].length; b++)
+            if (to[e[k].start + b])
+                fail("diff: range said zero holds data at %llu",
+                     (unsigned long long)(e[k].start + b));
+    }
+    for (uint32_t b = 0; b < DISK; b++)
+        if (from[b] != to[b] && !covered[b])
+            fail("diff %s..%s missed a change at byte %u", snaps[i].id,
+                 j < nb_snaps ? snaps[j].id : "active", b);
+    free(covered);
+    qimg_diff_free(e);
+    if (qimg_snapshot_space(&sp, img) < 0)
+        fail("space");
+    for (size_t k = 0; k <= sp->nb_snapshots; k++) {
+        const struct qimg_space_usage *u =
+            k < sp->nb_snapshots ? &sp->snapshots[k] : &sp->active;
+        if (u->referenced_bytes != u->exclusive_bytes + u->shared_bytes)
+            fail("space: referenced != exclusive + shared");
+    }
+    qimg_space_free(sp);
+}
+
 int main(int argc, char **argv)
 {
     struct qimg_create_opts o = QIMG_CREATE_OPTS_INIT;
     static const char *names[] = {"write",      "zero",   "discard",
                                   "compressed", "create", "apply",
-                                  "delete"};
+                                  "delete",     "rename", "diff"};
     void (*ops[])(qimg_image *) = {op_write,      op_zero,   op_discard,
                                    op_compressed, op_create, op_apply,
-                                   op_delete};
-    static const int weights[] = {30, 8, 6, 4, 8, 6, 6};
+                                   op_delete,     op_rename, op_diff};
+    static const int weights[] = {30, 8, 6, 4, 8, 6, 6, 3, 4};
     qimg_image *img;
     int nops;
 
@@ -298,7 +372,7 @@ int main(int argc, char **argv)
     active = calloc(1, DISK);
     img = open_rw();
     for (int n = 0; n < nops; n++) {
-        int w = (int)(rnd() % 68), k = 0;
+        int w = (int)(rnd() % 75), k = 0;
         while (w >= weights[k])
             w -= weights[k++];
         if (getenv("MODEL_TRACE"))
