@@ -387,13 +387,12 @@ void bitmap_track_free(qimg_image *img)
     free(s);
 }
 
-int bitmap_check_resize(qimg_image *img, uint64_t size)
+int bitmap_check_resize(qimg_image *img)
 {
     struct bitmap_entry *b;
     size_t n;
     int ret = bitmap_dir_load(img, &b, &n);
 
-    (void)size;
     for (size_t i = 0; ret == 0 && i < n; i++)
         if (b[i].flags & BME_FLAG_IN_USE)
             ret = qimg_err(EINVAL, "Bitmap '%s' is inconsistent and cannot "

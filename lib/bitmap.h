@@ -70,8 +70,8 @@ typedef int bitmap_ref_fn(void *ctx, int64_t bitmap, int64_t entry,
                           uint64_t off, uint64_t len);
 int bitmap_each_ref(qimg_image *img, uint64_t end, bitmap_ref_fn *fn,
                     void *ctx);
-/* Before a resize to `size`: no bitmap is in use (QEMU refuses those). */
-int bitmap_check_resize(qimg_image *img, uint64_t size);
+/* Before a resize: no bitmap is in use (QEMU refuses those). */
+int bitmap_check_resize(qimg_image *img);
 
 /* ---- Bits (bitmap_bits.c) ----------------------------------------------- */
 /* Table entries a bitmap of 2^gran_bits granularity needs for `size`. */

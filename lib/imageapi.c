@@ -304,7 +304,7 @@ static int resize_refusal(qimg_image *img, uint64_t size, uint32_t version,
     if (version < 3 && img->q->hdr.nb_snapshots)
         return qimg_err(ENOTSUP, "Can't resize a v2 image which has "
                                  "snapshots");
-    ret = bitmap_check_resize(img, size);
+    ret = bitmap_check_resize(img);
     if (ret < 0 || size == img->size)
         return ret;
     /* As QEMU: what the disk gains must not show a longer backing file's
