@@ -599,6 +599,14 @@ static int run(const struct conv_args *a, struct conv_job *job)
         return -1;
     if (a->diff_from && !has_snapshot(job->src[0].img, a->diff_from))
         return fail("Snapshot '%s' not found", a->diff_from);
+    /* The delta has TO's size (a snapshot's own, not the active disk's as
+     * a plain convert -l keeps). */
+    if (a->diff_from) {
+        job->src[0].size = (qimg_image_size(job->src[0].img) + 511) / 512 *
+                           512;
+        job->src[0].avail = qimg_image_size(job->src[0].img);
+        job->total = job->src[0].size;
+    }
     if (!a->skip_create && create_target(a, job, &has_backing) < 0)
         return -1;
     if (open_target(a, job) < 0 || setup_job(a, job, has_backing) < 0)

@@ -193,3 +193,27 @@ def test_convert_diff_from_refusals(tmp):
     r = qimg("convert", "-O", "qcow2", "--diff-from", "nope", img, tmp / "y")
     assert r.rc == 1 and "Snapshot 'nope' not found" in r.err, r
     assert not (tmp / "y").exists()
+
+
+def test_convert_diff_from_sizes(tmp):
+    """Snapshots of different sizes: the delta has TO's size."""
+    for s in [create("a.img", "8M"), qio("a.img", "write -P 1 0 8M"),
+              ["qemu-img", "snapshot", "-c", "small", "a.img"],
+              ["qemu-img", "resize", "a.img", "12M"],
+              qio("a.img", "write -P 2 9M 1M", "write -P 3 1M 64k"),
+              ["qemu-img", "snapshot", "-c", "big", "a.img"],
+              ["qemu-img", "resize", "--shrink", "a.img", "10M"]]:
+        run(s, check=True, cwd=tmp)
+    img = tmp / "a.img"
+    run(["qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=small", img,
+         tmp / "small.raw"], check=True)
+    run(["qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=big", img,
+         tmp / "big.raw"], check=True)
+    r = qimg("convert", "-O", "qcow2", "-l", "big", "--diff-from", "small",
+             "-B", "small.raw", "-F", "raw", img, tmp / "d.qcow2")
+    assert r.rc == 0, r
+    info = json.loads(qemu_img("info", "--output=json", tmp / "d.qcow2").out)
+    assert info["virtual-size"] == 12 << 20
+    r = qemu_img("compare", "-f", "qcow2", "-F", "raw", tmp / "d.qcow2",
+                 tmp / "big.raw")
+    assert r.rc == 0, r
