@@ -150,6 +150,9 @@ class Op:
     def argv(self, img):         # the timed command, without the tool
         raise NotImplementedError
 
+    def tool_argv(self, tool, img):  # the whole timed command line
+        return [self.ctx.tools[tool]] + self.argv(img)
+
     def post(self, img):         # after each timed run, untimed
         pass
 
@@ -201,6 +204,25 @@ class SnapApplyRewrite(SnapApplySteady):
 
     def pre(self, img):
         sh(["qemu-io", "-f", "qcow2"] + self.cmds + [img])
+
+
+class QimgOnly(Op):
+    """A command qemu-img has none of, timed beside a yardstick: qimg
+    check of the same copy (the qemu-img columns are that check)."""
+    images = ["A100", "D", "F"]
+
+    def __init__(self, ctx, name, desc, args):
+        super().__init__(ctx)
+        self.name, self.args = name, args
+        self.desc = desc + " (beside qimg check: qemu-img has none)"
+
+    def argv(self, img):
+        return self.args + [img]
+
+    def tool_argv(self, tool, img):
+        if tool == "qemu":
+            return [self.ctx.tools["qimg"], "check", img]
+        return super().tool_argv(tool, img)
 
 
 class ReadOnly(Op):
@@ -402,6 +424,8 @@ def make_ops(ctx):
         ReadOnly(ctx, "snap-l", "snapshot -l", ["snapshot", "-l"]),
         ReadOnly(ctx, "info", "info", ["info"]),
         ReadOnly(ctx, "check", "check", ["check"], images=IMAGES + ["F"]),
+        QimgOnly(ctx, "space", "snapshot -l --space --output=json",
+                 ["snapshot", "-l", "--space", "--output=json"]),
         ReadOnly(ctx, "map", "map (human output to /dev/null)", ["map"]),
         Convert(ctx, "raw"),
         Convert(ctx, "qcow2"),
@@ -432,7 +456,7 @@ def one_run(ctx, op, tool, img):
     """Set-up, timed command, tear-down. Returns (secs, rss KiB) or
     (None, reason)."""
     op.pre(img)
-    argv = [ctx.tools[tool]] + op.argv(img)
+    argv = op.tool_argv(tool, img)
     dt, rss, rc, so, se = timed(ctx, argv, want_out=op.reported_time)
     if rc not in op.ok_rc:
         msg = se.strip().splitlines()[-1] if se.strip() else "rc=%d" % rc
