@@ -67,6 +67,14 @@ bool fuzz_image_clean(const uint8_t *data, size_t len, bool *intact);
  * unless it is clean; `when` says what was done to the image. */
 void fuzz_require_clean(const uint8_t *data, size_t len, const char *when);
 
+/* The first n bytes of the guest disk (zeros past its end); NULL if they
+ * cannot be read. */
+uint8_t *fuzz_sample(qimg_image *img, size_t n);
+/* a and b are the same file but for the corrupt bit newly set in b (v3:
+ * byte 79, bit 1), which the library sets where QEMU would. */
+bool fuzz_same_but_corrupt_bit(const uint8_t *a, size_t alen,
+                               const uint8_t *b, size_t blen);
+
 /* A stable 64-bit hash of the input, for choosing offsets and operations. */
 uint64_t fuzz_hash(const uint8_t *data, size_t len);
 

@@ -30,33 +30,6 @@ static const struct plan plans[] = {
     {0, 4, -1}, {0, 64, -1}, {2, 16, -1}, {3, 0, -1}, {0, 0, 1},
 };
 
-/* The first SAMPLE bytes of the guest disk (zeros past its end); NULL if
- * they cannot be read. */
-static uint8_t *sample(qimg_image *img)
-{
-    uint64_t n = qimg_image_size(img);
-    uint8_t *buf = calloc(1, SAMPLE);
-
-    if (n > SAMPLE)
-        n = SAMPLE;
-    if (buf && qimg_image_read(img, buf, (size_t)n, 0) < 0) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
-static bool same_but_corrupt_bit(const uint8_t *a, size_t alen,
-                                 const uint8_t *b, size_t blen)
-{
-    if (alen != blen)
-        return false;
-    for (size_t i = 0; i < alen; i++)
-        if (a[i] != b[i] && !(i == 79 && (a[i] ^ b[i]) == 2 && (b[i] & 2)))
-            return false;
-    return true;
-}
-
 static void run_plan(const uint8_t *data, size_t size, const struct plan *p,
                      bool clean)
 {
@@ -72,7 +45,7 @@ static void run_plan(const uint8_t *data, size_t size, const struct plan *p,
     o.read_write = true;
     if (fuzz_open(&img, data, size, &o) < 0)
         return;
-    before = sample(img);
+    before = fuzz_sample(img, SAMPLE);
     /* (The open may have repaired a dirty image: compare with that.) */
     if (qcow2_flush(img) < 0) {
         free(before);
@@ -91,13 +64,13 @@ static void run_plan(const uint8_t *data, size_t size, const struct plan *p,
     if (ret < 0) {
         const uint8_t *now = fuzz_file_data(img, &flen);
         if (!fuzz_io_failures(img) &&
-            !same_but_corrupt_bit(file, len, now, flen))
+            !fuzz_same_but_corrupt_bit(file, len, now, flen))
             fuzz_fail("amend (compat %d, %u bits, lazy %d) failed (%s) "
                       "and changed the file",
                       p->compat, p->refcount_bits, p->lazy,
                       qimg_last_error()->message);
     } else {
-        after = sample(img);
+        after = fuzz_sample(img, SAMPLE);
         if (before && after && memcmp(before, after, SAMPLE))
             fuzz_fail("amend (compat %d, %u bits, lazy %d) changed the "
                       "guest data",

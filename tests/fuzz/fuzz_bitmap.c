@@ -23,31 +23,6 @@
 
 #define SAMPLE (1u << 20) /* guest bytes compared */
 
-static uint8_t *sample(qimg_image *img)
-{
-    uint64_t n = qimg_image_size(img);
-    uint8_t *buf = calloc(1, SAMPLE);
-
-    if (n > SAMPLE)
-        n = SAMPLE;
-    if (buf && qimg_image_read(img, buf, (size_t)n, 0) < 0) {
-        free(buf);
-        return NULL;
-    }
-    return buf;
-}
-
-static bool same_but_corrupt_bit(const uint8_t *a, size_t alen,
-                                 const uint8_t *b, size_t blen)
-{
-    if (alen != blen)
-        return false;
-    for (size_t i = 0; i < alen; i++)
-        if (a[i] != b[i] && !(i == 79 && (a[i] ^ b[i]) == 2 && (b[i] & 2)))
-            return false;
-    return true;
-}
-
 /* The names of the first and last bitmaps (NULL: none). */
 static void names(qimg_image *img, char **first, char **last)
 {
@@ -148,7 +123,7 @@ static void run_plan(const uint8_t *data, size_t size, int plan, bool clean)
     o.read_write = true;
     if (fuzz_open(&img, data, size, &o) < 0)
         return;
-    before = sample(img);
+    before = fuzz_sample(img, SAMPLE);
     if (qimg_image_flush(img) < 0) {
         free(before);
         qimg_image_close(img);
@@ -178,11 +153,11 @@ static void run_plan(const uint8_t *data, size_t size, int plan, bool clean)
     if (ret < 0 && plan != 1) {
         const uint8_t *now = fuzz_file_data(img, &flen);
         if (!fuzz_io_failures(img) &&
-            !same_but_corrupt_bit(file, len, now, flen))
+            !fuzz_same_but_corrupt_bit(file, len, now, flen))
             fuzz_fail("bitmap plan %d failed (%s) and changed the file", plan,
                       qimg_last_error()->message);
     } else if (ret == 0) {
-        after = sample(img);
+        after = fuzz_sample(img, SAMPLE);
         if (plan == 0 && before && after && memcmp(before, after, SAMPLE))
             fuzz_fail("a bitmap change changed the guest data");
         if (clean && qimg_image_flush(img) == 0) {
