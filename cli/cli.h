@@ -19,6 +19,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 int cmd_create(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
+int cmd_compact(int argc, char **argv);
 int cmd_diff(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_io(int argc, char **argv);

@@ -21,7 +21,8 @@ static const struct command commands[] = {
     {"amend", cmd_amend},
     {"bitmap", cmd_bitmap},
     {"bench", cmd_bench},     {"check", cmd_check},
-    {"commit", cmd_commit},   {"compare", cmd_compare},
+    {"commit", cmd_commit},   {"compact", cmd_compact},
+    {"compare", cmd_compare},
     {"convert", cmd_convert}, {"create", cmd_create},
     {"dd", cmd_dd},
     {"diff", cmd_diff},
@@ -117,6 +118,8 @@ void cli_help(void)
         "filename\n"
         "  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] "
         "[-p] filename\n"
+        "  compact [-f fmt] [--image-opts] [--output=ofmt] [-p] [-q] "
+        "filename\n"
         "  compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
         "filename1 filename2\n"
         "  convert [--bitmaps [--skip-broken-bitmaps]] [--diff-from snapshot] "
@@ -182,6 +185,19 @@ void cli_help(void)
         "  '-b source' and '-F src_fmt' tell '--merge' actions to find the "
         "source\n"
         "       bitmaps from an alternative file\n"
+        "\n"
+        "Parameters to compact subcommand (qimg only):\n"
+        "  moves the clusters in use near the end of a qcow2 file into free "
+        "clusters\n"
+        "       nearer its start, then cuts the file and punches the free "
+        "clusters left;\n"
+        "       every snapshot, bitmap and the backing link are kept, and "
+        "leaks are\n"
+        "       repaired. One step, atomic: a power cut leaves the old image "
+        "or the new.\n"
+        "       Needs free space on the file system for the bytes it moves "
+        "(at most\n"
+        "       the file's size past its new end) until the file is cut.\n"
         "\n"
         "Parameters to compare subcommand:\n"
         "  '-f' first image format\n"

@@ -205,6 +205,26 @@ struct qimg_amend_opts {
 QIMG_API int qimg_image_amend(qimg_image *img,
                               const struct qimg_amend_opts *o);
 
+/* Give free space back in place (qcow2): the clusters in use near the
+ * end of the file move into free clusters nearer the start, the tables
+ * naming them are written anew beside the old ones, one write of header
+ * sector 0 switches to the new state, and only then are free clusters
+ * punched and the file cut after the last cluster in use. Every snapshot,
+ * bitmap and the backing link are kept; a power cut leaves the old image
+ * or the new one. Leaks are repaired first; an image the check finds
+ * errors in is refused. The file system needs free space for what is
+ * moved (at most the bytes past the new end) until the file is cut.
+ * progress (may be NULL) is called with clusters done of total. */
+struct qimg_compact_result {
+    uint64_t old_file_size, new_file_size; /* bytes */
+    uint64_t moved_bytes;                  /* data copied */
+    int64_t leaks_repaired;                /* clusters */
+};
+typedef void qimg_progress_fn(void *opaque, uint64_t done, uint64_t total);
+QIMG_API int qimg_image_compact(qimg_image *img, qimg_progress_fn *progress,
+                                void *opaque,
+                                struct qimg_compact_result *res);
+
 /* ---- Image information ----------------------------------------------- */
 
 struct qimg_bitmap_info {

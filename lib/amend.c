@@ -79,86 +79,6 @@ int amend_check(qimg_image *img, const struct amend_plan *p, uint64_t size)
 
 /* ---- The new refcounts --------------------------------------------------- */
 
-/* The cluster past every structure the header and the snapshot table
- * name: the L1 tables, the refcount table, the snapshot table, the bitmap
- * directory. */
-static uint64_t roots_end(qimg_image *img)
-{
-    const struct qcow2 *q = img->q;
-    const struct qcow2_header *h = &q->hdr;
-    uint64_t cs = q->cluster_size, end = DIV_ROUND_UP(q->file_size, cs);
-
-    end = MAX(end, DIV_ROUND_UP(h->l1_table_offset + (uint64_t)h->l1_size * 8,
-                                cs));
-    end = MAX(end, h->refcount_table_offset / cs + h->refcount_table_clusters);
-    end = MAX(end, DIV_ROUND_UP(h->snapshots_offset + q->sn->snap_table_size,
-                                cs));
-    for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
-        end = MAX(end, DIV_ROUND_UP(q->sn->snaps[i].l1_off +
-                                        (uint64_t)q->sn->snaps[i].l1_size * 8,
-                                    cs));
-    if (h->has_bitmaps_ext)
-        end = MAX(end, DIV_ROUND_UP(h->bitmap_dir_offset + h->bitmap_dir_size,
-                                    cs));
-    return end;
-}
-
-/* The refcounts of every cluster at width 2^order, the old structure's own
- * clusters counted 0, and so are clusters past the end of the file and of
- * every root structure (stale counts no check sees; nothing can name them
- * on an image the check passed, and the new structure may grow the file
- * over them). */
-static int convert_refcounts(qimg_image *img, unsigned order,
-                             struct newrefs *r)
-{
-    struct qcow2 *q = img->q;
-    const struct rc_state *rc = q->rc;
-    uint64_t cs = q->cluster_size, per_blk = 1ull << q->rb_bits;
-    uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
-    uint64_t nb = 0, rt_first = q->hdr.refcount_table_offset / cs;
-    uint64_t end = roots_end(img);
-    uint64_t rt_n = q->hdr.refcount_table_clusters;
-    uint8_t *blk = malloc(cs);
-    int ret = blk ? 0 : qimg_err(ENOMEM, "Out of memory");
-
-    memset(r, 0, sizeof *r);
-    r->order = order;
-    for (uint64_t i = 0; i < rc->rt_entries; i++)
-        if (be64_load(rc->rt + i * 8) & RT_OFFSET_MASK)
-            nb = (i + 1) * per_blk;
-    if (ret == 0 && nb)
-        ret = nr_reserve(r, nb);
-    for (uint64_t i = 0; ret == 0 && i < nb / per_blk; i++) {
-        bool exists;
-        ret = refcount_read_block(img, i, blk, &exists);
-        for (uint64_t k = 0; ret == 0 && exists && k < per_blk; k++) {
-            uint64_t idx = i * per_blk + k;
-            uint64_t v = refblock_get(blk, k, q->refcount_order);
-            if (v > max)
-                ret = qimg_err(EINVAL, "Cannot decrease refcount entry width "
-                                       "to %u bits: Cluster at offset %#" PRIx64
-                                       " has a refcount of %" PRIu64,
-                               1u << order, (uint64_t)(idx * cs), v);
-            else if (idx < end)
-                ret = nr_set(r, idx, v);
-        }
-    }
-    /* The switch frees the old table and blocks. */
-    for (uint64_t k = rt_first; ret == 0 && k < rt_first + rt_n && k < nb; k++)
-        refblock_set(r->refs, k, order, 0);
-    for (uint64_t i = 0; ret == 0 && i < rc->rt_entries; i++) {
-        uint64_t k = (be64_load(rc->rt + i * 8) & RT_OFFSET_MASK) / cs;
-        if (k && k < nb)
-            refblock_set(r->refs, k, order, 0);
-    }
-    free(blk);
-    if (ret < 0) {
-        free(r->refs);
-        r->refs = NULL;
-    }
-    return ret;
-}
-
 /* Punch what the old structure held (advisory: nothing names it now). */
 static void drop_old_structure(qimg_image *img, const uint8_t *old_rt,
                                uint64_t entries, uint64_t rt_off,
@@ -218,11 +138,11 @@ int amend_format(qimg_image *img, const struct amend_plan *p)
     f.l1_off = h->l1_table_offset;
     f.snap_off = h->snapshots_offset;
     if (ret == 0 && rebuild)
-        ret = convert_refcounts(img, p->refcount_order, &r);
+        ret = newrefs_load(img, p->refcount_order, &r);
     /* What is new goes past everything a root names, even past the end
      * of the file (a table there reads as zeros). */
     if (ret == 0 && rebuild) {
-        uint64_t end = roots_end(img);
+        uint64_t end = newrefs_roots_end(img);
         ret = nr_reserve(&r, end);
         r.used = MAX(r.used, end);
     }

@@ -9,24 +9,8 @@
 #include <stdint.h>
 
 #include "amend.h"
+#include "newrefs.h"
 #include "roots.h"
-
-/* The refcounts of the new state, 2^order bits wide, growing as clusters
- * are taken past the end (amend_refs.c). */
-struct newrefs {
-    uint8_t *refs;
-    uint64_t cap;  /* clusters refs has room for */
-    uint64_t used; /* past the last cluster with a non-zero count */
-    unsigned order;
-};
-
-uint64_t nr_get(const struct newrefs *r, uint64_t k);
-/* Room for counts of clusters [0, n) (used unchanged). */
-int nr_reserve(struct newrefs *r, uint64_t n);
-int nr_set(struct newrefs *r, uint64_t k, uint64_t v);
-/* Add d to the count of the cluster at host offset off; refuses a count
- * that would go below 0 or past the width. */
-int nr_add(struct newrefs *r, uint64_t cs, uint64_t off, int64_t d);
 
 /* Clusters the switch frees (discarded once it is made). */
 struct freelist {

@@ -16,6 +16,7 @@
 #include "amend.h"
 #include "backing.h"
 #include "bitmap.h"
+#include "compact.h"
 #include "error.h"
 #include "file.h"
 #include "flush.h"
@@ -443,5 +444,68 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
                   * image that a repair could not clean, again) */
     if (ret == 0 && !down)
         ret = resize_qcow2(img, size, QIMG_PREALLOC_OFF, zero);
+    return ret;
+}
+
+/* Leaks repaired first: the new refcounts start from the old ones, which
+ * must then be exact (a leaked cluster past the cut would be refused). */
+static int compact_ready(qimg_image *img, int64_t *leaks)
+{
+    struct qimg_check_result *r = NULL;
+    int ret = refuse_damaged(img);
+
+    if (ret == 0)
+        ret = qimg_image_check(&r, img, 0);
+    if (ret == 0 && r->leaks) {
+        *leaks = r->leaks;
+        qimg_check_result_free(r);
+        r = NULL;
+        ret = qimg_image_check(&r, img, QIMG_CHECK_FIX_LEAKS);
+        if (ret == 0 && (r->leaks - r->leaks_fixed || r->corruptions ||
+                         r->check_errors))
+            ret = qimg_err(EIO, "Could not repair the leaked clusters");
+    }
+    qimg_check_result_free(r);
+    return ret;
+}
+
+int qimg_image_compact(qimg_image *img, qimg_progress_fn *progress,
+                       void *opaque, struct qimg_compact_result *res)
+{
+    uint64_t size = 0;
+    int ret;
+
+    memset(res, 0, sizeof *res);
+    if (img->is_view || !img->read_write)
+        return qimg_err(EACCES, "Image is read-only");
+    if (img->fmt != QIMG_FMT_QCOW2)
+        return qimg_err(ENOTSUP, "Only qcow2 images can be compacted");
+    if (img->q->hdr.incompatible & INCOMPAT_DATA_FILE)
+        return qimg_err(ENOTSUP, "Cannot compact an image with an external "
+                                 "data file");
+    if (img->q->hdr.crypt_method)
+        return qimg_err(ENOTSUP, "Cannot compact an encrypted image");
+    if (img->q->tracked)
+        return qimg_err(EBUSY, "Bitmaps are being updated by this handle; "
+                               "close it first");
+    ret = qcow2_flush(img);
+    if (ret == 0)
+        ret = file_get_size(img, &size) < 0
+                  ? qimg_err(EIO, "Could not get the image size")
+                  : 0;
+    res->old_file_size = size;
+    if (ret == 0)
+        ret = compact_ready(img, &res->leaks_repaired);
+    if (ret == 0)
+        ret = roots_write_failed(img, compact_image(img, progress, opaque,
+                                                    &res->moved_bytes));
+    if (ret == 0)
+        ret = qcow2_reopen(img);
+    if (ret == 1)
+        ret = 0;
+    if (ret == 0)
+        compact_trim(img);
+    if (ret == 0 && file_get_size(img, &size) == 0)
+        res->new_file_size = size;
     return ret;
 }
