@@ -71,9 +71,11 @@ static int parse_args(int argc, char **argv, struct compact_args *a)
 
 static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
-    (void)opaque;
+    bool *at_end = opaque;
+
     if (total)
         progress_print((float)(100.0 * (double)done / (double)total), 0);
+    *at_end = done == total;
 }
 
 static void report(const struct compact_args *a,
@@ -109,6 +111,7 @@ int cmd_compact(int argc, char **argv)
     struct qimg_compact_result r;
     struct compact_args a;
     qimg_image *img = NULL;
+    bool at_end = false;
     int ret = parse_args(argc, argv, &a);
 
     if (ret)
@@ -118,8 +121,9 @@ int cmd_compact(int argc, char **argv)
         return 1;
     progress_init(a.progress, 1.0f);
     progress_print(0, 0);
-    ret = qimg_image_compact(img, a.progress ? on_progress : NULL, NULL, &r);
-    if (ret == 0)
+    ret = qimg_image_compact(img, a.progress ? on_progress : NULL, &at_end,
+                             &r);
+    if (ret == 0 && !at_end)
         progress_print(100, 0);
     progress_end();
     if (ret < 0) {

@@ -23,8 +23,9 @@
  *     clusters written), after it the new one; the tail is cut and the
  *     free clusters punched only after the switch (compact_trim()).
  *  3. The new refcounts start as the old ones (exact: the caller repaired
- *     leaks first) and follow each rewritten reference: one taken from
- *     the old cluster, one given to the new. No cluster past the cut may
+ *     leaks first) and follow each rewritten reference: taken from the
+ *     old cluster, given to the new (an L2 entry is as many references as
+ *     L1 entries name its table: the table's own count). No cluster past the cut may
  *     keep a count (something this file does not move would name it):
  *     refused then, before the switch.
  *  4. Compressed clusters are moved as the sectors their descriptor
@@ -185,18 +186,18 @@ static int move_counts(struct compact *c, uint64_t old, uint64_t new,
     return ret;
 }
 
-/* One reference of [off, off+len) moved to [noff, noff+len). */
+/* w references of [off, off+len) moved to [noff, noff+len). */
 static int move_ref(struct compact *c, uint64_t off, uint64_t noff,
-                    uint64_t len)
+                    uint64_t len, uint64_t w)
 {
     int ret = 0;
 
     for (uint64_t k = off / c->cs; ret == 0 && k <= (off + len - 1) / c->cs;
          k++)
-        ret = nr_add(&c->r, c->cs, k * c->cs, -1);
+        ret = nr_add(&c->r, c->cs, k * c->cs, -(int64_t)w);
     for (uint64_t k = noff / c->cs; ret == 0 && k <= (noff + len - 1) / c->cs;
          k++)
-        ret = nr_add(&c->r, c->cs, k * c->cs, 1);
+        ret = nr_add(&c->r, c->cs, k * c->cs, (int64_t)w);
     return ret;
 }
 
@@ -530,6 +531,8 @@ static int rewrite_l2s(struct compact *c)
 
     for (size_t i = 0; ret == 0 && i < c->nl2; i++) {
         struct unit *u = &c->l2[i];
+        /* An entry is a reference per L1 entry naming its table (§4.1). */
+        uint64_t w = nr_get(&c->r, u->first);
         if (u->trig < c->cut)
             continue;
         ret = file_pread(c->img, c->tbuf, c->cs, u->first * c->cs);
@@ -541,11 +544,11 @@ static int rewrite_l2s(struct compact *c)
                 l2_compressed_range(q, e, &off, &len);
                 ret = move_compressed(c, e, &noff);
                 if (ret == 0)
-                    ret = move_ref(c, off, noff, len);
+                    ret = move_ref(c, off, noff, len, w);
                 e = (e & ~q->coff_mask) | noff;
             } else {
                 noff = c->dnew[k - c->cut] * c->cs;
-                ret = move_ref(c, k * c->cs, noff, c->cs);
+                ret = move_ref(c, k * c->cs, noff, c->cs, w);
                 e = (e & ~L2E_OFFSET_MASK) | noff;
             }
             l2_entry_set(q, c->tbuf, j, e, l2_bitmap_get(q, c->tbuf, j));

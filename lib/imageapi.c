@@ -447,6 +447,8 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
     return ret;
 }
 
+#define COMPACT_PASSES 4
+
 /* Leaks repaired first: the new refcounts start from the old ones, which
  * must then be exact (a leaked cluster past the cut would be refused). */
 static int compact_ready(qimg_image *img, int64_t *leaks)
@@ -461,8 +463,11 @@ static int compact_ready(qimg_image *img, int64_t *leaks)
         qimg_check_result_free(r);
         r = NULL;
         ret = qimg_image_check(&r, img, QIMG_CHECK_FIX_LEAKS);
-        if (ret == 0 && (r->leaks - r->leaks_fixed || r->corruptions ||
-                         r->check_errors))
+        qimg_check_result_free(r);
+        r = NULL;
+        if (ret == 0)
+            ret = qimg_image_check(&r, img, 0);
+        if (ret == 0 && (r->leaks || r->corruptions || r->check_errors))
             ret = qimg_err(EIO, "Could not repair the leaked clusters");
     }
     qimg_check_result_free(r);
@@ -496,11 +501,18 @@ int qimg_image_compact(qimg_image *img, qimg_progress_fn *progress,
     res->old_file_size = size;
     if (ret == 0)
         ret = compact_ready(img, &res->leaks_repaired);
-    if (ret == 0)
-        ret = roots_write_failed(img, compact_image(img, progress, opaque,
-                                                    &res->moved_bytes));
-    if (ret == 0)
-        ret = qcow2_reopen(img);
+    /* A pass cannot use what its own switch frees (the tables it
+     * rewrote, the old refcount structure); the next one can. */
+    for (int pass = 0; ret == 0 && pass < COMPACT_PASSES; pass++) {
+        uint64_t moved = 0;
+        /* (Later passes move little: the progress is the first's.) */
+        ret = roots_write_failed(img, compact_image(img, pass ? NULL
+                                                              : progress,
+                                                    opaque, &moved));
+        res->moved_bytes += moved;
+        if (ret == 0)
+            ret = qcow2_reopen(img);
+    }
     if (ret == 1)
         ret = 0;
     if (ret == 0)
