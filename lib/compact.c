@@ -848,25 +848,23 @@ int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
     return ret;
 }
 
-void compact_trim(qimg_image *img)
+int compact_trim(qimg_image *img)
 {
     struct qcow2 *q = img->q;
     uint64_t cs = q->cluster_size, per = 1ull << q->rb_bits;
     uint64_t nb = DIV_ROUND_UP(q->file_size, cs), last = 1, run = 0;
+    uint64_t cur = UINT64_MAX;
     uint8_t *blk = malloc(cs);
-    uint64_t cur_blk = UINT64_MAX;
     bool exists = false;
+    int ret = blk ? 0 : qimg_err(ENOMEM, "Out of memory");
 
-    if (!blk)
-        return;
-    for (uint64_t k = 0; k < nb; k++) {
+    for (uint64_t k = 0; ret == 0 && k < nb; k++) {
         uint64_t v = 0;
-        if (k / per != cur_blk) {
-            cur_blk = k / per;
-            if (refcount_read_block(img, cur_blk, blk, &exists) < 0) {
-                free(blk); /* nothing cut on a doubt */
-                return;
-            }
+        if (k / per != cur) {
+            cur = k / per;
+            ret = refcount_read_block(img, cur, blk, &exists);
+            if (ret < 0)
+                break; /* nothing cut on a doubt */
         }
         if (exists)
             v = refblock_get(blk, k % per, q->refcount_order);
@@ -878,6 +876,7 @@ void compact_trim(qimg_image *img)
         }
     }
     free(blk);
-    if (last * cs < q->file_size)
+    if (ret == 0 && last * cs < q->file_size)
         file_truncate_quiet(img, last * cs);
+    return ret;
 }

@@ -22,7 +22,9 @@ typedef void compact_progress_fn(void *opaque, uint64_t done, uint64_t total);
 int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
                   uint64_t *moved);
 /* After the reopen: punch every free cluster and cut the file after the
- * last cluster in use. Advisory (nothing names what it gives back). */
-void compact_trim(qimg_image *img);
+ * last cluster in use. The punches and the cut are advisory (nothing
+ * names what they give back); a refcount block that cannot be read is an
+ * error (and nothing is cut). */
+int compact_trim(qimg_image *img);
 
 #endif

@@ -380,15 +380,22 @@ int qimg_image_resize(qimg_image *img, uint64_t size,
  * names. Refuse what the check finds broken (leaks are copied as
  * leaks), and so does a downgrade's rewrite of zero clusters and of
  * bitmaps. (The other changes write the header alone.) */
+static int refuse_errors(const struct qimg_check_result *r)
+{
+    if (!r->corruptions && !r->check_errors)
+        return 0;
+    return qimg_err(EINVAL, "The image has errors (qimg check finds %lld); "
+                            "repair it first",
+                    (long long)(r->corruptions + r->check_errors));
+}
+
 static int refuse_damaged(qimg_image *img)
 {
     struct qimg_check_result *r = NULL;
     int ret = qimg_image_check(&r, img, 0);
 
-    if (ret == 0 && (r->corruptions || r->check_errors))
-        ret = qimg_err(EINVAL, "The image has errors (qimg check finds "
-                               "%lld); repair it first",
-                       (long long)(r->corruptions + r->check_errors));
+    if (ret == 0)
+        ret = refuse_errors(r);
     qimg_check_result_free(r);
     return ret;
 }
@@ -454,10 +461,10 @@ int qimg_image_amend(qimg_image *img, const struct qimg_amend_opts *o)
 static int compact_ready(qimg_image *img, int64_t *leaks)
 {
     struct qimg_check_result *r = NULL;
-    int ret = refuse_damaged(img);
+    int ret = qimg_image_check(&r, img, 0);
 
     if (ret == 0)
-        ret = qimg_image_check(&r, img, 0);
+        ret = refuse_errors(r);
     if (ret == 0 && r->leaks) {
         *leaks = r->leaks;
         qimg_check_result_free(r);
@@ -467,7 +474,9 @@ static int compact_ready(qimg_image *img, int64_t *leaks)
         r = NULL;
         if (ret == 0)
             ret = qimg_image_check(&r, img, 0);
-        if (ret == 0 && (r->leaks || r->corruptions || r->check_errors))
+        if (ret == 0)
+            ret = refuse_errors(r);
+        if (ret == 0 && r->leaks)
             ret = qimg_err(EIO, "Could not repair the leaked clusters");
     }
     qimg_check_result_free(r);
@@ -516,7 +525,7 @@ int qimg_image_compact(qimg_image *img, qimg_progress_fn *progress,
     if (ret == 1)
         ret = 0;
     if (ret == 0)
-        compact_trim(img);
+        ret = compact_trim(img);
     if (ret == 0 && file_get_size(img, &size) == 0)
         res->new_file_size = size;
     return ret;

@@ -64,7 +64,8 @@ enum kind {
     K_RESIZE,  /* qimg_image_resize: the old disk or the new, snapshots kept */
     K_AMEND,   /* qimg_image_amend: the old format or the new, whole */
     K_RENAME,  /* qimg_snapshot_rename: the old name or the new */
-    K_BITMAP   /* qimg_bitmap_change: the old bitmaps or the new, whole */
+    K_BITMAP,  /* qimg_bitmap_change: the old bitmaps or the new, whole */
+    K_COMPACT  /* qimg_image_compact: every disk as it was */
 };
 
 struct scenario {
@@ -1344,6 +1345,46 @@ static void setup_bitmap_in_use(qimg_image *img)
         abort();
 }
 
+/* Holes near the start (a deleted snapshot's clusters) and data past
+ * them, some of it shared by a snapshot through a shared L2 table (512-
+ * byte clusters) or from two tables (larger ones). */
+static void setup_holes(qimg_image *img)
+{
+    uint64_t cs = img->q->cluster_size;
+
+    fill(img, 0, 16 * cs, 0x11);
+    if (qimg_snapshot_create(img, "old") < 0)
+        abort();
+    fill(img, 0, 16 * cs, 0x12);
+    fill(img, 3u << 20, 3 * cs, 0x13);
+    if (qimg_snapshot_create(img, "keep") < 0)
+        abort();
+    fill(img, 1u << 20, cs / 2, 0x14);
+    if (qimg_snapshot_delete(img, "old") < 0)
+        abort();
+}
+
+/* Then a compressed cluster and (v3) a bitmap past the holes. */
+static void setup_holes_more(qimg_image *img)
+{
+    const struct qimg_bitmap_action add = {QIMG_BITMAP_ADD, "b", 0, NULL,
+                                           NULL};
+
+    setup_holes(img);
+    if (op_compress(img) < 0 ||
+        (img->q->hdr.version >= 3 &&
+         qimg_bitmap_change(img, &add, 1, NULL) < 0))
+        abort();
+    fill(img, 2u << 20, 4096, 0x79);
+}
+
+static int op_compact(qimg_image *img)
+{
+    struct qimg_compact_result r;
+
+    return qimg_image_compact(img, NULL, NULL, &r);
+}
+
 static int op_snap_rename_missing(qimg_image *img)
 {
     return qimg_snapshot_rename(img, "9", "renamed");
@@ -1659,6 +1700,11 @@ static const struct op_def ops_list[] = {
      NEED_V3 | NEED_SMALL},
     {"resize-bitmaps", K_RESIZE, setup_bitmaps, op_resize_shrink, NULL,
      NEED_REFCOUNT4 | NEED_V3 | NEED_SMALL},
+    /* compact: data (compressed too), tables and refcounts moved into
+     * holes below a bitmap, one header write, then the tail cut
+     * (advisory). */
+    {"compact", K_COMPACT, setup_holes_more, op_compact, NULL,
+     NEED_REFCOUNT4 | NEED_SMALL},
 };
 
 struct variant {
@@ -1903,9 +1949,11 @@ static bool fault_once(const struct scenario *sc, const struct bytes *base,
     }
     states_total++;
     /* Advisory: giving space back (discard), and cutting the file's tail
-     * after a shrink has committed (QEMU only warns when it cannot). */
+     * after a shrink or a compaction has committed (QEMU only warns when
+     * it cannot). */
     if (ret == 0 && faults[f].kind != REC_DISCARD &&
-        !(faults[f].kind == REC_TRUNCATE && sc->kind == K_RESIZE))
+        !(faults[f].kind == REC_TRUNCATE &&
+          (sc->kind == K_RESIZE || sc->kind == K_COMPACT)))
         failf(sc, "%s #%u not reported", faults[f].name, n);
     else if (ret < 0 && !qimg_last_error()->message[0])
         failf(sc, "%s #%u: error without a message", faults[f].name, n);
@@ -2235,6 +2283,8 @@ static const struct refusal refusals[] = {
      0, NEED_V3, 0},
     {"bitmap-add-v2", setup_data, op_bitmap_add_one, ENOTSUP, RF_V2, 0, 0},
     {"rename-missing", setup_snaps, op_snap_rename_missing, ENOENT, 0, 0, 0},
+    {"compact-damaged", setup_lowered, op_compact, EINVAL, 0,
+     NEED_REFCOUNT4 | NEED_STD_L2, 0},
 };
 
 static bool refusal_applies(const struct refusal *rf, const struct variant *v)

@@ -95,10 +95,10 @@ GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("opts", GEOMETRIES,
-                         ids=lambda o: (o[1] if o else "default"))
-@pytest.mark.parametrize("seed", [1, 2])
-def test_compact_keeps_every_snapshot(tmp, opts, seed):
+@pytest.mark.parametrize("seed,opts", enumerate(GEOMETRIES),
+                         ids=lambda o: (o[1] if o else "default")
+                         if isinstance(o, list) else str(o))
+def test_compact_keeps_every_snapshot(tmp, seed, opts):
     img = history(tmp, seed, opts)
     names = snap_names(img)
     before = exports(tmp, img, names)
