@@ -15,6 +15,9 @@
  *     use until the switch). A new refcount structure is built for the
  *     new state. The cut is the lowest for which the free clusters below
  *     it hold all of that: found by bisection over what the tables say.
+ *     Runs of clusters (L1 tables, the snapshot and refcount tables) may
+ *     not find a run of free clusters below the cut; then the attempt is
+ *     dropped before the switch and made again with a higher cut.
  *  2. Nothing the old image uses is written: new clusters are those of
  *     refcount 0 outside the old refcount structure, and every write is
  *     overlap-checked against the census of live metadata. Everything is
@@ -797,8 +800,11 @@ static void compact_free(struct compact *c)
     u64map_free(&c->cmap);
 }
 
-int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
-                  uint64_t *moved)
+/* One attempt with the cut at least *floor; -EAGAIN (no message) if what
+ * moves did not fit below the cut (a run of clusters went past the end:
+ * the file would not shrink), *floor then raised. */
+static int attempt(qimg_image *img, compact_progress_fn *fn, void *opaque,
+                   uint64_t *moved, uint64_t *floor)
 {
     struct qcow2 *q = img->q;
     struct compact c = {.img = img, .q = q, .cs = q->cluster_size,
@@ -810,7 +816,6 @@ int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
     uint64_t used_end = 0;
     int ret = metaset_build(img);
 
-    *moved = 0;
     if (ret == 0)
         ret = census(&c);
     for (uint64_t k = c.end; ret == 0 && k > 0; k--)
@@ -818,6 +823,7 @@ int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
             used_end = k;
             break;
         }
+    c.floor = MAX(c.floor, *floor);
     if (ret == 0)
         choose_cut(&c);
     if (ret == 0 && c.cut >= used_end) {
@@ -836,6 +842,10 @@ int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
         ret = check_cut(&c);
     if (ret == 0)
         ret = write_refcounts(&c, &nr.rt_off, &nr.rt_clusters);
+    if (ret == 0 && c.tail > c.end) {
+        *floor = c.cut + (c.tail - c.end);
+        ret = -EAGAIN;
+    }
     nr.has_l1 = c.t && c.t[0].u.new_first;
     if (nr.has_l1)
         nr.l1_off = c.t[0].u.new_first * c.cs;
@@ -843,9 +853,21 @@ int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
      * flushes first). */
     if (ret == 0)
         ret = roots_commit(img, &nr);
-    *moved = c.moved;
+    *moved += ret == 0 ? c.moved : 0;
     compact_free(&c);
     return ret;
+}
+
+int compact_image(qimg_image *img, compact_progress_fn *fn, void *opaque,
+                  uint64_t *moved)
+{
+    uint64_t floor = 1;
+    int ret = -EAGAIN;
+
+    *moved = 0;
+    for (int i = 0; ret == -EAGAIN && i < 8; i++)
+        ret = attempt(img, fn, opaque, moved, &floor);
+    return ret == -EAGAIN ? 1 : ret;
 }
 
 int compact_trim(qimg_image *img)

@@ -2,7 +2,8 @@
  * model.c - randomized model test of guest I/O and internal snapshots.
  *
  * A long random sequence of writes, write-zeroes, discards, compressed
- * writes and snapshot create/apply/delete/rename is applied to one image
+ * writes, snapshot create/apply/delete/rename and compaction is applied
+ * to one image
  * through libqimg, and to an in-memory model of what the active disk and
  * every snapshot must contain; between them the changed ranges of two
  * trees (qimg_snapshot_diff) must cover every byte the model says
@@ -335,16 +336,33 @@ static void op_diff(qimg_image *img)
     qimg_space_free(sp);
 }
 
+/* Compact: every tree reads as before (verified at once), the file does
+ * not grow, and the handle goes on working. */
+static void op_compact(qimg_image *img)
+{
+    struct qimg_compact_result r;
+
+    if (qimg_image_compact(img, NULL, NULL, &r) < 0)
+        fail("compact");
+    if (r.new_file_size > r.old_file_size)
+        fail("compact grew the file: %llu -> %llu",
+             (unsigned long long)r.old_file_size,
+             (unsigned long long)r.new_file_size);
+    verify(img);
+}
+
 int main(int argc, char **argv)
 {
     struct qimg_create_opts o = QIMG_CREATE_OPTS_INIT;
     static const char *names[] = {"write",      "zero",   "discard",
                                   "compressed", "create", "apply",
-                                  "delete",     "rename", "diff"};
+                                  "delete",     "rename", "diff",
+                                  "compact"};
     void (*ops[])(qimg_image *) = {op_write,      op_zero,   op_discard,
                                    op_compressed, op_create, op_apply,
-                                   op_delete,     op_rename, op_diff};
-    static const int weights[] = {30, 8, 6, 4, 8, 6, 6, 3, 4};
+                                   op_delete,     op_rename, op_diff,
+                                   op_compact};
+    static const int weights[] = {30, 8, 6, 4, 8, 6, 6, 3, 4, 3};
     qimg_image *img;
     int nops;
 
@@ -372,7 +390,7 @@ int main(int argc, char **argv)
     active = calloc(1, DISK);
     img = open_rw();
     for (int n = 0; n < nops; n++) {
-        int w = (int)(rnd() % 75), k = 0;
+        int w = (int)(rnd() % 78), k = 0;
         while (w >= weights[k])
             w -= weights[k++];
         if (getenv("MODEL_TRACE"))
