@@ -27,6 +27,11 @@
 #         (backing "E.qcow2") with 10% of the disk rewritten: 64 MiB of
 #         a pattern in every 640 MiB, partly over the base's data
 #                                            64 GiB / 8.1 GiB + 6.4 GiB
+#   G     8 GiB, 64 KiB clusters: 9 rounds writing the same 4 stripes of
+#         64 MiB (one every 2 GiB) with random data, a snapshot after
+#         each, then 6 of the 9 snapshots deleted: a third of the data
+#         left, in holes (the image compact is measured on)
+#                                                        8 GiB / 2.3 GiB
 # Total real use of the pristine set: ~9.4 GiB; building takes ~15 minutes
 # (the 1000 qemu-img snapshot -c calls of D and F are most of it). The
 # timing scripts add one working copy of the image being measured (cp --sparse=always)
@@ -35,7 +40,7 @@
 set -euo pipefail
 
 DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
-ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E F}
+ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E F G}
 P=$DIR/pristine
 mkdir -p "$P" "$DIR/copies"
 
@@ -138,6 +143,24 @@ make_e() {
     mv "$top" "$P/E-top.qcow2"
 }
 
+make_g() {
+    local tmp=$P/.G.tmp r j slot
+    log "G: 8 GiB, 9 rounds over 4 random 64 MiB stripes, a snapshot each"
+    qemu-img create -q -f qcow2 "$tmp" 8G
+    for ((r = 1; r <= 9; r++)); do
+        for ((j = 0; j < 4; j++)); do
+            slot=$((j * 8))
+            head -c $((64 << 20)) /dev/urandom > "$P/.G.stripe"
+            qemu-io -f qcow2 -c "write -q -s $P/.G.stripe $((slot << 28)) 64M" \
+                "$tmp" >/dev/null
+        done
+        qemu-img snapshot -c "s$r" "$tmp"
+    done
+    rm -f "$P/.G.stripe"
+    for r in 1 2 4 5 7 8; do qemu-img snapshot -d "s$r" "$tmp"; done
+    mv "$tmp" "$P/G.qcow2"
+}
+
 log "images in $P ($(free_gb) GB free)"
 if wanted A && ! have A; then make_meta A 1T 65536; fi
 if wanted A100 && ! have A100; then make_meta A100 100G 65536; fi
@@ -146,5 +169,6 @@ if wanted C && ! have C; then make_c; fi
 if wanted D && ! have D; then make_d; fi
 if wanted E && ! have E; then make_e; fi
 if wanted F && ! have F; then make_f; fi
+if wanted G && ! have G; then make_g; fi
 log "done; real disk use:"
 du -sh "$P"/*.qcow2 >&2

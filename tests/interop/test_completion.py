@@ -36,7 +36,8 @@ def img(tmp):
 
 @pytest.mark.parametrize("words,cword,want", [
     (["qimg", "sn"], 1, ["snapshot"]),
-    (["qimg", "c"], 1, ["check", "commit", "compare", "convert", "create"]),
+    (["qimg", "c"], 1, ["check", "commit", "compact", "compare", "convert",
+                         "create"]),
     (["qimg", "--no-locking", "bi"], 2, ["bitmap"]),
     (["qimg", "convert", "--bi"], 2, ["--bitmaps"]),
     (["qimg", "snapshot", "--re"], 2, ["--rename"]),
