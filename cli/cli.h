@@ -84,6 +84,9 @@ int cli_open(qimg_image **img, const char *file, const char *fmt,
              bool image_opts, struct qimg_open_opts *o);
 
 /* output.c */
+/* --output's argument (NULL: human): 0 and *json set, or 1 after
+ * qemu-img's message. */
+int cli_output_json(const char *arg, bool *json);
 /* QEMU's size_to_str(): "64 MiB", "0.977 MiB", "1e+03 KiB". */
 void fmt_size(char *buf, size_t n, uint64_t val);
 /* qemu-io's cvtstr(): "64 KiB", "1.500 KiB", "1000 bytes". */

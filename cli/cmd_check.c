@@ -80,13 +80,7 @@ static int parse_args(int argc, char **argv, struct check_args *a)
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
     a->file = argv[optind];
-    if (!strcmp(output, "json")) {
-        a->json = true;
-    } else if (strcmp(output, "human")) {
-        cli_error("--output must be used with human or json as argument.");
-        return 1;
-    }
-    return 0;
+    return cli_output_json(output, &a->json);
 }
 
 /* qemu-img prints these through error_report(), after its name. */

@@ -49,13 +49,8 @@ static int parse_args(int argc, char **argv, struct compact_args *a)
             a->image_opts = true;
             break;
         case OPT_OUTPUT:
-            if (!strcmp(optarg, "json")) {
-                a->json = true;
-            } else if (strcmp(optarg, "human")) {
-                cli_error("--output must be used with human or json as "
-                          "argument.");
+            if (cli_output_json(optarg, &a->json))
                 return 1;
-            }
             break;
         default:
             return cli_getopt_error(c, argv[optind - 1]);

@@ -50,13 +50,8 @@ static int parse_args(int argc, char **argv, struct diff_args *a)
             a->force_share = true;
             break;
         case OPT_OUTPUT:
-            if (!strcmp(optarg, "json")) {
-                a->json = true;
-            } else if (strcmp(optarg, "human")) {
-                cli_error("--output must be used with human or json as "
-                          "argument.");
+            if (cli_output_json(optarg, &a->json))
                 return 1;
-            }
             break;
         case OPT_EXACT:
             a->exact = true;

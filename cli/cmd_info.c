@@ -379,11 +379,8 @@ static int parse_args(struct info_args *a, int argc, char **argv)
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
     a->filename = argv[optind];
-    if (output && strcmp(output, "json") && strcmp(output, "human")) {
-        cli_error("--output must be used with human or json as argument.");
+    if (cli_output_json(output, &a->json))
         return 1;
-    }
-    a->json = output && !strcmp(output, "json");
     return -1;
 }
 

@@ -77,12 +77,8 @@ static int parse_args(int argc, char **argv, struct measure_args *a)
             a->image_opts = true;
             break;
         case OPT_OUTPUT:
-            if (strcmp(optarg, "json") && strcmp(optarg, "human")) {
-                cli_error("--output must be used with human or json as "
-                          "argument.");
+            if (cli_output_json(optarg, &a->json))
                 return 1;
-            }
-            a->json = !strcmp(optarg, "json");
             break;
         case OPT_SIZE:
             if (parse_size(optarg, &a->size) < 0 || a->size > INT64_MAX)

@@ -124,13 +124,7 @@ static int parse_args(int argc, char **argv, struct snap_args *a)
     if (optind != argc - 1)
         return cli_usage_error("Expecting one image file name");
     a->file = argv[optind];
-    if (!strcmp(output, "json")) {
-        a->json = true;
-    } else if (strcmp(output, "human")) {
-        cli_error("--output must be used with human or json as argument.");
-        return 1;
-    }
-    return 0;
+    return cli_output_json(output, &a->json);
 }
 
 static void print_json_list(const struct qimg_snapshot *l, size_t n)

@@ -396,3 +396,13 @@ void progress_end(void)
         fflush(stdout);
     }
 }
+
+int cli_output_json(const char *arg, bool *json)
+{
+    if (arg && strcmp(arg, "json") && strcmp(arg, "human")) {
+        cli_error("--output must be used with human or json as argument.");
+        return 1;
+    }
+    *json = arg && !strcmp(arg, "json");
+    return 0;
+}
