@@ -281,26 +281,37 @@ static int read_trees(struct compact *c)
     return ret;
 }
 
-/* Every distinct L2 table, once. */
+/* Every distinct L2 table, once (the trees of 1,000 snapshots name the
+ * same few thousand tables two million times). */
 static int list_l2(struct compact *c)
 {
-    size_t n = 0, cap = 0, j;
+    struct idset seen = {0};
+    size_t cap = 0;
+    int ret = 0;
 
-    for (uint32_t k = 0; k < c->nt; k++)
-        cap += c->t[k].size;
-    c->l2 = malloc((cap + 1) * sizeof *c->l2);
-    if (!c->l2)
-        return qimg_err(ENOMEM, "Out of memory");
-    for (uint32_t k = 0; k < c->nt; k++)
-        for (uint32_t i = 0; i < c->t[k].size; i++)
-            if (l1_ptr(&c->t[k], i))
-                c->l2[n++] = table_unit(c, l1_ptr(&c->t[k], i), c->cs);
-    qsort(c->l2, n, sizeof *c->l2, cmp_unit);
-    j = n ? 1 : 0;
-    for (size_t i = 1; i < n; i++)
-        if (c->l2[i].first != c->l2[j - 1].first)
-            c->l2[j++] = c->l2[i];
-    c->nl2 = j;
+    for (uint32_t k = 0; ret == 0 && k < c->nt; k++)
+        for (uint32_t i = 0; ret == 0 && i < c->t[k].size; i++) {
+            uint64_t p = l1_ptr(&c->t[k], i);
+            struct unit *nu;
+            if (!p || (ret = idset_add(&seen, p)) <= 0)
+                continue;
+            ret = 0;
+            if (c->nl2 == cap) {
+                cap = cap ? cap * 2 : 64;
+                nu = realloc(c->l2, cap * sizeof *nu);
+                if (!nu) {
+                    ret = qimg_err(ENOMEM, "Out of memory");
+                    break;
+                }
+                c->l2 = nu;
+            }
+            c->l2[c->nl2++] = table_unit(c, p, c->cs);
+        }
+    idset_free(&seen);
+    if (ret < 0)
+        return ret;
+    if (c->nl2)
+        qsort(c->l2, c->nl2, sizeof *c->l2, cmp_unit);
     return 0;
 }
 
