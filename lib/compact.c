@@ -34,8 +34,9 @@
  *  4. Compressed clusters are moved as the sectors their descriptor
  *     spans, packed one after another into new clusters at the same
  *     offset within a sector, so the descriptor keeps its sector count.
- *  5. Bitmap directories, tables and data stay where they are: the cut is
- *     past their last cluster.
+ *  5. Persistent bitmaps move as the trees do: their data clusters, the
+ *     tables naming moved data, the directory naming moved tables (then
+ *     the header's bitmaps extension switches with the rest).
  */
 #include "compact.h"
 
@@ -95,6 +96,11 @@ struct compact {
     struct unit *l2;    /* distinct L2 tables, ascending */
     size_t nl2;
     struct unit snap;   /* the snapshot table (n 0: none) */
+    struct bitmap_entry *bm; /* the bitmap directory's entries */
+    size_t nbm;
+    struct unit *bmu;   /* each bitmap's table (n 0: none) */
+    uint8_t **bmt;      /* ... read */
+    struct unit bmdir;  /* the directory (n 0: none) */
     uint64_t *dnew;     /* cluster k >= cut: its new cluster (0: none) */
     struct u64map cmap; /* compressed descriptor offset -> new offset */
     uint64_t pack, pack_used; /* cluster compressed data is packed into */
@@ -360,16 +366,37 @@ static int l2_triggers(struct compact *c)
     return ret;
 }
 
-static int bitmap_floor(void *ctx, int64_t bitmap, int64_t entry,
-                        uint64_t off, uint64_t len)
+/* The bitmaps: each table's trigger (its own clusters, the data it
+ * names), the directory's (its own, its tables'). */
+static int bitmap_triggers(struct compact *c)
 {
-    struct compact *c = ctx;
+    const struct qcow2_header *h = &c->q->hdr;
+    int ret = bitmap_dir_load(c->img, &c->bm, &c->nbm);
 
-    (void)bitmap;
-    (void)entry;
-    if (len)
-        c->floor = MAX(c->floor, (off + len - 1) / c->cs + 1);
-    return 0;
+    if (ret < 0 || !c->nbm)
+        return ret;
+    c->bmu = calloc(c->nbm, sizeof *c->bmu);
+    c->bmt = calloc(c->nbm, sizeof *c->bmt);
+    if (!c->bmu || !c->bmt)
+        return qimg_err(ENOMEM, "Out of memory");
+    c->bmdir = table_unit(c, h->bitmap_dir_offset, h->bitmap_dir_size);
+    for (size_t i = 0; ret == 0 && i < c->nbm; i++) {
+        const struct bitmap_entry *b = &c->bm[i];
+        uint64_t len = (uint64_t)b->table_size * 8;
+        if (!len)
+            continue;
+        c->bmu[i] = table_unit(c, b->table_off, len);
+        ret = file_read_table(c->img, &c->bmt[i], b->table_off, (size_t)len,
+                              "Bitmap table");
+        for (uint32_t k = 0; ret == 0 && k < b->table_size; k++) {
+            uint64_t off = be64_load(c->bmt[i] + (size_t)k * 8) &
+                           BTE_OFFSET_MASK;
+            if (off)
+                c->bmu[i].trig = MAX(c->bmu[i].trig, off / c->cs);
+        }
+        c->bmdir.trig = MAX(c->bmdir.trig, c->bmu[i].trig);
+    }
+    return ret;
 }
 
 /* ---- The cut -------------------------------------------------------------- */
@@ -393,6 +420,9 @@ static uint64_t need(const struct compact *c, uint64_t cut)
         n += unit_need(&c->l2[i], cut);
     for (uint32_t k = 0; k < c->nt; k++)
         n += unit_need(&c->t[k].u, cut);
+    for (size_t i = 0; i < c->nbm; i++)
+        n += c->bmu[i].n ? unit_need(&c->bmu[i], cut) : 0;
+    n += c->bmdir.n ? unit_need(&c->bmdir, cut) : 0;
     return n + (c->snap.n ? unit_need(&c->snap, cut) : 0);
 }
 
@@ -478,6 +508,15 @@ static int move_data(struct compact *c)
                 c->dnew[k - c->cut] = 1;
         }
     }
+    for (size_t i = 0; ret == 0 && i < c->nbm; i++)
+        for (uint32_t k = 0; c->bmu[i].n && c->bmu[i].trig >= c->cut &&
+                             k < c->bm[i].table_size;
+             k++) {
+            uint64_t off = be64_load(c->bmt[i] + (size_t)k * 8) &
+                           BTE_OFFSET_MASK;
+            if (off / c->cs >= c->cut)
+                c->dnew[off / c->cs - c->cut] = 1;
+        }
     for (uint64_t k = 0; k < n; k++)
         if (c->dnew[k])
             c->total++;
@@ -650,6 +689,65 @@ static int rewrite_snaps(struct compact *c, uint64_t *off)
     return ret;
 }
 
+/* The bitmap tables naming moved data (or lying past the cut), and the
+ * directory naming moved tables; *moved: the directory moved (*dir_off,
+ * *dir_size its new place). */
+static int rewrite_bitmaps(struct compact *c, bool *moved, uint64_t *dir_off,
+                           uint64_t *dir_size)
+{
+    struct bitmap_set set = {c->bm, c->nbm};
+    uint8_t *buf = NULL;
+    uint64_t len = 0, n;
+    int ret = 0;
+
+    *moved = false;
+    for (size_t i = 0; ret == 0 && i < c->nbm; i++) {
+        struct unit *u = &c->bmu[i];
+        uint8_t *t = c->bmt[i];
+        if (!u->n || u->trig < c->cut)
+            continue;
+        for (uint32_t k = 0; ret == 0 && k < c->bm[i].table_size; k++) {
+            uint64_t e = be64_load(t + (size_t)k * 8);
+            uint64_t off = e & BTE_OFFSET_MASK, noff;
+            if (off / c->cs < c->cut)
+                continue;
+            noff = c->dnew[off / c->cs - c->cut] * c->cs;
+            ret = move_ref(c, off, noff, c->cs, 1);
+            be64_store(t + (size_t)k * 8, (e & ~BTE_OFFSET_MASK) | noff);
+        }
+        buf = calloc(u->n, c->cs);
+        if (ret == 0 && !buf)
+            ret = qimg_err(ENOMEM, "Out of memory");
+        if (ret == 0) {
+            memcpy(buf, t, (size_t)c->bm[i].table_size * 8);
+            u->new_first = take(c, u->n);
+            ret = move_counts(c, u->first, u->new_first, u->n);
+        }
+        if (ret == 0)
+            ret = write_new(c, buf, u->n * c->cs, u->new_first * c->cs);
+        c->bm[i].table_off = u->new_first * c->cs;
+        free(buf);
+        buf = NULL;
+    }
+    if (ret < 0 || !c->bmdir.n || c->bmdir.trig < c->cut)
+        return ret;
+    ret = bitmap_dir_encode(&set, &buf, &len);
+    n = DIV_ROUND_UP(len, c->cs);
+    if (ret == 0)
+        c->bmdir.new_first = take(c, n);
+    for (uint64_t i = 0; ret == 0 && i < c->bmdir.n; i++)
+        ret = nr_add(&c->r, c->cs, (c->bmdir.first + i) * c->cs, -1);
+    for (uint64_t i = 0; ret == 0 && i < n; i++)
+        ret = nr_add(&c->r, c->cs, (c->bmdir.new_first + i) * c->cs, 1);
+    if (ret == 0)
+        ret = write_new(c, buf, len, c->bmdir.new_first * c->cs);
+    *moved = ret == 0;
+    *dir_off = c->bmdir.new_first * c->cs;
+    *dir_size = len;
+    free(buf);
+    return ret;
+}
+
 /* ---- The new refcount structure ------------------------------------------- */
 
 static uint64_t last_used(const struct compact *c)
@@ -775,13 +873,13 @@ static int census(struct compact *c)
     }
     claim(c, 0, 1);
     c->floor = 1;
-    ret = bitmap_each_ref(c->img, q->file_size, bitmap_floor, c);
-    if (ret == 0)
-        ret = read_trees(c);
+    ret = read_trees(c);
     if (ret == 0)
         ret = list_l2(c);
     if (ret == 0)
         ret = l2_triggers(c);
+    if (ret == 0)
+        ret = bitmap_triggers(c);
     return ret;
 }
 
@@ -802,6 +900,11 @@ static void compact_free(struct compact *c)
         free(c->t[k].l1);
     free(c->t);
     free(c->l2);
+    for (size_t i = 0; c->bmt && i < c->nbm; i++)
+        free(c->bmt[i]);
+    free(c->bmt);
+    free(c->bmu);
+    bitmap_dir_free(c->bm, c->nbm);
     free(c->r.refs);
     free(c->busy);
     free(c->live);
@@ -824,7 +927,9 @@ static int attempt(qimg_image *img, compact_progress_fn *fn, void *opaque,
                              .l1_off = q->hdr.l1_table_offset,
                              .l1_size = q->l1s->l1_size,
                              .nb_snaps = q->sn->nb_snaps};
+    struct roots_bitmaps rb = {0};
     uint64_t used_end = 0;
+    bool bm_moved = false;
     int ret = metaset_build(img);
 
     if (ret == 0)
@@ -850,6 +955,9 @@ static int attempt(qimg_image *img, compact_progress_fn *fn, void *opaque,
     if (ret == 0)
         ret = rewrite_snaps(&c, &nr.snap_off);
     if (ret == 0)
+        ret = rewrite_bitmaps(&c, &bm_moved, &rb.dir_off, &rb.dir_size);
+    rb.nb = (uint32_t)c.nbm;
+    if (ret == 0)
         ret = check_cut(&c);
     if (ret == 0)
         ret = write_refcounts(&c, &nr.rt_off, &nr.rt_clusters);
@@ -863,7 +971,8 @@ static int attempt(qimg_image *img, compact_progress_fn *fn, void *opaque,
     /* Everything new is durable before one sector names it (the commit
      * flushes first). */
     if (ret == 0)
-        ret = roots_commit(img, &nr);
+        ret = bm_moved ? roots_commit_bitmaps(img, &nr, &rb)
+                       : roots_commit(img, &nr);
     *moved += ret == 0 ? c.moved : 0;
     compact_free(&c);
     return ret;

@@ -1347,10 +1347,17 @@ static void setup_bitmap_in_use(qimg_image *img)
 
 /* Holes near the start (a deleted snapshot's clusters) and data past
  * them, some of it shared by a snapshot through a shared L2 table (512-
- * byte clusters) or from two tables (larger ones). */
-static void setup_holes(qimg_image *img)
+ * byte clusters) or from two tables (larger ones); with `more`, also a
+ * compressed cluster and (v3) bitmaps with bits set, stored before the
+ * holes were made (so past them). */
+static void make_holes(qimg_image *img, bool more)
 {
+    const struct qimg_bitmap_action add[] = {
+        {QIMG_BITMAP_ADD, "b", 512, NULL, NULL},
+        {QIMG_BITMAP_ADD, "c", 0, NULL, NULL},
+    };
     uint64_t cs = img->q->cluster_size;
+    bool bitmaps = more && img->q->hdr.version >= 3;
 
     fill(img, 0, 16 * cs, 0x11);
     if (qimg_snapshot_create(img, "old") < 0)
@@ -1360,22 +1367,21 @@ static void setup_holes(qimg_image *img)
     if (qimg_snapshot_create(img, "keep") < 0)
         abort();
     fill(img, 1u << 20, cs / 2, 0x14);
+    if (bitmaps && qimg_bitmap_change(img, &add[0], 1, NULL) < 0)
+        abort();
+    if (more && op_compress(img) < 0)
+        abort();
+    fill(img, 2u << 20, 4096, 0x79);
+    /* (Adding "c" stores "b" with the bits of the writes.) */
+    if (bitmaps && qimg_bitmap_change(img, &add[1], 1, NULL) < 0)
+        abort();
     if (qimg_snapshot_delete(img, "old") < 0)
         abort();
 }
 
-/* Then a compressed cluster and (v3) a bitmap past the holes. */
 static void setup_holes_more(qimg_image *img)
 {
-    const struct qimg_bitmap_action add = {QIMG_BITMAP_ADD, "b", 0, NULL,
-                                           NULL};
-
-    setup_holes(img);
-    if (op_compress(img) < 0 ||
-        (img->q->hdr.version >= 3 &&
-         qimg_bitmap_change(img, &add, 1, NULL) < 0))
-        abort();
-    fill(img, 2u << 20, 4096, 0x79);
+    make_holes(img, true);
 }
 
 static int op_compact(qimg_image *img)
@@ -1622,6 +1628,10 @@ struct op_def {
 /* Clusters of 2 KiB or more: a 605-byte backing name goes past sector 0. */
 #define NEED_2K 32u
 #define NEED_V2 64u       /* an upgrade */
+/* Crash states on every other variant (rotating; the stride doubled):
+ * the fault and allocation sweeps still take every variant the stride
+ * gives. */
+#define HALF_STATES 128u
 
 static const struct op_def ops_list[] = {
     {"write-alloc", K_GUEST, setup_data, op_write_alloc, NULL, 0},
@@ -1704,7 +1714,7 @@ static const struct op_def ops_list[] = {
      * holes below a bitmap, one header write, then the tail cut
      * (advisory). */
     {"compact", K_COMPACT, setup_holes_more, op_compact, NULL,
-     NEED_REFCOUNT4 | NEED_SMALL},
+     NEED_REFCOUNT4 | NEED_SMALL | HALF_STATES},
 };
 
 struct variant {
@@ -2425,12 +2435,16 @@ int main(int argc, char **argv)
          !refusal_mode && i < sizeof ops_list / sizeof ops_list[0]; i++) {
         const size_t nv = sizeof variants / sizeof variants[0];
         size_t first = nv, taken = 0;
+        unsigned st = stride * ((ops_list[i].needs & HALF_STATES) &&
+                                        !malloc_mode && !faults_mode
+                                    ? 2
+                                    : 1);
         if ((malloc_mode || faults_mode) && (ops_list[i].needs & STATES_ONLY))
             continue;
         for (size_t j = 0; j < nv; j++)
             if (applies(&ops_list[i], &variants[j])) {
                 first = MIN(first, j);
-                taken += (i + j) % stride == 0;
+                taken += (i + j) % st == 0;
             }
         for (size_t j = 0; j < nv; j++) {
             char name[96];
@@ -2438,7 +2452,7 @@ int main(int argc, char **argv)
             /* Every stride-th variant, rotating; the first that applies
              * if the stride leaves none. */
             if (!applies(&ops_list[i], &variants[j]) ||
-                ((i + j) % stride && !(taken == 0 && j == first)))
+                ((i + j) % st && !(taken == 0 && j == first)))
                 continue;
             sc = make_scenario(&ops_list[i], &variants[j], name, sizeof name);
             if (only && !strstr(sc.name, only))
