@@ -375,11 +375,7 @@ int qimg_image_resize(qimg_image *img, uint64_t size,
     return ret < 0 ? ret : resize_qcow2(img, size, prealloc, zero);
 }
 
-/* A new refcount structure copies the old counts and frees the old
- * clusters: on a damaged image that could free what an entry still
- * names. Refuse what the check finds broken (leaks are copied as
- * leaks), and so does a downgrade's rewrite of zero clusters and of
- * bitmaps. (The other changes write the header alone.) */
+/* What the check counts as errors refuses an operation. */
 static int refuse_errors(const struct qimg_check_result *r)
 {
     if (!r->corruptions && !r->check_errors)
@@ -389,6 +385,11 @@ static int refuse_errors(const struct qimg_check_result *r)
                     (long long)(r->corruptions + r->check_errors));
 }
 
+/* A new refcount structure copies the old counts and frees the old
+ * clusters: on a damaged image that could free what an entry still
+ * names. Refuse what the check finds broken (leaks are copied as
+ * leaks), and so does a downgrade's rewrite of zero clusters and of
+ * bitmaps. (The other changes write the header alone.) */
 static int refuse_damaged(qimg_image *img)
 {
     struct qimg_check_result *r = NULL;
