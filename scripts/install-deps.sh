@@ -2,7 +2,7 @@
 # Install the Debian packages qimg needs to build, test and demo.
 # Idempotent: only missing packages are installed (apt-get, as root).
 set -e
-PKGS="meson ninja-build pkg-config gcc clang zlib1g-dev libzstd-dev libcmocka-dev python3-pytest qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin"
+PKGS="meson ninja-build pkg-config gcc clang zlib1g-dev libzstd-dev libcmocka-dev python3-pytest qemu-utils nbdkit nbdkit-plugin-dev libnbd-bin scdoc"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
