@@ -12,7 +12,10 @@
 
 #include "qimg.h"
 
-#define PROG "qimg"
+/* The name messages start with: "qimg", or "qemu-img" when qimg runs
+ * under that name (a drop-in: a link named qemu-img), so that programs
+ * matching qemu-img's whole message lines match them too. */
+extern const char *cli_prog;
 
 /* Subcommands: parse options, call the library, print, return exit code. */
 int cmd_amend(int argc, char **argv);

@@ -82,7 +82,7 @@ static int to_lib(const struct create_params *p, struct qimg_amend_opts *o)
 
     if (p->is_set[COPT_BACKING_FILE] || p->is_set[COPT_BACKING_FMT]) {
         cli_error("Cannot amend the backing file");
-        fputs("You can use '" PROG " rebase' instead.\n", stderr);
+        fprintf(stderr, "You can use '%s rebase' instead.\n", cli_prog);
         return -1;
     }
     if (compat) {

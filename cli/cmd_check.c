@@ -107,7 +107,8 @@ static void print_messages(const struct qimg_check_result *r)
     fflush(stderr);
     for (size_t i = 0; i < r->nb_msgs; i++) {
         const struct qimg_check_msg *m = &r->msgs[i];
-        fprintf(out, "%s%s\n", is_reported(m) ? PROG ": " : "", m->text);
+        fprintf(out, "%s%s%s\n", is_reported(m) ? cli_prog : "",
+                is_reported(m) ? ": " : "", m->text);
         if (m->where)
             fprintf(out, "    %s%s\n",
                     strncmp(m->where, "referenced by", 13) ? "in " : "",

@@ -486,7 +486,6 @@ static int parse_cmdline(int argc, char **argv, struct io_cmdline *cl)
 
 int cmd_io(int argc, char **argv)
 {
-    static char prog[] = PROG;
     struct io_state s = {0};
     struct io_cmdline cl = {0};
     char *argv0 = argv[0];
@@ -496,7 +495,7 @@ int cmd_io(int argc, char **argv)
     if (!cl.cmds)
         return 1;
     /* getopt's own messages then read "qimg: ...". */
-    argv[0] = prog;
+    argv[0] = (char *)cli_prog; /* (getopt's messages name it) */
     io_getopt_reset();
     ret = parse_cmdline(argc, argv, &cl);
     argv[0] = argv0;

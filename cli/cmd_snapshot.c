@@ -341,8 +341,9 @@ int cmd_snapshot(int argc, char **argv)
         /* QEMU's hint after this refusal. */
         if (!strncmp(qimg_last_error()->message, "Too much extra metadata",
                      23))
-            fputs("You can force-remove this extra metadata with " PROG
-                  " check -r all\n", stderr);
+            fprintf(stderr, "You can force-remove this extra metadata "
+                            "with %s check -r all\n",
+                    cli_prog);
         free(path);
         return 1;
     }

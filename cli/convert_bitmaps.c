@@ -43,9 +43,9 @@ int conv_bitmaps_check_source(const struct conv_job *job, bool skip_broken)
         if (info->bitmaps[i].in_use) {
             cli_error("Cannot copy inconsistent bitmap '%s'",
                       info->bitmaps[i].name);
-            fputs("Try --skip-broken-bitmaps, or use '" PROG " bitmap "
-                  "--remove' to delete it\n",
-                  stderr);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use '%s bitmap "
+                            "--remove' to delete it\n",
+                    cli_prog);
             ret = -1;
             break;
         }

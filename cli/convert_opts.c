@@ -59,7 +59,7 @@ static void *xmalloc(size_t n)
     void *p = malloc(n ? n : 1);
 
     if (!p) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     return p;
@@ -263,7 +263,8 @@ static int create_error(const char *dst, const char *fmt, const char *msg, ...)
     va_list ap;
 
     fflush(stdout);
-    fprintf(stderr, PROG ": %s: error while converting %s: ", dst, fmt);
+    fprintf(stderr, "%s: %s: error while converting %s: ", cli_prog, dst,
+            fmt);
     va_start(ap, msg);
     vfprintf(stderr, msg, ap);
     va_end(ap);

@@ -253,7 +253,7 @@ static const char *read_value(const char *s, char **out)
     size_t n = 0;
 
     if (!v) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     while (*s && !(s[0] == ',' && s[1] != ',')) {
@@ -272,7 +272,7 @@ static const char *next_pair(const char *s, char **name, char **value)
 
     *name = strndup(s, len);
     if (!*name) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     if (s[len] == '=') {
@@ -473,7 +473,7 @@ void copts_set_str(struct create_params *p, enum copt id, const char *s)
     char *copy = strdup(s);
 
     if (!copy) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     free(p->str[id]);

@@ -37,7 +37,7 @@ void cli_error(const char *fmt, ...)
     va_list ap;
 
     fflush(stdout);
-    fputs(PROG ": ", stderr);
+    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
@@ -62,11 +62,11 @@ int cli_usage_error(const char *fmt, ...)
     va_list ap;
 
     fflush(stdout);
-    fputs(PROG ": ", stderr);
+    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputs("\nTry '" PROG " --help' for more information\n", stderr);
+    fprintf(stderr, "\nTry '%s --help' for more information\n", cli_prog);
     return 1;
 }
 
@@ -75,7 +75,7 @@ void cli_lib_error(const char *prefix_fmt, ...)
     va_list ap;
 
     fflush(stdout);
-    fputs(PROG ": ", stderr);
+    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, prefix_fmt);
     vfprintf(stderr, prefix_fmt, ap);
     va_end(ap);
@@ -223,9 +223,16 @@ void cli_help(void)
 
 static void print_version(void) { printf("qimg version %s\n", qimg_version()); }
 
+const char *cli_prog = "qimg";
+
 int main(int argc, char **argv)
 {
+    const char *base = argc ? strrchr(argv[0], '/') : NULL;
     const char *cmd;
+
+    base = base ? base + 1 : argc ? argv[0] : "";
+    if (!strcmp(base, "qemu-img"))
+        cli_prog = "qemu-img";
 
     if (argc > 1 && !strcmp(argv[1], "--no-locking")) {
         cli_no_locking = true;

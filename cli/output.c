@@ -69,7 +69,7 @@ static struct jv *jv_new(enum jv_kind k)
     struct jv *v = calloc(1, sizeof *v);
 
     if (!v) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     v->kind = k;
@@ -131,7 +131,7 @@ static void jv_append(struct jv *c, const char *key, struct jv *val)
     c->vals = realloc(c->vals, (c->n + 1) * sizeof *c->vals);
     c->keys = realloc(c->keys, (c->n + 1) * sizeof *c->keys);
     if (!c->vals || !c->keys) {
-        fputs(PROG ": Out of memory\n", stderr);
+        fprintf(stderr, "%s: Out of memory\n", cli_prog);
         exit(1);
     }
     c->vals[c->n] = val;
