@@ -4,7 +4,7 @@ ASAN    ?= build-asan
 PREFIX  ?= /usr/local
 MESON_FLAGS = --buildtype=release -Dwerror=true --prefix=$(PREFIX)
 
-.PHONY: all deps demo check check-release check-asan install clean crash-long
+.PHONY: all deps demo check check-release check-asan install clean crash-long deb
 
 all: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -30,6 +30,19 @@ check: all $(ASAN)/build.ninja
 
 install: all
 	meson install -C $(BUILD)
+
+# Debian packages (qimg, libqimg0, libqimg-dev, nbdkit-qimg-plugin) from
+# the tracked files, into $(BUILD)/deb; lintian must find no error; then
+# they are installed into a fresh Debian 12 root and used there
+# (scripts/deb-test.sh). About two minutes with a nearby mirror.
+deb:
+	@scripts/install-deps.sh deb
+	rm -rf $(BUILD)/deb && mkdir -p $(BUILD)/deb/src
+	git ls-files -z | xargs -0 tar -c | tar -x -C $(BUILD)/deb/src
+	cd $(BUILD)/deb/src && dpkg-buildpackage -us -uc -b >../build.log 2>&1 || \
+	    { tail -30 ../build.log; exit 1; }
+	lintian --fail-on error $(BUILD)/deb/qimg_*.changes
+	scripts/deb-test.sh $(BUILD)/deb
 
 crash-long: all
 	CRASH_SEED=$${CRASH_SEED:-$$(date +%s)} $(BUILD)/tests/crash/crash_sim states 20
