@@ -19,7 +19,17 @@ build/bench-images in the source tree); working copies go to
 $QIMG_BENCH_DIR/copies and are made
 with cp --sparse=always, again for every operation when they are small.
 
+--first-op starts every timed run (both tools) from a fresh sparse copy of
+the pristine, QEMU-made image, made durable before (untimed): a user's
+first operation on an image, not a copy only the tools have touched.
+--bound adds, for the snapshot operations, the bytes the operation must
+write (bench/iocount.py's lower bound, from the image just before the
+operation) written with dd conv=fdatasync into new blocks and over
+existing ones on the same file system, and qimg's time as a multiple of
+each (in the notes).
+
   bench/run.py                         # everything (about an hour)
+  bench/run.py -i A,A100,B -o snap-c,snap-d --bound [--first-op]
   bench/run.py -i A,C -o snap-c,check -n 3
   bench/run.py --markdown > table.md
   bench/run.py --list                  # operations and images
@@ -38,6 +48,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_DIR = os.environ.get("QIMG_BENCH_DIR",
@@ -452,10 +463,12 @@ def make_ops(ctx):
 RUN_RE = re.compile(r"Run completed in ([0-9.]+) seconds")
 
 
-def one_run(ctx, op, tool, img):
+def one_run(ctx, op, tool, img, before=None):
     """Set-up, timed command, tear-down. Returns (secs, rss KiB) or
-    (None, reason)."""
+    (None, reason). before(img): untimed, right before the command."""
     op.pre(img)
+    if before:
+        before(img)
     argv = op.tool_argv(tool, img)
     dt, rss, rc, so, se = timed(ctx, argv, want_out=op.reported_time)
     if rc not in op.ok_rc:
@@ -497,11 +510,57 @@ def verify(ctx, img):
     return "qemu-img check rc=%d afterwards" % cp.returncode
 
 
+# The snapshot to name for each operation's lower bound (bench/iocount.py).
+BOUND_OPS = {"snap-c": None, "snap-d": "bench-d", "snap-a": "bench-a",
+             "snap-a10": "bench-a"}
+
+
+def write_bound(ctx, nbytes):
+    """Median seconds to write nbytes with dd conv=fdatasync on the
+    working copies' file system: into a new file, and over a file of
+    that size already written and synced."""
+    out = os.path.join(ctx.work, "bound.tmp")
+    count = max(1, (nbytes + 4095) // 4096)
+    dd = ["dd", "if=/dev/zero", "of=" + out, "bs=4k", "count=%d" % count,
+          "status=none"]
+
+    def one(extra):
+        t0 = time.monotonic()
+        sh(dd + [extra])
+        return time.monotonic() - t0
+    new, over = [], []
+    for _ in range(3):
+        if os.path.exists(out):
+            os.unlink(out)
+        new.append(one("conv=fdatasync"))
+        over.append(one("conv=notrunc,fdatasync"))
+    os.unlink(out)
+    return statistics.median(new), statistics.median(over)
+
+
+def bound_bytes(op, img):
+    """Bytes the operation must write, from the image just before it."""
+    import iocount
+    im = iocount.Image(img)
+    if op.name == "snap-c":
+        return iocount.bound_create(im).w
+    if op.name == "snap-d":
+        return iocount.bound_delete(im, BOUND_OPS[op.name]).w
+    return iocount.bound_apply(im, BOUND_OPS[op.name]).w
+
+
 def measure(ctx, op, image, first):
     img = work_copy(ctx, image, first)
     res = {"op": op.name, "image": image, "qimg": [], "qemu": [],
            "qimg_rss": [], "qemu_rss": [], "note": ""}
-    op.setup(img)
+    bound = {}
+
+    def take_bound(path):
+        if not bound:
+            bound["w"] = bound_bytes(op, path)
+    want_bound = ctx.bound and op.name in BOUND_OPS and img is not None
+    if not ctx.first_op:
+        op.setup(img)
     if getattr(op, "mode", None):
         res["note"] = "rewrite: %s" % op.mode
     na = False
@@ -509,17 +568,36 @@ def measure(ctx, op, image, first):
         for tool in ("qimg", "qemu"):
             if tool == "qimg" and na:
                 continue
-            t, rss = one_run(ctx, op, tool, img)
+            if ctx.first_op and img is not None:
+                # A fresh copy of the image qemu-img made, durable.
+                img = work_copy(ctx, image, True)
+                sh(["sync", "-d", img])
+                op.setup(img)
+            hook = take_bound if want_bound and tool == "qimg" and \
+                i >= ctx.warmup else None
+            t, rss = one_run(ctx, op, tool, img, hook)
+            if ctx.first_op and img is not None:
+                op.teardown(img)
             if t is None:
                 na = True
                 continue
             if i >= ctx.warmup:
                 res[tool].append(t)
                 res[tool + "_rss"].append(rss)
-    op.teardown(img)
+    if not ctx.first_op:
+        op.teardown(img)
     note = verify(ctx, img)
     if note:
         res["note"] = (res["note"] + "; " + note).strip("; ")
+    if ctx.first_op:
+        res["note"] = (res["note"] + "; first operation").strip("; ")
+    if bound and res["qimg"]:
+        new, over = write_bound(ctx, bound["w"])
+        q = statistics.median(res["qimg"])
+        res["note"] = (res["note"] + "; write bound %.0f KiB: new blocks "
+                       "%s (qimg %.2fx), over existing %s (%.2fx)" % (
+                           bound["w"] / 1024, fmt_t(new), q / new,
+                           fmt_t(over), q / over)).strip("; ")
     return res
 
 
@@ -591,6 +669,14 @@ def parse_args():
     p.add_argument("--json", help="also write raw timings to this file")
     p.add_argument("--rewrite", choices=["auto", "data", "zero"],
                    default="auto")
+    p.add_argument("--first-op", action="store_true",
+                   help="every timed run on a fresh sparse copy of the "
+                   "pristine image (copy untimed, synced)")
+    p.add_argument("--bound", action="store_true",
+                   help="snapshot operations: time writing what the "
+                   "operation must write (bench/iocount.py's bound) with "
+                   "dd conv=fdatasync, into new blocks and over existing "
+                   "ones, and give qimg's time as a multiple of it")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed qemu-img check after each op")
     p.add_argument("--any-image", action="store_true",
