@@ -11,6 +11,7 @@ libnbd-bin); QIMG_NBDKIT_PLUGIN names it."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -166,6 +167,19 @@ def test_bad_parameters():
     assert r.rc != 0 and "unknown parameter 'bogus'" in r.err, r
 
 
+def wait_listening(sock):
+    """Until a connection to the server's socket succeeds (the socket file
+    appears before nbdkit listens on it)."""
+    for _ in range(500):
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(sock))
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise AssertionError("nbdkit never listened on %s" % sock)
+
+
 def test_kill_during_writes_leaves_no_corruption(tmp):
     img = image(tmp)
     sock = tmp / "nbd.sock"
@@ -176,12 +190,10 @@ def test_kill_during_writes_leaves_no_corruption(tmp):
                                 "file=" + str(img)],
                                stderr=subprocess.DEVNULL)
         try:
-            for _ in range(100):
-                if sock.exists():
-                    break
-                time.sleep(0.02)
+            wait_listening(sock)
             cmds = []
-            for i in range(1500):
+            # (3 GiB over the same 60 MiB: far longer than the delays.)
+            for i in range(12000):
                 cmds += ["-c", "write -P %d %d 256k" % (i % 250 + 1,
                                                         (i * 7 % 240) << 18)]
             w = subprocess.Popen(["qemu-io", "-f", "raw"] + cmds +
