@@ -648,6 +648,22 @@ static int rewrite_l1s(struct compact *c)
     return ret;
 }
 
+/* A table of len bytes (buf) replacing unit u: as many clusters as it
+ * takes now, each counted once, u's old ones once less; written. */
+static int place_table(struct compact *c, struct unit *u, const uint8_t *buf,
+                       uint64_t len)
+{
+    uint64_t n = DIV_ROUND_UP(len, c->cs);
+    int ret = 0;
+
+    u->new_first = take(c, n);
+    for (uint64_t i = 0; ret == 0 && i < u->n; i++)
+        ret = nr_add(&c->r, c->cs, (u->first + i) * c->cs, -1);
+    for (uint64_t i = 0; ret == 0 && i < n; i++)
+        ret = nr_add(&c->r, c->cs, (u->new_first + i) * c->cs, 1);
+    return ret == 0 ? write_new(c, buf, len, u->new_first * c->cs) : ret;
+}
+
 /* The snapshot table, if an L1 table it names moved (or it lies past the
  * cut); *off its new place. */
 static int rewrite_snaps(struct compact *c, uint64_t *off)
@@ -655,7 +671,7 @@ static int rewrite_snaps(struct compact *c, uint64_t *off)
     struct qcow2 *q = c->q;
     struct snap *snaps;
     uint8_t *buf = NULL;
-    uint64_t len = 0, n;
+    uint64_t len = 0;
     int ret = 0;
 
     *off = q->hdr.snapshots_offset;
@@ -671,17 +687,10 @@ static int rewrite_snaps(struct compact *c, uint64_t *off)
     }
     if (ret == 0)
         ret = snap_table_encode(q, snaps, q->sn->nb_snaps, &buf, &len);
-    n = DIV_ROUND_UP(len, c->cs);
     if (ret == 0)
-        c->snap.new_first = take(c, n);
-    for (uint64_t i = 0; ret == 0 && i < c->snap.n; i++)
-        ret = nr_add(&c->r, c->cs, (c->snap.first + i) * c->cs, -1);
-    for (uint64_t i = 0; ret == 0 && i < n; i++)
-        ret = nr_add(&c->r, c->cs, (c->snap.new_first + i) * c->cs, 1);
-    if (ret == 0) {
+        ret = place_table(c, &c->snap, buf, len);
+    if (ret == 0)
         *off = c->snap.new_first * c->cs;
-        ret = write_new(c, buf, len, *off);
-    }
     free(buf);
     for (uint32_t i = 0; i < q->sn->nb_snaps; i++)
         snap_free(&snaps[i]);
@@ -697,7 +706,7 @@ static int rewrite_bitmaps(struct compact *c, bool *moved, uint64_t *dir_off,
 {
     struct bitmap_set set = {c->bm, c->nbm};
     uint8_t *buf = NULL;
-    uint64_t len = 0, n;
+    uint64_t len = 0;
     int ret = 0;
 
     *moved = false;
@@ -732,15 +741,8 @@ static int rewrite_bitmaps(struct compact *c, bool *moved, uint64_t *dir_off,
     if (ret < 0 || !c->bmdir.n || c->bmdir.trig < c->cut)
         return ret;
     ret = bitmap_dir_encode(&set, &buf, &len);
-    n = DIV_ROUND_UP(len, c->cs);
     if (ret == 0)
-        c->bmdir.new_first = take(c, n);
-    for (uint64_t i = 0; ret == 0 && i < c->bmdir.n; i++)
-        ret = nr_add(&c->r, c->cs, (c->bmdir.first + i) * c->cs, -1);
-    for (uint64_t i = 0; ret == 0 && i < n; i++)
-        ret = nr_add(&c->r, c->cs, (c->bmdir.new_first + i) * c->cs, 1);
-    if (ret == 0)
-        ret = write_new(c, buf, len, c->bmdir.new_first * c->cs);
+        ret = place_table(c, &c->bmdir, buf, len);
     *moved = ret == 0;
     *dir_off = c->bmdir.new_first * c->cs;
     *dir_size = len;

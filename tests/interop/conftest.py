@@ -85,6 +85,17 @@ def check_clean(path):
     return r
 
 
+def add_leak(path):
+    """Give a cluster past the end of a qcow2 file (64 KiB clusters, 16-bit
+    refcounts) a refcount of 1 and grow the file over it: one leak."""
+    raw = bytearray(path.read_bytes())
+    rt = int.from_bytes(raw[48:56], "big")
+    rb = int.from_bytes(raw[rt:rt + 8], "big")
+    k = len(raw) // 65536 + 1
+    raw[rb + 2 * k:rb + 2 * k + 2] = (1).to_bytes(2, "big")
+    path.write_bytes(bytes(raw) + bytes((k + 1) * 65536 - len(raw)))
+
+
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path

@@ -19,7 +19,8 @@ import subprocess
 
 import pytest
 
-from conftest import QIMG, create_argv as create, qio_argv as qio, run
+from conftest import QIMG, add_leak, create_argv as create, \
+    qio_argv as qio, run
 
 PROGRESS = re.compile(rb"    \((\d{1,3}\.\d{2})/100%\)\r")
 PCT = re.compile(r"\((\d+\.\d+)/100%\)")
@@ -144,12 +145,7 @@ def test_info_json_keys(tmp):
 def leaky(path):
     run(create(path, "8M"), check=True)
     run(qio(path, "write -P 1 0 1M"), check=True)
-    raw = bytearray(path.read_bytes())
-    rt = int.from_bytes(raw[48:56], "big")
-    rb = int.from_bytes(raw[rt:rt + 8], "big")
-    k = len(raw) // 65536 + 1
-    raw[rb + 2 * k:rb + 2 * k + 2] = (1).to_bytes(2, "big")
-    path.write_bytes(bytes(raw) + bytes((k + 1) * 65536 - len(raw)))
+    add_leak(path)
 
 
 def test_check_json_on_leaks_exits_3(tmp):
