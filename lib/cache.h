@@ -16,8 +16,8 @@ struct mcache_entry {
     uint8_t *buf;
     bool dirty;
     unsigned pins;
-    uint64_t stamp;
-    struct mcache_entry *hnext;
+    struct mcache_entry *hnext; /* hash chain; the free list when empty */
+    struct mcache_entry *older, *newer; /* recency list, when occupied */
 };
 
 struct mcache {
@@ -26,7 +26,8 @@ struct mcache {
     struct mcache_entry *e;
     struct mcache_entry **hash;
     size_t hmask;
-    uint64_t clock;
+    struct mcache_entry *oldest, *newest; /* occupied slots by last use */
+    struct mcache_entry *free;            /* empty slots */
     /* Called when no slot can be freed; makes dirty entries clean. */
     int (*make_room)(void *ctx);
     void *room_ctx;

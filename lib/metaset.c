@@ -66,7 +66,8 @@ int metaset_check_snapshot_l1s(qimg_image *img)
 /* An active L1 entry with COPIED names a table nothing else uses: one
  * named twice, or with a refcount above 1, would be written in place
  * under another L1 entry or a snapshot. */
-static int check_active_l2(qimg_image *img)
+static int check_active_l2(qimg_image *img,
+                           int (*get)(void *, uint64_t, uint64_t *), void *ctx)
 {
     const struct l1_state *l1 = img->q->l1s;
     struct idset seen = {0};
@@ -84,7 +85,8 @@ static int check_active_l2(qimg_image *img)
         else if (idset_add(&seen, c) < 0)
             ret = qimg_err(ENOMEM, "Out of memory");
         if (ret == 0 && (e & QCOW_OFLAG_COPIED) &&
-            (ret = refcount_get(img, c, &rc)) == 0 && rc > 1)
+            (ret = get ? get(ctx, c, &rc) : refcount_get(img, c, &rc)) == 0 &&
+            rc > 1)
             ret = qimg_corrupt("L2 table %#" PRIx64 " is shared (refcount "
                                "%" PRIu64 ") but its L1 entry says COPIED",
                                off, rc);
@@ -205,7 +207,8 @@ static int load_avoid(qimg_image *img)
  * they lie inside the file, and a snapshot L1 table only if its size is
  * valid (operations on it refuse it): neither is validated at open, and a
  * bogus entry must not cost a set of billions of clusters. */
-int metaset_build(qimg_image *img)
+static int build(qimg_image *img, int (*get)(void *, uint64_t, uint64_t *),
+                 void *ctx)
 {
     const struct qcow2 *q = img->q;
     const struct qcow2_header *h = &q->hdr;
@@ -220,7 +223,7 @@ int metaset_build(qimg_image *img)
     if (ret == 0 && !meta_avoid_ready(img))
         ret = load_avoid(img);
     if (ret == 0)
-        ret = check_active_l2(img);
+        ret = check_active_l2(img, get, ctx);
     if (ret < 0)
         return ret;
     meta_start(img);
@@ -262,13 +265,18 @@ int metaset_build(qimg_image *img)
     return 0;
 }
 
+int metaset_build(qimg_image *img)
+{
+    return build(img, NULL, NULL);
+}
+
 int metaset_check_counted(qimg_image *img,
                           int (*get)(void *, uint64_t, uint64_t *),
                           void *ctx)
 {
     uint64_t low = UINT64_MAX, rc, *c;
     size_t n;
-    int ret = metaset_build(img);
+    int ret = build(img, get, ctx);
 
     /* In file order, so that each refcount block is read once. */
     if (ret == 0)

@@ -22,7 +22,9 @@ int metaset_check_snapshot_l1s(qimg_image *img);
  * metadata must be counted, or first-fit allocation of the operation's new
  * metadata could land on it. The lowest uncounted one is reported as
  * QEMU's overlap check reports a write there. Refcounts come from get
- * (NULL: refcount_get), so a caller can load the blocks its own way. */
+ * (NULL: refcount_get), so a caller can load the blocks its own way; the
+ * census is built first if it was not (metaset_build, its refcounts from
+ * get too). */
 int metaset_check_counted(qimg_image *img,
                           int (*get)(void *, uint64_t, uint64_t *),
                           void *ctx);

@@ -143,8 +143,9 @@ static int txn_init(struct txn *t, qimg_image *img, bool preload)
         return qimg_err(EIO, "Image is corrupt or dirty; repair it first");
     ret = qcow2_flush(img);
     if (ret == 0)
-        ret = metaset_check_counted(img, preload ? txn_refs_loaded : NULL,
-                                       t);
+        ret = metaset_check_counted(img,
+                                    preload ? txn_tables_old_refcount : NULL,
+                                    t);
     if (ret < 0)
         return ret;
     ret = txn_tables_init(t);

@@ -128,6 +128,9 @@ struct txn_tables {
     /* L2 table cluster -> the refcount change the L1 pointers counted so
      * far make to it (two's complement). */
     struct u64map expect;
+    /* Metadata cluster -> its refcount before the operation, as the
+     * live-metadata check read it (txn_tables_old_refcount). */
+    struct u64map old;
 };
 
 struct txn {
@@ -285,6 +288,9 @@ void txn_tables_free(struct txn *t);
  * the counted L1 pointers say (a data entry naming a metadata cluster, or
  * a table naming itself, shows as a change no pointer made). */
 int txn_tables_check_meta(struct txn *t);
+/* metaset_check_counted's get: txn_refs_loaded, the value remembered for
+ * txn_tables_check_meta (so the blocks are not read again). */
+int txn_tables_old_refcount(void *ctx, uint64_t idx, uint64_t *rc);
 int txn_tables_check_l1(struct txn *t, const uint8_t *l1, uint32_t size);
 int txn_tables_read_l2(struct txn *t, uint64_t l2_off);
 /* One L1 pointer to l2_off appears (+1) or disappears (-1). */

@@ -135,6 +135,16 @@ static int expect_change(struct txn *t, uint64_t l2_off, int64_t delta)
     return u64map_put(&t->tables.expect, c, v + (uint64_t)delta);
 }
 
+int txn_tables_old_refcount(void *ctx, uint64_t idx, uint64_t *rc)
+{
+    struct txn *t = ctx;
+    int ret = txn_refs_loaded(t, idx, rc);
+
+    if (ret == 0 && u64map_put(&t->tables.old, idx, *rc) < 0)
+        ret = qimg_err(ENOMEM, "Out of memory");
+    return ret;
+}
+
 int txn_tables_check_meta(struct txn *t)
 {
     uint64_t *c, old, now, want;
@@ -151,7 +161,8 @@ int txn_tables_check_meta(struct txn *t)
                 ret = meta_signal_overlap(t->img, c[i], 0);
             continue;
         }
-        ret = refcount_get(t->img, c[i], &old);
+        if (!u64map_get(&t->tables.old, c[i], &old))
+            ret = refcount_get(t->img, c[i], &old);
         if (ret == 0)
             ret = txn_refs_loaded(t, c[i], &now);
         if (ret == 0 && now - old != want)
@@ -695,5 +706,6 @@ void txn_tables_free(struct txn *t)
     free(t->tables.tmp);
     u64map_free(&t->tables.copies);
     u64map_free(&t->tables.expect);
+    u64map_free(&t->tables.old);
     l2store_free(&t->tables.l2s);
 }
