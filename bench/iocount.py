@@ -191,6 +191,10 @@ class Bound:
         self.w = len(l2_dirty) * cs + len(rbs) * cs + extra_l1_bytes + \
             (8 * img.l1_size if l1_dirty else 0) + 512 + \
             max(0, img.snap_table_end - img.snap_off + snap_entry_delta)
+        # the clusters read one by one: L2 tables and refcount blocks
+        self.read_offs = sorted(list(self.l2) + [
+            img.rt[i] & L1E_MASK for i in rbs
+            if i < len(img.rt) and img.rt[i] & L1E_MASK])
         self.detail = "%d L2 read, %d L2 written, %d refblocks" % (
             len(self.l2), len(l2_dirty), len(rbs))
         return self

@@ -26,7 +26,9 @@ first operation on an image, not a copy only the tools have touched.
 write (bench/iocount.py's lower bound, from the image just before the
 operation) written with dd conv=fdatasync into new blocks and over
 existing ones on the same file system, and qimg's time as a multiple of
-each (in the notes).
+each (in the notes); and the time to read the clusters it must read (its
+L2 tables and refcount blocks, one pread each from the page cache as the
+timed run finds it), with qimg's time as a multiple of read + write.
 
   bench/run.py                         # everything (about an hour)
   bench/run.py -i A,A100,B -o snap-c,snap-d --bound [--first-op]
@@ -538,15 +540,34 @@ def write_bound(ctx, nbytes):
     return statistics.median(new), statistics.median(over)
 
 
-def bound_bytes(op, img):
-    """Bytes the operation must write, from the image just before it."""
+def op_bound(op, img):
+    """iocount's lower bound for the operation, from the image just
+    before it: .w bytes it must write, .read_offs clusters it must read."""
     import iocount
     im = iocount.Image(img)
     if op.name == "snap-c":
-        return iocount.bound_create(im).w
+        return iocount.bound_create(im)
     if op.name == "snap-d":
-        return iocount.bound_delete(im, BOUND_OPS[op.name]).w
-    return iocount.bound_apply(im, BOUND_OPS[op.name]).w
+        return iocount.bound_delete(im, BOUND_OPS[op.name])
+    return iocount.bound_apply(im, BOUND_OPS[op.name])
+
+
+def read_bound(path, offs, cs):
+    """Median seconds to read the clusters at offs, one os.preadv each,
+    in file order, from the page cache as the timed run finds it (about
+    0.5 us of each read is Python's)."""
+    buf = bytearray(cs)
+    fd = os.open(path, os.O_RDONLY)
+    times = []
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            for o in offs:
+                os.preadv(fd, [buf], o)
+            times.append(time.monotonic() - t0)
+    finally:
+        os.close(fd)
+    return statistics.median(times)
 
 
 def measure(ctx, op, image, first):
@@ -557,7 +578,10 @@ def measure(ctx, op, image, first):
 
     def take_bound(path):
         if not bound:
-            bound["w"] = bound_bytes(op, path)
+            b = op_bound(op, path)
+            bound["w"] = b.w
+            bound["nr"] = len(b.read_offs)
+            bound["r"] = read_bound(path, b.read_offs, b.img.cs)
     want_bound = ctx.bound and op.name in BOUND_OPS and img is not None
     if not ctx.first_op:
         op.setup(img)
@@ -594,10 +618,14 @@ def measure(ctx, op, image, first):
     if bound and res["qimg"]:
         new, over = write_bound(ctx, bound["w"])
         q = statistics.median(res["qimg"])
+        r = bound["r"]
         res["note"] = (res["note"] + "; write bound %.0f KiB: new blocks "
-                       "%s (qimg %.2fx), over existing %s (%.2fx)" % (
+                       "%s (qimg %.2fx), over existing %s (%.2fx); read "
+                       "bound %d clusters %s: read + new %.2fx, read + "
+                       "over %.2fx" % (
                            bound["w"] / 1024, fmt_t(new), q / new,
-                           fmt_t(over), q / over)).strip("; ")
+                           fmt_t(over), q / over, bound["nr"], fmt_t(r),
+                           q / (r + new), q / (r + over))).strip("; ")
     return res
 
 
@@ -676,7 +704,8 @@ def parse_args():
                    help="snapshot operations: time writing what the "
                    "operation must write (bench/iocount.py's bound) with "
                    "dd conv=fdatasync, into new blocks and over existing "
-                   "ones, and give qimg's time as a multiple of it")
+                   "ones, and reading what it must read (one pread per "
+                   "cluster), and give qimg's time as a multiple of them")
     p.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the untimed qemu-img check after each op")
     p.add_argument("--any-image", action="store_true",
