@@ -27,12 +27,19 @@
 #         (backing "E.qcow2") with 10% of the disk rewritten: 64 MiB of
 #         a pattern in every 640 MiB, partly over the base's data
 #                                            64 GiB / 8.1 GiB + 6.4 GiB
+#   H     a backing chain of depth 5: H.qcow2, 16 GiB with 2 GiB of
+#         random data (one 64 MiB stripe in every 512 MiB), and H-1 ..
+#         H-4 over it (H-k's backing "H-(k-1).qcow2", H-1's "H.qcow2"),
+#         each writing 4 stripes of 64 MiB of a pattern, at 64 MiB steps
+#         from its own start, partly over the data below
+#                                           16 GiB / 2 GiB + 4 x 256 MiB
 #   G     8 GiB, 64 KiB clusters: 9 rounds writing the same 4 stripes of
 #         64 MiB (one every 2 GiB) with random data, a snapshot after
 #         each, then 6 of the 9 snapshots deleted: a third of the data
 #         left, in holes (the image compact is measured on)
 #                                                        8 GiB / 2.3 GiB
-# Total real use of the pristine set: ~9.4 GiB; building takes ~15 minutes
+# Total real use of the pristine set: ~9.4 GiB without E (14.5 GiB) and H
+# (3 GiB); building takes ~15 minutes
 # (the 1000 qemu-img snapshot -c calls of D and F are most of it). The
 # timing scripts add one working copy of the image being measured (cp --sparse=always)
 # and, for convert, one output at a time (8 GiB raw or qcow2 for C), and
@@ -40,7 +47,7 @@
 set -euo pipefail
 
 DIR=${QIMG_BENCH_DIR:-$(cd "$(dirname "$0")/.." && pwd)/build/bench-images}
-ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E F G}
+ONLY=${QIMG_BENCH_ONLY:-A A100 B C D E F G H}
 P=$DIR/pristine
 mkdir -p "$P" "$DIR/copies"
 
@@ -161,6 +168,32 @@ make_g() {
     mv "$tmp" "$P/G.qcow2"
 }
 
+make_h() {
+    local tmp=$P/.H.tmp off k below cmds
+    log "H: 16 GiB base, 2 GiB of random data in 32 stripes"
+    qemu-img create -q -f qcow2 "$tmp" 16G
+    for ((off = 0; off < 16 << 30; off += 512 << 20)); do
+        head -c $((64 << 20)) /dev/urandom > "$P/.H.stripe"
+        qemu-io -f qcow2 -c "write -q -s $P/.H.stripe $off 64M" "$tmp" \
+            >/dev/null
+    done
+    rm -f "$P/.H.stripe"
+    below=H.qcow2
+    for ((k = 1; k <= 4; k++)); do
+        log "H-$k: 4 stripes of 64 MiB over $below"
+        qemu-img create -q -f qcow2 -b "$below" -F qcow2 "$P/.H-$k.tmp"
+        cmds=()
+        for ((off = k << 26; off < 16 << 30; off += 4 << 30)); do
+            cmds+=(-c "write -q -P $((0x30 + k)) $off 64M")
+        done
+        qemu-io -f qcow2 "${cmds[@]}" "$P/.H-$k.tmp" >/dev/null
+        below=H-$k.qcow2
+    done
+    # The overlays name their backing files by name: rename them all.
+    for ((k = 1; k <= 4; k++)); do mv "$P/.H-$k.tmp" "$P/H-$k.qcow2"; done
+    mv "$tmp" "$P/H.qcow2"
+}
+
 log "images in $P ($(free_gb) GB free)"
 if wanted A && ! have A; then make_meta A 1T 65536; fi
 if wanted A100 && ! have A100; then make_meta A100 100G 65536; fi
@@ -170,5 +203,6 @@ if wanted D && ! have D; then make_d; fi
 if wanted E && ! have E; then make_e; fi
 if wanted F && ! have F; then make_f; fi
 if wanted G && ! have G; then make_g; fi
+if wanted H && ! have H; then make_h; fi
 log "done; real disk use:"
 du -sh "$P"/*.qcow2 >&2

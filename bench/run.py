@@ -350,6 +350,117 @@ class RebaseUnsafe(RebaseSafe):
                 self.top]
 
 
+class Chain5(Op):
+    """On H, the chain of depth 5 (make-images.sh): H.qcow2 <- H-1 <- ...
+    <- H-4.qcow2, copied into the working directory (the base by
+    work_copy); fresh: every image copied again before each run."""
+    images = ["H"]
+    fresh = False
+
+    def path(self, k):
+        return os.path.join(self.ctx.work,
+                            "H.qcow2" if k == 0 else "H-%d.qcow2" % k)
+
+    def copy(self, k):
+        if os.path.exists(self.path(k)):
+            os.unlink(self.path(k))
+        name = os.path.basename(self.path(k))
+        sh(["cp", "--sparse=always", os.path.join(self.ctx.pristine, name),
+            self.path(k)])
+
+    def setup(self, img):
+        for k in range(1, 5):
+            self.copy(k)
+
+    def pre(self, img):
+        if self.fresh:
+            for k in range(5):
+                self.copy(k)
+        self.clean_out()
+
+    def out(self):
+        return os.path.join(self.ctx.work, "chain-out.qcow2")
+
+    def clean_out(self):
+        if os.path.exists(self.out()):
+            os.unlink(self.out())
+
+    def post(self, img):
+        self.clean_out()
+
+    def teardown(self, img):
+        self.clean_out()
+        for k in range(1, 5):
+            os.unlink(self.path(k))
+
+
+class Chain5Convert(Chain5):
+    name = "chain-convert"
+    desc = "convert -O qcow2 of H-4 (depth 5, flattened; output removed)"
+
+    def argv(self, img):
+        return ["convert", "-O", "qcow2", self.path(4), self.out()]
+
+
+class Chain5ConvertB(Chain5):
+    name = "chain-convert-B"
+    desc = "convert -O qcow2 -B H-3.qcow2 of H-4 (only H-4's clusters)"
+
+    def argv(self, img):
+        return ["convert", "-O", "qcow2", "-B", "H-3.qcow2", "-F", "qcow2",
+                self.path(4), self.out()]
+
+
+class Chain5Map(Chain5):
+    name = "chain-map"
+    desc = "map of H-4 through 5 images (human output to /dev/null)"
+
+    def argv(self, img):
+        return ["map", self.path(4)]
+
+
+class Chain5Commit(Chain5):
+    name = "chain-commit"
+    desc = "commit -b H.qcow2 H-4 (4 overlays into the base; all copied " \
+           "afresh before each run)"
+    fresh = True
+
+    def argv(self, img):
+        return ["commit", "-b", self.path(0), self.path(4)]
+
+
+class Chain5Rebase(Chain5):
+    name = "chain-rebase"
+    desc = "rebase -b H.qcow2 H-4 (safe: H-1..H-3's data into H-4; " \
+           "copied afresh before each run)"
+    fresh = True
+
+    def argv(self, img):
+        return ["rebase", "-b", "H.qcow2", "-F", "qcow2", self.path(4)]
+
+
+class CommitEmpty(Chain5):
+    name = "commit-empty"
+    desc = "commit of an empty overlay (made untimed) into H-4"
+
+    def pre(self, img):
+        super().pre(img)
+        sh(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "H-4.qcow2",
+            "-F", "qcow2", self.out()])
+
+    def argv(self, img):
+        return ["commit", self.out()]
+
+
+class Chain5RebaseUnsafe(Chain5):
+    name = "chain-rebase-u"
+    desc = "rebase -u H-4 onto H-3.qcow2 (its own backing file: header only)"
+
+    def argv(self, img):
+        return ["rebase", "-u", "-b", "H-3.qcow2", "-F", "qcow2",
+                self.path(4)]
+
+
 class ResizeGrow(Op):
     name, desc = "resize+", "resize +1T (then untimed resize --shrink -1T)"
     images = ["A100", "D", "F"]
@@ -446,6 +557,13 @@ def make_ops(ctx):
         Commit(ctx),
         RebaseSafe(ctx),
         RebaseUnsafe(ctx),
+        Chain5Convert(ctx),
+        Chain5ConvertB(ctx),
+        Chain5Map(ctx),
+        Chain5Commit(ctx),
+        Chain5Rebase(ctx),
+        Chain5RebaseUnsafe(ctx),
+        CommitEmpty(ctx),
         ResizeGrow(ctx),
         ResizeShrink(ctx),
         Amend(ctx, "amend-rb", "refcount_bits=32", "refcount_bits=16"),
@@ -687,7 +805,7 @@ def print_table(summaries, markdown, f=sys.stdout):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-i", "--images",
-                   default=",".join(IMAGES + ["E", "F", "fresh"]),
+                   default=",".join(IMAGES + ["E", "F", "H", "fresh"]),
                    help="comma-separated images (default: all)")
     p.add_argument("-o", "--ops", default="",
                    help="comma-separated operations (default: all)")
