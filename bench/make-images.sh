@@ -169,29 +169,32 @@ make_g() {
 }
 
 make_h() {
-    local tmp=$P/.H.tmp off k below cmds
+    local d=$P/.H.build off k below cmds
+    rm -rf "$d" && mkdir "$d"
     log "H: 16 GiB base, 2 GiB of random data in 32 stripes"
-    qemu-img create -q -f qcow2 "$tmp" 16G
+    qemu-img create -q -f qcow2 "$d/H.qcow2" 16G
     for ((off = 0; off < 16 << 30; off += 512 << 20)); do
-        head -c $((64 << 20)) /dev/urandom > "$P/.H.stripe"
-        qemu-io -f qcow2 -c "write -q -s $P/.H.stripe $off 64M" "$tmp" \
+        head -c $((64 << 20)) /dev/urandom > "$d/stripe"
+        qemu-io -f qcow2 -c "write -q -s $d/stripe $off 64M" "$d/H.qcow2" \
             >/dev/null
     done
-    rm -f "$P/.H.stripe"
+    rm -f "$d/stripe"
     below=H.qcow2
     for ((k = 1; k <= 4; k++)); do
         log "H-$k: 4 stripes of 64 MiB over $below"
-        qemu-img create -q -f qcow2 -b "$below" -F qcow2 "$P/.H-$k.tmp"
+        qemu-img create -q -f qcow2 -b "$below" -F qcow2 "$d/H-$k.qcow2"
         cmds=()
         for ((off = k << 26; off < 16 << 30; off += 4 << 30)); do
             cmds+=(-c "write -q -P $((0x30 + k)) $off 64M")
         done
-        qemu-io -f qcow2 "${cmds[@]}" "$P/.H-$k.tmp" >/dev/null
+        qemu-io -f qcow2 "${cmds[@]}" "$d/H-$k.qcow2" >/dev/null
         below=H-$k.qcow2
     done
-    # The overlays name their backing files by name: rename them all.
-    for ((k = 1; k <= 4; k++)); do mv "$P/.H-$k.tmp" "$P/H-$k.qcow2"; done
-    mv "$tmp" "$P/H.qcow2"
+    # Built under their own names (the overlays name their backing files
+    # so); the base moves last, as it marks the chain complete.
+    for ((k = 1; k <= 4; k++)); do mv "$d/H-$k.qcow2" "$P/"; done
+    mv "$d/H.qcow2" "$P/"
+    rmdir "$d"
 }
 
 log "images in $P ($(free_gb) GB free)"

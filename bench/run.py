@@ -295,6 +295,7 @@ class ChainOp(Op):
         self.top = os.path.join(self.ctx.work, "E-top.qcow2")
         self.twin = os.path.join(self.ctx.work, "E-twin.qcow2")
         self.fresh_top()
+        sh(["sync"])  # no timed run waits for the copy's write-back
 
     def fresh_top(self):
         if os.path.exists(self.top):
@@ -320,6 +321,7 @@ class Commit(ChainOp):
         os.unlink(img)
         sh(["cp", "--sparse=always",
             os.path.join(self.ctx.pristine, "E.qcow2"), img])
+        sh(["sync"])
 
     def argv(self, img):
         return ["commit", self.top]
@@ -332,6 +334,7 @@ class RebaseSafe(ChainOp):
     def setup(self, img):
         super().setup(img)
         self.make_twin(img)
+        sh(["sync"])
 
     def argv(self, img):
         return ["rebase", "-b", "E-twin.qcow2", "-F", "qcow2", self.top]
@@ -371,11 +374,13 @@ class Chain5(Op):
     def setup(self, img):
         for k in range(1, 5):
             self.copy(k)
+        sh(["sync"])  # no timed run waits for the copies' write-back
 
     def pre(self, img):
         if self.fresh:
             for k in range(5):
                 self.copy(k)
+            sh(["sync"])
         self.clean_out()
 
     def out(self):

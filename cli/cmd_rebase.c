@@ -5,7 +5,10 @@
  * its old backing chain reads there is compared with what the new one
  * reads, and each run of differing 512-byte sectors is written into the
  * image (a run of zeros as a zero write), so that it reads the same
- * afterwards; ranges both chains read as zeros are not read. Then the
+ * afterwards; ranges both chains read as zeros are not read, nor, when
+ * the new backing file is a file of the old chain (rebasing onto a base
+ * further down), ranges no image above it allocates: the old chain reads
+ * the new backing file there. Then the
  * header switches to the new name, atomically (qimg_image_set_backing).
  * -u changes only the header. A power cut during the copy leaves the
  * image reading as before (its writes are the data it already showed).
@@ -17,6 +20,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define REBASE_BUF (2u << 20) /* as qemu-img's IO_BUF_SIZE */
 #define SECTOR 512u
@@ -149,7 +153,47 @@ struct chain {
     qimg_image *img; /* NULL: reads as zeros */
     uint64_t size;
     uint8_t *buf;
+    /* old chain: its image that is the new backing file (same file, same
+     * format), or NULL */
+    qimg_image *base;
 };
+
+static bool same_file(qimg_image *a, qimg_image *b)
+{
+    struct stat sa, sb;
+
+    return stat(qimg_image_filename(a), &sa) == 0 &&
+           stat(qimg_image_filename(b), &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino &&
+           qimg_image_format(a) == qimg_image_format(b);
+}
+
+static qimg_image *find_base(qimg_image *old, qimg_image *new)
+{
+    for (qimg_image *b = old; new && b; b = qimg_image_backing(b))
+        if (same_file(b, new))
+            return b;
+    return NULL;
+}
+
+/* Whether c reads [off, off + *n) from its base: no image above it
+ * allocates there and each reaches past it (a shorter one reads zeros
+ * past its end). *n shrinks to where the answer is known. */
+static bool reads_base(struct chain *c, uint64_t off, uint64_t *n)
+{
+    if (!c->base)
+        return false;
+    for (qimg_image *b = c->img; b != c->base; b = qimg_image_backing(b)) {
+        struct qimg_extent x;
+        if (qimg_image_size(b) < off + *n ||
+            qimg_image_block_status(b, off, *n, &x) < 0)
+            return false;
+        *n = x.len < *n ? x.len : *n;
+        if (x.flags & QIMG_BS_ALLOCATED)
+            return false;
+    }
+    return true;
+}
 
 static int read_chain(struct chain *c, uint64_t off, uint64_t len)
 {
@@ -219,7 +263,8 @@ static int copy_differences(qimg_image *img, struct chain *old,
         }
         n = x.len < REBASE_BUF ? x.len : REBASE_BUF;
         if (!(x.flags & QIMG_BS_ALLOCATED)) {
-            if (!(reads_zero(old, off, n) && reads_zero(new, off, n)) &&
+            if (!reads_base(old, off, &n) &&
+                !(reads_zero(old, off, n) && reads_zero(new, off, n)) &&
                 (read_chain(old, off, n) < 0 || read_chain(new, off, n) < 0 ||
                  write_differences(img, off, n, old->buf, new->buf) < 0))
                 return -1;
@@ -260,6 +305,7 @@ static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
         if (name && open_new_backing(a, img, bfmt, &new.img) < 0)
             goto out;
         new.size = new.img ? qimg_image_size(new.img) : 0;
+        old.base = find_base(old.img, new.img);
         old.buf = malloc(REBASE_BUF);
         new.buf = malloc(REBASE_BUF);
         if (!old.buf || !new.buf) {
