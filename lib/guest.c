@@ -82,6 +82,21 @@ static uint64_t run_whole_clusters(const struct qcow2 *q, const uint8_t *buf,
     uint64_t e = *entry, host = e & L2E_OFFSET_MASK;
     uint64_t step = host ? q->cluster_size : 0, ci = *last_ci + 1;
 
+    if (!q->ext_l2) {
+        /* The same flags and the next offset: the entry plus the step.
+         * (A tight loop: a preallocated image's tables are walked whole.) */
+        uint64_t n = MIN(q->l2_entries - ci, (end - pos) >> q->cluster_bits);
+        uint64_t k = 0;
+        if (step) /* host + (k + 1) * step < file_size */
+            n = MIN(n, host < q->file_size
+                           ? (q->file_size - host - 1) / step
+                           : 0);
+        for (; k < n && be64_load(buf + 8 * (ci + k)) == e + step; k++)
+            e += step;
+        *last_ci = ci + k - 1;
+        *entry = e;
+        return pos + k * q->cluster_size;
+    }
     for (; ci < q->l2_entries && end - pos >= q->cluster_size; ci++) {
         uint64_t e2 = l2_entry_get(q, buf, ci);
         if ((e2 ^ e) & ~L2E_OFFSET_MASK ||
