@@ -130,16 +130,22 @@ make_f() {
     mv "$tmp" "$P/F.qcow2"
 }
 
+# random_stripes IMAGE END: 64 MiB of /dev/urandom at every 512 MiB below
+# END (bytes)
+random_stripes() {
+    local off
+    for ((off = 0; off < $2; off += 512 << 20)); do
+        head -c $((64 << 20)) /dev/urandom > "$1.stripe"
+        qemu-io -f qcow2 -c "write -q -s $1.stripe $off 64M" "$1" >/dev/null
+    done
+    rm -f "$1.stripe"
+}
+
 make_e() {
     local tmp=$P/.E.tmp top=$P/.E-top.tmp off cmds=()
     log "E: 64 GiB base, 8 GiB of random data in 128 stripes"
     qemu-img create -q -f qcow2 "$tmp" 64G
-    for ((off = 0; off < 64 << 30; off += 512 << 20)); do
-        head -c $((64 << 20)) /dev/urandom > "$P/.E.stripe"
-        qemu-io -f qcow2 -c "write -q -s $P/.E.stripe $off 64M" "$tmp" \
-            >/dev/null
-    done
-    rm -f "$P/.E.stripe"
+    random_stripes "$tmp" $((64 << 30))
     mv "$tmp" "$P/E.qcow2"
     log "E-top: 10% of the disk rewritten over E.qcow2"
     qemu-img create -q -f qcow2 -b E.qcow2 -F qcow2 "$top"
@@ -173,12 +179,7 @@ make_h() {
     rm -rf "$d" && mkdir "$d"
     log "H: 16 GiB base, 2 GiB of random data in 32 stripes"
     qemu-img create -q -f qcow2 "$d/H.qcow2" 16G
-    for ((off = 0; off < 16 << 30; off += 512 << 20)); do
-        head -c $((64 << 20)) /dev/urandom > "$d/stripe"
-        qemu-io -f qcow2 -c "write -q -s $d/stripe $off 64M" "$d/H.qcow2" \
-            >/dev/null
-    done
-    rm -f "$d/stripe"
+    random_stripes "$d/H.qcow2" $((16 << 30))
     below=H.qcow2
     for ((k = 1; k <= 4; k++)); do
         log "H-$k: 4 stripes of 64 MiB over $below"

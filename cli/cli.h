@@ -75,6 +75,8 @@ bool cache_mode_ok(const char *mode);
 /* A backing file name as an image names it: relative to the image's
  * directory unless absolute (malloc'd; NULL without memory). */
 char *cli_backing_path(const char *image, const char *backing);
+/* Whether two paths name the same file (both exist). */
+bool cli_same_file(const char *a, const char *b);
 /* Whether n bytes at p are all zero. */
 static inline bool buf_is_zero(const uint8_t *p, uint64_t n)
 {

@@ -38,7 +38,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define IO_BUF_SIZE (2u << 20)   /* qemu-img's default request size */
 #define MAX_BUF_SIZE (16u << 20) /* and its largest */
@@ -406,21 +405,13 @@ static int load_snapshot(struct conv_job *job, const struct conv_args *a)
 
 /* ---- Target ------------------------------------------------------------ */
 
-static bool same_file(const char *a, const char *b)
-{
-    struct stat sa, sb;
-
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
-}
-
 /* Is `dst` one of the files the sources read (backing files included)?
  * QEMU would find it locked. */
 static bool dst_in_use(const struct conv_job *job, const char *dst)
 {
     for (size_t i = 0; i < job->nb_src; i++) {
         qimg_image *img = job->src[i].img;
-        if (same_file(job->src[i].name, dst))
+        if (cli_same_file(job->src[i].name, dst))
             return true;
         for (; img; img = qimg_image_backing(img)) {
             struct qimg_info *info;
@@ -428,7 +419,7 @@ static bool dst_in_use(const struct conv_job *job, const char *dst)
             if (qimg_image_info(&info, img) < 0)
                 break;
             hit = info->full_backing_file &&
-                  same_file(info->full_backing_file, dst);
+                  cli_same_file(info->full_backing_file, dst);
             qimg_info_free(info);
             if (hit)
                 return true;

@@ -20,7 +20,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define REBASE_BUF (2u << 20) /* as qemu-img's IO_BUF_SIZE */
 #define SECTOR 512u
@@ -158,20 +157,11 @@ struct chain {
     qimg_image *base;
 };
 
-static bool same_file(qimg_image *a, qimg_image *b)
-{
-    struct stat sa, sb;
-
-    return stat(qimg_image_filename(a), &sa) == 0 &&
-           stat(qimg_image_filename(b), &sb) == 0 &&
-           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino &&
-           qimg_image_format(a) == qimg_image_format(b);
-}
-
 static qimg_image *find_base(qimg_image *old, qimg_image *new)
 {
     for (qimg_image *b = old; new && b; b = qimg_image_backing(b))
-        if (same_file(b, new))
+        if (qimg_image_format(b) == qimg_image_format(new) &&
+            cli_same_file(qimg_image_filename(b), qimg_image_filename(new)))
             return b;
     return NULL;
 }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int parse_format(const char *s, enum qimg_format *out)
 {
@@ -166,6 +167,14 @@ int cli_open(qimg_image **img, const char *file, const char *fmt,
     if (ret < 0)
         cli_lib_error("Could not open '%s': ", file);
     return ret < 0 ? -1 : 0;
+}
+
+bool cli_same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
 }
 
 char *cli_backing_path(const char *image, const char *backing)
