@@ -19,6 +19,10 @@
  *     list: finding a slot costs no scan of the whole cache (which, with
  *     8,192 slots, was a tenth of a snapshot create reading 32,768 L2
  *     tables), only a walk past dirty or pinned entries.
+ *  5. While the owner scans (`recycle`), the least recently used clean
+ *     buffer is reused rather than a new one allocated: a table read once
+ *     would otherwise cost a fresh buffer and its page faults (two thirds
+ *     of a compare of two 100 GiB images with 200 tables each).
  */
 #include "cache.h"
 
@@ -44,6 +48,7 @@ int mcache_init(struct mcache *c, size_t cs, size_t cap)
     c->cap = cap;
     c->oldest = c->newest = c->free = NULL;
     c->make_room = NULL; /* mcache_set_hook() installs one */
+    c->recycle = false;
     c->room_ctx = NULL;
     while (hcap < cap * 2)
         hcap *= 2;
@@ -124,16 +129,17 @@ static void unlink_entry(struct mcache *c, struct mcache_entry *e)
 
 struct mcache_entry *mcache_insert(struct mcache *c, uint64_t off)
 {
-    struct mcache_entry *victim = c->oldest;
+    struct mcache_entry *victim = c->free;
     size_t h;
 
-    if (!c->free) {
+    if (!victim || c->recycle) {
+        victim = c->oldest;
         while (victim && (victim->dirty || victim->pins))
             victim = victim->newer;
         if (!victim)
+            victim = c->free;
+        if (!victim)
             return NULL;
-    } else {
-        victim = c->free;
     }
     if (!victim->buf) {
         victim->buf = malloc(c->cs);

@@ -28,6 +28,9 @@ struct mcache {
     size_t hmask;
     struct mcache_entry *oldest, *newest; /* occupied slots by last use */
     struct mcache_entry *free;            /* empty slots */
+    /* Set by the owner while it reads clusters once each in order (a
+     * scan): a clean entry is reused before an empty slot gets a buffer. */
+    bool recycle;
     /* Called when no slot can be freed; makes dirty entries clean. */
     int (*make_room)(void *ctx);
     void *room_ctx;
@@ -38,7 +41,8 @@ void mcache_destroy(struct mcache *c);
 void mcache_set_hook(struct mcache *c, int (*make_room)(void *), void *ctx);
 struct mcache_entry *mcache_find(struct mcache *c, uint64_t off);
 /* A slot for `off` (not present), pinned: a free slot or the least recently
- * used clean unpinned one. NULL if every slot is dirty or pinned. */
+ * used clean unpinned one (that one first while `recycle` is set). NULL if
+ * every slot is dirty or pinned. */
 struct mcache_entry *mcache_insert(struct mcache *c, uint64_t off);
 /* As mcache_insert, calling the make_room hook once when it finds no slot;
  * -errno (message set) if there is still none. */

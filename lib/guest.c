@@ -126,6 +126,7 @@ static int map_run(qimg_image *img, uint64_t off, uint64_t len, struct run *r)
 
     memset(r, 0, sizeof *r);
     r->type = CL_UNALLOC;
+    l2_note_read(img, l1_idx);
     l2_off = l1_idx < q->l1s->l1_size
                  ? l1_entry_get(q->l1s->l1, l1_idx) & L1E_OFFSET_MASK
                  : 0;

@@ -27,6 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Tables read in guest order before a scan reuses L2 cache buffers. */
+#define L2_SCAN_TABLES 8
+
 int l1_init(qimg_image *img)
 {
     struct qcow2 *q = img->q;
@@ -175,6 +178,17 @@ int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out)
     }
     *out = e;
     return 0;
+}
+
+void l2_note_read(qimg_image *img, uint64_t l1_idx)
+{
+    struct l1_state *s = img->q->l1s;
+
+    if (l1_idx + 1 == s->scan_next) /* the same table */
+        return;
+    s->scan_tables = l1_idx == s->scan_next ? s->scan_tables + 1 : 0;
+    s->scan_next = l1_idx + 1;
+    s->l2c.recycle = s->scan_tables >= L2_SCAN_TABLES;
 }
 
 int l2_write_dirty(qimg_image *img)

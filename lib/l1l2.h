@@ -71,6 +71,8 @@ struct l1_state {
     uint32_t l1_size;
     uint32_t dirty_lo, dirty_hi; /* entries [lo, hi) not yet written */
     struct mcache l2c;
+    uint64_t scan_next;   /* the L1 index a scan of reads reaches next */
+    unsigned scan_tables; /* tables that scan has gone through in order */
 };
 
 /* Load the active L1 table as QEMU reads it, zeros past the end of the
@@ -90,6 +92,10 @@ bool l1_has_dirty(const qimg_image *img);
 int l1_write_dirty(qimg_image *img);
 
 int l2_load(qimg_image *img, uint64_t l2_off, struct mcache_entry **out);
+/* A read goes through L1 entry l1_idx. Once reads have gone through
+ * enough tables in guest order (a scan: convert, compare, map), the L2
+ * cache reuses its oldest buffers instead of growing. */
+void l2_note_read(qimg_image *img, uint64_t l1_idx);
 bool l2_has_dirty(const qimg_image *img);
 int l2_write_dirty(qimg_image *img);
 /* A cluster is no longer an L2 table this image reads (freed, or

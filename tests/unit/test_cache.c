@@ -1,7 +1,7 @@
 /*
  * test_cache.c - cache.c: lookups, least-recently-used eviction of clean
- * unpinned entries only, the make_room hook of a full cache, drop and
- * clear.
+ * unpinned entries only, reuse before growth while recycling, the
+ * make_room hook of a full cache, drop and clear.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -199,6 +199,46 @@ static void test_mcache_never_evicts_dirty_or_pinned(void **state)
     assert_ptr_equal(mcache_insert(&c, 6 * CS), b);
     assert_ptr_equal(mcache_find(&c, 0), a);
     assert_ptr_equal(mcache_find(&c, 5 * CS), cc);
+    mcache_destroy(&c);
+}
+
+/* While recycling, the oldest clean unpinned entry is taken before an
+ * empty slot, whose buffer stays unallocated; with none, an empty slot. */
+static void test_mcache_recycle_reuses_before_growing(void **state)
+{
+    struct mcache c = {0};
+    struct mcache_entry *a, *b, *e;
+
+    (void)state;
+    assert_int_equal(mcache_init(&c, CS, 8), 0);
+    a = put(&c, 0, true);       /* oldest, dirty */
+    b = put(&c, CS, false);     /* clean */
+    put(&c, 2 * CS, false);
+    c.recycle = true;
+    e = mcache_insert(&c, 7 * CS);
+    assert_ptr_equal(e, b); /* skips the dirty one, reuses b's buffer */
+    assert_null(mcache_find(&c, CS));
+    mcache_unpin(e);
+    check_entry(&c, 2 * CS);
+    assert_ptr_equal(mcache_find(&c, 0), a);
+    for (size_t i = 0; i < c.cap; i++) /* 5 slots never had a buffer */
+        if (c.e[i].off == UINT64_MAX)
+            assert_null(c.e[i].buf);
+    /* Every occupied entry dirty or pinned: an empty slot is used. */
+    mcache_find(&c, 2 * CS)->dirty = true;
+    mcache_find(&c, 7 * CS)->dirty = true;
+    e = mcache_insert(&c, 9 * CS);
+    assert_non_null(e);
+    assert_ptr_not_equal(e, a);
+    assert_int_equal(e->off, 9 * CS);
+    assert_non_null(e->buf);
+    mcache_unpin(e);
+    /* Not recycling: an empty slot even when a clean entry could go. */
+    e->dirty = false;
+    c.recycle = false;
+    e = mcache_insert(&c, 10 * CS);
+    assert_non_null(mcache_find(&c, 9 * CS));
+    mcache_unpin(e);
     mcache_destroy(&c);
 }
 
@@ -424,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_mcache_find_and_drop_in_shared_buckets),
         cmocka_unit_test(test_mcache_evicts_least_recently_used),
         cmocka_unit_test(test_mcache_never_evicts_dirty_or_pinned),
+        cmocka_unit_test(test_mcache_recycle_reuses_before_growing),
         cmocka_unit_test(test_mcache_pins_nest),
         cmocka_unit_test(test_mcache_insert_room_no_hook_call_when_room),
         cmocka_unit_test(test_mcache_insert_room_after_hook_cleans),
