@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "qimg.h"
@@ -77,6 +78,15 @@ bool cache_mode_ok(const char *mode);
 char *cli_backing_path(const char *image, const char *backing);
 /* Whether two paths name the same file (both exist). */
 bool cli_same_file(const char *a, const char *b);
+/* A buffer for image data, page-aligned: the kernel copies out of the page
+ * cache into it at nearly twice the rate it copies into a large malloc()ed
+ * one (16 bytes past a page boundary). NULL without memory; free() it. */
+static inline void *data_buf_alloc(size_t n)
+{
+    void *p;
+
+    return posix_memalign(&p, 4096, n ? n : 1) ? NULL : p;
+}
 /* Whether n bytes at p are all zero. */
 static inline bool buf_is_zero(const uint8_t *p, uint64_t n)
 {

@@ -320,7 +320,7 @@ int cmd_bench(int argc, char **argv)
            a.step);
     if (a.flush_interval)
         printf("Sending flush every %lu requests\n", a.flush_interval);
-    if (posix_memalign(&buf, 4096, a.bufsize ? a.bufsize : 1)) {
+    if (!(buf = data_buf_alloc(a.bufsize))) {
         qimg_image_close(img);
         cli_error("Failed to allocate the request buffer");
         return 1;

@@ -260,7 +260,7 @@ static int commit(const struct commit_args *a)
         cli_lib_error("%s", "");
         goto out;
     }
-    buf = malloc(COMMIT_BUF);
+    buf = data_buf_alloc(COMMIT_BUF);
     if (!buf) {
         cli_error("Out of memory");
         goto out;

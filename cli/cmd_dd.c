@@ -121,7 +121,7 @@ static int parse_args(int argc, char **argv, struct dd_args *a)
 static int copy(const struct dd_args *a, qimg_image *in, qimg_image *out,
                 uint64_t pos, uint64_t size)
 {
-    uint8_t *buf = malloc(a->bs);
+    uint8_t *buf = data_buf_alloc(a->bs);
     uint64_t out_pos = 0;
     int ret = 0;
 

@@ -296,8 +296,8 @@ static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
             goto out;
         new.size = new.img ? qimg_image_size(new.img) : 0;
         old.base = find_base(old.img, new.img);
-        old.buf = malloc(REBASE_BUF);
-        new.buf = malloc(REBASE_BUF);
+        old.buf = data_buf_alloc(REBASE_BUF);
+        new.buf = data_buf_alloc(REBASE_BUF);
         if (!old.buf || !new.buf) {
             cli_error("Out of memory");
             goto out;

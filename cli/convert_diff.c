@@ -37,7 +37,7 @@ int conv_diff_copy(struct conv_job *job, const char *file, const char *fmt,
     struct qimg_open_opts o = CLI_OPEN_OPTS_INIT;
     struct qimg_diff_extent *e = NULL;
     qimg_image *img = NULL;
-    uint8_t *buf = malloc(DIFF_BUF);
+    uint8_t *buf = data_buf_alloc(DIFF_BUF);
     size_t n = 0;
     int ret = buf ? 0 : -1;
 

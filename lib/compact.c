@@ -858,7 +858,8 @@ static int census(struct compact *c)
     words = c->end / 64 + 1;
     c->busy = calloc(words, 8);
     c->live = calloc(words, 8);
-    c->buf = malloc(MAX(COPY_CHUNK, c->cs) + c->cs);
+    if (posix_memalign((void **)&c->buf, 4096, MAX(COPY_CHUNK, c->cs) + c->cs))
+        c->buf = NULL; /* page-aligned: the page cache copies faster */
     c->tbuf = malloc(c->cs);
     if (!c->busy || !c->live || !c->buf || !c->tbuf)
         return qimg_err(ENOMEM, "Out of memory");
