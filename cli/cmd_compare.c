@@ -8,12 +8,17 @@
  * mismatch is reported by its 512-byte sector, as qemu-img reports it.
  * Exit codes: 0 identical, 1 different, 2 an image would not open,
  * 3 a block-status query failed, 4 a read failed.
+ * Where both sides are read, the second image is read on a helper thread
+ * while this one reads the first: copying out of the page cache is most of
+ * a compare of images full of data, and two cores copy it in about half
+ * the time one does.
  */
 #include "cli.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +120,7 @@ static int open_side(const struct cmp_args *a, int i, struct side *s)
     if (cli_open(&s->img, a->file[i], a->fmt[i], a->image_opts, &o) < 0)
         return -1;
     s->size = qimg_image_size(s->img);
-    s->buf = malloc(CMP_BUF);
+    s->buf = data_buf_alloc(CMP_BUF);
     if (!s->buf) {
         cli_error("Out of memory");
         return -1;
@@ -131,13 +136,131 @@ static int status(struct side *s, uint64_t off, struct qimg_extent *x)
     return 3;
 }
 
-static int read_side(struct side *s, uint64_t off, uint64_t len)
+static int read_error(const struct side *s, uint64_t off, int errnum)
 {
+    cli_error("Error while reading offset %" PRIu64 " of %s: %s", off,
+              s->name, strerror(errnum));
+    return 4;
+}
+
+/* Read [off, off+len) of s into its buffer: 0, or the errno it failed
+ * with. */
+static int read_errno(struct side *s, uint64_t off, uint64_t len)
+{
+    int e;
+
     if (qimg_image_read(s->img, s->buf, len, off) == 0)
         return 0;
-    cli_error("Error while reading offset %" PRIu64 " of %s: %s", off,
-              s->name, strerror(qimg_last_error()->errnum));
-    return 4;
+    e = qimg_last_error()->errnum;
+    return e ? e : EIO;
+}
+
+static int read_side(struct side *s, uint64_t off, uint64_t len)
+{
+    int e = read_errno(s, off, len);
+
+    return e ? read_error(s, off, e) : 0;
+}
+
+/* The helper thread that reads one side, one range at a time. The side's
+ * handle is used by one thread at a time: the caller waits for the read
+ * before it uses the handle again. */
+struct reader {
+    pthread_t tid;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, busy, quit;
+    struct side *s;
+    uint64_t off, len;
+    int errnum; /* of the last read; 0 if it succeeded */
+};
+
+static void *reader_main(void *arg)
+{
+    struct reader *r = arg;
+
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->busy && !r->quit)
+            pthread_cond_wait(&r->cv, &r->mu);
+        if (r->quit)
+            break;
+        pthread_mutex_unlock(&r->mu);
+        r->errnum = read_errno(r->s, r->off, r->len);
+        pthread_mutex_lock(&r->mu);
+        r->busy = false;
+        pthread_cond_broadcast(&r->cv);
+    }
+    pthread_mutex_unlock(&r->mu);
+    return NULL;
+}
+
+/* Start reading [off, off+len) of s on the helper thread; false if no
+ * thread could be started (the caller reads it itself). */
+static bool reader_start(struct reader *r, struct side *s, uint64_t off,
+                         uint64_t len)
+{
+    if (!r->started) {
+        if (pthread_mutex_init(&r->mu, NULL))
+            return false;
+        if (pthread_cond_init(&r->cv, NULL)) {
+            pthread_mutex_destroy(&r->mu);
+            return false;
+        }
+        if (pthread_create(&r->tid, NULL, reader_main, r)) {
+            pthread_cond_destroy(&r->cv);
+            pthread_mutex_destroy(&r->mu);
+            return false;
+        }
+        r->started = true;
+    }
+    pthread_mutex_lock(&r->mu);
+    r->s = s;
+    r->off = off;
+    r->len = len;
+    r->busy = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    return true;
+}
+
+/* Wait for the read reader_start() began: 0, or the errno it failed
+ * with. */
+static int reader_wait(struct reader *r)
+{
+    pthread_mutex_lock(&r->mu);
+    while (r->busy)
+        pthread_cond_wait(&r->cv, &r->mu);
+    pthread_mutex_unlock(&r->mu);
+    return r->errnum;
+}
+
+static void reader_stop(struct reader *r)
+{
+    if (!r->started)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->quit = true;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+    pthread_join(r->tid, NULL);
+    pthread_cond_destroy(&r->cv);
+    pthread_mutex_destroy(&r->mu);
+}
+
+/* Read the same range of both sides (side 1 on the helper thread). */
+static int read_both(struct reader *r, struct side *s, uint64_t off,
+                     uint64_t len)
+{
+    int e0, e1;
+
+    if (!reader_start(r, &s[1], off, len))
+        return read_side(&s[0], off, len) ? 4 : read_side(&s[1], off, len);
+    e0 = read_errno(&s[0], off, len);
+    e1 = reader_wait(r);
+    if (e0) /* side 0's error is the one reported, as qemu-img reads it first */
+        return read_error(&s[0], off, e0);
+    return e1 ? read_error(&s[1], off, e1) : 0;
 }
 
 /* The first 512-byte sector of buf (len bytes) that is not all zeros;
@@ -194,7 +317,7 @@ static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
 /* The range both images have. */
 static int compare_common(const struct cmp_args *a, struct side *s,
-                          uint64_t total, uint64_t *pos)
+                          struct reader *r, uint64_t total, uint64_t *pos)
 {
     uint64_t off = 0;
     int ret;
@@ -219,8 +342,7 @@ static int compare_common(const struct cmp_args *a, struct side *s,
         if (!zero && alloc[0] && alloc[1]) {
             uint64_t at;
             chunk = min_u64(chunk, CMP_BUF);
-            if ((ret = read_side(&s[0], off, chunk)) ||
-                (ret = read_side(&s[1], off, chunk)))
+            if ((ret = read_both(r, s, off, chunk)))
                 return ret;
             at = first_difference(s[0].buf, s[1].buf, chunk);
             if (at < chunk) {
@@ -267,6 +389,7 @@ int cmd_compare(int argc, char **argv)
 {
     struct cmp_args a;
     struct side s[2] = {{0}};
+    struct reader r = {0};
     uint64_t total, off = 0;
     int ret = parse_args(argc, argv, &a);
 
@@ -288,7 +411,8 @@ int cmd_compare(int argc, char **argv)
         }
     }
     if (ret == 0)
-        ret = compare_common(&a, s, total, &off);
+        ret = compare_common(&a, s, &r, total, &off);
+    reader_stop(&r);
     if (ret == 0 && s[0].size != s[1].size)
         ret = compare_tail(&a, &s[s[0].size > s[1].size ? 0 : 1], off);
     if (ret == 0)
