@@ -244,14 +244,14 @@ static size_t free_spot(const struct qcow2_header *oh, const uint8_t *old,
 
 /* The header in h, encoded into buf so that everything that changes lies
  * in sector 0, but the backing file name, which goes where the old header
- * (oh, read into old) does not look. *two_step: the name lies past
- * sector 0. */
-static int encode_switchable(const struct qcow2_header *h,
-                             const struct qcow2_header *oh,
-                             const uint8_t *old, uint8_t *buf, size_t cs,
-                             bool *two_step)
+ * (q->hdr, and cluster 0 as the file holds it, read only then) does not
+ * look. *two_step: the name lies past sector 0. */
+static int encode_switchable(qimg_image *img, const struct qcow2_header *h,
+                             uint8_t *buf, bool *two_step)
 {
-    size_t n = h->backing_file ? strlen(h->backing_file) : 0, end, at;
+    const size_t cs = img->q->cluster_size;
+    size_t n = h->backing_file ? strlen(h->backing_file) : 0, end, at = 0;
+    uint8_t *old = NULL;
     int ret;
 
     /* Without the feature-name table (QEMU writes it, reads it only to
@@ -262,7 +262,13 @@ static int encode_switchable(const struct qcow2_header *h,
     *two_step = end + n > 512;
     if (!*two_step)
         return 0;
-    at = end <= 512 ? free_spot(oh, old, cs, n) : 0;
+    if (end <= 512) {
+        ret = file_read_table(img, &old, 0, cs, NULL);
+        if (ret < 0)
+            return ret;
+        at = free_spot(&img->q->hdr, old, cs, n);
+        free(old);
+    }
     if (!at)
         return qimg_err(ENOSPC, "No room in the header cluster to change "
                                 "the backing file name atomically");
@@ -276,15 +282,12 @@ static int encode_switchable(const struct qcow2_header *h,
 static int switch_header(qimg_image *img, struct qcow2_header *h)
 {
     struct qcow2 *q = img->q;
-    const size_t cs = q->cluster_size;
-    uint8_t *old = NULL, *buf = malloc(cs);
+    uint8_t *buf = malloc(q->cluster_size);
     bool two_step = false;
     int ret = buf ? 0 : qimg_err(ENOMEM, "Out of memory");
 
     if (ret == 0)
-        ret = file_read_table(img, &old, 0, cs, NULL);
-    if (ret == 0)
-        ret = encode_switchable(h, &q->hdr, old, buf, cs, &two_step);
+        ret = encode_switchable(img, h, buf, &two_step);
     if (ret == 0 && two_step) {
         uint64_t at = be64_load(buf + HDR_BACKING_OFF);
         ret = file_pwrite(img, buf + at, strlen(h->backing_file), at);
@@ -311,7 +314,6 @@ static int switch_header(qimg_image *img, struct qcow2_header *h)
         if (old_tail != h->tail)
             free(old_tail);
     }
-    free(old);
     free(buf);
     return ret;
 }
