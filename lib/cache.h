@@ -41,8 +41,8 @@ void mcache_destroy(struct mcache *c);
 void mcache_set_hook(struct mcache *c, int (*make_room)(void *), void *ctx);
 struct mcache_entry *mcache_find(struct mcache *c, uint64_t off);
 /* A slot for `off` (not present), pinned: a free slot or the least recently
- * used clean unpinned one (that one first while `recycle` is set). NULL if
- * every slot is dirty or pinned. */
+ * used clean unpinned one (that one first while `recycle` is set, if it is
+ * among the 8 oldest). NULL if every slot is dirty or pinned. */
 struct mcache_entry *mcache_insert(struct mcache *c, uint64_t off);
 /* As mcache_insert, calling the make_room hook once when it finds no slot;
  * -errno (message set) if there is still none. */

@@ -242,6 +242,33 @@ static void test_mcache_recycle_reuses_before_growing(void **state)
     mcache_destroy(&c);
 }
 
+/* A recycling insert looks at the 8 oldest entries only (writes may have
+ * made many dirty): a clean one past them leaves an empty slot taken. */
+static void test_mcache_recycle_looks_at_the_oldest_only(void **state)
+{
+    struct mcache c = {0};
+    struct mcache_entry *first, *ninth, *e;
+
+    (void)state;
+    assert_int_equal(mcache_init(&c, CS, 16), 0);
+    first = put(&c, 0, true);
+    for (uint64_t k = 1; k < 8; k++)
+        put(&c, k * CS, true);
+    ninth = put(&c, 8 * CS, false);
+    c.recycle = true;
+    e = mcache_insert(&c, 20 * CS);
+    assert_non_null(e);
+    assert_ptr_not_equal(e, ninth);
+    assert_ptr_equal(mcache_find(&c, 8 * CS), ninth);
+    mcache_unpin(e);
+    first->dirty = false; /* now the oldest clean one is in reach */
+    e = mcache_insert(&c, 21 * CS);
+    assert_ptr_equal(e, first);
+    assert_null(mcache_find(&c, 0));
+    mcache_unpin(e);
+    mcache_destroy(&c);
+}
+
 /* Pins nest: an entry pinned twice needs two unpins. */
 static void test_mcache_pins_nest(void **state)
 {
@@ -465,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_mcache_evicts_least_recently_used),
         cmocka_unit_test(test_mcache_never_evicts_dirty_or_pinned),
         cmocka_unit_test(test_mcache_recycle_reuses_before_growing),
+        cmocka_unit_test(test_mcache_recycle_looks_at_the_oldest_only),
         cmocka_unit_test(test_mcache_pins_nest),
         cmocka_unit_test(test_mcache_insert_room_no_hook_call_when_room),
         cmocka_unit_test(test_mcache_insert_room_after_hook_cleans),
