@@ -9,16 +9,14 @@
  * Exit codes: 0 identical, 1 different, 2 an image would not open,
  * 3 a block-status query failed, 4 a read failed.
  * Where both sides are read, the second image is read on a helper thread
- * while this one reads the first: copying out of the page cache is most of
- * a compare of images full of data, and two cores copy it in about half
- * the time one does.
+ * (reader.c) while this one reads the first.
  */
 #include "cli.h"
+#include "reader.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,105 +160,18 @@ static int read_side(struct side *s, uint64_t off, uint64_t len)
     return e ? read_error(s, off, e) : 0;
 }
 
-/* The helper thread that reads one side, one range at a time. The side's
- * handle is used by one thread at a time: the caller waits for the read
- * before it uses the handle again. */
-struct reader {
-    pthread_t tid;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    bool started, busy, quit;
-    struct side *s;
-    uint64_t off, len;
-    int errnum; /* of the last read; 0 if it succeeded */
-};
-
-static void *reader_main(void *arg)
-{
-    struct reader *r = arg;
-
-    pthread_mutex_lock(&r->mu);
-    for (;;) {
-        while (!r->busy && !r->quit)
-            pthread_cond_wait(&r->cv, &r->mu);
-        if (r->quit)
-            break;
-        pthread_mutex_unlock(&r->mu);
-        r->errnum = read_errno(r->s, r->off, r->len);
-        pthread_mutex_lock(&r->mu);
-        r->busy = false;
-        pthread_cond_broadcast(&r->cv);
-    }
-    pthread_mutex_unlock(&r->mu);
-    return NULL;
-}
-
-/* Start reading [off, off+len) of s on the helper thread; false if no
- * thread could be started (the caller reads it itself). */
-static bool reader_start(struct reader *r, struct side *s, uint64_t off,
-                         uint64_t len)
-{
-    if (!r->started) {
-        if (pthread_mutex_init(&r->mu, NULL))
-            return false;
-        if (pthread_cond_init(&r->cv, NULL)) {
-            pthread_mutex_destroy(&r->mu);
-            return false;
-        }
-        if (pthread_create(&r->tid, NULL, reader_main, r)) {
-            pthread_cond_destroy(&r->cv);
-            pthread_mutex_destroy(&r->mu);
-            return false;
-        }
-        r->started = true;
-    }
-    pthread_mutex_lock(&r->mu);
-    r->s = s;
-    r->off = off;
-    r->len = len;
-    r->busy = true;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    return true;
-}
-
-/* Wait for the read reader_start() began: 0, or the errno it failed
- * with. */
-static int reader_wait(struct reader *r)
-{
-    pthread_mutex_lock(&r->mu);
-    while (r->busy)
-        pthread_cond_wait(&r->cv, &r->mu);
-    pthread_mutex_unlock(&r->mu);
-    return r->errnum;
-}
-
-static void reader_stop(struct reader *r)
-{
-    if (!r->started)
-        return;
-    pthread_mutex_lock(&r->mu);
-    r->quit = true;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
-    pthread_join(r->tid, NULL);
-    pthread_cond_destroy(&r->cv);
-    pthread_mutex_destroy(&r->mu);
-}
-
 /* Read the same range of both sides (side 1 on the helper thread). */
 static int read_both(struct reader *r, struct side *s, uint64_t off,
                      uint64_t len)
 {
-    int e0, e1;
+    int e0;
 
-    if (!reader_start(r, &s[1], off, len))
+    if (!reader_start(r, s[1].img, s[1].buf, len, off))
         return read_side(&s[0], off, len) ? 4 : read_side(&s[1], off, len);
     e0 = read_errno(&s[0], off, len);
-    e1 = reader_wait(r);
-    if (e0) /* side 0's error is the one reported, as qemu-img reads it first */
-        return read_error(&s[0], off, e0);
-    return e1 ? read_error(&s[1], off, e1) : 0;
+    if (reader_wait(r) < 0 && !e0) /* side 0's error first, as qemu-img */
+        return read_error(&s[1], off, r->err.errnum ? r->err.errnum : EIO);
+    return e0 ? read_error(&s[0], off, e0) : 0;
 }
 
 /* The first 512-byte sector of buf (len bytes) that is not all zeros;

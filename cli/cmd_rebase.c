@@ -14,6 +14,7 @@
  * image reading as before (its writes are the data it already showed).
  */
 #include "cli.h"
+#include "reader.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -185,14 +186,36 @@ static bool reads_base(struct chain *c, uint64_t off, uint64_t *n)
     return true;
 }
 
-static int read_chain(struct chain *c, uint64_t off, uint64_t len)
+/* The bytes of [off, off+len) inside c; the rest of c->buf is zeroed. */
+static uint64_t inside(struct chain *c, uint64_t off, uint64_t len)
 {
     uint64_t n = off < c->size ? c->size - off : 0;
 
     n = n < len ? n : len;
     memset(c->buf + n, 0, len - n);
-    if (n && qimg_image_read(c->img, c->buf, n, off) < 0) {
-        cli_lib_error("error while reading image metadata: ");
+    return n;
+}
+
+/* Read [off, off+len) of both chains into their buffers, the old one on
+ * the helper thread. qemu-img's messages (without the cause); the old
+ * chain's error is the one reported, as qemu-img reads it first. */
+static int read_chains(struct reader *r, struct chain *old, struct chain *new,
+                       uint64_t off, uint64_t len)
+{
+    uint64_t n_old = inside(old, off, len), n_new = inside(new, off, len);
+    bool helper = n_old && reader_start(r, old->img, old->buf, n_old, off);
+    int ret_old = 0, ret_new;
+
+    if (n_old && !helper)
+        ret_old = qimg_image_read(old->img, old->buf, n_old, off);
+    ret_new = ret_old < 0 || !n_new
+                  ? 0
+                  : qimg_image_read(new->img, new->buf, n_new, off);
+    if (helper)
+        ret_old = reader_wait(r);
+    if (ret_old < 0 || ret_new < 0) {
+        cli_error("error while reading from %s backing file",
+                  ret_old < 0 ? "old" : "new");
         return -1;
     }
     return 0;
@@ -239,7 +262,7 @@ static int write_differences(qimg_image *img, uint64_t off, uint64_t len,
 
 /* Make img read the same over `new` as it does over `old`. */
 static int copy_differences(qimg_image *img, struct chain *old,
-                            struct chain *new)
+                            struct chain *new, struct reader *r)
 {
     uint64_t size = qimg_image_size(img), off = 0;
     float step = 100.0f / (float)((size + REBASE_BUF - 1) / REBASE_BUF);
@@ -255,7 +278,7 @@ static int copy_differences(qimg_image *img, struct chain *old,
         if (!(x.flags & QIMG_BS_ALLOCATED)) {
             if (!reads_base(old, off, &n) &&
                 !(reads_zero(old, off, n) && reads_zero(new, off, n)) &&
-                (read_chain(old, off, n) < 0 || read_chain(new, off, n) < 0 ||
+                (read_chains(r, old, new, off, n) < 0 ||
                  write_differences(img, off, n, old->buf, new->buf) < 0))
                 return -1;
             progress_print(step, 100);
@@ -268,6 +291,7 @@ static int copy_differences(qimg_image *img, struct chain *old,
 static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
 {
     struct chain old = {0}, new = {0};
+    struct reader r = {0};
     qimg_image *img = NULL;
     const char *name = a->backing && *a->backing ? a->backing : NULL;
     int ret = 1;
@@ -302,7 +326,7 @@ static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
             cli_error("Out of memory");
             goto out;
         }
-        if (copy_differences(img, &old, &new) < 0)
+        if (copy_differences(img, &old, &new, &r) < 0)
             goto out;
     }
     if (qimg_image_set_backing(img, name, name ? a->backing_fmt : NULL) < 0) {
@@ -313,6 +337,7 @@ static int rebase(const struct rebase_args *a, enum qimg_format bfmt)
     progress_print(100, 0);
     ret = 0;
 out:
+    reader_stop(&r);
     free(old.buf);
     free(new.buf);
     if (new.img)

@@ -272,3 +272,51 @@ def test_rebase_down_the_chain_reads_only_what_the_layers_above_hold(tmp):
         "Pattern verification failed" not in r.out, r
     c = run(["qemu-img", "check", "top.img"], cwd=d)
     assert c.rc == 0, c
+
+
+def damage_compressed(path, guest_off):
+    """Overwrite the start of the compressed cluster holding guest_off
+    (64 KiB clusters): reading it fails with EIO."""
+    raw = bytearray(path.read_bytes())
+    l1 = int.from_bytes(raw[40:48], "big")
+    l2 = int.from_bytes(raw[l1:l1 + 8], "big") & ((1 << 56) - 512)
+    i = guest_off >> 16
+    e = int.from_bytes(raw[l2 + 8 * i:l2 + 8 * i + 8], "big")
+    assert e >> 62 == 1, "not a compressed cluster"
+    host = e & ((1 << 54) - 1)
+    raw[host:host + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("bad", [("base",), ("other",), ("base", "other")])
+def test_rebase_read_errors(tmp, bad):
+    """An unreadable cluster in the old chain, the new one or both (the
+    two are read at once): qemu-img's message and exit code (the old
+    chain's error when both fail, as qemu-img reads it first), and the
+    image still names its old backing file."""
+    d = tmp / "w"
+    d.mkdir()
+    text = b"".join(b"line %08d of a compressible image\n" % i
+                    for i in range(8 * (1 << 20) // 40))
+    (d / "src.raw").write_bytes(text[:8 << 20].ljust(8 << 20, b"."))
+    for n in ("base.img", "other.img"):
+        run(["qemu-img", "convert", "-c", "-O", "qcow2", "src.raw", n],
+            check=True, cwd=d)
+    (d / "src.raw").unlink()
+    run(create("top.img", None, backing="base.img"), check=True, cwd=d)
+    run(qio("top.img", "write -P 3 1M 64k"), check=True, cwd=d)
+    for n in bad:
+        damage_compressed(d / (n + ".img"), 3 << 20)
+    if bad == ("other",):
+        damage_compressed(d / "other.img", 5 << 20)
+    shutil.copytree(d, tmp / "q")
+    shutil.copytree(d, tmp / "m")
+    args = ["rebase", "-b", "other.img", "-F", "qcow2", "top.img"]
+    r1 = run(["qemu-img"] + args, cwd=tmp / "q")
+    r2 = run([QIMG] + args, cwd=tmp / "m")
+    e1 = strip_prog(r1.err, "qemu-img").replace("qemu-img", "qimg")
+    assert (r2.rc, r2.out, strip_prog(r2.err, "qimg")) == \
+        (r1.rc, r1.out, e1), (r1, r2)
+    assert r2.rc == 1 and r2.err.count("\n") == 1, r2
+    assert info_backing(tmp / "m", "top.img") == \
+        info_backing(d, "top.img")
