@@ -96,6 +96,32 @@ def add_leak(path):
     path.write_bytes(bytes(raw) + bytes((k + 1) * 65536 - len(raw)))
 
 
+def damage_compressed(path, guest_off):
+    """Overwrite the start of the compressed cluster holding guest_off
+    (64 KiB clusters): reading it fails with EIO."""
+    raw = bytearray(path.read_bytes())
+    l1 = int.from_bytes(raw[40:48], "big")
+    l2 = int.from_bytes(raw[l1:l1 + 8], "big") & ((1 << 56) - 512)
+    i = guest_off >> 16
+    e = int.from_bytes(raw[l2 + 8 * i:l2 + 8 * i + 8], "big")
+    assert e >> 62 == 1, "not a compressed cluster"
+    host = e & ((1 << 54) - 1)
+    raw[host:host + 64] = b"\xff" * 64
+    path.write_bytes(bytes(raw))
+
+
+def compressed_images(d, names, size=8 << 20):
+    """qcow2 images (64 KiB clusters) of the same compressible text, every
+    cluster compressed, made by qemu-img convert -c in directory d."""
+    text = b"".join(b"line %08d of a compressible image\n" % i
+                    for i in range(size // 32))
+    (d / "src.raw").write_bytes(text[:size])
+    for n in names:
+        run(["qemu-img", "convert", "-c", "-O", "qcow2", "src.raw", n],
+            check=True, cwd=d)
+    (d / "src.raw").unlink()
+
+
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path

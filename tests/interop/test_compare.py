@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from conftest import (QIMG, create_argv as create, qio_argv as qio, run,
-                      strip_prog)
+from conftest import (QIMG, compressed_images, create_argv as create,
+                      damage_compressed, qio_argv as qio, run, strip_prog)
 
 MiB = 1 << 20
 
@@ -197,33 +197,13 @@ def test_compare_huge_sparse_images_are_not_read(tmp):
     assert r.out == "Content mismatch at offset 35184372088832!\n", r
 
 
-def damage_compressed(path, guest_off):
-    """Overwrite the start of the compressed cluster holding guest_off
-    (64 KiB clusters): reading it fails with EIO."""
-    raw = bytearray(path.read_bytes())
-    l1 = int.from_bytes(raw[40:48], "big")
-    l2 = int.from_bytes(raw[l1:l1 + 8], "big") & ((1 << 56) - 512)
-    i = guest_off >> 16
-    e = int.from_bytes(raw[l2 + 8 * i:l2 + 8 * i + 8], "big")
-    assert e >> 62 == 1, "not a compressed cluster"
-    host = e & ((1 << 54) - 1)
-    raw[host:host + 64] = b"\xff" * 64
-    path.write_bytes(bytes(raw))
-
-
 @pytest.mark.parametrize("bad", [("b",), ("a",), ("a", "b")])
 def test_compare_read_errors(tmp, bad):
     """A cluster that cannot be read: the same message and exit code 4 as
     qemu-img, whichever side (both: the first image's is reported, as
     qemu-img reads it first). Each compressed cluster is a read of its
     own."""
-    text = b"".join(b"line %08d of a compressible image\n" % i
-                    for i in range(8 * MiB // 40))
-    (tmp / "src.raw").write_bytes(text[:8 * MiB].ljust(8 * MiB, b"."))
-    for n in ("a.img", "b.img"):
-        run(["qemu-img", "convert", "-c", "-O", "qcow2", "src.raw", n],
-            check=True, cwd=tmp)
-    (tmp / "src.raw").unlink()
+    compressed_images(tmp, ("a.img", "b.img"))
     for n in bad:
         damage_compressed(tmp / (n + ".img"), 3 * MiB)
     r = both(tmp, ["a.img", "b.img"])

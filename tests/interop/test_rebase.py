@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from conftest import (QIMG, create_argv as create, qio_argv as qio, run,
-                      strip_prog)
+from conftest import (QIMG, compressed_images, create_argv as create,
+                      damage_compressed, qio_argv as qio, run, strip_prog)
 
 
 def chain(opts=(), base_fmt="qcow2"):
@@ -274,20 +274,6 @@ def test_rebase_down_the_chain_reads_only_what_the_layers_above_hold(tmp):
     assert c.rc == 0, c
 
 
-def damage_compressed(path, guest_off):
-    """Overwrite the start of the compressed cluster holding guest_off
-    (64 KiB clusters): reading it fails with EIO."""
-    raw = bytearray(path.read_bytes())
-    l1 = int.from_bytes(raw[40:48], "big")
-    l2 = int.from_bytes(raw[l1:l1 + 8], "big") & ((1 << 56) - 512)
-    i = guest_off >> 16
-    e = int.from_bytes(raw[l2 + 8 * i:l2 + 8 * i + 8], "big")
-    assert e >> 62 == 1, "not a compressed cluster"
-    host = e & ((1 << 54) - 1)
-    raw[host:host + 64] = b"\xff" * 64
-    path.write_bytes(bytes(raw))
-
-
 @pytest.mark.parametrize("bad", [("base",), ("other",), ("base", "other")])
 def test_rebase_read_errors(tmp, bad):
     """An unreadable cluster in the old chain, the new one or both (the
@@ -296,13 +282,7 @@ def test_rebase_read_errors(tmp, bad):
     image still names its old backing file."""
     d = tmp / "w"
     d.mkdir()
-    text = b"".join(b"line %08d of a compressible image\n" % i
-                    for i in range(8 * (1 << 20) // 40))
-    (d / "src.raw").write_bytes(text[:8 << 20].ljust(8 << 20, b"."))
-    for n in ("base.img", "other.img"):
-        run(["qemu-img", "convert", "-c", "-O", "qcow2", "src.raw", n],
-            check=True, cwd=d)
-    (d / "src.raw").unlink()
+    compressed_images(d, ("base.img", "other.img"))
     run(create("top.img", None, backing="base.img"), check=True, cwd=d)
     run(qio("top.img", "write -P 3 1M 64k"), check=True, cwd=d)
     for n in bad:
