@@ -21,9 +21,9 @@
  *     tables), only a walk past dirty or pinned entries.
  *  5. While the owner scans (`recycle`), the least recently used clean
  *     buffer (among the 8 oldest) is reused rather than a new one
- *     allocated: a table read once
- *     would otherwise cost a fresh buffer and its page faults (two thirds
- *     of a compare of two 100 GiB images with 200 tables each).
+ *     allocated: a table read once would otherwise cost a fresh buffer
+ *     and its page faults (two thirds of a compare of two 100 GiB images
+ *     with 200 tables each).
  */
 #include "cache.h"
 
