@@ -411,8 +411,7 @@ int conv_copy(struct conv_job *job)
     if (count_work(job, &work) < 0)
         return -1;
     /* Page-aligned, so that the target can write it with O_DIRECT. */
-    buf = aligned_alloc(4096, (MAX(job->buf_size, job->dst_cluster) + 4095) /
-                                  4096 * 4096);
+    buf = data_buf_alloc(MAX(job->buf_size, job->dst_cluster));
     if (!buf) {
         cli_error("Out of memory");
         return -1;

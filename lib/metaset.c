@@ -85,8 +85,7 @@ static int check_active_l2(qimg_image *img,
         else if (idset_add(&seen, c) < 0)
             ret = qimg_err(ENOMEM, "Out of memory");
         if (ret == 0 && (e & QCOW_OFLAG_COPIED) &&
-            (ret = get ? get(ctx, c, &rc) : refcount_get(img, c, &rc)) == 0 &&
-            rc > 1)
+            (ret = get(ctx, c, &rc)) == 0 && rc > 1)
             ret = qimg_corrupt("L2 table %#" PRIx64 " is shared (refcount "
                                "%" PRIu64 ") but its L1 entry says COPIED",
                                off, rc);
@@ -265,9 +264,15 @@ static int build(qimg_image *img, int (*get)(void *, uint64_t, uint64_t *),
     return 0;
 }
 
+/* A get for build() and metaset_check_counted(): the image's counts. */
+static int image_refcount(void *img, uint64_t idx, uint64_t *rc)
+{
+    return refcount_get(img, idx, rc);
+}
+
 int metaset_build(qimg_image *img)
 {
-    return build(img, NULL, NULL);
+    return build(img, image_refcount, img);
 }
 
 int metaset_check_counted(qimg_image *img,
@@ -276,7 +281,13 @@ int metaset_check_counted(qimg_image *img,
 {
     uint64_t low = UINT64_MAX, rc, *c;
     size_t n;
-    int ret = build(img, get, ctx);
+    int ret;
+
+    if (!get) {
+        get = image_refcount;
+        ctx = img;
+    }
+    ret = build(img, get, ctx);
 
     /* In file order, so that each refcount block is read once. */
     if (ret == 0)
@@ -284,7 +295,7 @@ int metaset_check_counted(qimg_image *img,
     if (ret < 0)
         return ret;
     for (size_t i = 0; ret == 0 && i < n && low == UINT64_MAX; i++) {
-        ret = get ? get(ctx, c[i], &rc) : refcount_get(img, c[i], &rc);
+        ret = get(ctx, c[i], &rc);
         if (ret == 0 && !rc)
             low = c[i];
     }
